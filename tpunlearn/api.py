@@ -1,0 +1,234 @@
+"""``unlearn``: the whole pipeline behind one call.
+
+samples -> scores -> essential graph per target -> balanced graph -> plan -> pruned copy.
+The input model is never modified: one trained model can serve many requests.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from tpunlearn import __version__
+from tpunlearn.errors import DataError, PlanError, UsageError
+from tpunlearn.graph import BalancedGraph, balance, essential_graph, layer_links
+from tpunlearn.layers import candidate_layers, names_of
+from tpunlearn.plan import COUPLED, MODES, PrunePlan, build_dependency_graph, forward, make_plan
+from tpunlearn.scoring import ChannelScores, score_channels, top_count
+from tpunlearn.targets import ClassLogit, Target
+
+
+@dataclass
+class UnlearnResult:
+    """What :func:`unlearn` returns: the new model and everything that explains it."""
+
+    model: nn.Module
+    plan: PrunePlan
+    graph: BalancedGraph
+    scores: ChannelScores
+    report: dict[str, Any]
+
+
+def unlearn(
+    model: nn.Module,
+    samples: Iterable[tuple[torch.Tensor, torch.Tensor]] | None,
+    forget: Sequence[int] | int,
+    target: Callable[[int], Target] = ClassLogit,
+    example_inputs: Any = None,
+    sigma: int = 4,
+    delta: float = 0.05,
+    retain: Sequence[int] | None = None,
+    retain_tolerance: int = 0,
+    n_per_target: int = 32,
+    mode: str = "physical",
+    coupled: str = "protect",
+    ignored_layers: Sequence[nn.Module | str] | None = None,
+    retain_delta: float | None = None,
+    method: str = "gradcam",
+    scores: ChannelScores | None = None,
+    num_targets: int | None = None,
+    output_transform: Callable[[Any], Any] | None = None,
+    progress: bool = True,
+) -> UnlearnResult:
+    """Forget ``forget`` targets from ``model``; return a new, pruned model.
+
+    ``samples`` yields ``(images, multi_hot)`` batches (``multi_hot[i, t]`` marks that image
+    ``i`` holds target ``t``). ``target`` builds ``Y_t`` for a class index. ``retain=None``
+    retains every other target. ``retain_delta`` (default ``delta``) is the top fraction of
+    channels each retained target protects. ``scores`` reuses cached channel scores and
+    skips scoring (``samples`` may then be None).
+    """
+    forget = [int(forget)] if isinstance(forget, int) else [int(t) for t in forget]
+    _check_args(forget, delta, retain_delta, sigma, mode, coupled, retain_tolerance)
+    timings: dict[str, float] = {}
+    if scores is None:
+        if samples is None:
+            raise UsageError("samples are needed unless cached scores are given")
+        samples, width = _peek(samples)
+        num_targets = num_targets or width
+    else:
+        num_targets = num_targets or (max(scores.targets) + 1)
+    if example_inputs is None:
+        if samples is None:
+            raise UsageError("example_inputs are needed when no samples are given")
+        samples, first = _peek_batch(samples)
+        example_inputs = first[0][:1]
+    retain = [t for t in range(num_targets) if t not in forget] if retain is None else [int(t) for t in retain]
+    bad = [t for t in forget + retain if not 0 <= t < num_targets]
+    if bad:
+        raise UsageError(f"target index {bad[0]} is out of range: the model has {num_targets} targets (0..{num_targets - 1})")
+    both = sorted(set(forget) & set(retain))
+    if both:
+        raise UsageError(f"target(s) {both} are both forgotten and retained")
+
+    work = copy.deepcopy(model)
+    ignored = _ignored_names(work, model, ignored_layers)
+    layers = candidate_layers(work, example_inputs, sigma, ignored)
+    if scores is None:
+        t0 = time.perf_counter()
+        targets = {t: target(t) for t in forget + retain}
+        scores = score_channels(work, samples, layers, targets, n_per_target=n_per_target, method=method,
+                                progress=progress)
+        timings["scoring"] = time.perf_counter() - t0
+    else:
+        _check_cached(scores, layers, forget + retain)
+
+    t0 = time.perf_counter()
+    dg = build_dependency_graph(work, example_inputs, output_transform)
+    links = layer_links(work, dg, layers)
+    graphs = {t: essential_graph(scores, t, delta if t in forget else (retain_delta or delta), links)
+              for t in forget + retain}
+    graph = balance(graphs, forget, retain, scores.channels, retain_tolerance)
+    timings["graph"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    priority = {l: sum(scores.alpha(t, l) for t in forget) for l in layers}
+    plan = make_plan(work, graph.flagged(), graph.protected(), example_inputs, candidates=layers,
+                     ignored_layers=ignored, coupled=coupled, mode=mode, priority=priority,
+                     output_transform=output_transform, dependency_graph=dg)
+    timings["planning"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    mask_model = copy.deepcopy(work) if mode == "physical" else None
+    plan.apply(work, example_inputs, output_transform, dependency_graph=dg)
+    timings["pruning"] = time.perf_counter() - t0
+    check = verify(work, model, plan, example_inputs, mask_model, output_transform)
+
+    report = {
+        "tpunlearn": __version__,
+        "algorithm": "balanced essential graph (Xu et al., Alg. 1-4, Eq. 3-4) with torch-pruning groups",
+        "settings": {"forget": forget, "retain": retain, "sigma": sigma, "delta": delta,
+                     "retain_delta": retain_delta or delta, "retain_tolerance": retain_tolerance,
+                     "n_per_target": n_per_target, "mode": mode, "coupled": coupled, "method": method},
+        "layers": layers,
+        "n_targets": graph.n_targets,
+        "instances": {str(t): scores.targets[t].count for t in forget + retain},
+        "stability": {str(t): round(v, 4) for t, v in scores.stability(delta).items()
+                      if scores.targets[t].instances},
+        "graph": graph.summary(),
+        "removed_channels": plan.removed_channels,
+        "removed": plan.removed,
+        "params": {"before": _params(model), "after": _params(work)},
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+        "check": check,
+        "notes": plan.notes,
+    }
+    return UnlearnResult(model=work, plan=plan, graph=graph, scores=scores, report=report)
+
+
+def verify(pruned: nn.Module, original: nn.Module, plan: PrunePlan, example_inputs: Any,
+           mask_model: nn.Module | None, output_transform: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """Run the pruned model and compare it with the mask-mode model where they must agree.
+
+    A model the tracer mis-modelled fails here, loudly, instead of being returned broken.
+    """
+    transform = output_transform or _main_tensor
+    try:
+        out = transform(forward(pruned, example_inputs))
+    except Exception as exc:  # noqa: BLE001 - any failure here means a broken model
+        raise PlanError(f"the pruned model no longer runs ({type(exc).__name__}: {exc}); "
+                        "this architecture is mis-modelled by the tracer, try --coupled protect or a smaller sigma") from None
+    ref = transform(forward(original, example_inputs))
+    if out.shape != ref.shape:
+        raise PlanError(f"pruning changed the output shape from {tuple(ref.shape)} to {tuple(out.shape)}")
+    if not torch.isfinite(out).all():
+        raise PlanError("the pruned model produces non-finite outputs")
+    result: dict[str, Any] = {"output_shape": list(out.shape)}
+    pruned_decisions = [d for d in plan.decisions if d.action == "prune"]
+    if mask_model is not None and pruned_decisions and all(d.exact for d in pruned_decisions):
+        replace(plan, mode="mask").apply(mask_model, example_inputs)
+        masked = transform(forward(mask_model, example_inputs))
+        diff = float((out - masked).abs().max())
+        scale = float(masked.abs().max()) or 1.0
+        result.update(mask_max_abs_diff=diff, mask_rel_diff=diff / scale)
+        if diff / scale > 1e-3:
+            raise PlanError(f"the pruned model disagrees with the mask-mode model (relative diff {diff / scale:.2e}); "
+                            "the tracer mis-modelled this architecture")
+    return result
+
+
+def _check_args(forget: list[int], delta: float, retain_delta: float | None, sigma: int, mode: str,
+                coupled: str, retain_tolerance: int) -> None:
+    if not forget:
+        raise UsageError("forget needs at least one target")
+    for name, value in (("delta", delta), ("retain_delta", retain_delta)):
+        if value is not None and not 0.0 < float(value) <= 1.0:
+            raise UsageError(f"{name} must lie in (0, 1], got {value}")
+    if int(sigma) < 1:
+        raise UsageError(f"sigma must be >= 1, got {sigma}")
+    if mode not in MODES:
+        raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if coupled not in COUPLED:
+        raise UsageError(f"unknown coupled policy {coupled!r}; choose one of {', '.join(COUPLED)}")
+    if int(retain_tolerance) < 0:
+        raise UsageError(f"retain_tolerance must be >= 0, got {retain_tolerance}")
+
+
+def _peek(samples: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[Iterable[Any], int]:
+    samples, first = _peek_batch(samples)
+    multi_hot = torch.as_tensor(first[1])
+    return samples, int(multi_hot.shape[1]) if multi_hot.ndim == 2 else 0
+
+
+def _peek_batch(samples: Iterable[Any]) -> tuple[Iterable[Any], Any]:
+    iterator = iter(samples)
+    try:
+        first = next(iterator)
+    except StopIteration:
+        raise DataError("no samples: the data is empty") from None
+    if not (isinstance(first, (tuple, list)) and len(first) == 2):
+        raise DataError("samples must yield (images, multi_hot) batches")
+    if iterator is samples:  # a one-shot iterator: put the first batch back
+        return itertools.chain([first], iterator), first
+    return samples, first
+
+
+def _ignored_names(work: nn.Module, original: nn.Module, ignored: Sequence[nn.Module | str] | None) -> list[str]:
+    if not ignored:
+        return []
+    names = [i for i in ignored if isinstance(i, str)]
+    modules = [i for i in ignored if isinstance(i, nn.Module)]
+    return names + names_of(original, modules)
+
+
+def _check_cached(scores: ChannelScores, layers: list[str], targets: list[int]) -> None:
+    if list(scores.layers) != list(layers):
+        raise PlanError("the cached scores were made for other layers (another model, or another sigma)")
+    missing = [t for t in targets if t not in scores.targets]
+    if missing:
+        raise PlanError(f"the cached scores hold no target(s) {missing}")
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _main_tensor(output: Any) -> torch.Tensor:
+    from tpunlearn.targets import _as_tensor
+
+    return _as_tensor(output)

@@ -1,0 +1,227 @@
+"""Essential graphs (paper Alg. 1) and their balanced sum (Alg. 3, Eq. 4).
+
+An EssentialGraph holds, for one target, the top-``delta`` channels of each candidate layer
+(nodes, valued by their alpha) and edges between selected nodes of consecutive layers. Where
+layer ``l`` feeds layer ``l+1`` directly the edge ``(l,i)->(l+1,j)`` is weighted by
+``|W_{l+1}[j, i]|`` summed over the kernel (the paper's code kept no edges).
+
+A BalancedGraph sums the per-target graphs with Eq. 4: ``|Y|`` for a node a forget target
+selects, ``-1`` for a node a retained target selects. A node is flagged for removal when its
+sum is at least ``|Y| - retain_tolerance`` (Alg. 4 is tolerance 0: with one forget target,
+selected for it and for no retained target).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from tpunlearn.errors import PlanError, UsageError
+from tpunlearn.io import read_json, write_json
+from tpunlearn.scoring import ChannelScores, top_count
+
+Edge = tuple[str, int, str, int, float | None]  # (layer, channel, next layer, channel, weight)
+
+
+@dataclass
+class EssentialGraph:
+    """Top-delta channels of one target over the candidate layers, with weighted edges."""
+
+    target: int
+    delta: float
+    layers: list[str]
+    nodes: dict[str, dict[int, float]]  # layer -> {channel: alpha}
+    edges: list[Edge] = field(default_factory=list)
+
+    def selected(self, layer: str) -> set[int]:
+        return set(self.nodes.get(layer, {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "delta": self.delta,
+            "layers": self.layers,
+            "nodes": {l: {str(c): v for c, v in n.items()} for l, n in self.nodes.items()},
+            "edges": [list(e) for e in self.edges],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "EssentialGraph":
+        return cls(
+            target=int(data["target"]),
+            delta=float(data["delta"]),
+            layers=list(data["layers"]),
+            nodes={l: {int(c): float(v) for c, v in n.items()} for l, n in data["nodes"].items()},
+            edges=[(a, int(b), c, int(d), None if w is None else float(w)) for a, b, c, d, w in data["edges"]],
+        )
+
+
+def layer_links(model: nn.Module, dependency_graph: Any, layers: Sequence[str]) -> dict[tuple[str, str], torch.Tensor]:
+    """``|W|`` matrices ``(C_next, C_l)`` for consecutive candidate layers that feed each other.
+
+    ``dependency_graph`` is a built ``torch_pruning.DependencyGraph``: layer ``l`` feeds
+    ``l+1`` directly when pruning ``l``'s output channels prunes ``l+1``'s input channels;
+    the group's index mapping tells which input channel each output channel becomes.
+    """
+    links: dict[tuple[str, str], torch.Tensor] = {}
+    modules = dict(model.named_modules())
+    for name, nxt in zip(layers, layers[1:]):
+        src, dst = modules[name], modules[nxt]
+        if getattr(dst, "groups", 1) != 1:
+            continue
+        group = dependency_graph.get_pruning_group(src, dependency_graph.get_pruner_of_module(src).prune_out_channels,
+                                                   list(range(src.out_channels)))
+        for item in group.items:
+            dep = item.dep
+            if dep.target.module is dst and dependency_graph.is_in_channel_pruning_fn(dep.handler):
+                weight = dst.weight.detach().abs()
+                weight = weight.reshape(weight.shape[0], weight.shape[1], -1).sum(-1)  # (C_next, C_in)
+                matrix = torch.zeros(dst.out_channels, src.out_channels)
+                matrix[:, list(item.root_idxs)] = weight[:, list(item.idxs)].float().cpu()
+                links[(name, nxt)] = matrix
+                break
+    return links
+
+
+def essential_graph(scores: ChannelScores, target: int, delta: float,
+                    links: Mapping[tuple[str, str], torch.Tensor] | None = None) -> EssentialGraph:
+    """Alg. 1 for one target: top-``delta`` channels by signed alpha, edges between layers."""
+    if target not in scores.targets:
+        raise UsageError(f"target {target} was not scored")
+    nodes: dict[str, dict[int, float]] = {}
+    for layer in scores.layers:
+        alpha = scores.alpha(target, layer)
+        top = alpha.topk(top_count(alpha.numel(), delta)).indices.tolist()
+        nodes[layer] = {int(c): float(alpha[c]) for c in sorted(top)}
+    edges: list[Edge] = []
+    links = links or {}
+    for layer, nxt in zip(scores.layers, scores.layers[1:]):
+        matrix = links.get((layer, nxt))
+        for i in nodes[layer]:
+            for j in nodes[nxt]:
+                weight = None if matrix is None else float(matrix[j, i])
+                edges.append((layer, i, nxt, j, weight))
+    return EssentialGraph(target=target, delta=float(delta), layers=list(scores.layers), nodes=nodes, edges=edges)
+
+
+@dataclass
+class BalancedGraph:
+    """Eq. 4 sums of the per-target graphs, with what each node was selected by."""
+
+    layers: list[str]
+    channels: dict[str, int]
+    forget: list[int]
+    retain: list[int]
+    retain_tolerance: int
+    value: dict[str, torch.Tensor]        # layer -> (C,) Eq. 4 sums
+    forget_hits: dict[str, torch.Tensor]  # layer -> (C,) forget targets selecting the node
+    retain_hits: dict[str, torch.Tensor]  # layer -> (C,) retained targets selecting the node
+    graphs: dict[int, EssentialGraph] = field(default_factory=dict)
+
+    @property
+    def n_targets(self) -> int:
+        """``|Y|``: the number of targets the balance was computed over."""
+        return len(self.forget) + len(self.retain)
+
+    def flagged(self) -> dict[str, list[int]]:
+        """Nodes to remove: Eq. 4 sum >= |Y| - retain_tolerance, per layer."""
+        bound = self.n_targets - self.retain_tolerance
+        return {l: (self.value[l] >= bound).nonzero().flatten().tolist() for l in self.layers}
+
+    def protected(self) -> dict[str, list[int]]:
+        """Nodes that retained targets need (selected by more than the tolerance), not flagged."""
+        flagged = self.flagged()
+        out = {}
+        for layer in self.layers:
+            mask = self.retain_hits[layer] > self.retain_tolerance
+            mask[flagged[layer]] = False
+            out[layer] = mask.nonzero().flatten().tolist()
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        flagged = self.flagged()
+        return {
+            "n_targets": self.n_targets,
+            "flagged": sum(len(v) for v in flagged.values()),
+            "flagged_per_layer": {l: len(v) for l, v in flagged.items()},
+            "protected": sum(len(v) for v in self.protected().values()),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "tpunlearn-graph/1",
+            "layers": self.layers,
+            "channels": self.channels,
+            "forget": self.forget,
+            "retain": self.retain,
+            "retain_tolerance": self.retain_tolerance,
+            "value": {l: self.value[l].tolist() for l in self.layers},
+            "forget_hits": {l: self.forget_hits[l].tolist() for l in self.layers},
+            "retain_hits": {l: self.retain_hits[l].tolist() for l in self.layers},
+            "flagged": self.flagged(),
+            "graphs": {str(t): g.to_dict() for t, g in self.graphs.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "BalancedGraph":
+        if data.get("format") != "tpunlearn-graph/1":
+            raise PlanError("not a tpunlearn graph file (format tpunlearn-graph/1 expected)")
+        as_t = lambda d: {l: torch.tensor(v) for l, v in d.items()}  # noqa: E731
+        return cls(
+            layers=list(data["layers"]),
+            channels={k: int(v) for k, v in data["channels"].items()},
+            forget=[int(t) for t in data["forget"]],
+            retain=[int(t) for t in data["retain"]],
+            retain_tolerance=int(data["retain_tolerance"]),
+            value=as_t(data["value"]),
+            forget_hits=as_t(data["forget_hits"]),
+            retain_hits=as_t(data["retain_hits"]),
+            graphs={int(t): EssentialGraph.from_dict(g) for t, g in data.get("graphs", {}).items()},
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "BalancedGraph":
+        return cls.from_dict(read_json(path))
+
+    def draw(self, path: str | os.PathLike[str], max_nodes_per_layer: int = 64, title: str | None = None) -> None:
+        """Draw the balanced graph to PNG (see :func:`tpunlearn.report.draw_graph`)."""
+        from tpunlearn.report import draw_graph
+
+        draw_graph(self, path, max_nodes_per_layer=max_nodes_per_layer, title=title)
+
+
+def balance(graphs: Mapping[int, EssentialGraph], forget: Iterable[int], retain: Iterable[int],
+            channels: Mapping[str, int], retain_tolerance: int = 0) -> BalancedGraph:
+    """Alg. 3 with Eq. 4: sum per-target graphs; forget nodes count |Y|, retained nodes -1."""
+    forget, retain = sorted(set(forget)), sorted(set(retain))
+    if not forget:
+        raise UsageError("at least one forget target is needed")
+    both = set(forget) & set(retain)
+    if both:
+        raise UsageError(f"target(s) {sorted(both)} are both forgotten and retained")
+    missing = [t for t in forget + retain if t not in graphs]
+    if missing:
+        raise UsageError(f"no essential graph for target(s) {missing}")
+    if retain_tolerance < 0:
+        raise UsageError(f"retain_tolerance must be >= 0, got {retain_tolerance}")
+    layers = graphs[forget[0]].layers
+    n = len(forget) + len(retain)
+    value, f_hits, r_hits = {}, {}, {}
+    for layer in layers:
+        c = channels[layer]
+        f_hits[layer] = torch.zeros(c, dtype=torch.long)
+        r_hits[layer] = torch.zeros(c, dtype=torch.long)
+        for t in forget:
+            f_hits[layer][list(graphs[t].selected(layer))] += 1
+        for t in retain:
+            r_hits[layer][list(graphs[t].selected(layer))] += 1
+        value[layer] = f_hits[layer] * n - r_hits[layer]
+    return BalancedGraph(layers=list(layers), channels=dict(channels), forget=forget, retain=retain,
+                         retain_tolerance=int(retain_tolerance), value=value, forget_hits=f_hits,
+                         retain_hits=r_hits, graphs={t: graphs[t] for t in forget + retain})

@@ -1,0 +1,391 @@
+"""PrunePlan: flagged nodes turned into torch-pruning group decisions.
+
+The unit torch-pruning removes is a *group*: a conv's output channels with the norm layer,
+the next layers' input channels, residual adds and concats coupled to it. We decide per
+group, never per layer. A channel of a group is removed when one of its coupled nodes is
+flagged and none is protected. Groups that reach layers outside the scored set follow the
+``coupled`` policy: ``protect`` (leave them), ``prune`` (remove the whole coupled channel)
+or ``zero`` (zero only the flagged layer's filter and norm affine, shapes kept). Groups the
+tracer cannot model (grouped convolutions, channel splits) are left alone and the plan says
+so. No group is ever emptied.
+
+A plan is data: it prints as a dry run, saves as JSON, and replays on a fresh copy of the
+model through torch-pruning's pruning history.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from tpunlearn.errors import PlanError, UsageError
+from tpunlearn.io import read_json, write_json
+from tpunlearn.layers import CONV_TYPES, _forward, module_by_name
+
+MODES = ("physical", "mask")
+COUPLED = ("protect", "prune", "zero")
+_LAYER_TYPES = (*CONV_TYPES, nn.Linear)
+_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+@dataclass
+class GroupDecision:
+    """What happens to one dependency group, in the root layer's channel indices."""
+
+    root: str
+    action: str  # "prune" | "zero" | "skip"
+    channels: list[int]
+    members: dict[str, list[int]]  # every layer whose output channels the action touches
+    reason: str
+    local: bool = True  # no other layer's output channels are coupled to the root's
+    exact: bool = True  # zeroing every member equals removal (no channel-mixing norm in the group)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"root": self.root, "action": self.action, "channels": self.channels, "members": self.members,
+                "reason": self.reason, "local": self.local, "exact": self.exact}
+
+
+@dataclass
+class PrunePlan:
+    """Decisions per group, plus what is needed to replay them exactly."""
+
+    mode: str
+    coupled: str
+    decisions: list[GroupDecision]
+    signature: dict[str, list[int]]  # layer -> [out, in] channels of the original model
+    history: list[list[Any]] = field(default_factory=list)  # torch-pruning history, set by apply()
+    notes: list[str] = field(default_factory=list)
+
+    # ---- views -------------------------------------------------------------------------
+    @property
+    def removed(self) -> dict[str, list[int]]:
+        """Output channels removed (physical) or zeroed, per layer, in original indices."""
+        out: dict[str, list[int]] = {}
+        for d in self.decisions:
+            if d.action in ("prune", "zero"):
+                for layer, idxs in d.members.items():
+                    out.setdefault(layer, [])
+                    out[layer] = sorted(set(out[layer]) | set(idxs))
+        return out
+
+    @property
+    def removed_channels(self) -> int:
+        return sum(len(v) for v in self.removed.values())
+
+    def zero_ops(self) -> dict[str, list[int]]:
+        """Layers and channels to zero: every decision in mask mode, ``zero`` ones otherwise."""
+        ops: dict[str, list[int]] = {}
+        for d in self.decisions:
+            if d.action == "zero" or (self.mode == "mask" and d.action == "prune"):
+                for layer, idxs in d.members.items():
+                    ops[layer] = sorted(set(ops.get(layer, [])) | set(idxs))
+        return ops
+
+    def dry_run(self) -> str:
+        """A human-readable listing of every decision, as a dry run prints it."""
+        lines = [f"PrunePlan  mode={self.mode}  coupled={self.coupled}  "
+                 f"channels={self.removed_channels} in {len(self.removed)} layer(s)"]
+        for d in self.decisions:
+            members = ", ".join(f"{k}[{len(v)}]" for k, v in d.members.items()) or "-"
+            lines.append(f"  {d.action:5s} {d.root:40s} {len(d.channels):4d} ch  -> {members}  ({d.reason})")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    __str__ = dry_run
+
+    # ---- persistence -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "tpunlearn-plan/1",
+            "mode": self.mode,
+            "coupled": self.coupled,
+            "decisions": [d.to_dict() for d in self.decisions],
+            "signature": self.signature,
+            "history": self.history,
+            "removed": self.removed,
+            "removed_channels": self.removed_channels,
+            "notes": self.notes,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PrunePlan":
+        if data.get("format") != "tpunlearn-plan/1":
+            raise PlanError("not a tpunlearn plan (format tpunlearn-plan/1 expected)")
+        return cls(
+            mode=data["mode"], coupled=data["coupled"],
+            decisions=[GroupDecision(**d) for d in data["decisions"]],
+            signature={k: list(v) for k, v in data["signature"].items()},
+            history=[list(h) for h in data.get("history", [])],
+            notes=list(data.get("notes", [])),
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "PrunePlan":
+        return cls.from_dict(read_json(path))
+
+    # ---- application -------------------------------------------------------------------
+    def apply(self, model: nn.Module, example_inputs: Any, output_transform: Callable[[Any], Any] | None = None,
+              dependency_graph: Any = None) -> nn.Module:
+        """Apply the plan to ``model`` in place and return it.
+
+        Zero operations come first (they touch output channels no pruned group owns), then
+        the pruned groups through torch-pruning. The pruning history is recorded in the
+        plan so that :meth:`replay` can redo it on a fresh copy.
+        """
+        check_signature(model, self.signature)
+        _zero_channels(model, self.zero_ops())
+        if self.mode == "physical":
+            prunes = [d for d in self.decisions if d.action == "prune"]
+            if prunes:
+                dg = dependency_graph or build_dependency_graph(model, example_inputs, output_transform)
+                for d in prunes:
+                    root = module_by_name(model, d.root)
+                    pruner = dg.get_pruner_of_module(root)
+                    group = dg.get_pruning_group(root, pruner.prune_out_channels, list(d.channels))
+                    if not dg.check_pruning_group(group):
+                        raise PlanError(f"pruning {len(d.channels)} channels of {d.root} would empty a layer")
+                    group.prune()
+                self.history = [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in dg.pruning_history()]
+        return model
+
+    def replay(self, model: nn.Module, example_inputs: Any, output_transform: Callable[[Any], Any] | None = None) -> nn.Module:
+        """Redo an applied plan on a fresh copy of the original model (in place)."""
+        check_signature(model, self.signature)
+        _zero_channels(model, self.zero_ops())
+        if self.mode == "physical" and self.history:
+            dg = build_dependency_graph(model, example_inputs, output_transform)
+            dg.load_pruning_history([list(h) for h in self.history])
+        return model
+
+
+def build_dependency_graph(model: nn.Module, example_inputs: Any,
+                           output_transform: Callable[[Any], Any] | None = None) -> Any:
+    """A torch-pruning DependencyGraph, built with gradients on (see DESIGN.md section 5).
+
+    Parameters loaded frozen (ultralytics) make the traced graph collapse to one node, so
+    ``requires_grad`` is switched on for the trace and restored afterwards.
+    """
+    import torch_pruning as tp
+
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
+                                                         output_transform=output_transform, verbose=False)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def signature(model: nn.Module) -> dict[str, list[int]]:
+    """Channel counts of every conv and linear layer: identifies the model a plan is for."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, CONV_TYPES):
+            out[name] = [m.out_channels, m.in_channels]
+        elif isinstance(m, nn.Linear):
+            out[name] = [m.out_features, m.in_features]
+    return out
+
+
+def check_signature(model: nn.Module, expected: Mapping[str, Sequence[int]]) -> None:
+    """Raise PlanError when ``model`` is not the model the plan or graph was made for."""
+    actual = signature(model)
+    if set(actual) != set(expected):
+        extra = sorted(set(expected) - set(actual))[:3]
+        raise PlanError(f"the plan was made for another model (layers such as {extra} do not match)")
+    for name, shape in expected.items():
+        if list(actual[name]) != list(shape):
+            raise PlanError(f"the plan was made for another model: {name} has {actual[name]} channels, "
+                            f"the plan expects {list(shape)}")
+
+
+def make_plan(
+    model: nn.Module,
+    flagged: Mapping[str, Iterable[int]],
+    protected: Mapping[str, Iterable[int]],
+    example_inputs: Any,
+    candidates: Sequence[str] | None = None,
+    ignored_layers: Sequence[str] = (),
+    coupled: str = "protect",
+    mode: str = "physical",
+    priority: Mapping[str, torch.Tensor] | None = None,
+    output_transform: Callable[[Any], Any] | None = None,
+    dependency_graph: Any = None,
+) -> PrunePlan:
+    """Decide, group by group, which flagged channels to remove.
+
+    ``flagged`` and ``protected`` map layer names to channel indices (a BalancedGraph's
+    ``flagged()`` and ``protected()``). ``candidates`` is the scored set (default: the
+    layers in ``flagged``); ``ignored_layers`` never lose output channels. ``priority``
+    (per layer, higher = remove first) picks the channel to keep when a group would empty.
+    """
+    if mode not in MODES:
+        raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if coupled not in COUPLED:
+        raise UsageError(f"unknown coupled policy {coupled!r}; choose one of {', '.join(COUPLED)}")
+    import torch_pruning as tp
+
+    dg = dependency_graph or build_dependency_graph(model, example_inputs, output_transform)
+    names = {m: n for n, m in model.named_modules()}
+    flagged = {l: set(int(c) for c in v) for l, v in flagged.items()}
+    protected = {l: set(int(c) for c in v) for l, v in protected.items()}
+    scored = set(candidates) if candidates is not None else set(flagged)
+    ignored = tuple(ignored_layers)
+    decisions: list[GroupDecision] = []
+    notes: list[str] = []
+    seen: set[frozenset[str]] = set()
+    for root_name in [l for l in (candidates or list(flagged)) if flagged.get(l)]:
+        root = module_by_name(model, root_name)
+        pruner = dg.get_pruner_of_module(root)
+        group = dg.get_pruning_group(root, pruner.prune_out_channels, list(range(pruner.get_out_channels(root))))
+        members = _out_members(dg, group, names)
+        key = frozenset(members)
+        if key in seen:
+            continue
+        seen.add(key)
+        decision = _decide(root_name, group, members, flagged, protected, scored, ignored, coupled, dg, tp, priority)
+        if decision.action == "skip" and decision.channels:
+            notes.append(f"{root_name}: {len(decision.channels)} flagged channel(s) left alone: {decision.reason}")
+        if "kept one channel" in decision.reason:
+            notes.append(f"{root_name}: every channel was flagged; kept one channel so the layer is not emptied")
+        decisions.append(decision)
+    return PrunePlan(mode=mode, coupled=coupled, decisions=decisions, signature=signature(model), notes=notes)
+
+
+def _out_members(dg: Any, group: Any, names: Mapping[nn.Module, str]) -> dict[str, tuple[list[int], list[int]]]:
+    """Layers (conv/linear) whose output channels the group removes: name -> (idxs, root_idxs)."""
+    members: dict[str, tuple[list[int], list[int]]] = {}
+    for item in group.items:
+        module = item.dep.target.module
+        if isinstance(module, _LAYER_TYPES) and dg.is_out_channel_pruning_fn(item.dep.handler):
+            members[names[module]] = (list(item.idxs), list(item.root_idxs))
+    return members
+
+
+def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], list[int]]],
+            flagged: Mapping[str, set[int]], protected: Mapping[str, set[int]], scored: set[str],
+            ignored: tuple[str, ...], coupled: str, dg: Any, tp: Any,
+            priority: Mapping[str, torch.Tensor] | None) -> GroupDecision:
+    # Root channel -> is it flagged / protected anywhere in the coupled layers?
+    hit: set[int] = set()
+    guard: set[int] = set()
+    for layer, (idxs, root_idxs) in members.items():
+        f, p = flagged.get(layer, set()), protected.get(layer, set())
+        for i, r in zip(idxs, root_idxs):
+            if i in f:
+                hit.add(int(r))
+            if i in p:
+                guard.add(int(r))
+    wanted = sorted(hit - guard)
+    by_layer = lambda chans: {  # noqa: E731
+        layer: sorted(int(i) for i, r in zip(idxs, root_idxs) if int(r) in chans)
+        for layer, (idxs, root_idxs) in members.items()
+    }
+    local = set(members) == {root_name}
+    exact = not any(isinstance(item.dep.target.module, (nn.LayerNorm, nn.GroupNorm)) for item in group.items)
+
+    def skip(reason: str) -> GroupDecision:
+        return GroupDecision(root_name, "skip", sorted(hit), {}, reason, local, exact)
+
+    heads = [l for l in members if any(l == i or l.startswith(i + ".") for i in ignored)]
+    if heads:
+        return skip(f"would remove output channels of protected layer {heads[0]}")
+    unsupported = _unsupported(group, tp)
+    if unsupported:
+        return skip(unsupported)
+    if not wanted:
+        return skip("every flagged channel is protected by a retained target" if hit else "nothing flagged")
+    outside = sorted(set(members) - scored)
+    reason = f"{len(wanted)} flagged, {len(hit) - len(wanted)} protected"
+    if outside and coupled == "protect":
+        return skip(f"coupled to unscored layer(s) {', '.join(outside[:2])}{'...' if len(outside) > 2 else ''} "
+                    "(coupled=protect)")
+    if outside and coupled == "zero":
+        zeroed = {l: sorted(set(flagged.get(l, set())) - set(protected.get(l, set()))) for l in members if l in scored}
+        zeroed = {l: v for l, v in zeroed.items() if v}
+        return GroupDecision(root_name, "zero", wanted, zeroed, reason + "; coupled=zero keeps shapes", local, exact)
+    n_root = len(members[root_name][0])
+    if len(wanted) >= n_root:
+        keep = _keep_one(wanted, priority.get(root_name) if priority else None)
+        wanted = [c for c in wanted if c != keep]
+        reason += f"; kept one channel ({keep}) so the group is not emptied"
+    group_to_check = dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, wanted)
+    if not dg.check_pruning_group(group_to_check):
+        return skip("removing these channels would empty a coupled layer")
+    return GroupDecision(root_name, "prune", wanted, by_layer(set(wanted)), reason, local, exact)
+
+
+def _unsupported(group: Any, tp: Any) -> str:
+    """Why torch-pruning can't remove arbitrary channels of this group, or ''."""
+    bad = (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.UNBIND, tp.ops.OPTYPE.SLICE)
+    for item in group.items:
+        node = item.dep.target
+        module = node.module
+        if isinstance(module, CONV_TYPES) and module.groups > 1 and not (
+                module.groups == module.in_channels == module.out_channels):
+            return f"grouped convolution (groups={module.groups}) in the group; left alone"
+        if node.type in bad:
+            return f"channel {node.type.name.lower()} in the group, which torch-pruning does not model; left alone"
+    return ""
+
+
+def _keep_one(channels: Sequence[int], priority: torch.Tensor | None) -> int:
+    if priority is None:
+        return channels[-1]
+    return min(channels, key=lambda c: float(priority[c]))
+
+
+def _zero_channels(model: nn.Module, ops: Mapping[str, Sequence[int]]) -> None:
+    """Zero the filters, biases and following norm affine of ``ops`` (mask mode)."""
+    if not ops:
+        return
+    modules = list(model.named_modules())
+    position = {name: i for i, (name, _) in enumerate(modules)}
+    with torch.no_grad():
+        for layer, idxs in ops.items():
+            module = module_by_name(model, layer)
+            idx = torch.as_tensor(list(idxs), dtype=torch.long)
+            module.weight[idx] = 0
+            if getattr(module, "bias", None) is not None:
+                module.bias[idx] = 0
+            norm = _following_norm(modules, position[layer], module)
+            if norm is not None and getattr(norm, "weight", None) is not None:
+                norm.weight[idx] = 0
+                if norm.bias is not None:
+                    norm.bias[idx] = 0
+
+
+def _following_norm(modules: list[tuple[str, nn.Module]], start: int, layer: nn.Module) -> nn.Module | None:
+    """The norm layer registered right after ``layer`` with its channel count, if any.
+
+    Every family we know registers a conv's norm next to it (conv, bn, act); the zeroing
+    is verified against the physical result by the tests for each architecture.
+    """
+    out = getattr(layer, "out_channels", getattr(layer, "out_features", None))
+    for _name, module in modules[start + 1:start + 4]:
+        if isinstance(module, _NORM_TYPES):
+            n = getattr(module, "num_features", None) or getattr(module, "num_channels", None)
+            if n is None and isinstance(module, nn.LayerNorm):
+                n = module.normalized_shape[0]
+            return module if n == out else None
+        if isinstance(module, _LAYER_TYPES):
+            return None
+    return None
+
+
+def forward(model: nn.Module, example_inputs: Any) -> Any:
+    """Run ``model`` on ``example_inputs`` (tensor, tuple or dict) without gradients."""
+    with torch.no_grad():
+        return _forward(model, example_inputs)
