@@ -189,7 +189,7 @@ class BalancedGraph:
     def load(cls, path: str | os.PathLike[str]) -> "BalancedGraph":
         return cls.from_dict(read_json(path))
 
-    def draw(self, path: str | os.PathLike[str], max_nodes_per_layer: int = 64, title: str | None = None) -> None:
+    def draw(self, path: str | os.PathLike[str], max_nodes_per_layer: int = 40, title: str | None = None) -> None:
         """Draw the balanced graph to PNG (see :func:`tpunlearn.report.draw_graph`)."""
         from tpunlearn.report import draw_graph
 
