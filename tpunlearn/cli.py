@@ -1,0 +1,195 @@
+"""The ``tpunlearn`` command line (argparse; not ultralytics' ``yolo TASK MODE key=value``).
+
+Heavy libraries load only inside the command that needs them, so ``tpunlearn --help``
+answers at once. Every error tpunlearn detects prints one line and exits non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from tpunlearn.errors import TpunlearnError, UsageError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except TpunlearnError as exc:
+        print(f"tpunlearn: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tpunlearn: interrupted; nothing was written for this step", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tpunlearn", description="Target-level machine unlearning by structural pruning.")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    prune = sub.add_parser("prune", help="forget one or more targets and write a smaller model",
+                           description="Score channels per target, balance the essential graphs (Eq. 4) and "
+                                       "remove the channels that carry the forget targets and no other.")
+    _model_args(prune)
+    prune.add_argument("--forget", nargs="+", required=True, metavar="NAME", help="class names (or indices) to forget")
+    prune.add_argument("--retain", nargs="+", metavar="NAME", help="targets to keep (default: every other class)")
+    prune.add_argument("--sigma", type=int, default=4, help="number of last prunable convs to consider (default 4)")
+    prune.add_argument("--delta", type=float, default=0.05, help="top fraction of channels per layer and target (default 0.05)")
+    prune.add_argument("--retain-delta", type=float, default=None, help="top fraction each retained target protects (default: --delta)")
+    prune.add_argument("--retain-tolerance", type=int, default=0, help="retained targets that may share a flagged channel")
+    prune.add_argument("--samples", type=int, default=32, help="instances scored per target (default 32)")
+    prune.add_argument("--mode", choices=("physical", "mask"), default="physical")
+    prune.add_argument("--coupled", choices=("protect", "prune", "zero"), default="protect")
+    prune.add_argument("--out", default="tpunlearn-out", help="output folder (default ./tpunlearn-out)")
+    prune.add_argument("--force", action="store_true", help="write into a non-empty output folder")
+    prune.add_argument("--onnx", action="store_true", help="also export model.onnx with a parity check")
+    prune.add_argument("--eval", action="store_true", help="evaluate every target before and after")
+    prune.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
+    prune.add_argument("--seed", type=int, default=0)
+    prune.set_defaults(func=_cmd_prune)
+
+    ev = sub.add_parser("eval", help="per-target metrics of a model")
+    _model_args(ev)
+    ev.add_argument("--json", help="also write the metrics to this JSON file")
+    ev.set_defaults(func=_cmd_eval)
+
+    zoo = sub.add_parser("zoo", help="list the bundled models")
+    zoo.set_defaults(func=_cmd_zoo)
+    return p
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", required=True, help="architecture or zoo name (see `tpunlearn zoo`)")
+    p.add_argument("--weights", help="checkpoint to load (never modified)")
+    p.add_argument("--data", default=None, help="data spec (default: the model's own; `digits` = DigitScenes)")
+
+
+def _build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    from tpunlearn import adapters
+
+    adapter = adapters.for_arch(args.arch)
+    model, info = adapter.build(args.arch, args.weights)
+    return adapter, model, info
+
+
+def resolve_targets(names: Sequence[str], class_names: Sequence[str]) -> list[int]:
+    """Class names (or indices) to indices, per model; unknown names list the valid ones."""
+    out = []
+    for name in names:
+        if name in class_names:
+            out.append(list(class_names).index(name))
+        elif name.isdigit() and int(name) < len(class_names):
+            out.append(int(name))
+        else:
+            shown = ", ".join(class_names[:12]) + (f", ... ({len(class_names)} in all)" if len(class_names) > 12 else "")
+            raise UsageError(f"unknown target {name!r}; valid: {shown}")
+    return out
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    import torch
+
+    import tpunlearn as tu
+    from tpunlearn.io import sha256, write_json
+    from tpunlearn.report import count_macs, versions
+
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    if not args.dry_run:
+        _check_out(out, args.weights, args.force)
+    adapter, model, info = _build(args)
+    forget = resolve_targets(args.forget, info.class_names)
+    retain = resolve_targets(args.retain, info.class_names) if args.retain else None
+    example = adapter.example_inputs(info)
+    t0 = time.perf_counter()
+    res = tu.unlearn(model, adapter.samples(model, info, args.data), forget=forget, retain=retain,
+                     target=adapter.target_factory(info), example_inputs=example, sigma=args.sigma,
+                     delta=args.delta, retain_delta=args.retain_delta, retain_tolerance=args.retain_tolerance,
+                     n_per_target=args.samples, mode=args.mode, coupled=args.coupled,
+                     ignored_layers=adapter.ignored_layers(model, info), num_targets=len(info.class_names))
+    print(res.plan.dry_run())
+    if args.dry_run:
+        return 0
+    report = dict(res.report)
+    report.update(arch=args.arch, forget=[info.class_names[t] for t in forget],
+                  retain=[info.class_names[t] for t in res.report["settings"]["retain"]], seed=args.seed,
+                  macs={"before": count_macs(model, example), "after": count_macs(res.model, example)},
+                  versions=versions(adapter.library), total_s=round(time.perf_counter() - t0, 3))
+    info.extra["history"] = res.plan.history
+    out.mkdir(parents=True, exist_ok=True)
+    if args.eval:
+        before = adapter.evaluate(model, info, args.data)
+        after = adapter.evaluate(res.model, info, args.data)
+        report["metrics"] = {"name": adapter.metric_name, "before": before, "after": after}
+    adapter.save(res.model, info, out / "model.pt")
+    res.plan.save(out / "plan.json")
+    res.graph.save(out / "graph.json")
+    res.graph.draw(out / "graph.png", title=f"{args.arch}: forget {', '.join(args.forget)}")
+    if args.onnx:
+        from tpunlearn.export import latency_ms, to_onnx
+
+        diff = to_onnx(res.model, out / "model.onnx", example_inputs=example)
+        to_onnx(model, out / ".original.onnx", example_inputs=example)
+        report["onnx"] = {"path": str(out / "model.onnx"), "max_abs_diff": diff,
+                          "latency_ms": {"before": latency_ms(out / ".original.onnx", example),
+                                         "after": latency_ms(out / "model.onnx", example)}}
+        (out / ".original.onnx").unlink()
+    report["sha256"] = {"input_weights": sha256(info.weights) if info.weights else None,
+                        "output_weights": sha256(out / "model.pt")}
+    write_json(out / "report.json", report)
+    _summary(report)
+    print(f"wrote {out}/ (model.pt, plan.json, graph.json, graph.png, report.json{', model.onnx' if args.onnx else ''})")
+    return 0
+
+
+def _check_out(out: Path, weights: str | None, force: bool) -> None:
+    if weights and out.exists() and Path(weights).resolve().parent == out.resolve():
+        raise UsageError(f"--out {out} holds the input checkpoint; choose another output folder")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UsageError(f"--out {out} is not empty; pass --force to write into it")
+
+
+def _summary(report: dict[str, Any]) -> None:
+    params = report["params"]
+    print(f"removed {report['removed_channels']} channels; params {params['before']:,} -> {params['after']:,}")
+    metrics = report.get("metrics")
+    if metrics:
+        print(f"{'target':>10s} {metrics['name'] + ' before':>16s} {'after':>8s}")
+        for name, before in metrics["before"].items():
+            mark = "  <- forgotten" if name in report["forget"] else ""
+            print(f"{name:>10s} {before:16.3f} {metrics['after'][name]:8.3f}{mark}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from tpunlearn.io import write_json
+
+    adapter, model, info = _build(args)
+    metrics = adapter.evaluate(model, info, args.data)
+    for name, value in metrics.items():
+        print(f"{name:>10s} {adapter.metric_name} {value:.4f}")
+    if args.json:
+        write_json(args.json, {"arch": args.arch, "name": adapter.metric_name, "metrics": metrics})
+    return 0
+
+
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    from tpunlearn import zoo
+
+    for name in zoo.names():
+        e = zoo.entry(name)
+        state = "ready" if zoo.weights_path(name).is_file() else "not trained (scripts/train_zoo.py)"
+        print(f"{name:24s} {e.family:6s} {e.task:12s} {state:10s} {e.description}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
