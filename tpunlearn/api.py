@@ -78,6 +78,9 @@ def unlearn(
             raise UsageError("example_inputs are needed when no samples are given")
         samples, first = _peek_batch(samples)
         example_inputs = first[0][:1]
+    if not num_targets:  # class-index labels: the model's output says how many targets there are
+        num_targets = int(_main_tensor(forward(model, example_inputs)).shape[1])
+    implicit_retain = retain is None
     retain = [t for t in range(num_targets) if t not in forget] if retain is None else [int(t) for t in retain]
     bad = [t for t in forget + retain if not 0 <= t < num_targets]
     if bad:
@@ -93,10 +96,12 @@ def unlearn(
         t0 = time.perf_counter()
         targets = {t: target(t) for t in forget + retain}
         scores = score_channels(work, samples, layers, targets, n_per_target=n_per_target, method=method,
-                                progress=progress)
+                                progress=progress, optional=retain if implicit_retain else ())
         timings["scoring"] = time.perf_counter() - t0
     else:
-        _check_cached(scores, layers, forget + retain)
+        _check_cached(scores, layers, forget + (retain if not implicit_retain else []))
+    unscored = [t for t in retain if t not in scores.targets]
+    retain = [t for t in retain if t in scores.targets]
 
     t0 = time.perf_counter()
     dg = build_dependency_graph(work, example_inputs, output_transform)
@@ -136,7 +141,8 @@ def unlearn(
         "params": {"before": _params(model), "after": _params(work)},
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "check": check,
-        "notes": plan.notes,
+        "notes": plan.notes + ([f"retained target(s) {unscored} appear in no sample: not scored, so not protected"]
+                               if unscored else []),
     }
     return UnlearnResult(model=work, plan=plan, graph=graph, scores=scores, report=report)
 

@@ -8,7 +8,8 @@ layer ``l`` feeds layer ``l+1`` directly the edge ``(l,i)->(l+1,j)`` is weighted
 A BalancedGraph sums the per-target graphs with Eq. 4: ``|Y|`` for a node a forget target
 selects, ``-1`` for a node a retained target selects. A node is flagged for removal when its
 sum is at least ``|Y| - retain_tolerance`` (Alg. 4 is tolerance 0: with one forget target,
-selected for it and for no retained target).
+selected for it and for no retained target); with several forget targets, a node is flagged
+when any of them selects it and at most ``retain_tolerance`` retained targets do.
 """
 from __future__ import annotations
 
@@ -127,9 +128,16 @@ class BalancedGraph:
         return len(self.forget) + len(self.retain)
 
     def flagged(self) -> dict[str, list[int]]:
-        """Nodes to remove: Eq. 4 sum >= |Y| - retain_tolerance, per layer."""
-        bound = self.n_targets - self.retain_tolerance
-        return {l: (self.value[l] >= bound).nonzero().flatten().tolist() for l in self.layers}
+        """Nodes to remove, per layer: selected by a forget target and by at most
+        ``retain_tolerance`` retained targets.
+
+        With one forget target this is exactly Alg. 4 on the Eq. 4 sums (``value >= |Y| -
+        retain_tolerance``). With several, the literal sum would also flag a node that every
+        forget target and many retained targets select (``2|Y| - r >= |Y|``); we keep the
+        tolerance's meaning instead, so retained targets stay protected.
+        """
+        return {l: ((self.forget_hits[l] > 0) & (self.retain_hits[l] <= self.retain_tolerance)).nonzero().flatten().tolist()
+                for l in self.layers}
 
     def protected(self) -> dict[str, list[int]]:
         """Nodes that retained targets need (selected by more than the tolerance), not flagged."""

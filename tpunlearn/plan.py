@@ -156,6 +156,8 @@ class PrunePlan:
 
     def replay(self, model: nn.Module, example_inputs: Any, output_transform: Callable[[Any], Any] | None = None) -> nn.Module:
         """Redo an applied plan on a fresh copy of the original model (in place)."""
+        if self.mode == "physical" and not self.history and any(d.action == "prune" for d in self.decisions):
+            return self.apply(model, example_inputs, output_transform)  # never applied: apply it now
         check_signature(model, self.signature)
         _zero_channels(model, self.zero_ops())
         if self.mode == "physical" and self.history:
@@ -313,7 +315,9 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
         return skip(f"coupled to unscored layer(s) {', '.join(outside[:2])}{'...' if len(outside) > 2 else ''} "
                     "(coupled=protect)")
     if outside and coupled == "zero":
-        zeroed = {l: sorted(set(flagged.get(l, set())) - set(protected.get(l, set()))) for l in members if l in scored}
+        keep = set(wanted)
+        zeroed = {l: sorted(int(i) for i, r in zip(idxs, root_idxs) if int(r) in keep and int(i) in flagged.get(l, set()))
+                  for l, (idxs, root_idxs) in members.items() if l in scored}
         zeroed = {l: v for l, v in zeroed.items() if v}
         return GroupDecision(root_name, "zero", wanted, zeroed, reason + "; coupled=zero keeps shapes", local, exact)
     n_root = len(members[root_name][0])

@@ -152,12 +152,16 @@ def score_channels(
     method: str = "gradcam",
     device: str | torch.device | None = None,
     progress: bool = True,
+    optional: Iterable[int] = (),
 ) -> ChannelScores:
     """Score every channel of ``layers`` for every target in ``targets``.
 
     ``samples`` yields ``(images, multi_hot)`` batches; ``multi_hot[i, t] > 0.5`` marks that
     image ``i`` holds target ``t``. Each target uses its first ``n_per_target`` instances.
+    A target no sample holds raises DataError, unless it is ``optional`` (then it is left
+    out of the result).
     """
+    optional = set(optional)
     if method not in METHODS:
         raise UsageError(f"unknown scoring method {method!r}; choose one of {', '.join(METHODS)}")
     if n_per_target < 1:
@@ -196,10 +200,11 @@ def score_channels(
                     bar.update(n)
             del output
     bar.close()
-    missing = [t for t, c in counts.items() if c == 0]
+    missing = [t for t, c in counts.items() if c == 0 and t not in optional]
     if missing:
         raise DataError(f"no sample holds target(s) {missing}: cannot score them")
-    channels = {l: int(next(iter(inst.values()))[l][0].shape[1]) for l in layers}
+    targets = {t: v for t, v in targets.items() if counts[t] > 0}
+    channels = {l: int(inst[next(iter(targets))][l][0].shape[1]) for l in layers}
     result = {
         t: TargetScores(
             alpha={l: (sums[t][l] / counts[t]).detach().cpu().float() for l in layers},
