@@ -1,0 +1,10 @@
+"""Model families for tpunlearn, installed as ``tpunlearn.adapters``.
+
+Importing this package registers every family. Adding a family is one new module here and
+one import line below.
+"""
+from .base import Adapter, ModelInfo
+from .registry import for_arch, get, names, register
+from . import timm as _timm  # noqa: F401  (registers "timm")
+
+__all__ = ["Adapter", "ModelInfo", "for_arch", "get", "names", "register"]
