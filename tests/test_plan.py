@@ -51,13 +51,14 @@ def resnet(make_samples, randomize_bn):
     samples = make_samples(n_batches=2, batch=6, size=64, seed=1)
     fresh = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(123))
     before = snapshot(model)
-    cache: dict[tuple[str, str], tu.UnlearnResult] = {}
+    cache: dict[tuple[str, str, bool], tu.UnlearnResult] = {}
 
-    def run(mode: str = "physical", coupled: str = "protect") -> tu.UnlearnResult:
-        if (mode, coupled) not in cache:
-            cache[(mode, coupled)] = tu.unlearn(model, samples, mode=mode, coupled=coupled,
-                                                ignored_layers=[model.fc], **RUN)
-        return cache[(mode, coupled)]
+    def run(mode: str = "physical", coupled: str = "protect", closure: bool = False) -> tu.UnlearnResult:
+        # closure off by default: the coupled policies only act on groups that reach unscored layers
+        if (mode, coupled, closure) not in cache:
+            cache[(mode, coupled, closure)] = tu.unlearn(model, samples, mode=mode, coupled=coupled,
+                                                         group_closure=closure, ignored_layers=[model.fc], **RUN)
+        return cache[(mode, coupled, closure)]
 
     return dict(model=model, samples=samples, fresh=fresh, before=before, run=run, x=samples[0][0][:1])
 
@@ -149,6 +150,22 @@ def test_coupled_protect_skips_groups_reaching_unscored_layers(resnet):
             assert set(d.members) <= scored
     assert signature(result.model)["layer3.0.conv2"] == signature(resnet["model"])["layer3.0.conv2"]
     assert any("left alone" in n for n in result.plan.notes)
+
+
+def test_group_closure_scores_every_coupled_layer(resnet):
+    """With closure on, the scored set holds every member of each candidate's group, so no
+    group is left alone for reaching an unscored layer, and mask and physical still agree."""
+    result = resnet["run"]("physical", "protect", closure=True)
+    plain = resnet["run"]("physical", "protect", closure=False)
+    scored = set(result.report["layers"])
+    assert set(plain.report["layers"]) < scored
+    assert "layer3.0.conv2" in scored  # coupled to layer3.0.downsample.0 through the residual add
+    assert not [d for d in result.plan.decisions if "unscored" in d.reason]
+    for d in result.plan.decisions:
+        assert set(d.members) <= scored
+    mask = resnet["run"]("mask", "protect", closure=True)
+    assert (result.model(resnet["fresh"]) - mask.model(resnet["fresh"])).abs().max() <= 1e-4
+    assert n_params(result.model) < n_params(mask.model)
 
 
 def test_coupled_prune_removes_residual_channels(resnet):
@@ -281,7 +298,7 @@ def test_flagged_channels_of_an_ignored_layer_are_skipped(tiny_resnet):
 
 def test_unlearn_never_removes_ignored_outputs(tiny_resnet, samples):
     result = tu.unlearn(tiny_resnet, samples, forget=[0], retain=[1, 2], sigma=5, delta=0.5, retain_delta=0.05,
-                        coupled="prune", ignored_layers=["head", "layer2.shortcut"], progress=False)
+                        coupled="prune", group_closure=False, ignored_layers=["head", "layer2.shortcut"], progress=False)
     assert "layer2.shortcut.0" not in result.report["layers"]
     assert result.model.layer2.shortcut[0].out_channels == 16
     assert result.model.layer2.conv2.out_channels == 16
@@ -323,7 +340,7 @@ def test_grouped_convolutions_are_left_alone(samples, randomize_bn):
 def test_coupled_zero_mask_keeps_every_shape(tiny_resnet, samples):
     # sigma=2 scores layer2.conv1 and layer2.conv2, not the shortcut conv coupled to layer2.conv2
     result = tu.unlearn(tiny_resnet, samples, forget=[0], retain=[1, 2], sigma=2, delta=0.5, retain_delta=0.05,
-                        mode="mask", coupled="zero", ignored_layers=["head"], progress=False)
+                        mode="mask", coupled="zero", group_closure=False, ignored_layers=["head"], progress=False)
     assert signature(result.model) == signature(tiny_resnet)
     assert any(d.action == "zero" for d in result.plan.decisions)
     zeroed = result.plan.zero_ops()
@@ -335,7 +352,7 @@ def test_coupled_zero_mask_keeps_every_shape(tiny_resnet, samples):
 
 
 def test_tiny_resnet_mask_equals_physical_with_coupled_prune(tiny_resnet, samples):
-    kwargs = dict(forget=[0], retain=[1, 2], sigma=5, delta=0.5, retain_delta=0.05, coupled="prune",
+    kwargs = dict(forget=[0], retain=[1, 2], sigma=5, delta=0.5, retain_delta=0.05, coupled="prune", group_closure=False,
                   ignored_layers=["head"], progress=False)
     physical = tu.unlearn(tiny_resnet, samples, mode="physical", **kwargs)
     mask = tu.unlearn(tiny_resnet, samples, mode="mask", **kwargs)

@@ -17,8 +17,8 @@ from torch import nn
 from tpunlearn import __version__
 from tpunlearn.errors import DataError, PlanError, UsageError
 from tpunlearn.graph import BalancedGraph, balance, essential_graph, layer_links
-from tpunlearn.layers import candidate_layers, names_of
-from tpunlearn.plan import COUPLED, MODES, PrunePlan, build_dependency_graph, forward, make_plan
+from tpunlearn.layers import candidate_layers, names_of, prunable_layers
+from tpunlearn.plan import COUPLED, MODES, PrunePlan, build_dependency_graph, close_groups, forward, make_plan
 from tpunlearn.scoring import ChannelScores, score_channels, top_count
 from tpunlearn.targets import ClassLogit, Target
 
@@ -50,6 +50,8 @@ def unlearn(
     ignored_layers: Sequence[nn.Module | str] | None = None,
     retain_delta: float | None = None,
     method: str = "gradcam",
+    group_closure: bool = True,
+    balanced: bool = True,
     scores: ChannelScores | None = None,
     num_targets: int | None = None,
     output_transform: Callable[[Any], Any] | None = None,
@@ -60,7 +62,12 @@ def unlearn(
     ``samples`` yields ``(images, multi_hot)`` batches (``multi_hot[i, t]`` marks that image
     ``i`` holds target ``t``). ``target`` builds ``Y_t`` for a class index. ``retain=None``
     retains every other target. ``retain_delta`` (default ``delta``) is the top fraction of
-    channels each retained target protects. ``scores`` reuses cached channel scores and
+    channels each retained target protects. ``group_closure`` adds to the last ``sigma``
+    convolutions every layer coupled to them in a torch-pruning group (a residual stream),
+    so that each group is decided on the scores of all its members; ``coupled`` then only
+    matters for groups that reach ignored or non-prunable layers, or with closure off.
+    ``balanced=False`` is the paper's "without balance" ablation: every node a forget target
+    selects is flagged, whatever the retained targets need. ``scores`` reuses cached channel scores and
     skips scoring (``samples`` may then be None).
     """
     forget = [int(forget)] if isinstance(forget, int) else [int(t) for t in forget]
@@ -92,6 +99,11 @@ def unlearn(
     work = copy.deepcopy(model)
     ignored = _ignored_names(work, model, ignored_layers)
     layers = candidate_layers(work, example_inputs, sigma, ignored)
+    t0 = time.perf_counter()
+    dg = build_dependency_graph(work, example_inputs, output_transform)
+    if group_closure:
+        layers = close_groups(work, layers, prunable_layers(work, example_inputs, ignored), dg)
+    timings["dependency_graph"] = time.perf_counter() - t0
     if scores is None:
         t0 = time.perf_counter()
         targets = {t: target(t) for t in forget + retain}
@@ -104,11 +116,10 @@ def unlearn(
     retain = [t for t in retain if t in scores.targets]
 
     t0 = time.perf_counter()
-    dg = build_dependency_graph(work, example_inputs, output_transform)
     links = layer_links(work, dg, layers)
     graphs = {t: essential_graph(scores, t, delta if t in forget else (retain_delta or delta), links)
               for t in forget + retain}
-    graph = balance(graphs, forget, retain, scores.channels, retain_tolerance)
+    graph = balance(graphs, forget, retain if balanced else [], scores.channels, retain_tolerance)
     timings["graph"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -127,7 +138,8 @@ def unlearn(
     report = {
         "tpunlearn": __version__,
         "algorithm": "balanced essential graph (Xu et al., Alg. 1-4, Eq. 3-4) with torch-pruning groups",
-        "settings": {"forget": forget, "retain": retain, "sigma": sigma, "delta": delta,
+        "settings": {"forget": forget, "retain": retain, "sigma": sigma, "group_closure": group_closure,
+                     "balanced": balanced, "delta": delta,
                      "retain_delta": retain_delta or delta, "retain_tolerance": retain_tolerance,
                      "n_per_target": n_per_target, "mode": mode, "coupled": coupled, "method": method},
         "layers": layers,

@@ -65,16 +65,19 @@ def candidate_layers(model: nn.Module, example_inputs: Any, sigma: int,
     """
     if int(sigma) < 1:
         raise UsageError(f"sigma must be >= 1, got {sigma}")
-    ignored = tuple(ignored_layers)
-    prunable = [
-        name for name in execution_order(model, example_inputs)
-        if is_prunable_conv(module_by_name(model, name)) and not _is_ignored(name, ignored)
-    ]
+    prunable = prunable_layers(model, example_inputs, ignored_layers)
     if not prunable:
         raise UsageError("the model has no prunable convolution outside the ignored layers")
     if sigma > len(prunable):
         raise UsageError(f"sigma={sigma} is larger than the number of prunable convolutions ({len(prunable)})")
     return prunable[-int(sigma):]
+
+
+def prunable_layers(model: nn.Module, example_inputs: Any, ignored_layers: Iterable[str] = ()) -> list[str]:
+    """Every prunable convolution outside the ignored layers, in execution order."""
+    ignored = tuple(ignored_layers)
+    return [name for name in execution_order(model, example_inputs)
+            if is_prunable_conv(module_by_name(model, name)) and not _is_ignored(name, ignored)]
 
 
 def _is_ignored(name: str, ignored: tuple[str, ...]) -> bool:

@@ -190,6 +190,26 @@ def build_dependency_graph(model: nn.Module, example_inputs: Any,
         model.train(was_training)
 
 
+def close_groups(model: nn.Module, layers: Sequence[str], order: Sequence[str], dependency_graph: Any) -> list[str]:
+    """``layers`` plus every prunable layer coupled to one of them, in execution order.
+
+    torch-pruning removes a channel from a whole group at once (a residual stream couples
+    the convs that add into it). Scoring every member lets the plan decide a group on full
+    information instead of protecting or pruning it blind. Only layers in ``order`` (the
+    prunable, non-ignored convs) are added.
+    """
+    dg = dependency_graph
+    allowed = set(order)
+    out = set(layers)
+    names = {m: n for n, m in model.named_modules()}
+    for name in layers:
+        root = module_by_name(model, name)
+        pruner = dg.get_pruner_of_module(root)
+        group = dg.get_pruning_group(root, pruner.prune_out_channels, list(range(pruner.get_out_channels(root))))
+        out.update(n for n in _out_members(dg, group, names) if n in allowed)
+    return [n for n in order if n in out]
+
+
 def signature(model: nn.Module) -> dict[str, list[int]]:
     """Channel counts of every conv and linear layer: identifies the model a plan is for."""
     out = {}

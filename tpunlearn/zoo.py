@@ -1,0 +1,147 @@
+"""The model zoo: small models trained on DigitScenes by ``scripts/train_zoo.py``.
+
+Checkpoints live in ``tpunlearn/weights/`` (fp16 state dicts, a few MB) so that everything
+runs offline. Each :class:`ZooEntry` names the exact ``timm.create_model`` call that
+rebuilds its architecture; :func:`load` builds it and loads the weights::
+
+    model, info = tpunlearn.zoo.load("digitscenes-resnet")
+
+A checkpoint is a ``torch.save`` of a dict with plain types and tensors only (it loads with
+``weights_only=True``)::
+
+    {"format": "tpunlearn-zoo/1", "name", "timm_name", "timm_kwargs", "state_dict" (fp16),
+     "class_names", "input_size", "task", "train": {epochs, seed, lr, n_train, test_recall, ...}}
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tpunlearn.errors import UsageError, WeightsError
+
+__all__ = ["FORMAT", "WEIGHTS_DIR", "ZOO", "ZooEntry", "entry", "load", "names", "weights_path", "build"]
+
+FORMAT = "tpunlearn-zoo/1"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One zoo model: how to build it (``timm.create_model(arch, **kwargs)``) and its weights."""
+
+    name: str
+    arch: str
+    kwargs: dict[str, Any]
+    weights: str  # file name under tpunlearn/weights/
+    task: str = "multilabel"
+    description: str = ""
+    family: str = "timm"
+    data: str = "digits"
+    class_names: list[str] = field(default_factory=lambda: [str(d) for d in range(10)])
+    input_size: tuple[int, int, int] = (3, 64, 64)
+
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in (
+        ZooEntry(
+            name="digitscenes-resnet",
+            arch="resnet18",
+            kwargs={"num_classes": 10, "in_chans": 3, "layers": [1, 1, 1, 1], "channels": [32, 64, 128, 256]},
+            weights="digitscenes-resnet.pt",
+            task="multilabel",
+            description=(
+                "timm ResNet (BasicBlock, one block per stage, widths 32-64-128-256, 1.25M params), "
+                "10 sigmoid outputs: which digits a 64x64 DigitScenes scene holds"
+            ),
+        ),
+    )
+}
+
+
+def names() -> list[str]:
+    """Names of the zoo models."""
+    return sorted(ZOO)
+
+
+def entry(name: str) -> ZooEntry:
+    """The :class:`ZooEntry` called ``name``; unknown names raise :class:`UsageError`."""
+    try:
+        return ZOO[name]
+    except (KeyError, TypeError):
+        raise UsageError(f"unknown zoo model {name!r}; known: {', '.join(names())}") from None
+
+
+def weights_path(name: str) -> Path:
+    """Absolute path of the checkpoint file of zoo model ``name`` (it may not exist yet)."""
+    return WEIGHTS_DIR / entry(name).weights
+
+
+def build(name: str):
+    """The architecture of zoo model ``name``, randomly initialised (no weights loaded)."""
+    e = entry(name)
+    import timm
+
+    return timm.create_model(e.arch, pretrained=False, **e.kwargs)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load(name: str, weights: str | Path | None = None):
+    """Build zoo model ``name``, load its weights (fp16 -> float32, strict) and set eval mode.
+
+    ``weights`` overrides the checkpoint path. Returns ``(model, info)``; ``info`` holds
+    ``name``, ``arch``, ``family``, ``task``, ``kwargs``, ``class_names``, ``input_size``,
+    ``weights`` (absolute path), ``sha256``, ``test_recall``, ``test_precision`` and ``train``.
+    """
+    import torch
+
+    e = entry(name)
+    path = Path(weights).resolve() if weights is not None else weights_path(name)
+    if not path.is_file():
+        raise WeightsError(
+            f"weights for zoo model {name!r} not found at {path}; run `python scripts/train_zoo.py {name}`"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a weights problem
+        raise WeightsError(f"cannot read zoo checkpoint {path}: {exc}".splitlines()[0]) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise WeightsError(f"{path} is not a {FORMAT} checkpoint; rebuild it with `python scripts/train_zoo.py {name}`")
+    if ckpt.get("timm_name") != e.arch or dict(ckpt.get("timm_kwargs", {})) != e.kwargs:
+        raise WeightsError(
+            f"{path} holds {ckpt.get('timm_name')} {ckpt.get('timm_kwargs')}, not {e.arch} {e.kwargs}; "
+            f"rebuild it with `python scripts/train_zoo.py {name}`"
+        )
+    model = build(name)
+    state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in ckpt["state_dict"].items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path} does not fit {e.arch}: {str(exc).splitlines()[0]}") from exc
+    model.eval()
+    train = dict(ckpt.get("train", {}))
+    info = {
+        "name": e.name,
+        "arch": e.arch,
+        "family": e.family,
+        "task": ckpt.get("task", e.task),
+        "kwargs": dict(e.kwargs),
+        "data": e.data,
+        "class_names": list(ckpt.get("class_names", e.class_names)),
+        "input_size": list(ckpt.get("input_size", e.input_size)),
+        "weights": str(path),
+        "sha256": _sha256(path),
+        "test_recall": train.get("test_recall"),
+        "test_precision": train.get("test_precision"),
+        "train": train,
+    }
+    return model, info
