@@ -84,3 +84,39 @@ def test_target_is_differentiable(logits):
 
 def test_repr_names_the_index():
     assert repr(ClassLogit(7)) == "ClassLogit(7)"
+
+
+def test_segmentation_logit_sums_class_logits_over_its_pixels():
+    from tpunlearn.targets import SegmentationLogit
+
+    logits = torch.zeros(2, 3, 4, 4)
+    logits[0, 2, :2, :2] = 5.0  # sample 0: class 2 wins on 4 pixels
+    logits[1, 1] = 1.0  # sample 1: class 1 wins everywhere, class 2 nowhere
+    values = SegmentationLogit(2).per_sample({"out": logits})
+    assert values.tolist() == [20.0, 0.0]
+
+
+def test_segmentation_logit_uses_ground_truth_masks_when_given():
+    from tpunlearn.targets import SegmentationLogit
+
+    logits = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
+    masks = torch.tensor([[[2, 0], [0, 2]], [[0, 0], [0, 0]]])
+    target = SegmentationLogit(2).with_masks(masks)
+    expected = logits[0, 2, 0, 0] + logits[0, 2, 1, 1]
+    assert target.per_sample(logits).tolist() == [float(expected), 0.0]
+    with pytest.raises(ValueError):
+        SegmentationLogit(0).per_sample(torch.zeros(2, 3))
+
+
+def test_detection_score_sums_confident_anchors_or_top_k():
+    from tpunlearn.targets import DetectionScore
+
+    pred = torch.zeros(2, 4 + 3, 6)
+    pred[0, 4 + 1, [0, 2]] = torch.tensor([0.9, 0.5])  # two confident anchors for class 1
+    pred[0, 4 + 1, 3] = 0.1  # below the floor: ignored
+    pred[1, 4 + 1, :] = torch.tensor([0.01, 0.02, 0.03, 0.04, 0.05, 0.06])  # none confident
+    values = DetectionScore(1, conf=0.25, top_k=2).per_sample(pred)
+    assert values[0] == pytest.approx(1.4)
+    assert values[1] == pytest.approx(0.11)  # the two best anchors
+    with pytest.raises(ValueError):
+        DetectionScore(0).per_sample(torch.zeros(2, 7))
