@@ -24,6 +24,7 @@ from torch import nn
 from tpunlearn.errors import PlanError, UsageError
 from tpunlearn.io import read_json, write_json
 from tpunlearn.layers import CONV_TYPES, _forward, module_by_name
+from tpunlearn.scoring import scoring_mode
 
 MODES = ("physical", "mask")
 COUPLED = ("protect", "prune", "zero")
@@ -175,19 +176,9 @@ def build_dependency_graph(model: nn.Module, example_inputs: Any,
     """
     import torch_pruning as tp
 
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(True)
-        with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
-                                                         output_transform=output_transform, verbose=False)
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
+    with scoring_mode(model, requires_grad=True), torch.enable_grad():
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
+                                                     output_transform=output_transform, verbose=False)
 
 
 def close_groups(model: nn.Module, layers: Sequence[str], order: Sequence[str], dependency_graph: Any) -> list[str]:

@@ -128,14 +128,18 @@ def capture_outputs(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[st
 
 
 @contextlib.contextmanager
-def scoring_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode with frozen parameters inside the block; both restored on exit."""
+def scoring_mode(model: nn.Module, requires_grad: bool = False) -> Iterator[nn.Module]:
+    """Eval mode with every parameter's ``requires_grad`` set inside the block; both restored on exit.
+
+    Scoring freezes the parameters (no parameter gradient, backward stops at the earliest
+    candidate); tracing a dependency graph needs them on.
+    """
     flags = [(p, p.requires_grad) for p in model.parameters()]
     was_training = model.training
     try:
         model.eval()
         for p, _ in flags:
-            p.requires_grad_(False)
+            p.requires_grad_(requires_grad)
         yield model
     finally:
         for p, flag in flags:

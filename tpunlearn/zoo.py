@@ -14,7 +14,6 @@ A checkpoint is a ``torch.save`` of a dict with plain types and tensors only (it
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,14 +86,6 @@ def build(name: str):
     return timm.create_model(e.arch, pretrained=False, **e.kwargs)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load(name: str, weights: str | Path | None = None):
     """Build zoo model ``name``, load its weights (fp16 -> float32, strict) and set eval mode.
 
@@ -103,6 +94,8 @@ def load(name: str, weights: str | Path | None = None):
     ``weights`` (absolute path), ``sha256``, ``test_recall``, ``test_precision`` and ``train``.
     """
     import torch
+
+    from tpunlearn.io import sha256
 
     e = entry(name)
     path = Path(weights).resolve() if weights is not None else weights_path(name)
@@ -139,7 +132,7 @@ def load(name: str, weights: str | Path | None = None):
         "class_names": list(ckpt.get("class_names", e.class_names)),
         "input_size": list(ckpt.get("input_size", e.input_size)),
         "weights": str(path),
-        "sha256": _sha256(path),
+        "sha256": sha256(path),
         "test_recall": train.get("test_recall"),
         "test_precision": train.get("test_precision"),
         "train": train,
