@@ -17,7 +17,11 @@ def test_wheel_contains_the_adapters_under_tpunlearn(tmp_path):
     # Build from a clean copy of the repository: setuptools reuses build/lib, so a stale
     # build/ folder in the checkout could hide (or fake) what the configuration ships.
     src = tmp_path / "src"
-    shutil.copytree(ROOT, src, ignore=_IGNORE)
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for folder in ("tpunlearn", "adapters"):  # everything the build reads; no venvs or caches
+        shutil.copytree(ROOT / folder, src / folder, ignore=_IGNORE)
     dist = tmp_path / "dist"
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q", "-w", str(dist)],
