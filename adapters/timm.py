@@ -36,32 +36,66 @@ class TimmAdapter(Adapter):
 
         return timm.is_model(arch.removeprefix("timm/"))
 
-    def build(self, arch: str, weights: str | Path | None = None, num_classes: int = 10, in_chans: int = 3,
-              input_size: tuple[int, int, int] | None = None, task: str = "multilabel",
+    def build(self, arch: str, weights: str | Path | None = None, num_classes: int | None = None,
+              in_chans: int | None = None, input_size: tuple[int, int, int] | None = None, task: str | None = None,
               class_names: list[str] | None = None, **kwargs: Any) -> tuple[nn.Module, ModelInfo]:
-        """A zoo model by name, or ``timm.create_model(arch)`` randomly initialised or from ``weights``."""
+        """A zoo model by name, or ``timm.create_model(arch)`` randomly initialised or from ``weights``.
+
+        A tpunlearn checkpoint (``tpunlearn-timm/1`` as :meth:`save` writes it, or a zoo
+        ``tpunlearn-zoo/1`` file) describes itself: its ``timm_kwargs``, input size, class
+        names and task rebuild the architecture, and its pruning history is replayed before
+        the weights load, so ``build("resnet18", weights="out/model.pt")`` gives back the
+        pruned model. Explicit arguments that contradict the checkpoint raise
+        :class:`WeightsError`. Files always load with ``torch.load(weights_only=True)``.
+        """
         from tpunlearn import zoo
 
-        if arch in zoo.ZOO:
+        ckpt = _read(Path(weights)) if weights is not None else None
+        saved = ckpt if isinstance(ckpt, dict) and ckpt.get("format") in (SAVE_FORMAT, zoo.FORMAT) else None
+        if arch in zoo.ZOO and (saved is None or saved.get("format") == zoo.FORMAT):
             model, meta = zoo.load(arch, weights)
             info = ModelInfo(arch=arch, family="timm", task=meta["task"], class_names=meta["class_names"],
                              input_size=tuple(meta["input_size"]), weights=meta["weights"],
-                             extra={"timm_name": meta["arch"], "timm_kwargs": meta["kwargs"], "data": meta["data"]})
+                             extra={"timm_name": meta["arch"], "timm_kwargs": meta["kwargs"], "data": meta["data"],
+                                    "history": []})
             return model, info
         import timm
 
-        name = arch.removeprefix("timm/")
-        create_kwargs = {"num_classes": num_classes, "in_chans": in_chans, **kwargs}
+        explicit = {k: v for k, v in (("num_classes", num_classes), ("in_chans", in_chans)) if v is not None}
+        explicit.update(kwargs)
+        extra: dict[str, Any] = {}
+        if arch in zoo.ZOO:  # a zoo name with a pruned checkpoint of that zoo model
+            e = zoo.entry(arch)
+            name, create_kwargs, extra["data"] = e.arch, {**e.kwargs, **explicit}, e.data
+        else:
+            name = arch.removeprefix("timm/")
+            create_kwargs = {"num_classes": 10, "in_chans": 3, **explicit}
+        if saved is not None:
+            stored = dict(saved.get("timm_kwargs") or {})
+            if saved.get("timm_name") != name:
+                raise WeightsError(f"{weights} holds a {saved.get('timm_name')}, not a {name}")
+            if arch in zoo.ZOO and stored != zoo.entry(arch).kwargs:
+                raise WeightsError(f"{weights} holds a {name} built with {stored}, not zoo model {arch} "
+                                   f"({zoo.entry(arch).kwargs})")
+            clash = {k: v for k, v in explicit.items() if k in stored and stored[k] != v}
+            if clash:
+                raise WeightsError(f"{weights} holds a {name} built with {stored}, which contradicts {clash}")
+            create_kwargs = {**create_kwargs, **stored}
+            input_size = input_size or tuple(saved.get("input_size") or ()) or None
+            class_names = class_names or saved.get("class_names")
+            task = task or saved.get("task")
+        in_ch = int(create_kwargs.get("in_chans", 3))
+        num = int(create_kwargs.get("num_classes", 10))
         model = timm.create_model(name, pretrained=False, **create_kwargs)
+        size = tuple(input_size or (in_ch, *model.pretrained_cfg.get("input_size", (3, 224, 224))[1:]))
         history: list[Any] = []
         if weights is not None:
-            history = _load_weights(model, name, Path(weights), input_size or (in_chans, 64, 64))
+            history = _load_weights(model, name, Path(weights), ckpt, size)
         model.eval()
-        size = input_size or (in_chans, *model.pretrained_cfg.get("input_size", (3, 224, 224))[1:])
-        info = ModelInfo(arch=arch, family="timm", task=task,
-                         class_names=class_names or [str(i) for i in range(num_classes)],
-                         input_size=tuple(size), weights=str(weights) if weights else None,
-                         extra={"timm_name": name, "timm_kwargs": create_kwargs, "history": history})
+        info = ModelInfo(arch=arch, family="timm", task=task or "multilabel",
+                         class_names=list(class_names or [str(i) for i in range(num)]),
+                         input_size=size, weights=str(weights) if weights is not None else None,
+                         extra={"timm_name": name, "timm_kwargs": create_kwargs, "history": history, **extra})
         return model, info
 
     def target(self, info: ModelInfo, index: int) -> Target:
@@ -106,31 +140,48 @@ class TimmAdapter(Adapter):
             torch.save(payload, tmp)
 
 
-def _load_weights(model: nn.Module, name: str, path: Path, input_size: tuple[int, ...]) -> list[Any]:
-    """Load a tpunlearn-timm checkpoint (replaying its pruning) or a plain timm state dict."""
+def _read(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)``; a missing or unreadable file is a WeightsError."""
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, corrupt or not a torch file
-        raise WeightsError(f"cannot read weights {path}: {str(exc).splitlines()[0]}") from None
+        why, detail = type(exc).__name__, _first_problem(exc)
+        why = why if detail == why else f"{why}: {detail}"
+        raise WeightsError(f"cannot read weights {path}: not a torch checkpoint, or a truncated or corrupt one "
+                           f"({why})") from None
+
+
+def _load_weights(model: nn.Module, name: str, path: Path, ckpt: Any, input_size: tuple[int, ...]) -> list[Any]:
+    """Load a read checkpoint into ``model``: a tpunlearn one (replaying its pruning) or a plain state dict."""
     history: list[Any] = []
     if isinstance(ckpt, dict) and ckpt.get("format") == SAVE_FORMAT:
-        if ckpt["timm_name"] != name:
-            raise WeightsError(f"{path} holds a {ckpt['timm_name']}, not a {name}")
-        history = ckpt.get("history", [])
+        history = [list(h) for h in ckpt.get("history") or []]
         if history:
             from tpunlearn.plan import build_dependency_graph
 
-            dg = build_dependency_graph(model, torch.rand(1, *ckpt.get("input_size", input_size)))
-            dg.load_pruning_history([list(h) for h in history])
-        state = ckpt["state_dict"]
+            try:
+                dg = build_dependency_graph(model, torch.rand(1, *input_size))
+                dg.load_pruning_history([list(h) for h in history])
+            except Exception as exc:  # noqa: BLE001 - a history that does not fit this model
+                raise WeightsError(f"{path}: its pruning history does not fit {name} ({_first_problem(exc)})") from None
+        state = ckpt.get("state_dict")
+    elif isinstance(ckpt, dict):
+        state = ckpt.get("state_dict", ckpt)
     else:
-        state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
+        state = None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} holds no state dict")
     try:
         model.load_state_dict({k: v.float() if torch.is_floating_point(v) else v for k, v in state.items()})
     except RuntimeError as exc:
-        raise WeightsError(f"{path} does not fit {name}: {str(exc).splitlines()[0]}") from None
+        raise WeightsError(f"{path} does not fit {name}: {_first_problem(exc)}") from None
     return history
+
+
+def _first_problem(exc: Exception) -> str:
+    """The first informative line of a ``load_state_dict`` error (its first line is a header)."""
+    lines = [l.strip() for l in str(exc).splitlines() if l.strip()]
+    detail = next((l for l in lines if not l.startswith("Error(s) in loading")), lines[0] if lines else type(exc).__name__)
+    return detail if len(detail) <= 160 else detail[:157] + "..."

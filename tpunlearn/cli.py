@@ -16,11 +16,11 @@ from tpunlearn.errors import TpunlearnError, UsageError
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
     except TpunlearnError as exc:
         print(f"tpunlearn: error: {exc}", file=sys.stderr)
@@ -30,8 +30,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with tpunlearn's error style: one line, ``tpunlearn: error: ...``, exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
+    return value
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int>={low}"
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tpunlearn", description="Target-level machine unlearning by structural pruning.")
+    p = _Parser(prog="tpunlearn", description="Target-level machine unlearning by structural pruning.")
     sub = p.add_subparsers(metavar="COMMAND")
 
     prune = sub.add_parser("prune", help="forget one or more targets and write a smaller model",
@@ -40,11 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(prune)
     prune.add_argument("--forget", nargs="+", required=True, metavar="NAME", help="class names (or indices) to forget")
     prune.add_argument("--retain", nargs="+", metavar="NAME", help="targets to keep (default: every other class)")
-    prune.add_argument("--sigma", type=int, default=4, help="number of last prunable convs to consider (default 4)")
-    prune.add_argument("--delta", type=float, default=0.05, help="top fraction of channels per layer and target (default 0.05)")
-    prune.add_argument("--retain-delta", type=float, default=None, help="top fraction each retained target protects (default: --delta)")
-    prune.add_argument("--retain-tolerance", type=int, default=0, help="retained targets that may share a flagged channel")
-    prune.add_argument("--samples", type=int, default=32, help="instances scored per target (default 32)")
+    prune.add_argument("--sigma", type=_int_at_least(1), default=4, help="number of last prunable convs to consider (default 4)")
+    prune.add_argument("--delta", type=_fraction, default=0.05, help="top fraction of channels per layer and target (default 0.05)")
+    prune.add_argument("--retain-delta", type=_fraction, default=None, help="top fraction each retained target protects (default: --delta)")
+    prune.add_argument("--retain-tolerance", type=_int_at_least(0), default=0, help="retained targets that may share a flagged channel")
+    prune.add_argument("--samples", type=_int_at_least(1), default=32, help="instances scored per target (default 32)")
     prune.add_argument("--mode", choices=("physical", "mask"), default="physical")
     prune.add_argument("--coupled", choices=("protect", "prune", "zero"), default="protect")
     prune.add_argument("--out", default="tpunlearn-out", help="output folder (default ./tpunlearn-out)")
@@ -105,8 +136,11 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if not args.dry_run:
         _check_out(out, args.weights, args.force)
     adapter, model, info = _build(args)
-    forget = resolve_targets(args.forget, info.class_names)
-    retain = resolve_targets(args.retain, info.class_names) if args.retain else None
+    forget = list(dict.fromkeys(resolve_targets(args.forget, info.class_names)))
+    retain = list(dict.fromkeys(resolve_targets(args.retain, info.class_names))) if args.retain else None
+    both = [info.class_names[t] for t in forget if retain and t in retain]
+    if both:
+        raise UsageError(f"target(s) {', '.join(both)} are in both --forget and --retain")
     example = adapter.example_inputs(info)
     t0 = time.perf_counter()
     res = tu.unlearn(model, adapter.samples(model, info, args.data), forget=forget, retain=retain,
@@ -122,7 +156,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                   retain=[info.class_names[t] for t in res.report["settings"]["retain"]], seed=args.seed,
                   macs={"before": count_macs(model, example), "after": count_macs(res.model, example)},
                   versions=versions(adapter.library), total_s=round(time.perf_counter() - t0, 3))
-    info.extra["history"] = res.plan.history
+    # a pruned checkpoint carries its own history: the new pruning replays after it
+    info.extra["history"] = [list(h) for h in info.extra.get("history") or []] + res.plan.history
     out.mkdir(parents=True, exist_ok=True)
     if args.eval:
         before = adapter.evaluate(model, info, args.data)

@@ -1,0 +1,307 @@
+"""The ``tpunlearn`` command line, run in-process through ``tpunlearn.cli.main``.
+
+One real prune of the zoo model (forget digit 3, with --eval and --onnx) is shared by the
+module; the error cases fail before any scoring, so they stay cheap. Two subprocesses check
+that ``tpunlearn --help`` works and that importing the CLI loads neither torch nor timm.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tpunlearn import adapters, cli, zoo
+from tpunlearn.io import sha256
+
+ZOO = "digitscenes-resnet"
+DIGITS = [str(d) for d in range(10)]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_captured(*argv) -> tuple[int, str, str]:
+    """``cli.main`` with stdout and stderr captured, for module-scoped fixtures (no capsys)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_error(result: tuple[int, str, str], code: int, *fragments: str) -> str:
+    """One line on stderr, ``tpunlearn: error: ...``, no traceback, exit ``code``."""
+    got, _, err = result
+    lines = err.strip().splitlines()
+    assert got == code, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tpunlearn: error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def listing(folder: Path) -> dict[str, str]:
+    return {p.name: sha256(p) for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    """``tpunlearn prune --arch digitscenes-resnet --forget 3 --out DIR --eval --onnx``."""
+    out = tmp_path_factory.mktemp("prune") / "out"
+    zoo_sha = sha256(zoo.weights_path(ZOO))
+    code, stdout, stderr = run_captured("prune", "--arch", ZOO, "--forget", "3", "--out", out, "--eval", "--onnx")
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    return SimpleNamespace(out=out, stdout=stdout, report=report, zoo_sha=zoo_sha)
+
+
+# ---- help, import cost, zoo ----------------------------------------------------------------
+def test_help_subprocess_lists_commands():
+    script = Path(sys.executable).with_name("tpunlearn")
+    cmd = [str(script), "--help"] if script.is_file() else [sys.executable, "-m", "tpunlearn.cli", "--help"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for command in ("prune", "eval", "zoo"):
+        assert command in proc.stdout
+
+
+def test_cli_import_loads_neither_torch_nor_timm():
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import tpunlearn.cli"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    modules = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert "tpunlearn.cli" in modules
+    heavy = [m for m in modules if m.split(".")[0] in {"torch", "timm", "torch_pruning", "torchvision", "onnx",
+                                                       "onnxruntime", "matplotlib", "ultralytics"}]
+    assert not heavy, heavy
+
+
+def test_help_in_process_exits_zero(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["prune", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--forget" in out and "--dry-run" in out
+
+
+def test_no_command_prints_help(capsys):
+    code, out, _ = run(capsys)
+    assert code == 2 and "prune" in out
+
+
+def test_zoo_lists_the_bundled_model_as_ready(capsys):
+    code, out, _ = run(capsys, "zoo")
+    assert code == 0
+    line = next(l for l in out.splitlines() if l.startswith(ZOO))
+    assert " ready " in line
+
+
+# ---- prune -----------------------------------------------------------------------------------
+def test_prune_writes_every_output(pruned):
+    names = sorted(p.name for p in pruned.out.iterdir())
+    assert names == ["graph.json", "graph.png", "model.onnx", "model.pt", "plan.json", "report.json"]
+    assert (pruned.out / "graph.png").read_bytes()[:8] == PNG_MAGIC
+    plan = json.loads((pruned.out / "plan.json").read_text())
+    assert plan["history"]
+    assert json.loads((pruned.out / "graph.json").read_text())
+    assert "removed" in pruned.stdout and "<- forgotten" in pruned.stdout
+
+
+def test_prune_report(pruned):
+    r = pruned.report
+    assert r["arch"] == ZOO
+    assert r["forget"] == ["3"]
+    assert r["retain"] == [d for d in DIGITS if d != "3"]
+    assert r["seed"] == 0
+    assert r["params"]["after"] < r["params"]["before"]
+    assert 0 < r["macs"]["after"] <= r["macs"]["before"]
+    assert r["removed_channels"] > 0
+    assert sum(len(v) for v in r["removed"].values()) == r["removed_channels"]
+    assert all(isinstance(i, int) for v in r["removed"].values() for i in v)
+    assert {"scoring", "planning", "pruning"} <= set(r["timings_s"])
+    versions = r["versions"]
+    assert {"torch", "torch-pruning", "timm"} <= set(versions)
+    assert "not installed" not in {versions[k] for k in ("torch", "torch-pruning", "timm")}
+
+
+def test_prune_metrics_forget_only_the_target(pruned):
+    m = pruned.report["metrics"]
+    assert m["name"] == "recall"
+    assert set(m["before"]) == set(m["after"]) == set(DIGITS)
+    assert m["before"]["3"] >= 0.9
+    assert m["after"]["3"] <= 0.02
+    for digit in DIGITS:
+        if digit != "3":
+            assert m["after"][digit] >= m["before"][digit] - 0.02, digit
+
+
+def test_prune_onnx_parity(pruned):
+    onnx = pruned.report["onnx"]
+    assert Path(onnx["path"]).name == "model.onnx" and Path(onnx["path"]).resolve() == (pruned.out / "model.onnx").resolve()
+    assert onnx["max_abs_diff"] <= 1e-4
+    assert onnx["latency_ms"]["before"] > 0 and onnx["latency_ms"]["after"] > 0
+
+
+def test_prune_sha256_match_the_files(pruned):
+    sha = pruned.report["sha256"]
+    assert sha["output_weights"] == sha256(pruned.out / "model.pt")
+    assert sha["input_weights"] == pruned.zoo_sha
+    assert sha256(zoo.weights_path(ZOO)) == pruned.zoo_sha  # the input checkpoint is never modified
+
+
+def test_saved_model_reloads_with_its_pruning(pruned):
+    path = pruned.out / "model.pt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert ckpt["format"] == "tpunlearn-timm/1" and ckpt["timm_name"] == "resnet18" and ckpt["history"]
+
+    adapter = adapters.get("timm")
+    model, info = adapter.build("resnet18", weights=path)  # architecture from the checkpoint itself
+    assert info.input_size == (3, 64, 64) and info.class_names == DIGITS
+    assert sum(p.numel() for p in model.parameters()) == pruned.report["params"]["after"]
+    state = model.state_dict()
+    assert state.keys() == ckpt["state_dict"].keys()
+    assert all(torch.equal(state[k], v) for k, v in ckpt["state_dict"].items())
+
+    # the ONNX file was exported from the in-memory pruned model: same outputs
+    import onnxruntime as ort
+
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    session = ort.InferenceSession(str(pruned.out / "model.onnx"), providers=["CPUExecutionProvider"])
+    (expected, *_) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        got = model(x)
+    assert float((got - torch.from_numpy(expected)).abs().max()) <= 1e-4
+
+    # the zoo name with the pruned checkpoint gives the same model
+    model_z, info_z = adapter.build(ZOO, weights=path)
+    assert info_z.extra["history"] == ckpt["history"]
+    with torch.no_grad():
+        assert torch.equal(model_z(x), got)
+
+
+def test_eval_of_the_saved_model_matches_the_report(pruned, tmp_path, capsys):
+    weights = pruned.out / "model.pt"
+    before = sha256(weights)
+    code, out, err = run(capsys, "eval", "--arch", "resnet18", "--weights", weights, "--json", tmp_path / "m.json")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "m.json").read_text())["metrics"]
+    after = pruned.report["metrics"]["after"]
+    assert set(metrics) == set(after)
+    for digit in DIGITS:
+        assert metrics[digit] == pytest.approx(after[digit], abs=1e-6), digit
+    assert sha256(weights) == before
+
+
+def test_prune_of_a_pruned_checkpoint_keeps_both_prunings(pruned, tmp_path, capsys):
+    weights = tmp_path / "in" / "model.pt"
+    weights.parent.mkdir()
+    shutil.copy(pruned.out / "model.pt", weights)
+    before = sha256(weights)
+    out = tmp_path / "again"
+    code, _, err = run(capsys, "prune", "--arch", "resnet18", "--weights", weights, "--forget", "5",
+                       "--samples", "2", "--sigma", "2", "--out", out)
+    assert code == 0, err
+    assert sha256(weights) == before
+    report = json.loads((out / "report.json").read_text())
+    assert report["sha256"]["input_weights"] == before
+    assert report["params"]["before"] == pruned.report["params"]["after"]
+    first = torch.load(weights, weights_only=True)["history"]
+    second = torch.load(out / "model.pt", weights_only=True)["history"]
+    assert second[:len(first)] == first and len(second) >= len(first)
+    model, _ = adapters.get("timm").build("resnet18", weights=out / "model.pt")
+    assert sum(p.numel() for p in model.parameters()) == report["params"]["after"]
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "prune", "--arch", ZOO, "--forget", "3", "--samples", "2", "--dry-run",
+                         "--out", tmp_path / "dry")
+    assert code == 0, err
+    assert "PrunePlan" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- errors ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("extra, fragments", [
+    (["--arch", "nope", "--forget", "1"], ["unknown arch 'nope'"]),
+    (["--arch", ZOO, "--forget", "cat"], ["unknown target 'cat'", "0, 1, 2, 3, 4, 5, 6, 7, 8, 9"]),
+    (["--arch", ZOO, "--forget", "3", "--delta", "0"], ["--delta", "(0, 1]"]),
+    (["--arch", ZOO, "--forget", "3", "--delta", "1.5"], ["--delta", "(0, 1]"]),
+    (["--arch", ZOO, "--forget", "3", "--sigma", "0"], ["--sigma"]),
+    (["--arch", ZOO, "--forget", "3", "--sigma", "999"], ["sigma=999"]),
+    (["--arch", ZOO, "--forget", "3", "--retain", "4", "3"], ["3", "--forget", "--retain"]),
+    (["--arch", ZOO], ["--forget"]),
+], ids=["arch", "target", "delta0", "delta1.5", "sigma0", "sigma999", "forget-retain", "no-forget"])
+def test_usage_errors(tmp_path, capsys, extra, fragments):
+    out = tmp_path / "out"
+    assert_error(run(capsys, "prune", *extra, "--out", out), 2, *fragments)
+    assert not out.exists()
+
+
+def test_non_empty_out_is_left_untouched(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    before = listing(out)
+    assert_error(run(capsys, "prune", "--arch", ZOO, "--forget", "3", "--out", out), 2, "not empty", "--force")
+    assert listing(out) == before
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "force"])
+def test_out_holding_the_weights_is_refused(pruned, tmp_path, capsys, force):
+    folder = tmp_path / "w"
+    folder.mkdir()
+    weights = folder / "model.pt"
+    shutil.copy(pruned.out / "model.pt", weights)
+    before = listing(folder)
+    result = run(capsys, "prune", "--arch", "resnet18", "--weights", weights, "--forget", "3", "--out", folder,
+                 *(["--force"] if force else []))
+    assert_error(result, 2, "holds the input checkpoint")
+    assert listing(folder) == before
+
+
+@pytest.mark.parametrize("arch", [ZOO, "resnet18"])
+@pytest.mark.parametrize("kind", ["missing", "truncated", "random"])
+def test_bad_weights(pruned, tmp_path, capsys, arch, kind):
+    weights = tmp_path / "bad.pt"
+    if kind == "truncated":
+        weights.write_bytes((pruned.out / "model.pt").read_bytes()[:4096])
+    elif kind == "random":
+        weights.write_bytes(bytes(range(256)) * 16)
+    before = sha256(weights) if weights.exists() else None
+    out = tmp_path / "out"
+    assert_error(run(capsys, "prune", "--arch", arch, "--weights", weights, "--forget", "3", "--out", out),
+                 1, str(weights))
+    assert not out.exists()
+    if before:
+        assert sha256(weights) == before
+
+
+def test_eval_errors_are_one_line(tmp_path, capsys):
+    assert_error(run(capsys, "eval", "--arch", "resnet18", "--weights", tmp_path / "absent.pt"), 1, "not found")
+    assert_error(run(capsys, "eval", "--arch", "nope"), 2, "unknown arch")
+
+
+# ---- eval ------------------------------------------------------------------------------------
+def test_eval_zoo_model_writes_json(tmp_path, capsys):
+    path = tmp_path / "metrics.json"
+    code, out, err = run(capsys, "eval", "--arch", ZOO, "--json", path)
+    assert code == 0, err
+    data = json.loads(path.read_text())
+    assert data["arch"] == ZOO and data["name"] == "recall"
+    assert set(data["metrics"]) == set(DIGITS)
+    assert all(v >= 0.9 for v in data["metrics"].values()), data["metrics"]
+    assert all(f"{d} recall" in out for d in DIGITS)
