@@ -43,6 +43,17 @@ def graph_build(model: torch.nn.Module, samples: int, sigma: int) -> float:
     return time.perf_counter() - t0
 
 
+def scoring_time(model: torch.nn.Module, n_targets: int, samples: int, sigma: int) -> float:
+    """Seconds to score ``n_targets`` targets (one forward per batch, one backward per target)."""
+    x = torch.rand(1, 3, 64, 64)
+    layers = candidate_layers(model, x, sigma, ["fc"])
+    batches = tu.data.loader(tu.data.digitscenes("train"), batch_size=64)
+    t0 = time.perf_counter()
+    score_channels(model, batches, layers, {t: tu.targets.ClassLogit(t) for t in range(n_targets)},
+                   n_per_target=samples, progress=False)
+    return time.perf_counter() - t0
+
+
 def train_epoch(model: torch.nn.Module, n_train: int, batch_size: int = 128) -> float:
     """Seconds for one epoch of the zoo's recipe (AdamW, BCE, batch 128) over ``n_train`` scenes.
 
@@ -80,10 +91,14 @@ def main() -> None:
     graph_build(model, args.samples, args.sigma)  # warm-up: data built, kernels and threads started
     graph_s = sorted(graph_build(model, args.samples, args.sigma) for _ in range(3))[1]
     epoch_s = train_epoch(model, n_train)
+    one = sorted(scoring_time(model, 1, args.samples, args.sigma) for _ in range(3))[1]
+    ten = sorted(scoring_time(model, 10, args.samples, args.sigma) for _ in range(3))[1]
     result = {"graph_s": round(graph_s, 3), "epoch_s": round(epoch_s, 3),
               "graph_over_epoch": round(graph_s / epoch_s, 4), "samples_per_target": args.samples,
               "sigma": args.sigma, "threads": args.threads, "n_train_per_epoch": n_train,
-              "graph": "median of 3 after one warm-up: score 10 targets, dependency graph, links, graphs, balance"}
+              "graph": "median of 3 after one warm-up: score 10 targets, dependency graph, links, graphs, balance",
+              "scoring_1_target_s": round(one, 3), "scoring_10_targets_s": round(ten, 3),
+              "scoring_10_over_1": round(ten / one, 2)}
     out = Path(__file__).parent / "results" / "graph_cost.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
