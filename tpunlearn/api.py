@@ -5,11 +5,12 @@ The input model is never modified: one trained model can serve many requests.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -72,7 +73,55 @@ def unlearn(
     """
     forget = [int(forget)] if isinstance(forget, int) else [int(t) for t in forget]
     _check_args(forget, delta, retain_delta, sigma, mode, coupled, retain_tolerance)
+    implicit_retain = retain is None
+    samples, example_inputs, retain = _resolve_request(model, samples, forget, retain, example_inputs,
+                                                       scores, num_targets)
     timings: dict[str, float] = {}
+    work = copy.deepcopy(model)
+    ignored = _ignored_names(work, model, ignored_layers)
+    layers = candidate_layers(work, example_inputs, sigma, ignored)
+    with _timed(timings, "dependency_graph"):
+        dg = build_dependency_graph(work, example_inputs, output_transform)
+        if group_closure:
+            layers = close_groups(work, layers, prunable_layers(work, example_inputs, ignored), dg)
+    if scores is None:
+        with _timed(timings, "scoring"):
+            scores = score_channels(work, samples, layers, {t: target(t) for t in forget + retain},
+                                    n_per_target=n_per_target, method=method, progress=progress,
+                                    optional=retain if implicit_retain else ())
+    else:
+        _check_cached(scores, layers, forget + ([] if implicit_retain else retain))
+    unscored = [t for t in retain if t not in scores.targets]
+    retain = [t for t in retain if t in scores.targets]
+
+    with _timed(timings, "graph"):
+        links = layer_links(work, dg, layers)
+        graphs = {t: essential_graph(scores, t, delta if t in forget else (retain_delta or delta), links)
+                  for t in forget + retain}
+        graph = balance(graphs, forget, retain if balanced else [], scores.channels, retain_tolerance)
+    with _timed(timings, "planning"):
+        priority = {l: sum(scores.alpha(t, l) for t in forget) for l in layers}
+        plan = make_plan(work, graph.flagged(), graph.protected(), example_inputs, candidates=layers,
+                         ignored_layers=ignored, coupled=coupled, mode=mode, priority=priority,
+                         output_transform=output_transform, dependency_graph=dg)
+    mask_model = copy.deepcopy(work) if mode == "physical" else None
+    with _timed(timings, "pruning"):
+        plan.apply(work, example_inputs, output_transform, dependency_graph=dg)
+    check = verify(work, model, plan, example_inputs, mask_model, output_transform)
+
+    settings = {"forget": forget, "retain": retain, "sigma": sigma, "group_closure": group_closure,
+                "balanced": balanced, "delta": delta, "retain_delta": retain_delta or delta,
+                "retain_tolerance": retain_tolerance, "n_per_target": n_per_target, "mode": mode,
+                "coupled": coupled, "method": method}
+    notes = [f"retained target(s) {unscored} appear in no sample: not scored, so not protected"] if unscored else []
+    report = _report(model, work, settings, layers, scores, graph, plan, timings, check, notes)
+    return UnlearnResult(model=work, plan=plan, graph=graph, scores=scores, report=report)
+
+
+def _resolve_request(model: nn.Module, samples: Iterable[Any] | None, forget: list[int],
+                     retain: Sequence[int] | None, example_inputs: Any, scores: ChannelScores | None,
+                     num_targets: int | None) -> tuple[Iterable[Any] | None, Any, list[int]]:
+    """Peek at the samples for the target count and an example input; validate the targets."""
     if scores is None:
         if samples is None:
             raise UsageError("samples are needed unless cached scores are given")
@@ -87,7 +136,6 @@ def unlearn(
         example_inputs = first[0][:1]
     if not num_targets:  # class-index labels: the model's output says how many targets there are
         num_targets = int(_main_tensor(forward(model, example_inputs)).shape[1])
-    implicit_retain = retain is None
     retain = [t for t in range(num_targets) if t not in forget] if retain is None else [int(t) for t in retain]
     bad = [t for t in forget + retain if not 0 <= t < num_targets]
     if bad:
@@ -95,68 +143,40 @@ def unlearn(
     both = sorted(set(forget) & set(retain))
     if both:
         raise UsageError(f"target(s) {both} are both forgotten and retained")
+    return samples, example_inputs, retain
 
-    work = copy.deepcopy(model)
-    ignored = _ignored_names(work, model, ignored_layers)
-    layers = candidate_layers(work, example_inputs, sigma, ignored)
-    t0 = time.perf_counter()
-    dg = build_dependency_graph(work, example_inputs, output_transform)
-    if group_closure:
-        layers = close_groups(work, layers, prunable_layers(work, example_inputs, ignored), dg)
-    timings["dependency_graph"] = time.perf_counter() - t0
-    if scores is None:
-        t0 = time.perf_counter()
-        targets = {t: target(t) for t in forget + retain}
-        scores = score_channels(work, samples, layers, targets, n_per_target=n_per_target, method=method,
-                                progress=progress, optional=retain if implicit_retain else ())
-        timings["scoring"] = time.perf_counter() - t0
-    else:
-        _check_cached(scores, layers, forget + (retain if not implicit_retain else []))
-    unscored = [t for t in retain if t not in scores.targets]
-    retain = [t for t in retain if t in scores.targets]
 
-    t0 = time.perf_counter()
-    links = layer_links(work, dg, layers)
-    graphs = {t: essential_graph(scores, t, delta if t in forget else (retain_delta or delta), links)
-              for t in forget + retain}
-    graph = balance(graphs, forget, retain if balanced else [], scores.channels, retain_tolerance)
-    timings["graph"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    priority = {l: sum(scores.alpha(t, l) for t in forget) for l in layers}
-    plan = make_plan(work, graph.flagged(), graph.protected(), example_inputs, candidates=layers,
-                     ignored_layers=ignored, coupled=coupled, mode=mode, priority=priority,
-                     output_transform=output_transform, dependency_graph=dg)
-    timings["planning"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    mask_model = copy.deepcopy(work) if mode == "physical" else None
-    plan.apply(work, example_inputs, output_transform, dependency_graph=dg)
-    timings["pruning"] = time.perf_counter() - t0
-    check = verify(work, model, plan, example_inputs, mask_model, output_transform)
-
-    report = {
+def _report(model: nn.Module, pruned: nn.Module, settings: dict[str, Any], layers: list[str],
+            scores: ChannelScores, graph: BalancedGraph, plan: PrunePlan, timings: dict[str, float],
+            check: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """The JSON-able record of one request: what ran, on what, with what result."""
+    targets = settings["forget"] + settings["retain"]
+    return {
         "tpunlearn": __version__,
         "algorithm": "balanced essential graph (Xu et al., Alg. 1-4, Eq. 3-4) with torch-pruning groups",
-        "settings": {"forget": forget, "retain": retain, "sigma": sigma, "group_closure": group_closure,
-                     "balanced": balanced, "delta": delta,
-                     "retain_delta": retain_delta or delta, "retain_tolerance": retain_tolerance,
-                     "n_per_target": n_per_target, "mode": mode, "coupled": coupled, "method": method},
+        "settings": settings,
         "layers": layers,
         "n_targets": graph.n_targets,
-        "instances": {str(t): scores.targets[t].count for t in forget + retain},
-        "stability": {str(t): round(v, 4) for t, v in scores.stability(delta).items()
+        "instances": {str(t): scores.targets[t].count for t in targets},
+        "stability": {str(t): round(v, 4) for t, v in scores.stability(settings["delta"]).items()
                       if scores.targets[t].instances},
         "graph": graph.summary(),
         "removed_channels": plan.removed_channels,
         "removed": plan.removed,
-        "params": {"before": _params(model), "after": _params(work)},
+        "params": {"before": _params(model), "after": _params(pruned)},
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "check": check,
-        "notes": plan.notes + ([f"retained target(s) {unscored} appear in no sample: not scored, so not protected"]
-                               if unscored else []),
+        "notes": plan.notes + notes,
     }
-    return UnlearnResult(model=work, plan=plan, graph=graph, scores=scores, report=report)
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = time.perf_counter() - t0
 
 
 def verify(pruned: nn.Module, original: nn.Module, plan: PrunePlan, example_inputs: Any,
