@@ -7,6 +7,7 @@ that ``tpunlearn --help`` works and that importing the CLI loads neither torch n
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import shutil
@@ -305,3 +306,39 @@ def test_eval_zoo_model_writes_json(tmp_path, capsys):
     assert set(data["metrics"]) == set(DIGITS)
     assert all(v >= 0.9 for v in data["metrics"].values()), data["metrics"]
     assert all(f"{d} recall" in out for d in DIGITS)
+
+
+def test_graph_cache_then_prune_without_scoring(tmp_path, capsys):
+    cache = tmp_path / "cache.json"
+    assert cli.main(["graph", "--arch", "digitscenes-resnet", "--out", str(cache)]) == 0
+    out = tmp_path / "out"
+    assert cli.main(["prune", "--arch", "digitscenes-resnet", "--forget", "3", "--graph", str(cache),
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "scoring" not in report["timings_s"]  # the cache replaced scoring
+    assert report["timings_s"]["planning"] + report["timings_s"]["pruning"] < 1.0
+    assert report["removed_channels"] > 0
+    assert report["sha256"]["graph_cache"] == hashlib.sha256(cache.read_bytes()).hexdigest()
+    assert len(report["sha256"]["data"]) == 64
+
+
+def test_graph_cache_from_another_model_is_refused(tmp_path, capsys):
+    cache = tmp_path / "cache.json"
+    assert cli.main(["graph", "--arch", "digitscenes-resnet", "--out", str(cache)]) == 0
+    data = json.loads(cache.read_text())
+    first = next(iter(data["signature"]))
+    data["signature"][first] = [999, 999]
+    cache.write_text(json.dumps(data))
+    capsys.readouterr()  # drop the graph command's progress output
+    code = cli.main(["prune", "--arch", "digitscenes-resnet", "--forget", "3", "--graph", str(cache),
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and err.startswith("tpunlearn: error:") and "another model" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_export_command_checks_parity(tmp_path, capsys):
+    onnx = tmp_path / "m.onnx"
+    assert cli.main(["export", "--arch", "digitscenes-resnet", "--onnx", str(onnx)]) == 0
+    assert onnx.is_file()
+    assert "max |onnxruntime - torch|" in capsys.readouterr().out

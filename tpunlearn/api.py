@@ -90,7 +90,7 @@ def unlearn(
                                     n_per_target=n_per_target, method=method, progress=progress,
                                     optional=retain if implicit_retain else ())
     else:
-        _check_cached(scores, layers, forget + ([] if implicit_retain else retain))
+        scores = _check_cached(scores, work, layers, forget + ([] if implicit_retain else retain))
     unscored = [t for t in retain if t not in scores.targets]
     retain = [t for t in retain if t in scores.targets]
 
@@ -116,6 +116,38 @@ def unlearn(
     notes = [f"retained target(s) {unscored} appear in no sample: not scored, so not protected"] if unscored else []
     report = _report(model, work, settings, layers, scores, graph, plan, timings, check, notes)
     return UnlearnResult(model=work, plan=plan, graph=graph, scores=scores, report=report)
+
+
+def score_targets(
+    model: nn.Module,
+    samples: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    target: Callable[[int], Target] = ClassLogit,
+    targets: Sequence[int] | None = None,
+    example_inputs: Any = None,
+    sigma: int = 4,
+    n_per_target: int = 32,
+    ignored_layers: Sequence[nn.Module | str] | None = None,
+    method: str = "gradcam",
+    group_closure: bool = True,
+    num_targets: int | None = None,
+    output_transform: Callable[[Any], Any] | None = None,
+    progress: bool = True,
+) -> ChannelScores:
+    """Score every target once (default: all of them), for later requests without scoring.
+
+    The result feeds ``unlearn(..., scores=...)``: a forget request then only balances,
+    plans and prunes. Targets absent from the samples are left out when ``targets`` is None.
+    """
+    samples, example_inputs, all_targets = _resolve_request(model, samples, [], None, example_inputs, None,
+                                                            num_targets)
+    wanted = all_targets if targets is None else [int(t) for t in targets]
+    ignored = _ignored_names(model, model, ignored_layers)
+    layers = candidate_layers(model, example_inputs, sigma, ignored)
+    if group_closure:
+        dg = build_dependency_graph(model, example_inputs, output_transform)
+        layers = close_groups(model, layers, prunable_layers(model, example_inputs, ignored), dg)
+    return score_channels(model, samples, layers, {t: target(t) for t in wanted}, n_per_target=n_per_target,
+                          method=method, progress=progress, optional=wanted if targets is None else ())
 
 
 def _resolve_request(model: nn.Module, samples: Iterable[Any] | None, forget: list[int],
@@ -254,12 +286,21 @@ def _ignored_names(work: nn.Module, original: nn.Module, ignored: Sequence[nn.Mo
     return names + names_of(original, modules)
 
 
-def _check_cached(scores: ChannelScores, layers: list[str], targets: list[int]) -> None:
-    if list(scores.layers) != list(layers):
-        raise PlanError("the cached scores were made for other layers (another model, or another sigma)")
+def _check_cached(scores: ChannelScores, model: nn.Module, layers: list[str], targets: list[int]) -> ChannelScores:
+    """Cached scores cut down to ``layers``; they must cover them, and the requested targets."""
+    absent = [l for l in layers if l not in scores.channels]
+    if absent:
+        raise PlanError(f"the cached scores hold no layer {absent[0]!r} (another model, or a smaller sigma); "
+                        "rebuild the cache with this model and at least this sigma")
+    for layer in layers:
+        width = model.get_submodule(layer).out_channels
+        if scores.channels[layer] != width:
+            raise PlanError(f"the cached scores were made for another model: {layer} has {width} channels, "
+                            f"the cache {scores.channels[layer]}")
     missing = [t for t in targets if t not in scores.targets]
     if missing:
         raise PlanError(f"the cached scores hold no target(s) {missing}")
+    return scores.subset(layers)
 
 
 def _params(model: nn.Module) -> int:

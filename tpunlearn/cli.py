@@ -83,8 +83,22 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--onnx", action="store_true", help="also export model.onnx with a parity check")
     prune.add_argument("--eval", action="store_true", help="evaluate every target before and after")
     prune.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
+    prune.add_argument("--graph", metavar="CACHE", help="use the scores of `tpunlearn graph` (no scoring)")
     prune.add_argument("--seed", type=int, default=0)
     prune.set_defaults(func=_cmd_prune)
+
+    graph = sub.add_parser("graph", help="score every target once and save the cache `prune --graph` reads")
+    _model_args(graph)
+    graph.add_argument("--out", required=True, metavar="CACHE", help="cache file to write (JSON)")
+    graph.add_argument("--sigma", type=_int_at_least(1), default=4, help="last prunable convs to score (default 4)")
+    graph.add_argument("--samples", type=_int_at_least(1), default=32, help="instances scored per target")
+    graph.add_argument("--seed", type=int, default=0)
+    graph.set_defaults(func=_cmd_graph)
+
+    export = sub.add_parser("export", help="export a model to ONNX with a parity check")
+    _model_args(export)
+    export.add_argument("--onnx", required=True, metavar="FILE", help="ONNX file to write")
+    export.set_defaults(func=_cmd_export)
 
     ev = sub.add_parser("eval", help="per-target metrics of a model")
     _model_args(ev)
@@ -143,11 +157,19 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         raise UsageError(f"target(s) {', '.join(both)} are in both --forget and --retain")
     example = adapter.example_inputs(info)
     t0 = time.perf_counter()
-    res = tu.unlearn(model, adapter.samples(model, info, args.data), forget=forget, retain=retain,
+    scores, samples = None, None
+    if args.graph:
+        from tpunlearn.cache import load_cache
+
+        scores, _meta = load_cache(args.graph, model, sha256(info.weights) if info.weights else None)
+    else:
+        samples = adapter.samples(model, info, args.data)
+    res = tu.unlearn(model, samples, forget=forget, retain=retain, scores=scores,
                      target=adapter.target_factory(info), example_inputs=example, sigma=args.sigma,
                      delta=args.delta, retain_delta=args.retain_delta, retain_tolerance=args.retain_tolerance,
                      n_per_target=args.samples, mode=args.mode, coupled=args.coupled,
-                     ignored_layers=adapter.ignored_layers(model, info), num_targets=len(info.class_names))
+                     ignored_layers=adapter.ignored_layers(model, info), num_targets=len(info.class_names),
+                     output_transform=adapter.output_transform)
     print(res.plan.dry_run())
     if args.dry_run:
         return 0
@@ -170,17 +192,71 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if args.onnx:
         from tpunlearn.export import latency_ms, to_onnx
 
-        diff = to_onnx(res.model, out / "model.onnx", example_inputs=example)
-        to_onnx(model, out / ".original.onnx", example_inputs=example)
+        diff = to_onnx(res.model, out / "model.onnx", example_inputs=example, output_transform=adapter.output_transform)
+        to_onnx(model, out / ".original.onnx", example_inputs=example, output_transform=adapter.output_transform)
         report["onnx"] = {"path": str(out / "model.onnx"), "max_abs_diff": diff,
                           "latency_ms": {"before": latency_ms(out / ".original.onnx", example),
                                          "after": latency_ms(out / "model.onnx", example)}}
         (out / ".original.onnx").unlink()
     report["sha256"] = {"input_weights": sha256(info.weights) if info.weights else None,
-                        "output_weights": sha256(out / "model.pt")}
+                        "output_weights": sha256(out / "model.pt"), "data": data_sha256(args.data),
+                        "graph_cache": sha256(args.graph) if args.graph else None}
     write_json(out / "report.json", report)
     _summary(report)
     print(f"wrote {out}/ (model.pt, plan.json, graph.json, graph.png, report.json{', model.onnx' if args.onnx else ''})")
+    return 0
+
+
+def data_sha256(spec: str | None) -> str:
+    """sha256 of what a data spec reads: a file, every file of a folder, or the bundled scans."""
+    import hashlib
+
+    from tpunlearn.io import sha256
+
+    if spec and Path(spec).is_file():
+        return sha256(spec)
+    if spec and Path(spec).is_dir():
+        digest = hashlib.sha256()
+        for f in sorted(p for p in Path(spec).rglob("*") if p.is_file()):
+            digest.update(f"{f.relative_to(spec)} {sha256(f)}\n".encode())
+        return digest.hexdigest()
+    from sklearn.datasets import load_digits  # DigitScenes and the bundled pictures derive from package data
+
+    return hashlib.sha256(load_digits().data.tobytes()).hexdigest()
+
+
+def _cmd_graph(args: argparse.Namespace) -> int:
+    from tpunlearn.api import score_targets
+    from tpunlearn.cache import save_cache
+    from tpunlearn.io import sha256
+
+    import torch
+
+    torch.manual_seed(args.seed)
+    adapter, model, info = _build(args)
+    t0 = time.perf_counter()
+    scores = score_targets(model, adapter.samples(model, info, args.data), target=adapter.target_factory(info),
+                           example_inputs=adapter.example_inputs(info), sigma=args.sigma, n_per_target=args.samples,
+                           ignored_layers=adapter.ignored_layers(model, info), num_targets=len(info.class_names),
+                           output_transform=adapter.output_transform)
+    seconds = time.perf_counter() - t0
+    meta = {"arch": args.arch, "weights_sha256": sha256(info.weights) if info.weights else None,
+            "data": args.data, "data_sha256": data_sha256(args.data), "sigma": args.sigma,
+            "n_per_target": args.samples, "seed": args.seed, "seconds": round(seconds, 3),
+            "targets": [info.class_names[t] for t in sorted(scores.targets)],
+            "stability": {info.class_names[t]: round(v, 4) for t, v in scores.stability(0.05).items()}}
+    save_cache(args.out, scores, model, meta)
+    print(f"scored {len(scores.targets)} targets over {len(scores.layers)} layers in {seconds:.1f}s; wrote {args.out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from tpunlearn.export import to_onnx
+
+    adapter, model, info = _build(args)
+    example = adapter.example_inputs(info)
+    diff = to_onnx(model, args.onnx, example_inputs=example, output_transform=adapter.output_transform)
+    print(f"wrote {args.onnx}; max |onnxruntime - torch| = {diff:.2e}")
     return 0
 
 

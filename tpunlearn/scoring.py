@@ -61,6 +61,18 @@ class ChannelScores:
     def stability(self, delta: float) -> dict[int, float]:
         return {t: s.stability(delta) for t, s in self.targets.items()}
 
+    def subset(self, layers: Sequence[str]) -> "ChannelScores":
+        """The scores of ``layers`` only (a cache scored over more layers serves a smaller sigma)."""
+        missing = [l for l in layers if l not in self.channels]
+        if missing:
+            raise DataError(f"the scores hold no layer {missing[0]!r}; rebuild them with a larger sigma")
+        layers = list(layers)
+        targets = {t: TargetScores(alpha={l: s.alpha[l] for l in layers}, count=s.count,
+                                   instances={l: s.instances[l] for l in layers if l in s.instances})
+                   for t, s in self.targets.items()}
+        return ChannelScores(layers=layers, channels={l: self.channels[l] for l in layers}, targets=targets,
+                             method=self.method)
+
     def to_dict(self, instances: bool = False) -> dict[str, Any]:
         """JSON-able form (per-instance alphas only when asked: they are the bulk)."""
         out: dict[str, Any] = {

@@ -1,0 +1,359 @@
+"""The torchvision DeepLabv3 adapter: build, heads, unlearning, ONNX, save/load, data, IoU.
+
+Models are randomly initialised (no weights offline) at 64x64. A fresh DeepLabv3 gives a
+constant output (its activations vanish through eval-mode BatchNorm with default running
+statistics), so :func:`make_segmenting` first calibrates the BatchNorm statistics on random
+images and then ties the logits of a few classes, so that the model segments those classes
+in varying places; the scoring batches mark the classes the model itself predicts.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+import tpunlearn as tu
+from tpunlearn import adapters
+from tpunlearn.adapters import deeplabv3
+from tpunlearn.adapters.deeplabv3 import (DIGIT_CLASSES, IMAGENET, SAVE_FORMAT, VOC_CLASSES, DeepLabV3Adapter,
+                                          confusion_matrix, iou_from_confusion)
+from tpunlearn.errors import DataError, UsageError, WeightsError
+from tpunlearn.export import to_onnx
+from tpunlearn.plan import build_dependency_graph
+from tpunlearn.targets import SegmentationLogit
+
+MOBILE = "deeplabv3_mobilenet_v3_large"
+SIZE = 64
+PERSON, BACKGROUND, BUS = 15, 0, 6
+KEEP = [BACKGROUND, BUS, PERSON]
+
+
+@pytest.fixture(scope="module")
+def adapter() -> DeepLabV3Adapter:
+    return adapters.get("deeplabv3")
+
+
+def make_segmenting(model: nn.Module, classes=KEEP, seed: int = 0) -> nn.Module:
+    """Calibrate BN statistics on random images, then tie ``classes`` and push the rest down."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.rand(8, 3, SIZE, SIZE, generator=gen)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the calibration batch
+        model.train()
+        model(images)
+        model.eval()
+        bias = model.classifier[4].bias
+        bias -= model(images)["out"].mean(dim=(0, 2, 3))
+        others = torch.ones_like(bias, dtype=torch.bool)
+        others[list(classes)] = False
+        bias[others] -= 10.0
+    return model
+
+
+def predicted_batches(model: nn.Module, n_batches: int = 2, batch: int = 4, seed: int = 1):
+    """Random images; multi_hot marks the classes the model predicts somewhere in each image."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        images = torch.rand(batch, 3, SIZE, SIZE, generator=gen)
+        with torch.no_grad():
+            pred = model(images)["out"].argmax(1).flatten(1)
+        multi_hot = torch.nn.functional.one_hot(pred, model.classifier[4].out_channels).amax(1).float()
+        out.append((images, multi_hot))
+    return out
+
+
+@pytest.fixture(scope="module")
+def mobile(adapter):
+    """A calibrated mobilenet DeepLabv3 with an aux head, and one unlearning of ``person``."""
+    torch.manual_seed(0)
+    model, info = adapter.build(MOBILE, imgsz=SIZE, aux_loss=True)
+    make_segmenting(model)
+    batches = predicted_batches(model)
+    present = torch.stack([b[1] for b in batches]).flatten(0, 1).amax(0)
+    assert all(present[c] for c in KEEP)
+    x = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    res = tu.unlearn(model, batches, forget=[PERSON], retain=[BACKGROUND, BUS], target=adapter.target_factory(info),
+                     example_inputs=x, sigma=6, delta=0.2, n_per_target=2,
+                     ignored_layers=adapter.ignored_layers(model, info), output_transform=adapter.output_transform,
+                     num_targets=21, progress=False)
+    info.extra["history"] = list(res.plan.history)
+    return model, info, x, res
+
+
+# ---- registry and build ------------------------------------------------------------------
+def test_registry_and_build(adapter, mobile):
+    assert "deeplabv3" in adapters.names()
+    for arch in ("deeplabv3_resnet50", "deeplabv3_resnet101", MOBILE):
+        assert adapters.for_arch(arch) is adapter
+    assert not adapter.handles("resnet50")
+    model, info, x, _ = mobile
+    assert info.task == "segmentation" and info.family == "deeplabv3" and info.input_size == (3, SIZE, SIZE)
+    assert info.class_names == VOC_CLASSES and info.class_names[PERSON] == "person"
+    assert info.extra["normalize"] == IMAGENET  # 21 classes: torchvision's VOC normalisation
+    assert adapter.metric_name == "iou"
+    out = model(x)
+    assert set(out) == {"out", "aux"}
+    assert adapter.output_transform(out).shape == (1, 21, SIZE, SIZE)
+    assert torch.equal(adapter.output_transform(out), out["out"])
+    assert isinstance(adapter.target(info, PERSON), SegmentationLogit) and adapter.target(info, PERSON).index == PERSON
+
+
+def test_build_defaults_and_options(adapter):
+    model, info = adapter.build(MOBILE, num_classes=11)
+    assert info.input_size == (3, 512, 512)
+    assert info.class_names == DIGIT_CLASSES and info.extra["normalize"] is None and info.extra["data"] == "digits"
+    assert model.aux_classifier is None
+    out = model(torch.rand(1, 3, 32, 48))
+    assert set(out) == {"out"} and adapter.output_transform(out) is out["out"]
+    assert adapter.ignored_layers(model, info) == [model.classifier[1], model.classifier[4]]
+    _, info = adapter.build(MOBILE, num_classes=3, class_names=["bg", "cat", "dog"], imgsz=(48, 64),
+                            normalize={"mean": [0.5] * 3, "std": [0.25] * 3})
+    assert info.class_names == ["bg", "cat", "dog"] and info.input_size == (3, 48, 64)
+    assert info.extra["normalize"] == {"mean": [0.5] * 3, "std": [0.25] * 3}
+    with pytest.raises(UsageError, match="class names"):
+        adapter.build(MOBILE, num_classes=4, class_names=["a"])
+    with pytest.raises(UsageError, match="normalize"):
+        adapter.build(MOBILE, normalize="nope")
+    with pytest.raises(UsageError, match="unknown option"):
+        adapter.build(MOBILE, pretrained=True)
+
+
+def test_ignored_layers_are_the_last_two_head_convs_and_aux(adapter, mobile):
+    model, info, x, _ = mobile
+    ignored = adapter.ignored_layers(model, info)
+    head = model.classifier
+    assert ignored[:2] == [head[1], head[4]]
+    assert (head[1].kernel_size, head[1].out_channels) == ((3, 3), 256)
+    assert (head[4].kernel_size, head[4].out_channels) == ((1, 1), 21)
+    assert ignored[2] is model.aux_classifier
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert {"classifier.1", "classifier.4"} <= set(convs)
+
+
+# ---- unlearning --------------------------------------------------------------------------
+def test_unlearn_removes_channels_and_keeps_the_head(adapter, mobile):
+    model, info, x, res = mobile
+    assert res.report["removed_channels"] > 0
+    assert res.report["params"]["after"] < res.report["params"]["before"]
+    assert all(l.startswith("classifier.0.") for l in res.report["layers"])  # ASPP: the head's last two are out
+    assert not any(l.startswith(("classifier.1", "classifier.4", "aux_classifier")) for l in res.plan.removed)
+    pruned = res.model
+    assert pruned.classifier[4].out_channels == 21 and pruned.classifier[1].out_channels == 256
+    assert pruned.classifier[1].in_channels == pruned.classifier[0].project[0].out_channels
+    out = pruned(torch.rand(2, 3, SIZE, SIZE))
+    assert out["out"].shape == (2, 21, SIZE, SIZE) and out["aux"].shape == (2, 21, SIZE, SIZE)
+    assert sum(p.numel() for p in model.parameters()) == res.report["params"]["before"]  # input untouched
+
+
+def test_onnx_parity_of_the_pruned_model(adapter, mobile, tmp_path):
+    _, _, x, res = mobile
+    path = tmp_path / "pruned.onnx"
+    diff = to_onnx(res.model, path, example_inputs=x, output_transform=adapter.output_transform)
+    with torch.no_grad():
+        scale = float(res.model(x)["out"].abs().max())
+    assert diff / scale <= 1e-4, (diff, scale)
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    assert [o.name for o in graph.output] == ["output0"]  # out only, the aux head is not exported
+
+
+def test_aux_head_follows_pruning_of_its_backbone_input(adapter):
+    """Channels of the stream that feeds the aux head leave the aux head's input too."""
+    torch.manual_seed(0)
+    model, info = adapter.build(MOBILE, imgsz=SIZE, aux_loss=True)
+    x = torch.rand(1, 3, SIZE, SIZE)
+    root = model.backbone["4"].block[3][0]  # 40-channel stream at stride 8: the aux tap
+    dg = build_dependency_graph(model, x, adapter.output_transform)
+    group = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, [0, 1, 2])
+    assert model.aux_classifier[0] in {item.dep.target.module for item in group.items}
+    group.prune()
+    assert model.aux_classifier[0].in_channels == 37
+    with torch.no_grad():
+        assert model(x)["aux"].shape == (1, 21, SIZE, SIZE)
+    # the reason for the transform: a trace of ``out`` alone leaves the aux head out of the group
+    fresh, _ = adapter.build(MOBILE, imgsz=SIZE, aux_loss=True)
+    dg = build_dependency_graph(fresh, x, lambda o: o["out"])
+    root = fresh.backbone["4"].block[3][0]
+    group = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, [0])
+    assert fresh.aux_classifier[0] not in {item.dep.target.module for item in group.items}
+
+
+def test_resnet50_unlearns_into_the_backbone(adapter):
+    """One deeplabv3_resnet50 run: sigma reaches layer4's residual stream; the head is kept."""
+    torch.manual_seed(0)
+    model, info = adapter.build("deeplabv3_resnet50", imgsz=SIZE, aux_loss=True)
+    ignored = adapter.ignored_layers(model, info)
+    assert ignored == [model.classifier[1], model.classifier[4], model.aux_classifier]
+    make_segmenting(model)
+    batches = predicted_batches(model, n_batches=1, batch=4)
+    x = batches[0][0][:1]
+    res = tu.unlearn(model, batches, forget=[PERSON], retain=[BACKGROUND, BUS], target=adapter.target_factory(info),
+                     example_inputs=x, sigma=9, delta=0.2, n_per_target=2, ignored_layers=ignored,
+                     output_transform=adapter.output_transform, num_targets=21, progress=False)
+    assert any(l.startswith("backbone.layer4") for l in res.report["layers"])
+    assert res.report["removed_channels"] > 0
+    assert res.model.classifier[4].out_channels == 21 and res.model.classifier[1].out_channels == 256
+    out = res.model(torch.rand(1, 3, SIZE, SIZE))
+    assert out["out"].shape == (1, 21, SIZE, SIZE) and out["aux"].shape == (1, 21, SIZE, SIZE)
+
+
+# ---- save and load -----------------------------------------------------------------------
+def test_save_then_build_reproduces_the_pruned_model(adapter, mobile, tmp_path):
+    _, info, x, res = mobile
+    assert info.extra["history"]
+    path = tmp_path / "model.pt"
+    adapter.save(res.model, info, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # atomic: no temp file left
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == SAVE_FORMAT and raw["arch"] == MOBILE and raw["kwargs"] == {"num_classes": 21, "aux_loss": True}
+    reloaded, info2 = adapter.build(MOBILE, weights=path)
+    assert info2.input_size == info.input_size and info2.class_names == info.class_names
+    assert info2.extra["history"] == info.extra["history"] and info2.weights == str(path)
+    assert sum(p.numel() for p in reloaded.parameters()) == res.report["params"]["after"]
+    with torch.no_grad():
+        a, b = res.model.eval()(x), reloaded(x)
+    assert torch.equal(a["out"], b["out"]) and torch.equal(a["aux"], b["aux"])
+    # saving the reloaded model again keeps the same history
+    adapter.save(reloaded, info2, tmp_path / "again.pt")
+    assert torch.load(tmp_path / "again.pt", weights_only=True)["history"] == raw["history"]
+
+
+def test_checkpoint_errors_are_weights_errors(adapter, mobile, tmp_path):
+    model, info, _, _ = mobile
+    path = tmp_path / "model.pt"
+    adapter.save(model, replace(info, extra={**info.extra, "history": []}), path)
+    with pytest.raises(WeightsError, match="deeplabv3_mobilenet_v3_large, not a deeplabv3_resnet50"):
+        adapter.build("deeplabv3_resnet50", weights=path)
+    with pytest.raises(WeightsError, match="contradicts"):
+        adapter.build(MOBILE, weights=path, num_classes=11)
+    with pytest.raises(WeightsError, match="not found"):
+        adapter.build(MOBILE, weights=tmp_path / "missing.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot read"):
+        adapter.build(MOBILE, weights=tmp_path / "bad.pt")
+    torch.save({"format": "tpunlearn-timm/1", "timm_name": "resnet18", "state_dict": {}}, tmp_path / "timm.pt")
+    with pytest.raises(WeightsError, match="not a DeepLabv3"):
+        adapter.build(MOBILE, weights=tmp_path / "timm.pt")
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    with pytest.raises(WeightsError, match="does not fit"):
+        adapter.build(MOBILE, weights=tmp_path / "plain.pt", num_classes=11)
+
+
+def test_plain_state_dicts_load(adapter, mobile, tmp_path):
+    model, _, x, _ = mobile
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    torch.save({"model": model.state_dict(), "epoch": 3}, tmp_path / "ref.pt")
+    with torch.no_grad():
+        ref = model(x)
+    for name in ("plain.pt", "ref.pt"):
+        loaded, info = adapter.build(MOBILE, weights=tmp_path / name)  # 21 classes and aux from the file
+        assert loaded.aux_classifier is not None and info.extra["builder_kwargs"]["aux_loss"] is True
+        with torch.no_grad():
+            assert torch.equal(loaded(x)["out"], ref["out"])
+    no_aux, _ = adapter.build(MOBILE, weights=tmp_path / "plain.pt", aux_loss=False)
+    assert no_aux.aux_classifier is None
+    with torch.no_grad():
+        assert torch.equal(no_aux(x)["out"], ref["out"])
+
+
+def test_saved_settings_survive_reload(adapter, tmp_path):
+    model, info = adapter.build(MOBILE, imgsz=(48, 64), normalize="none", class_names=[f"c{i}" for i in range(21)])
+    adapter.save(model, info, tmp_path / "m.pt")
+    _, again = adapter.build(MOBILE, weights=tmp_path / "m.pt")
+    assert again.extra["normalize"] is None  # not the 21-class default (imagenet)
+    assert again.input_size == (3, 48, 64) and again.class_names == info.class_names
+    assert again.extra["builder_kwargs"] == {"num_classes": 21, "aux_loss": False}
+
+
+# ---- data and evaluation -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits_model(adapter):
+    torch.manual_seed(0)
+    model, info = adapter.build(MOBILE, num_classes=11, imgsz=SIZE)
+    return make_segmenting(model, classes=range(11)), info
+
+
+def test_digit_samples_mark_background_and_digits(adapter, digits_model, monkeypatch):
+    model, info = digits_model
+    from tpunlearn.data import DigitScenes
+
+    batches = list(adapter.samples(model, info, "digits:10", batch_size=4))
+    assert [b[0].shape for b in batches] == [(4, 3, SIZE, SIZE), (4, 3, SIZE, SIZE), (2, 3, SIZE, SIZE)]
+    multi_hot = torch.cat([b[1] for b in batches])
+    assert multi_hot.shape == (10, 11) and bool((multi_hot[:, 0] == 1).all())
+    ds = DigitScenes("train", size=SIZE, n_scenes=10, channels=1)
+    assert torch.equal(multi_hot[:, 1:], ds.multi_hot)  # digit d is class d + 1
+    assert torch.equal(batches[0][0][:, :1], ds.images[:4])  # plain [0, 1] images (normalize none)
+    # normalisation is an adapter setting; larger or non-square inputs get resized scenes
+    norm = replace(info, extra={**info.extra, "normalize": IMAGENET})
+    images = next(iter(adapter.samples(model, norm, "digits:10", batch_size=4)))[0]
+    mean, std = torch.tensor(IMAGENET["mean"]).view(1, 3, 1, 1), torch.tensor(IMAGENET["std"]).view(1, 3, 1, 1)
+    assert torch.allclose(images, (ds.images[:4] - mean) / std)
+    monkeypatch.setattr(deeplabv3, "DIGITS_MAX_SIDE", 32)
+    wide = replace(info, input_size=(3, 40, 64))
+    images, multi_hot = next(iter(adapter.samples(model, wide, "digits:4", batch_size=4)))
+    assert images.shape == (4, 3, 40, 64)
+    assert torch.equal(multi_hot[:, 1:], DigitScenes("train", size=32, n_scenes=4).multi_hot)
+    assert list(adapter.evaluate(model, wide, "digits:4")) == DIGIT_CLASSES
+    with pytest.raises(UsageError, match="VOC-style"):
+        adapter.samples(model, adapter.build(MOBILE, imgsz=SIZE)[1], "digits")
+    with pytest.raises(UsageError, match="digits:N"):
+        adapter.samples(model, info, "digits:x")
+    with pytest.raises(DataError, match="neither"):
+        adapter.samples(model, info, "/no/such/folder")
+
+
+def test_evaluate_gives_per_class_iou(adapter, digits_model):
+    model, info = digits_model
+    iou = adapter.evaluate(model, info, "digits:24")
+    assert list(iou) == DIGIT_CLASSES
+    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in iou.values()), iou
+    full = adapter.segmentation_metrics(model, info, "digits:24")
+    assert full["iou"] == iou and 0.0 <= full["mIoU"] <= 1.0 and 0.0 <= full["pixel_accuracy"] <= 1.0
+    assert full["mIoU"] == pytest.approx(sum(iou.values()) / len(iou))
+
+
+def test_iou_from_confusion_matrix():
+    cm = torch.tensor([[3, 1, 0], [1, 2, 0], [0, 0, 0]])
+    iou = iou_from_confusion(cm)
+    assert iou[0] == pytest.approx(3 / 5) and iou[1] == pytest.approx(2 / 4) and torch.isnan(iou[2])
+
+    class Fixed(nn.Module):  # predicts class 1 on the left half, 0 elsewhere
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            out = torch.zeros(x.shape[0], 2, *x.shape[-2:])
+            out[:, 1, :, : x.shape[-1] // 2] = 1.0
+            return {"out": out + self.w}
+
+    mask = torch.zeros(4, 4, dtype=torch.uint8)
+    mask[:, :1] = 1
+    mask[0, :] = 255  # ignored row
+    cm = confusion_matrix(Fixed(), [(torch.zeros(1, 3, 4, 4), [mask])], 2)
+    assert cm.tolist() == [[6, 3], [0, 3]]  # 12 pixels counted: row 0 is ignored
+
+
+def test_voc_folder_matches_digits(adapter, digits_model, tmp_path):
+    from tpunlearn.data import write_voc
+
+    model, info = digits_model
+    root = write_voc(tmp_path / "voc", size=SIZE, splits=("train", "test"), n_scenes=6)
+    voc = list(adapter.samples(model, info, str(root), batch_size=4))
+    digits = list(adapter.samples(model, info, "digits:6", batch_size=4))
+    assert torch.equal(torch.cat([b[1] for b in voc]), torch.cat([b[1] for b in digits]))
+    assert (torch.cat([b[0] for b in voc]) - torch.cat([b[0] for b in digits])).abs().max() <= 1 / 255
+    iou = adapter.evaluate(model, info, str(root))  # no val.txt: test.txt
+    assert list(iou) == DIGIT_CLASSES
+    assert all(v != v or 0.0 <= v <= 1.0 for v in iou.values())  # NaN only for a class absent in both
+    (root / "ImageSets" / "Segmentation" / "train.txt").unlink()
+    with pytest.raises(DataError, match="train.txt"):
+        adapter.samples(model, info, str(root))
