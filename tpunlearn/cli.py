@@ -190,13 +190,13 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     res.graph.save(out / "graph.json")
     res.graph.draw(out / "graph.png", title=f"{args.arch}: forget {', '.join(args.forget)}")
     if args.onnx:
-        from tpunlearn.export import latency_ms, to_onnx
+        from tpunlearn.export import compare_latency, to_onnx
 
         diff = to_onnx(res.model, out / "model.onnx", example_inputs=example, output_transform=adapter.output_transform)
         to_onnx(model, out / ".original.onnx", example_inputs=example, output_transform=adapter.output_transform)
+        before, after = compare_latency([out / ".original.onnx", out / "model.onnx"], example)
         report["onnx"] = {"path": str(out / "model.onnx"), "max_abs_diff": diff,
-                          "latency_ms": {"before": latency_ms(out / ".original.onnx", example),
-                                         "after": latency_ms(out / "model.onnx", example)}}
+                          "latency_ms": {"before": before, "after": after}}
         (out / ".original.onnx").unlink()
     report["sha256"] = {"input_weights": sha256(info.weights) if info.weights else None,
                         "output_weights": sha256(out / "model.pt"), "data": data_sha256(args.data),

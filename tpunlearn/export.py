@@ -58,24 +58,35 @@ def parity(path: str | os.PathLike[str], example_inputs: torch.Tensor, reference
 
 
 def latency_ms(path: str | os.PathLike[str], example_inputs: torch.Tensor, runs: int = 20, warmup: int = 3) -> float:
-    """Median onnxruntime latency (ms) of one forward on ``example_inputs``."""
+    """Median onnxruntime latency (ms) of one forward on ``example_inputs`` (one thread)."""
+    return compare_latency([path], example_inputs, runs=runs, warmup=warmup)[0]
+
+
+def compare_latency(paths: list[str | os.PathLike[str]], example_inputs: torch.Tensor, runs: int = 20,
+                    warmup: int = 3) -> list[float]:
+    """Median onnxruntime latency (ms) of each model, runs interleaved so load hits all alike.
+
+    Timing one model after the other lets a busy neighbour on the machine favour one of
+    them; alternating runs and taking medians makes the ratio between them fair.
+    """
     import time
 
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: example_inputs.detach().cpu().numpy()}
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
+    sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in paths]
+    feeds = [{s.get_inputs()[0].name: example_inputs.detach().cpu().numpy()} for s in sessions]
+    for session, feed in zip(sessions, feeds):
+        for _ in range(warmup):
+            session.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
     for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1000)
-    times.sort()
-    return times[len(times) // 2]
+        for i, (session, feed) in enumerate(zip(sessions, feeds)):
+            t0 = time.perf_counter()
+            session.run(None, feed)
+            times[i].append((time.perf_counter() - t0) * 1000)
+    return [sorted(t)[len(t) // 2] for t in times]
 
 
 class _Wrapped(nn.Module):
