@@ -2,7 +2,12 @@
 
 Architectures: ``deeplabv3_resnet50``, ``deeplabv3_resnet101`` and
 ``deeplabv3_mobilenet_v3_large``, always built with ``weights=None, weights_backbone=None``
-(no machine here reaches the internet); weights come from a local file.
+(no machine here reaches the internet); weights come from a local file. Plus
+``deeplabv3_resnet_tiny`` (:func:`deeplabv3_resnet_tiny`: torchvision's ``DeepLabV3`` on a
+one-block-per-stage BasicBlock ResNet, output stride 4, 128-channel ASPP; ~1.3M parameters,
+for 64x64 inputs) and the zoo model ``digitscenes-deeplabv3`` (that architecture trained on
+DigitScenes by ``scripts/train_zoo.py``; ``build("digitscenes-deeplabv3")`` loads the
+bundled checkpoint, ``weights=`` another one, pruned ones included).
 
 Decisions, in the order a user meets them:
 
@@ -45,6 +50,9 @@ Decisions, in the order a user meets them:
   size, normalisation, torch-pruning history and state dict; only tensors and plain
   Python values, so it loads with ``torch.load(weights_only=True)``. ``build(arch,
   weights=path)`` rebuilds the architecture, replays the history, then loads the weights.
+  ``arch`` is always the builder's name (``deeplabv3_resnet_tiny`` for the zoo model); a zoo
+  checkpoint is fp16 (``save(..., half=True)``) and adds ``"zoo": {"name", "train": {...,
+  "test_iou", "test_miou"}}``; a pruned copy of a zoo model keeps only ``{"name", "pruned"}``.
 """
 from __future__ import annotations
 
@@ -63,7 +71,7 @@ from .base import Adapter, ModelInfo
 from .registry import register
 
 SAVE_FORMAT = "tpunlearn-deeplabv3/1"
-ARCHS = ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large")
+ARCHS = ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet_tiny")
 VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
@@ -84,7 +92,11 @@ class DeepLabV3Adapter(Adapter):
     metric_name = "iou"
 
     def handles(self, arch: str) -> bool:
-        return arch in ARCHS
+        try:
+            _resolve(arch)
+        except UsageError:
+            return False
+        return True
 
     # ---- building and loading -----------------------------------------------------------
     def build(self, arch: str, weights: str | Path | None = None, num_classes: int | None = None,
@@ -93,17 +105,31 @@ class DeepLabV3Adapter(Adapter):
               **kwargs: Any) -> tuple[nn.Module, ModelInfo]:
         """Build ``arch`` randomly initialised (``weights=None``) or from a local checkpoint.
 
-        ``weights`` may be a tpunlearn checkpoint (:meth:`save`; pruned models included), a
+        ``arch`` may be a zoo name (``digitscenes-deeplabv3``): it then loads the zoo
+        checkpoint unless ``weights`` names another file (a pruned copy, say). ``weights``
+        may be a tpunlearn checkpoint (:meth:`save`; pruned models included), a
         plain state dict, or a ``{"model": ...}`` / ``{"state_dict": ...}`` dict. For a plain
         state dict, ``num_classes`` defaults to the checkpoint's and ``aux_loss=None``
         follows the presence of ``aux_classifier.*`` keys (``aux_loss=False`` drops them).
         """
-        if arch not in ARCHS:
-            raise UsageError(f"unknown DeepLabv3 arch {arch!r}; choose one of {', '.join(ARCHS)}")
+        builder, zoo_name = _resolve(arch)
         if kwargs:
             raise UsageError(f"unknown option(s) for {arch}: {', '.join(sorted(kwargs))} "
                              "(known: num_classes, aux_loss, class_names, imgsz, normalize)")
+        zoo_entry = None
+        if zoo_name is not None:
+            from tpunlearn import zoo
+
+            zoo_entry = zoo.entry(zoo_name)
+            if weights is None:
+                weights = zoo.weights_path(zoo_name)
+                if not Path(weights).is_file():
+                    raise WeightsError(f"weights for zoo model {zoo_name!r} not found at {weights}; "
+                                       f"run `python scripts/train_zoo.py {zoo_name}`")
+            num_classes = zoo_entry.kwargs.get("num_classes") if num_classes is None else num_classes
+            class_names = class_names or zoo_entry.class_names
         path = Path(weights) if weights is not None else None
+        record: dict[str, Any] | None = None
         ckpt = _read(path) if path is not None else None
         saved = ckpt if isinstance(ckpt, dict) and "format" in ckpt else None
         history: list[list[Any]] = []
@@ -113,9 +139,14 @@ class DeepLabV3Adapter(Adapter):
             if saved.get("format") != SAVE_FORMAT:
                 what = saved.get("arch") or saved.get("timm_name") or "model"
                 raise WeightsError(f"{path} is a {saved.get('format')} checkpoint ({what}), not a DeepLabv3 one")
-            if saved.get("arch") != arch:
-                raise WeightsError(f"{path} holds a {saved.get('arch')}, not a {arch}")
+            if saved.get("arch") != builder:
+                raise WeightsError(f"{path} holds a {saved.get('arch')}, not a {arch}"
+                                   + (f" ({builder})" if builder != arch else ""))
             stored = dict(saved.get("kwargs") or {})
+            if zoo_entry is not None and any(stored.get(k) != v for k, v in zoo_entry.kwargs.items()):
+                raise WeightsError(f"{path} holds a {builder} built with {stored}, not zoo model {zoo_name} "
+                                   f"({zoo_entry.kwargs})")
+            record = saved.get("zoo") if isinstance(saved.get("zoo"), dict) else None
             explicit = {k: v for k, v in (("num_classes", num_classes), ("aux_loss", aux_loss)) if v is not None}
             clash = {k: v for k, v in explicit.items() if k in stored and stored[k] != v}
             if clash:
@@ -146,12 +177,14 @@ class DeepLabV3Adapter(Adapter):
         if num_classes < 1:
             raise UsageError(f"num_classes must be >= 1, got {num_classes}")
         names = _class_names(num_classes, class_names)
+        if imgsz is None and size is None and zoo_entry is not None:
+            imgsz = tuple(zoo_entry.input_size[1:])
         if imgsz is not None or size is None:
             size = _input_size(imgsz)
         norm = _normalization(normalize, num_classes)
 
-        model = _torchvision_builder(arch)(weights=None, weights_backbone=None, num_classes=num_classes,
-                                           aux_loss=aux_loss)
+        model = _torchvision_builder(builder)(weights=None, weights_backbone=None, num_classes=num_classes,
+                                              aux_loss=aux_loss)
         if history:
             from tpunlearn.plan import build_dependency_graph
 
@@ -163,11 +196,14 @@ class DeepLabV3Adapter(Adapter):
         if state is not None:
             _load_state(model, state, path, arch)
         model.eval()
+        data = zoo_entry.data if zoo_entry is not None else ("digits" if names == DIGIT_CLASSES else None)
+        extra: dict[str, Any] = {"builder_kwargs": {"num_classes": num_classes, "aux_loss": aux_loss},
+                                 "normalize": norm, "history": history, "data": data}
+        if zoo_name is not None or record is not None:
+            extra["zoo"] = dict(record or {"name": zoo_name})
         info = ModelInfo(
             arch=arch, family="deeplabv3", task="segmentation", class_names=names, input_size=size,
-            weights=str(path) if path is not None else None,
-            extra={"builder_kwargs": {"num_classes": num_classes, "aux_loss": aux_loss}, "normalize": norm,
-                   "history": history, "data": "digits" if names == DIGIT_CLASSES else None},
+            weights=str(path) if path is not None else None, extra=extra,
         )
         return model, info
 
@@ -232,16 +268,14 @@ class DeepLabV3Adapter(Adapter):
         return self.segmentation_metrics(model, info, spec)["mIoU"]
 
     # ---- saving -------------------------------------------------------------------------
-    def save(self, model: nn.Module, info: ModelInfo, path: str | Path) -> None:
-        """Save arch, kwargs, pruning history (``info.extra["history"]``) and weights, atomically."""
-        from tpunlearn.io import atomic_path
-
+    def checkpoint(self, model: nn.Module, info: ModelInfo) -> dict[str, Any]:
+        """The ``tpunlearn-deeplabv3/1`` dict that :meth:`save` writes (float32 tensors)."""
         kwargs = dict(info.extra.get("builder_kwargs") or {})
         kwargs.setdefault("num_classes", len(info.class_names))
         kwargs.setdefault("aux_loss", getattr(model, "aux_classifier", None) is not None)
         payload = {
             "format": SAVE_FORMAT,
-            "arch": info.arch,
+            "arch": _resolve(info.arch)[0],
             "kwargs": {"num_classes": int(kwargs["num_classes"]), "aux_loss": bool(kwargs["aux_loss"])},
             "class_names": list(info.class_names),
             "input_size": [int(v) for v in info.input_size],
@@ -250,6 +284,25 @@ class DeepLabV3Adapter(Adapter):
             "task": info.task,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         }
+        record = info.extra.get("zoo")
+        if isinstance(record, dict) and record.get("name"):
+            # a pruned copy names its zoo origin but not the original's training record and test IoU
+            payload["zoo"] = dict(record) if not payload["history"] else {"name": record["name"], "pruned": True}
+        return payload
+
+    def save(self, model: nn.Module, info: ModelInfo, path: str | Path, half: bool = False) -> None:
+        """Save arch, kwargs, pruning history (``info.extra["history"]``) and weights, atomically.
+
+        ``half=True`` stores floating-point tensors in fp16 (the zoo checkpoints); they load
+        back as float32. A zoo model's record (``info.extra["zoo"]``: name, training
+        settings and test IoU) is kept under ``"zoo"``.
+        """
+        from tpunlearn.io import atomic_path
+
+        payload = self.checkpoint(model, info)
+        if half:
+            payload["state_dict"] = {k: (v.half() if torch.is_floating_point(v) else v).contiguous()
+                                     for k, v in payload["state_dict"].items()}
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
 
@@ -436,10 +489,104 @@ def _read_voc(root: Path, stem: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------- helpers
+def _resolve(arch: str) -> tuple[str, str | None]:
+    """``(builder arch, zoo name or None)`` for a DeepLabv3 arch or a deeplabv3-family zoo name."""
+    arch = str(arch)
+    if arch in ARCHS:
+        return arch, None
+    from tpunlearn import zoo
+
+    if arch in zoo.ZOO and zoo.entry(arch).family == "deeplabv3":
+        return zoo.entry(arch).arch, arch
+    zoo_names = [n for n in zoo.names() if zoo.entry(n).family == "deeplabv3"]
+    raise UsageError(f"unknown DeepLabv3 arch {arch!r}; choose one of {', '.join(ARCHS + tuple(zoo_names))}")
+
+
 def _torchvision_builder(arch: str) -> Any:
+    if arch == "deeplabv3_resnet_tiny":
+        return deeplabv3_resnet_tiny
     from torchvision.models import segmentation
 
     return getattr(segmentation, arch)
+
+
+# ---------------------------------------------------------------------------- deeplabv3_resnet_tiny
+TINY_WIDTHS = (32, 64, 128, 128)  # stem/layer1, layer2, layer3, layer4
+TINY_ASPP_CHANNELS = 128
+TINY_ATROUS_RATES = (2, 4, 6)  # in output-stride-4 pixels: 8, 16 and 24 input pixels
+
+
+def deeplabv3_resnet_tiny(*, weights: None = None, weights_backbone: None = None, num_classes: int = 11,
+                          aux_loss: bool | None = False) -> nn.Module:
+    """torchvision ``DeepLabV3`` on a small ResNet, for 64x64 inputs (~1.3M parameters).
+
+    Backbone (torchvision ``BasicBlock`` s, one per stage, torchvision's ResNet names):
+    ``conv1`` 3x3 stride 1 (32 ch) + ``bn1`` + ``relu``, ``maxpool`` 3x3 stride 2,
+    ``layer1`` 32 ch, ``layer2`` 64 ch stride 2, ``layer3`` 128 ch dilation 2, ``layer4``
+    128 ch dilation 4: output stride 4 (a 16x16 map for 64x64 inputs; stride 8 would cap
+    the digits' stroke IoU at about 0.72 even with ideal logits, stride 4 at about 0.94).
+    The dilated stages are torchvision ``BasicBlock`` s built undilated whose two 3x3 convs
+    then get ``dilation = padding = d`` (``BasicBlock`` refuses ``dilation > 1`` at build time;
+    a ``Conv2d`` reads both attributes at each forward).
+
+    Head: ``IntermediateLayerGetter(return_layers={"layer4": "out"[, "layer3": "aux"]})``,
+    then torchvision's ``DeepLabHead`` layout at 128 channels (torchvision's class fixes 256):
+    ``nn.Sequential(ASPP(128, (2, 4, 6), 128), Conv2d(128, 128, 3), BatchNorm2d, ReLU,
+    Conv2d(128, num_classes, 1))``, so ``classifier.1`` and ``classifier.4`` are the last two
+    convs as in ``DeepLabHead``; ``aux_loss`` adds torchvision's ``FCNHead(128, num_classes)``
+    on ``layer3``. No pretrained weights exist (``weights``/``weights_backbone`` must be None).
+    """
+    from collections import OrderedDict
+
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.resnet import BasicBlock, conv1x1
+    from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabV3
+    from torchvision.models.segmentation.fcn import FCNHead
+
+    if weights is not None or weights_backbone is not None:
+        raise UsageError("deeplabv3_resnet_tiny has no pretrained weights; load a checkpoint with weights=PATH")
+
+    def stage(inplanes: int, planes: int, stride: int, dilation: int) -> nn.Sequential:
+        down = None
+        if stride != 1 or inplanes != planes:
+            down = nn.Sequential(conv1x1(inplanes, planes, stride), nn.BatchNorm2d(planes))
+        block = BasicBlock(inplanes, planes, stride, down)
+        if dilation > 1:
+            for conv in (block.conv1, block.conv2):
+                conv.dilation, conv.padding = (dilation, dilation), (dilation, dilation)
+        return nn.Sequential(block)
+
+    w0, w1, w2, w3 = TINY_WIDTHS
+    body = nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(3, w0, 3, stride=1, padding=1, bias=False)),
+        ("bn1", nn.BatchNorm2d(w0)),
+        ("relu", nn.ReLU(inplace=True)),
+        ("maxpool", nn.MaxPool2d(kernel_size=3, stride=2, padding=1)),
+        ("layer1", stage(w0, w0, 1, 1)),
+        ("layer2", stage(w0, w1, 2, 1)),
+        ("layer3", stage(w1, w2, 1, 2)),
+        ("layer4", stage(w2, w3, 1, 4)),
+    ]))
+    for m in body.modules():  # torchvision ResNet's initialisation
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return_layers = {"layer4": "out"}
+    if aux_loss:
+        return_layers["layer3"] = "aux"
+    backbone = IntermediateLayerGetter(body, return_layers=return_layers)
+    c = TINY_ASPP_CHANNELS
+    classifier = nn.Sequential(
+        ASPP(w3, TINY_ATROUS_RATES, c),
+        nn.Conv2d(c, c, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c),
+        nn.ReLU(),
+        nn.Conv2d(c, int(num_classes), 1),
+    )
+    aux = FCNHead(w2, int(num_classes)) if aux_loss else None
+    return DeepLabV3(backbone, classifier, aux)
 
 
 def _class_names(num_classes: int, given: Sequence[str] | None) -> list[str]:

@@ -23,6 +23,11 @@ style, or a pruned model this adapter saved). The returned module is the ultraly
   ..., "date", "version", ...}``), holding only torch and ultralytics classes, so
   ``ultralytics.YOLO(path)`` predicts, validates and exports it. ``nc`` and ``names`` are
   kept: a forgotten class keeps its output, it just stops firing.
+* Zoo and data. ``digitscenes-yolov5`` (a :mod:`tpunlearn.zoo` entry of family ``yolov5``)
+  loads the bundled checkpoint. ``--data digits`` (``digits:N`` for N scenes), the default
+  for that model and for any checkpoint whose ``train_args`` say ``data: digits``, writes
+  DigitScenes once as a YOLO dataset at the model's input size into a cache folder
+  (:func:`digits_yaml`): scoring reads its train split, evaluation its test split.
 * Checkpoints load with ultralytics' restricted (``weights_only``) loader first; a file it
   refuses is unpickled the way ``YOLO(path)`` does, but missing modules are never
   auto-installed.
@@ -51,6 +56,9 @@ _NAME = re.compile(r"^yolov5([nsmlx])(u)?(\.pt|\.ya?ml)?$", re.IGNORECASE)
 _DEFAULT_IMGSZ = 640
 _PSEUDO_CONF = 0.25  # a class counts as present in an unlabelled image when a box passes this after NMS
 _PSEUDO_IOU = 0.7
+DIGITS = "digits"  # the data spec of DigitScenes (``"digits:N"``: N scenes)
+DIGITS_SCENES = {"train": 512, "test": 1000}  # default scene counts: scoring reads train, evaluation test
+DIGITS_SEED = 0
 
 
 @register
@@ -61,7 +69,11 @@ class YOLOv5Adapter(Adapter):
 
     # ---- building ------------------------------------------------------------------------
     def handles(self, arch: str) -> bool:
+        from tpunlearn import zoo
+
         arch = str(arch)
+        if arch in zoo.ZOO:
+            return zoo.entry(arch).family == self.name
         if _NAME.match(Path(arch).name) and (Path(arch).name == arch or Path(arch).exists()):
             return True
         path = Path(arch)
@@ -81,10 +93,26 @@ class YOLOv5Adapter(Adapter):
         ultralytics ``.pt`` file. ``weights`` (a checkpoint path) always wins. ``nc`` and
         ``names`` set the classes of a random model and must agree with a checkpoint's.
         ``imgsz`` is the square input side (default: the checkpoint's training size, else 640).
+        A zoo name (``digitscenes-yolov5``) loads the bundled checkpoint, or ``weights`` (a
+        pruned copy of it); its default data is ``"digits"``.
         """
+        from tpunlearn import zoo
+
         if kwargs:
             raise UsageError(f"unknown option(s) for the yolov5 adapter: {', '.join(sorted(kwargs))}")
         arch = str(arch)
+        zoo_entry = zoo.entry(arch) if arch in zoo.ZOO else None
+        if zoo_entry is not None:
+            if zoo_entry.family != self.name:
+                raise UsageError(f"zoo model {arch!r} is a {zoo_entry.family} model, not a yolov5 one")
+            if pretrained is False:
+                raise UsageError(f"zoo model {arch!r} is a trained model; for a random one use --arch {zoo_entry.arch}")
+            if weights is None:
+                weights = zoo.weights_path(arch)
+                if not weights.is_file():
+                    raise WeightsError(f"weights for zoo model {arch!r} not found at {weights}; "
+                                       f"run `python scripts/train_zoo.py {arch}`")
+        meta: dict[str, Any] = {}
         source = self._source(arch, weights, pretrained)
         if source[0] == "yaml":
             if nc is None and names is not None:
@@ -94,7 +122,7 @@ class YOLOv5Adapter(Adapter):
                 model.names = _names_dict(names, _head(model).nc)
             weights_path = None
         else:
-            model = _load_checkpoint(Path(source[1]))
+            model = _load_checkpoint(Path(source[1]), meta)
             head = _head(model)
             if nc is not None and int(nc) != head.nc:
                 raise WeightsError(f"{source[1]} holds a model with {head.nc} classes, not nc={nc}")
@@ -114,12 +142,17 @@ class YOLOv5Adapter(Adapter):
         if size % 32:
             raise UsageError(f"imgsz must be a multiple of 32 (the model's largest stride), got {size}")
         yaml_file = (getattr(model, "yaml", None) or {}).get("yaml_file")
+        extra: dict[str, Any] = {"yaml": str(yaml_file) if yaml_file else None,
+                                 "scale": (getattr(model, "yaml", None) or {}).get("scale"),
+                                 "nc": int(head.nc)}
+        if zoo_entry is not None:
+            _check_zoo_model(model, zoo_entry, str(weights))
+            extra.update(zoo=arch, data=zoo_entry.data, train=dict((meta.get("zoo") or {}).get("train") or {}))
+        elif _ckpt_data(model) == DIGITS:  # a model trained (or pruned) from a DigitScenes checkpoint
+            extra["data"] = DIGITS
         info = ModelInfo(arch=arch, family=self.name, task="detection",
                          class_names=_names_list(model.names, head.nc), input_size=(3, size, size),
-                         weights=weights_path,
-                         extra={"yaml": str(yaml_file) if yaml_file else None,
-                                "scale": (getattr(model, "yaml", None) or {}).get("scale"),
-                                "nc": int(head.nc)})
+                         weights=weights_path, extra=extra)
         return model, info
 
     def _source(self, arch: str, weights: str | Path | None, pretrained: bool | None) -> tuple[str, str]:
@@ -154,7 +187,17 @@ class YOLOv5Adapter(Adapter):
         return DetectionScore(index)
 
     def ignored_layers(self, model: nn.Module, info: ModelInfo) -> list[nn.Module]:
-        return [_head(model)]
+        """The Detect head's output convs (boxes and classes, per level) and its DFL.
+
+        Their output channels are ``nc`` and ``4 * reg_max``, which ultralytics fixes at
+        construction, so no group may remove them. The head's inner 3x3 convs stay
+        candidates: on the zoo detector a digit is only forgotten when they can be pruned
+        (ignoring the whole head left every digit's AP50 unchanged at any sigma and delta).
+        """
+        head = _head(model)
+        outputs = [branch[-1] for branch in (*head.cv2, *head.cv3)]
+        dfl = [head.dfl] if isinstance(getattr(head, "dfl", None), nn.Module) else []
+        return [*outputs, *dfl]
 
     def output_transform(self, output: Any) -> torch.Tensor:
         """The decoded ``(B, 4 + nc, A)`` tensor of an eval-mode output (``(y, raw)`` or ``y``)."""
@@ -171,14 +214,21 @@ class YOLOv5Adapter(Adapter):
                 batch_size: int = 32) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         """``(images (B,3,H,W) in [0,1], multi_hot (B,nc))`` batches, letterboxed to ``imgsz``.
 
-        ``spec``: None (ultralytics' bundled ``bus.jpg`` and ``zidane.jpg``), a dataset YAML
-        (its ``train`` split, else ``val``; targets from the YOLO txt labels), an image folder
-        or one image (targets: the classes the model itself detects above conf 0.25 after NMS).
+        ``spec``: None (the model's own data: ``"digits"`` for DigitScenes models, else
+        ultralytics' bundled ``bus.jpg`` and ``zidane.jpg``), ``"digits"`` or ``"digits:N"``
+        (DigitScenes' train split, see :func:`digits_yaml`), a dataset YAML (its ``train``
+        split, else ``val``; targets from the YOLO txt labels), an image folder or one image
+        (targets: the classes the model itself detects above conf 0.25 after NMS).
         """
         nc = len(info.class_names)
         size = int(info.input_size[-1])
+        spec = _default_spec(model, info, spec)
         if spec is None:
             return _Batches(_bundled_images(), None, nc, size, batch_size, model)
+        digits = _digits_count(spec, "train")
+        if digits is not None:
+            _check_digits_model(info)
+            spec = str(digits_yaml(size, n_train=digits))
         path = Path(spec)
         if path.suffix.lower() in (".yaml", ".yml"):
             data = _dataset(path, split="")
@@ -203,12 +253,18 @@ class YOLOv5Adapter(Adapter):
 
         Runs ``DetectionValidator`` on the ``val`` split of a dataset YAML (``spec``, or the
         ``data`` the checkpoint was trained on) on a copy of the model (the validator fuses
-        Conv+BN in place). Per-class AP is read through ``metrics.box.ap_class_index``;
-        classes with no labelled instance in the split are left out (not NaN, not mAP).
+        Conv+BN in place). ``"digits"`` / ``"digits:N"`` (the default for DigitScenes models)
+        validates on DigitScenes' *test* split (1000 scenes, or N) at the model's input size.
+        Per-class AP is read through ``metrics.box.ap_class_index``; classes with no labelled
+        instance in the split are left out (not NaN, not mAP).
         """
         from ultralytics.models.yolo.detect import DetectionValidator
 
-        data = spec or _ckpt_data(model)
+        data = _default_spec(model, info, spec) or _ckpt_data(model)
+        digits = _digits_count(data, "test") if data else None
+        if digits is not None:
+            _check_digits_model(info)
+            data = str(digits_yaml(int(info.input_size[-1]), n_test=digits))
         if not data:
             raise UsageError("evaluating a YOLO model needs --data (an ultralytics dataset YAML)")
         if Path(str(data)).suffix.lower() not in (".yaml", ".yml"):
@@ -240,8 +296,12 @@ class YOLOv5Adapter(Adapter):
         return out
 
     # ---- saving --------------------------------------------------------------------------
-    def save(self, model: nn.Module, info: ModelInfo, path: str | Path) -> None:
-        """Save as an ultralytics checkpoint (``YOLO(path)`` loads, predicts, validates it)."""
+    def save(self, model: nn.Module, info: ModelInfo, path: str | Path, meta: dict[str, Any] | None = None) -> None:
+        """Save as an ultralytics checkpoint (``YOLO(path)`` loads, predicts, validates it).
+
+        ``meta`` (plain values only) is stored beside tpunlearn's own record in the
+        checkpoint's ``"tpunlearn"`` entry (the zoo trainer keeps its training record there).
+        """
         from datetime import datetime
 
         from ultralytics import __version__ as ul_version
@@ -279,8 +339,8 @@ class YOLOv5Adapter(Adapter):
             "train_args": train_args,
             "train_metrics": None,
             "train_results": None,
-            "tpunlearn": {"version": __version__, "arch": info.arch, "input_size": list(info.input_size),
-                          "class_names": list(info.class_names)},
+            "tpunlearn": {**(meta or {}), "version": __version__, "arch": info.arch,
+                          "input_size": list(info.input_size), "class_names": list(info.class_names)},
         }
         with atomic_path(path) as tmp:
             torch.save(ckpt, tmp)
@@ -420,8 +480,11 @@ def _silence() -> Iterator[None]:
         LOGGER.setLevel(level)
 
 
-def _load_checkpoint(path: Path) -> nn.Module:
-    """An ultralytics checkpoint's model, FP32, eval mode, as ``ultralytics.nn.tasks.load_checkpoint`` gives it."""
+def _load_checkpoint(path: Path, meta: dict[str, Any] | None = None) -> nn.Module:
+    """An ultralytics checkpoint's model, FP32, eval mode, as ``ultralytics.nn.tasks.load_checkpoint`` gives it.
+
+    ``meta``, when given, is filled with the checkpoint's ``"tpunlearn"`` record (if any).
+    """
     from ultralytics.cfg import DEFAULT_CFG_DICT
     from ultralytics.nn.tasks import guess_model_task, torch_safe_load
 
@@ -442,6 +505,8 @@ def _load_checkpoint(path: Path) -> nn.Module:
         raise WeightsError(f"cannot load {path} as an ultralytics checkpoint ({type(exc).__name__}: "
                            f"{_one_line(exc)})") from None
     model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
+    if meta is not None and isinstance(ckpt, dict) and isinstance(ckpt.get("tpunlearn"), dict):
+        meta.update(ckpt["tpunlearn"])
     if not isinstance(model, nn.Module):
         raise WeightsError(f"{path} holds no ultralytics model (no 'model' module in the checkpoint)")
     model = model.float()
@@ -494,6 +559,110 @@ def _is_detection_yaml(path: Path) -> bool:
 
 
 # ---- data ------------------------------------------------------------------------------------
+
+
+def _default_spec(model: nn.Module, info: ModelInfo, spec: str | None) -> str | None:
+    """``spec``, or the model's own data when it has one that needs no file (``"digits"``)."""
+    if spec is not None:
+        return str(spec)
+    own = info.extra.get("data") or _ckpt_data(model)
+    return own if _digits_count(own, "test") is not None else None
+
+
+def _digits_count(spec: str | None, split: str) -> int | None:
+    """Scene count of a ``"digits"`` / ``"digits:N"`` spec for ``split``; None for other specs."""
+    if spec is None:
+        return None
+    spec = str(spec)
+    if spec == DIGITS:
+        return DIGITS_SCENES[split]
+    if not spec.startswith(DIGITS + ":"):
+        return None
+    try:
+        n = int(spec.split(":", 1)[1])
+    except ValueError:
+        raise UsageError(f"bad data spec {spec!r}; use digits or digits:N (N scenes)") from None
+    if n < 1:
+        raise UsageError(f"bad data spec {spec!r}: N must be >= 1")
+    return n
+
+
+def _check_digits_model(info: ModelInfo) -> None:
+    from tpunlearn.data import CLASS_NAMES
+
+    if list(info.class_names) != CLASS_NAMES:
+        raise UsageError(f"DigitScenes has the 10 classes '0'..'9'; this model has {len(info.class_names)} "
+                         f"({', '.join(info.class_names[:4])}...): pass --data PATH to a dataset YAML")
+
+
+def _check_zoo_model(model: nn.Module, e: Any, path: str) -> None:
+    """A zoo checkpoint (or a pruned copy) must hold the zoo entry's architecture and classes."""
+    head = _head(model)
+    yaml_file = Path(str((getattr(model, "yaml", None) or {}).get("yaml_file") or "")).name
+    want = Path(e.arch).name
+    if head.nc != len(e.class_names) or _names_list(model.names, head.nc) != list(e.class_names) or \
+            (yaml_file and _NAME.match(yaml_file) and _NAME.match(want)
+             and _NAME.match(yaml_file).group(1).lower() != _NAME.match(want).group(1).lower()):
+        raise WeightsError(f"{path} holds a {yaml_file or '?'} model with {head.nc} classes, not zoo model "
+                           f"{e.name} ({e.arch}, classes {', '.join(e.class_names)}); "
+                           f"rebuild it with `python scripts/train_zoo.py {e.name}`")
+
+
+def _cache_root() -> Path:
+    """Where generated datasets are kept: ``$TPUNLEARN_CACHE``, else ``$XDG_CACHE_HOME/tpunlearn``
+    (``~/.cache/tpunlearn``), else a folder in the system temp dir when that is not writable."""
+    env = os.environ.get("TPUNLEARN_CACHE")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tpunlearn")
+    candidates.append(Path(tempfile.gettempdir()) / f"tpunlearn-cache-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    for root in candidates:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            if os.access(root, os.W_OK):
+                return root
+        except OSError:
+            continue
+    raise DataError("no writable cache folder for DigitScenes; set TPUNLEARN_CACHE to one")
+
+
+def digits_yaml(size: int, n_train: int = 0, n_test: int = 0, seed: int = DIGITS_SEED) -> Path:
+    """An ultralytics dataset YAML of DigitScenes at ``size`` pixels, written once and cached.
+
+    The folder (under :func:`_cache_root`, keyed by size, seed and scene counts) holds
+    ``images/{train,test}`` and their labels as :func:`tpunlearn.data.write_yolo` writes
+    them; its ``data.yaml`` names the train split ``train`` and the *test* split both
+    ``val`` and ``test``, so ultralytics' validator (which reads ``val``) scores the test
+    scenes. Scene ``i`` of a split depends only on ``(seed, split, i)``, so these are the
+    first scenes of the splits that the zoo model was trained and tested on. A split with
+    0 scenes is written empty. Written to a temp folder and renamed into place: concurrent
+    callers never see half a dataset.
+    """
+    import shutil
+
+    import yaml
+
+    from tpunlearn.data import CLASS_NAMES, write_yolo
+
+    size, n_train, n_test = int(size), int(n_train), int(n_test)
+    root = _cache_root() / f"digitscenes-yolo-{size}px-seed{int(seed)}-train{n_train}-test{n_test}"
+    data_file = root / "data.yaml"
+    if data_file.is_file():
+        return data_file
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        write_yolo(tmp, size=size, seed=seed, splits=("train", "test"), n_scenes={"train": n_train, "test": n_test})
+        data = {"path": str(root), "train": "images/train", "val": "images/test", "test": "images/test",
+                "names": {d: name for d, name in enumerate(CLASS_NAMES)}}
+        (tmp / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        try:
+            os.rename(tmp, root)
+        except OSError:  # another process wrote it first
+            if not data_file.is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return data_file
 
 
 def _dataset(path: Path, split: str) -> dict[str, Any]:

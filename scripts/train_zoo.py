@@ -2,10 +2,24 @@
 """Train a zoo model on DigitScenes and write its checkpoint (CPU, a few minutes).
 
     python scripts/train_zoo.py digitscenes-resnet [--epochs N] [--out PATH]
+    python scripts/train_zoo.py digitscenes-yolov5 [--epochs N] [--out PATH]
+    python scripts/train_zoo.py digitscenes-deeplabv3 [--epochs N] [--device cpu|cuda] [--out PATH]
 
 The architecture comes from ``tpunlearn.zoo.ZOO[NAME]``. Training is seeded and runs on
-two CPU threads; the checkpoint (fp16 state dict plus metadata, see ``tpunlearn.zoo``) is
-written atomically to ``tpunlearn/weights/NAME.pt`` unless ``--out`` says otherwise.
+two CPU threads; the checkpoint (fp16, plus metadata, see ``tpunlearn.zoo``) is written
+atomically to ``tpunlearn/weights/NAME.pt`` unless ``--out`` says otherwise.
+
+``digitscenes-yolov5`` is trained by ultralytics itself (``YOLO("yolov5n.yaml").train``) on
+DigitScenes written to disk as a YOLO dataset (``tpunlearn.data.write_yolo``, in a temp
+folder), then saved through the yolov5 adapter (ultralytics checkpoint layout, fp16) with
+its per-digit test AP50 recorded in the checkpoint.
+
+``digitscenes-deeplabv3`` (torchvision DeepLabV3, the deeplabv3 adapter's
+``deeplabv3_resnet_tiny``) learns per-pixel cross-entropy on DigitScenes masks (background
+and ten digits), AdamW with a cosine LR; ``--device cuda`` trains on a GPU (a few minutes;
+on 2 CPU cores it takes hours: the script prints an estimate after a few steps). Its
+checkpoint is the adapter's ``tpunlearn-deeplabv3/1`` (fp16) with the per-class test IoU and
+mIoU of the shipped weights under ``"zoo"``.
 """
 from __future__ import annotations
 
@@ -20,10 +34,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import tpunlearn
 from tpunlearn import zoo
 from tpunlearn.data import DigitScenes
 
-TRAINERS = {"digitscenes-resnet"}
+try:
+    import tpunlearn.adapters  # noqa: F401
+except ModuleNotFoundError:
+    # a checkout run with PYTHONPATH=. and not installed: the top-level adapters/ folder is
+    # what the install maps to tpunlearn.adapters (pyproject's package-dir); find it there
+    tpunlearn.__path__.append(str(Path(__file__).resolve().parents[1]))
+    import tpunlearn.adapters  # noqa: F401
+
+TRAINERS = {"digitscenes-resnet", "digitscenes-yolov5", "digitscenes-deeplabv3"}
+
+# digitscenes-yolov5: defaults chosen so that training takes about 10 minutes on 2 shared CPU cores
+YOLO_DEFAULTS = {"epochs": 20, "n_train": 6000, "batch_size": 64, "lr": None}
 
 
 def _eval(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, channels: int, bs: int = 250):
@@ -173,21 +199,319 @@ def train_digitscenes_resnet(name: str, epochs: int, seed: int, n_train: int, lr
     return ckpt
 
 
+def train_digitscenes_yolov5(name: str, epochs: int, seed: int, n_train: int, lr: float | None, batch_size: int,
+                             workdir: Path | None = None) -> tuple[torch.nn.Module, object, dict]:
+    """Train ``yolov5n.yaml`` on DigitScenes with ultralytics; return ``(model, info, meta)``.
+
+    The model is ultralytics' ``best.pt`` (best val fitness), loaded back through the yolov5
+    adapter; ``meta`` is the zoo record (training settings and test-split AP50 per digit).
+    """
+    import shutil
+
+    from ultralytics import YOLO
+    from ultralytics import __version__ as ul_version
+
+    from tpunlearn.adapters import get
+    from tpunlearn.data import write_yolo
+
+    e = zoo.entry(name)
+    adapter = get("yolov5")
+    imgsz = int(e.input_size[-1])
+    counts = {"train": n_train, "val": 500, "test": 1000}
+    t0 = time.time()
+    tmp = Path(tempfile.mkdtemp(prefix="tpunlearn-train-yolov5-", dir=workdir))
+    try:
+        data = write_yolo(tmp / "data", size=imgsz, seed=seed, n_scenes=counts)
+        print(f"data: {counts} DigitScenes at {imgsz}px written to {data.parent} in {time.time() - t0:.1f}s", flush=True)
+        # ultralytics' augmentation defaults, except: no left-right flip (a mirrored digit is another
+        # glyph or none), and no colour jitter of hue/saturation (the scenes are grey)
+        hyp = {"fliplr": 0.0, "hsv_h": 0.0, "hsv_s": 0.0}
+        train_kwargs = dict(data=str(data), imgsz=imgsz, epochs=epochs, batch=batch_size, device="cpu", workers=0,
+                            seed=seed, deterministic=True, project=str(tmp / "runs"), name="train", exist_ok=True,
+                            plots=False, val=True, amp=False, pretrained=False, cache=False, verbose=False, **hyp)
+        if lr is not None:
+            train_kwargs.update(optimizer="AdamW", lr0=lr)
+        t1 = time.time()
+        yolo = YOLO(e.arch)
+        yolo.train(**train_kwargs)
+        train_seconds = time.time() - t1
+        save_dir = Path(yolo.trainer.save_dir)
+        best = save_dir / "weights" / "best.pt"
+        if not best.is_file():
+            best = save_dir / "weights" / "last.pt"
+        model, _ = adapter.build(str(best))
+        n_params = sum(p.numel() for p in model.parameters())
+        # the checkpoint's train_args describe the run without the temp paths; data "digits" makes
+        # the yolov5 adapter default to DigitScenes for this model and its pruned copies
+        model.args = {"task": "detect", "mode": "train", "model": e.arch, "data": "digits", "imgsz": imgsz,
+                      "epochs": epochs, "batch": batch_size, "seed": seed, "deterministic": True,
+                      "optimizer": train_kwargs.get("optimizer", "auto"), "pretrained": False, **hyp}
+        # fp16 round trip first: the recorded test AP is that of the weights that ship
+        _, info = adapter.build(name, weights=str(best))
+        probe = tmp / "probe.pt"
+        adapter.save(model, info, probe)
+        shipped, info = adapter.build(name, weights=str(probe))
+        t2 = time.time()
+        test = adapter.evaluate(shipped, info, f"digits:{counts['test']}")
+        print(f"test AP50 ({counts['test']} scenes, {time.time() - t2:.1f}s):")
+        for d in e.class_names:
+            print(f"  {d}: {test[d]:.4f}")
+        print(f"  mAP50: {test['mAP50']:.4f}")
+        seconds = time.time() - t0
+        meta = {
+            "zoo": {
+                "name": name,
+                "train": {
+                    "data": "DigitScenes (tpunlearn.data.write_yolo)",
+                    "data_seed": seed,
+                    "scenes": counts,
+                    "imgsz": imgsz,
+                    "epochs": epochs,
+                    "batch_size": batch_size,
+                    "seed": seed,
+                    "optimizer": train_kwargs.get("optimizer", "auto"),
+                    "lr0": lr,
+                    "augment": "ultralytics defaults (mosaic, scale 0.5, translate 0.1, hsv_v 0.4), "
+                               "fliplr 0, hsv_h 0, hsv_s 0",
+                    "checkpoint": best.name,
+                    "n_params": n_params,
+                    "test_ap50": {d: round(float(test[d]), 4) for d in e.class_names},
+                    "test_map50": round(float(test["mAP50"]), 4),
+                    "n_test": counts["test"],
+                    "train_seconds": round(train_seconds, 1),
+                    "seconds": round(seconds, 1),
+                    "torch": str(torch.__version__),
+                    "ultralytics": ul_version,
+                },
+            }
+        }
+        print(f"trained in {train_seconds:.0f}s ({seconds:.0f}s in all)")
+        return shipped, info, meta
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# digitscenes-deeplabv3: on one GPU a few minutes; on 2 CPU cores many hours (the script prints an estimate)
+DEEPLAB_DEFAULTS = {"epochs": 20, "n_train": 24000, "batch_size": 64, "lr": 2e-3}
+
+
+def _augment_segmentation(x: torch.Tensor, mask: torch.Tensor, gen: torch.Generator):
+    """The same random affine map (rotation +-10 deg, shear +-0.1, zoom 0.9-1.1) for grayscale
+    scenes ``(B, 1, H, W)`` (bilinear) and their class masks ``(B, H, W)`` (nearest, background
+    outside), then random contrast and brightness of the images. Random numbers come from the
+    CPU generator ``gen`` (same draws on every device)."""
+    B, dev = len(x), x.device
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return torch.empty(B).uniform_(lo, hi, generator=gen)
+
+    angle = u(-1, 1) * math.radians(10)
+    scale = 1 / u(0.9, 1.1)
+    shear = u(-0.1, 0.1)
+    theta = torch.zeros(B, 2, 3)
+    theta[:, 0, 0] = torch.cos(angle) * scale
+    theta[:, 0, 1] = -torch.sin(angle) * scale + shear
+    theta[:, 1, 0] = torch.sin(angle) * scale
+    theta[:, 1, 1] = torch.cos(angle) * scale
+    contrast = u(0.75, 1.25).view(B, 1, 1, 1).to(dev)
+    brightness = u(-0.08, 0.08).view(B, 1, 1, 1).to(dev)
+    grid = F.affine_grid(theta.to(dev), list(x.shape), align_corners=False)
+    floor = x.amin(dim=(2, 3), keepdim=True)
+    x = F.grid_sample(x - floor, grid, align_corners=False, padding_mode="zeros") + floor
+    mask = F.grid_sample(mask[:, None].float(), grid, mode="nearest", align_corners=False, padding_mode="zeros")
+    return (x * contrast + brightness).clamp_(0, 1), mask[:, 0].long()
+
+
+def _segmentation_iou(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, num_classes: int,
+                      bs: int = 250) -> torch.Tensor:
+    """Per-class IoU (NaN where a class is absent) of ``model`` on grayscale ``images`` ``(N, 1, H, W)``."""
+    model.eval()
+    C = num_classes
+    cm = torch.zeros(C * C, dtype=torch.long, device=images.device)
+    with torch.no_grad():
+        for i in range(0, len(images), bs):
+            pred = model(images[i:i + bs].expand(-1, 3, -1, -1))["out"].argmax(1)
+            cm += torch.bincount((masks[i:i + bs].long() * C + pred).flatten(), minlength=C * C)
+    from tpunlearn.adapters.deeplabv3 import iou_from_confusion
+
+    return iou_from_confusion(cm.reshape(C, C).cpu())
+
+
+def train_digitscenes_deeplabv3(name: str, epochs: int, seed: int, n_train: int, lr: float, batch_size: int,
+                                device: str = "cpu", n_val: int = 500, n_test: int = 1000):
+    """Train the deeplabv3-family zoo model ``name``; return ``(model, info)`` ready for
+    ``get("deeplabv3").save(model, info, path, half=True)`` (``info.extra["zoo"]`` holds the record,
+    with the test-split IoU of the fp16 weights that ship)."""
+    from tpunlearn.adapters import get
+
+    torch.manual_seed(seed)
+    e = zoo.entry(name)
+    adapter = get("deeplabv3")
+    size, C = int(e.input_size[-1]), len(e.class_names)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    t0 = time.time()
+    # n_train scenes from the train scans, built in 6000-scene chunks with seeds 0, 1, ...
+    chunks = [DigitScenes("train", size=size, n_scenes=min(6000, n_train - k), seed=k // 6000, channels=1)
+              for k in range(0, n_train, 6000)]
+    x_train = torch.cat([c.images for c in chunks]).to(dev)
+    m_train = torch.cat([c.masks for c in chunks]).to(dev)
+    del chunks
+    val = DigitScenes("val", size=size, n_scenes=n_val, channels=1)
+    x_val, m_val = val.images.to(dev), val.masks.to(dev)
+    print(f"data: {len(x_train)} train / {len(val)} val scenes at {size}px in {time.time() - t0:.1f}s", flush=True)
+
+    model, info = adapter.build(e.arch, class_names=e.class_names, imgsz=size, **e.kwargs)
+    model.to(dev)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {e.arch} {e.kwargs} (torchvision DeepLabV3) -> {n_params:,} params, device {dev}", flush=True)
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    steps_per_epoch = math.ceil(len(x_train) / batch_size)
+    total = epochs * steps_per_epoch
+    warmup = min(steps_per_epoch, total // 10)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    gen = torch.Generator().manual_seed(seed)
+    step, t_train = 0, time.time()
+    aux_weight = 0.4 if e.kwargs.get("aux_loss") else 0.0
+    for epoch in range(epochs):
+        model.train()
+        t = time.time()
+        order = torch.randperm(len(x_train), generator=gen).to(dev)
+        run = 0.0
+        for b in range(steps_per_epoch):
+            if epoch == 0 and b == 1:
+                t_probe = time.time()
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            if len(idx) < 2:  # BatchNorm (the ASPP pooling branch) needs two samples
+                continue
+            x, target = _augment_segmentation(x_train[idx], m_train[idx], gen)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            out = model(x.expand(-1, 3, -1, -1))
+            loss = F.cross_entropy(out["out"], target)
+            if aux_weight:
+                loss = loss + aux_weight * F.cross_entropy(out["aux"], target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            run += loss.item() * len(idx)
+            step += 1
+            if epoch == 0 and b == min(11, steps_per_epoch - 1) and b > 1:
+                per_step = (time.time() - t_probe) / (b - 1)
+                print(f"timing: {per_step:.3f}s per step of {batch_size} on {dev} -> about "
+                      f"{per_step * total / 60:.1f} min for {epochs} epochs of {len(x_train)} scenes "
+                      "(plus evaluation)", flush=True)
+        iou = _segmentation_iou(model, x_val, m_val, C)
+        digits = iou[1:]
+        print(f"epoch {epoch + 1:2d}/{epochs}  train loss {run / len(x_train):.4f}  "
+              f"val mIoU(digits) {float(digits.nanmean()):.3f}  min digit IoU {float(digits.nan_to_num(1).min()):.3f}  "
+              f"bg IoU {float(iou[0]):.3f}  ({time.time() - t:.1f}s)", flush=True)
+    train_seconds = time.time() - t_train
+
+    # the recorded test IoU is that of the fp16 weights that ship: round-trip them first
+    model.cpu().eval()
+    with tempfile.TemporaryDirectory(prefix="tpunlearn-train-deeplabv3-") as tmp:
+        probe = Path(tmp) / "probe.pt"
+        adapter.save(model, info, probe, half=True)
+        shipped, info = adapter.build(e.arch, weights=probe)
+    shipped.to(dev)
+    test = DigitScenes("test", size=size, n_scenes=n_test, channels=1)
+    iou = _segmentation_iou(shipped, test.images.to(dev), test.masks.to(dev), C)
+    shipped.cpu().eval()
+    test_iou = {n: round(float(v), 4) for n, v in zip(e.class_names, iou)}
+    miou = float(iou[1:].nanmean())
+    miou_all = float(iou.nanmean())
+    print(f"\ntest ({n_test} scenes, fp16 weights): mIoU over the 10 digits {miou:.4f}, "
+          f"over all 11 classes {miou_all:.4f}")
+    print("class       IoU")
+    for n in e.class_names:
+        print(f"{n:10s}  {test_iou[n]:.4f}")
+    seconds = time.time() - t0
+    print(f"trained in {train_seconds:.0f}s ({seconds:.0f}s in all)")
+    info.arch = name
+    info.extra["data"] = e.data
+    info.extra["zoo"] = {
+        "name": name,
+        "train": {
+            "data": "DigitScenes (masks: 0 background, d + 1 for digit d)",
+            "epochs": epochs,
+            "seed": seed,
+            "lr": lr,
+            "batch_size": batch_size,
+            "loss": "per-pixel cross-entropy" + (" + 0.4 x aux head" if aux_weight else ""),
+            "optimizer": "AdamW(weight_decay=0.05, none on norms/biases), cosine LR, 1-epoch warmup",
+            "augment": "same affine for image and mask: rotation +-10 deg, shear +-0.1, zoom 0.9-1.1; "
+                       "contrast 0.75-1.25, brightness +-0.08",
+            "n_train": len(x_train),
+            "n_val": n_val,
+            "n_test": n_test,
+            "n_params": n_params,
+            "device": str(dev),
+            "test_iou": test_iou,
+            "test_miou": round(miou, 4),
+            "test_miou_all": round(miou_all, 4),
+            "train_seconds": round(train_seconds, 1),
+            "seconds": round(seconds, 1),
+            "torch": str(torch.__version__),
+        },
+    }
+    return shipped, info
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("name", choices=sorted(TRAINERS))
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=None, help="default 10 (resnet), 20 (yolov5), 20 (deeplabv3)")
     p.add_argument("--out", type=Path, default=None, help="checkpoint path (default tpunlearn/weights/NAME.pt)")
-    p.add_argument("--n-train", type=int, default=24000, help="training scenes (default 24000)")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--n-train", type=int, default=None, help="training scenes (default 24000 (resnet), 6000 (yolov5), 24000 (deeplabv3))")
+    p.add_argument("--lr", type=float, default=None,
+                   help="default 3e-3 (resnet), 2e-3 (deeplabv3); yolov5: ultralytics' optimizer=auto unless given (then AdamW lr0)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 128 (resnet), 64 (yolov5), 64 (deeplabv3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workdir", type=Path, default=None, help="yolov5: where the temp dataset and run go")
+    p.add_argument("--device", default="cpu", help="deeplabv3: cpu (default) or cuda")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     out = (args.out or zoo.weights_path(args.name)).resolve()
-    ckpt = train_digitscenes_resnet(args.name, args.epochs, args.seed, args.n_train, args.lr, args.batch_size)
+    if args.name == "digitscenes-deeplabv3":
+        from tpunlearn.adapters import get
+
+        d = DEEPLAB_DEFAULTS
+        model, info = train_digitscenes_deeplabv3(
+            args.name, args.epochs or d["epochs"], args.seed, args.n_train or d["n_train"],
+            args.lr if args.lr is not None else d["lr"], args.batch_size or d["batch_size"], args.device)
+        get("deeplabv3").save(model, info, out, half=True)  # atomic
+        _, check = zoo.load(args.name, weights=out)  # the zoo loads what was written
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, sha256 {check['sha256'][:12]}, "
+              f"test mIoU over the digits {check['test_miou']})")
+        return 0
+    if args.name == "digitscenes-yolov5":
+        os.environ.setdefault("YOLO_OFFLINE", "1")
+        d = YOLO_DEFAULTS
+        model, info, meta = train_digitscenes_yolov5(
+            args.name, args.epochs or d["epochs"], args.seed, args.n_train or d["n_train"],
+            args.lr if args.lr is not None else d["lr"], args.batch_size or d["batch_size"], args.workdir)
+        from tpunlearn.adapters import get
+
+        get("yolov5").save(model, info, out, meta=meta)  # atomic
+        os.chmod(out, 0o644)  # the atomic write makes 0600 files
+        torch.set_num_threads(args.threads)  # ultralytics changes it
+        _, check = zoo.load(args.name, weights=out)  # the zoo loads what was written
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, sha256 {check['sha256'][:12]}, "
+              f"test mAP50 {check['test_map50']})")
+        return 0
+    ckpt = train_digitscenes_resnet(args.name, args.epochs or 10, args.seed, args.n_train or 24000,
+                                    args.lr if args.lr is not None else 3e-3, args.batch_size or 128)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:

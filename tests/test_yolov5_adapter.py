@@ -121,7 +121,10 @@ def test_build_random_and_output_transform(adapter, built):
     for name, p in model.named_parameters():
         assert p.requires_grad == (".dfl." not in name), name
     assert isinstance(adapter.target(info, 3), DetectionScore) and adapter.target(info, 3).index == 3
-    assert adapter.ignored_layers(model, info) == [model.model[-1]]
+    head = model.model[-1]
+    ignored = adapter.ignored_layers(model, info)
+    assert ignored == [*(b[-1] for b in head.cv2), *(b[-1] for b in head.cv3), head.dfl]
+    assert all(m is not head for m in ignored)  # the head's inner convs stay candidates
 
 
 def test_scale_letter_selects_the_width(adapter):
@@ -165,7 +168,9 @@ def test_unlearn_removes_channels_and_keeps_the_head(adapter, built, pruned):
     assert report["removed_channels"] > 0
     assert report["params"]["after"] < report["params"]["before"] == n_params(model)
     assert report["check"]["mask_rel_diff"] <= 1e-3
-    assert not any(l.startswith("model.24") for l in res.plan.removed)
+    names = {m: n for n, m in model.named_modules()}
+    protected = {names[m] for m in adapter.ignored_layers(model, built[1])}
+    assert protected and not protected & set(res.plan.removed)  # head outputs and DFL never lose channels
     with torch.no_grad():
         before = adapter.output_transform(model(x))
         after = adapter.output_transform(res.model(x))

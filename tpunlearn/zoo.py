@@ -1,16 +1,25 @@
 """The model zoo: small models trained on DigitScenes by ``scripts/train_zoo.py``.
 
-Checkpoints live in ``tpunlearn/weights/`` (fp16 state dicts, a few MB) so that everything
-runs offline. Each :class:`ZooEntry` names the exact ``timm.create_model`` call that
-rebuilds its architecture; :func:`load` builds it and loads the weights::
+Checkpoints live in ``tpunlearn/weights/`` (fp16, a few MB) so that everything runs
+offline. Each :class:`ZooEntry` names its family and the architecture that rebuilds it;
+:func:`load` loads the weights::
 
     model, info = tpunlearn.zoo.load("digitscenes-resnet")
+    model, info = tpunlearn.zoo.load("digitscenes-yolov5")
 
-A checkpoint is a ``torch.save`` of a dict with plain types and tensors only (it loads with
-``weights_only=True``)::
+Two checkpoint formats, one per family:
+
+* ``timm``: a ``torch.save`` of a dict with plain types and tensors only (it loads with
+  ``weights_only=True``)::
 
     {"format": "tpunlearn-zoo/1", "name", "timm_name", "timm_kwargs", "state_dict" (fp16),
      "class_names", "input_size", "task", "train": {epochs, seed, lr, n_train, test_recall, ...}}
+
+* ``yolov5``: ultralytics' own checkpoint layout (fp16 ``DetectionModel``, ``train_args``),
+  as the yolov5 adapter saves it, so ``ultralytics.YOLO(path)`` loads it too; its
+  ``"tpunlearn"`` entry holds ``{"zoo": {"name", "train": {epochs, imgsz, test_ap50,
+  test_map50, ...}}}``. It loads through the yolov5 adapter (ultralytics' restricted
+  loader first).
 """
 from __future__ import annotations
 
@@ -28,7 +37,13 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 @dataclass(frozen=True)
 class ZooEntry:
-    """One zoo model: how to build it (``timm.create_model(arch, **kwargs)``) and its weights."""
+    """One zoo model: how to build it and its weights.
+
+    ``family="timm"``: ``timm.create_model(arch, **kwargs)``; ``family="yolov5"``: the
+    ultralytics model YAML ``arch`` with ``kwargs["nc"]`` classes; ``family="deeplabv3"``:
+    the deeplabv3 adapter's ``arch`` with ``kwargs`` (its ``tpunlearn-deeplabv3/1`` checkpoint,
+    fp16, carries the training record under ``"zoo"``).
+    """
 
     name: str
     arch: str
@@ -56,6 +71,31 @@ ZOO: dict[str, ZooEntry] = {
                 "10 sigmoid outputs: which digits a 64x64 DigitScenes scene holds"
             ),
         ),
+        ZooEntry(
+            name="digitscenes-yolov5",
+            arch="yolov5n.yaml",
+            kwargs={"nc": 10},
+            weights="digitscenes-yolov5.pt",
+            task="detection",
+            family="yolov5",
+            description=(
+                "ultralytics YOLOv5n (yolov5n.yaml, anchor-free Detect head, 2.5M params), "
+                "10 classes: boxes around the digits of a 64x64 DigitScenes scene"
+            ),
+        ),
+        ZooEntry(
+            name="digitscenes-deeplabv3",
+            arch="deeplabv3_resnet_tiny",
+            kwargs={"num_classes": 11, "aux_loss": False},
+            weights="digitscenes-deeplabv3.pt",
+            task="segmentation",
+            family="deeplabv3",
+            class_names=["background"] + [str(d) for d in range(10)],
+            description=(
+                "torchvision DeepLabV3 on a small BasicBlock ResNet (output stride 4, 128-channel ASPP, "
+                "1.31M params), 11 classes: background and digits 0-9 per pixel of a 64x64 DigitScenes scene"
+            ),
+        ),
     )
 }
 
@@ -81,6 +121,16 @@ def weights_path(name: str) -> Path:
 def build(name: str):
     """The architecture of zoo model ``name``, randomly initialised (no weights loaded)."""
     e = entry(name)
+    if e.family == "yolov5":
+        from tpunlearn.adapters import get
+
+        model, _ = get("yolov5").build(e.arch, names=e.class_names, imgsz=e.input_size[-1], **e.kwargs)
+        return model
+    if e.family == "deeplabv3":
+        from tpunlearn.adapters import get
+
+        model, _ = get("deeplabv3").build(e.arch, class_names=e.class_names, imgsz=e.input_size[-1], **e.kwargs)
+        return model
     import timm
 
     return timm.create_model(e.arch, pretrained=False, **e.kwargs)
@@ -103,6 +153,10 @@ def load(name: str, weights: str | Path | None = None):
         raise WeightsError(
             f"weights for zoo model {name!r} not found at {path}; run `python scripts/train_zoo.py {name}`"
         )
+    if e.family == "yolov5":
+        return _load_yolov5(e, path)
+    if e.family == "deeplabv3":
+        return _load_deeplabv3(e, path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a weights problem
@@ -138,3 +192,56 @@ def load(name: str, weights: str | Path | None = None):
         "train": train,
     }
     return model, info
+
+
+def _load_yolov5(e: ZooEntry, path: Path):
+    """A yolov5-family zoo model through the yolov5 adapter; ``info`` as :func:`load` says,
+    with ``test_ap50`` (per digit) and ``test_map50`` in place of recall and precision."""
+    from tpunlearn.adapters import get
+    from tpunlearn.io import sha256
+
+    model, minfo = get("yolov5").build(e.name, weights=path)
+    train = dict(minfo.extra.get("train") or {})
+    return model, {
+        "name": e.name,
+        "arch": e.arch,
+        "family": e.family,
+        "task": e.task,
+        "kwargs": dict(e.kwargs),
+        "data": e.data,
+        "class_names": list(minfo.class_names),
+        "input_size": list(minfo.input_size),
+        "weights": str(path),
+        "sha256": sha256(path),
+        "test_ap50": train.get("test_ap50"),
+        "test_map50": train.get("test_map50"),
+        "train": train,
+    }
+
+
+def _load_deeplabv3(e: ZooEntry, path: Path):
+    """A deeplabv3-family zoo model through the deeplabv3 adapter (``tpunlearn-deeplabv3/1``
+    checkpoint, fp16, its ``"zoo"`` record holding the training settings); ``info`` as
+    :func:`load` says, with ``test_iou`` (per class name, background included),
+    ``test_miou`` (over the ten digits) and ``test_miou_all`` (over all 11 classes)."""
+    from tpunlearn.adapters import get
+    from tpunlearn.io import sha256
+
+    model, minfo = get("deeplabv3").build(e.name, weights=path)
+    train = dict((minfo.extra.get("zoo") or {}).get("train") or {})
+    return model, {
+        "name": e.name,
+        "arch": e.arch,
+        "family": e.family,
+        "task": e.task,
+        "kwargs": dict(e.kwargs),
+        "data": e.data,
+        "class_names": list(minfo.class_names),
+        "input_size": list(minfo.input_size),
+        "weights": str(path),
+        "sha256": sha256(path),
+        "test_iou": train.get("test_iou"),
+        "test_miou": train.get("test_miou"),
+        "test_miou_all": train.get("test_miou_all"),
+        "train": train,
+    }

@@ -1,0 +1,144 @@
+"""The zoo's segmentation model ``digitscenes-deeplabv3`` (torchvision DeepLabV3, 11 classes).
+
+The architecture, registry and checkpoint round trip are tested always. The tests that read
+the trained checkpoint (``tpunlearn/weights/digitscenes-deeplabv3.pt``, written by
+``python scripts/train_zoo.py digitscenes-deeplabv3 --device cuda``) skip when it is absent.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+import tpunlearn as tu
+from tpunlearn import adapters, zoo
+from tpunlearn.adapters.deeplabv3 import DIGIT_CLASSES, SAVE_FORMAT
+from tpunlearn.errors import WeightsError
+
+NAME = "digitscenes-deeplabv3"
+DIGIT3 = 4  # class index of digit 3 (index 0 is background)
+
+
+def _digits_miou(iou: dict[str, float], skip: tuple[str, ...] = ()) -> float:
+    vals = [v for n, v in iou.items() if n != "background" and n not in skip and not math.isnan(v)]
+    return sum(vals) / len(vals)
+
+
+# ---------------------------------------------------------------- always (no trained weights needed)
+def test_registry_and_adapter_dispatch():
+    e = zoo.entry(NAME)
+    assert e.family == "deeplabv3" and e.task == "segmentation"
+    assert e.class_names == DIGIT_CLASSES and tuple(e.input_size) == (3, 64, 64)
+    assert zoo.weights_path(NAME).name == e.weights
+    assert adapters.for_arch(NAME).name == "deeplabv3"
+    assert adapters.for_arch(e.arch).name == "deeplabv3"
+    assert not adapters.get("timm").handles(NAME)
+    assert not adapters.get("yolov5").handles(NAME)
+
+
+def test_architecture_is_torchvision_deeplabv3():
+    from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabV3
+
+    model = zoo.build(NAME).eval()
+    assert isinstance(model, DeepLabV3) and isinstance(model.classifier[0], ASPP)
+    assert model.aux_classifier is None
+    assert sum(p.numel() for p in model.parameters()) <= 1_500_000  # <= 3 MB in fp16
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 64, 64))
+    assert out["out"].shape == (2, 11, 64, 64)
+    adapter = adapters.get("deeplabv3")
+    _, info = adapter.build(zoo.entry(NAME).arch, num_classes=11, imgsz=64)
+    ignored = adapter.ignored_layers(model, info)
+    names = {n for n, m in model.named_modules() if any(m is i for i in ignored)}
+    assert names == {"classifier.1", "classifier.4"}  # the DeepLabHead's last two convs, as in the paper
+
+
+def test_missing_weights_say_how_to_train(tmp_path):
+    with pytest.raises(WeightsError, match="train_zoo.py"):
+        zoo.load(NAME, weights=tmp_path / "absent.pt")
+
+
+def test_fp16_checkpoint_round_trip(tmp_path):
+    """A zoo-format checkpoint (as the trainer writes it) loads through the zoo and the adapter."""
+    adapter = adapters.get("deeplabv3")
+    model, info = adapter.build(zoo.entry(NAME).arch, num_classes=11, imgsz=64)
+    info.arch = NAME
+    info.extra["zoo"] = {"name": NAME, "train": {"test_miou": 0.5, "test_iou": {n: 0.5 for n in DIGIT_CLASSES}}}
+    path = tmp_path / "m.pt"
+    adapter.save(model, info, path, half=True)
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["format"] == SAVE_FORMAT and ckpt["arch"] == zoo.entry(NAME).arch and ckpt["zoo"]["name"] == NAME
+    assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if torch.is_floating_point(v))
+    loaded, meta = zoo.load(NAME, weights=path)
+    assert meta["family"] == "deeplabv3" and meta["class_names"] == DIGIT_CLASSES
+    assert meta["input_size"] == [3, 64, 64] and len(meta["sha256"]) == 64 and meta["test_miou"] == 0.5
+    x = torch.rand(2, 3, 64, 64)
+    ref = {k: v.half().float() if torch.is_floating_point(v) else v for k, v in model.state_dict().items()}
+    model.load_state_dict(ref)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)["out"], model(x)["out"])
+    again, ainfo = adapter.build(NAME, weights=path)
+    assert ainfo.arch == NAME and ainfo.extra["data"] == "digits"
+
+
+# ---------------------------------------------------------------- the trained checkpoint
+@pytest.fixture(scope="module")
+def trained():
+    if not zoo.weights_path(NAME).is_file():
+        pytest.skip(f"{zoo.weights_path(NAME)} is absent: train it with "
+                    f"`python scripts/train_zoo.py {NAME} --device cuda`")
+    adapter = adapters.get("deeplabv3")
+    model, info = adapter.build(NAME)
+    base = adapter.segmentation_metrics(model, info, "digits:100")["iou"]
+    return adapter, model, info, base
+
+
+def test_trained_checkpoint_loads(trained):
+    _, model, info = trained[:3]
+    _, meta = zoo.load(NAME)
+    assert not model.training
+    assert info.class_names == DIGIT_CLASSES and len(info.class_names) == 11
+    assert tuple(info.input_size) == (3, 64, 64) and info.extra["normalize"] is None
+    assert len(meta["sha256"]) == 64 and meta["test_miou"] >= 0.7
+    assert zoo.weights_path(NAME).stat().st_size <= 4_000_000
+    with torch.no_grad():
+        out = model(torch.rand(3, 3, 64, 64))
+    assert out["out"].shape == (3, 11, 64, 64)
+
+
+def test_trained_checkpoint_segments_digits(trained):
+    base = trained[3]
+    assert _digits_miou(base) >= 0.6, base
+    assert base["background"] >= 0.9
+
+
+@pytest.fixture(scope="module")
+def unlearned_3(trained):
+    adapter, model, info, base = trained
+    t0 = time.perf_counter()
+    res = tu.unlearn(model, adapter.samples(model, info, "digits"), forget=[DIGIT3],
+                     target=adapter.target_factory(info), example_inputs=adapter.example_inputs(info),
+                     ignored_layers=adapter.ignored_layers(model, info), output_transform=adapter.output_transform,
+                     num_targets=11, progress=False)
+    seconds = time.perf_counter() - t0
+    return res, adapter.segmentation_metrics(res.model, info, "digits:100")["iou"], seconds
+
+
+def test_unlearning_digit_3_runs_and_keeps_the_other_digits(trained, unlearned_3):
+    base = trained[3]
+    res, after, seconds = unlearned_3
+    assert seconds < 60
+    assert res.report["removed_channels"] > 0
+    assert res.report["params"]["after"] < res.report["params"]["before"]
+    assert after["3"] <= base["3"] + 1e-6  # never helps the forgotten digit
+    assert _digits_miou(after, skip=("3",)) >= _digits_miou(base, skip=("3",)) - 0.02
+
+
+@pytest.mark.xfail(strict=True, reason="open (issue 3): with the library defaults the GPU-trained zoo DeepLab "
+                   "loses only ~0.3 IoU points on the forgotten digit; digits share their top channels in the "
+                   "last layers (see benchmarks/bench_forget_deeplabv3.py)")
+def test_unlearning_digit_3_reaches_the_issue_goal(unlearned_3):
+    _res, after, _seconds = unlearned_3
+    assert after["3"] <= 0.05

@@ -1,0 +1,167 @@
+"""The zoo detector ``digitscenes-yolov5``: it loads (through the zoo, the adapter and
+ultralytics itself), it detects digits, and one unlearning request forgets a digit.
+
+The request uses the settings that ``benchmarks/bench_forget_yolov5.py`` found to meet the
+goal (forget AP50 <= 5 % of before, retained mAP50 within 3 points), evaluated here on the
+first 300 scenes of DigitScenes' test split (about 70 instances per digit).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("ultralytics")
+os.environ.setdefault("YOLO_OFFLINE", "1")  # never reach for the network (read by ultralytics at import)
+
+import tpunlearn as tu  # noqa: E402
+from tpunlearn import adapters, zoo  # noqa: E402
+from tpunlearn.errors import UsageError, WeightsError  # noqa: E402
+
+NAME = "digitscenes-yolov5"
+DIGITS = [str(d) for d in range(10)]
+TEST_DATA = "digits:300"
+FORGET = [3, 7]
+# the benchmark's chosen settings (see benchmarks/results/forget_yolov5.md)
+SETTINGS = dict(sigma=12, delta=0.2, retain_tolerance=5)
+
+pytestmark = pytest.mark.skipif(not zoo.weights_path(NAME).is_file(),
+                                reason=f"{NAME} not trained (python scripts/train_zoo.py {NAME})")
+
+
+def head_outputs(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The Detect head's output convs (box and class 1x1 convs) and its fixed DFL conv.
+
+    The head's inner convs (two 3x3 per branch and scale) stay candidates: the class
+    branch is where one digit's channels are found (see the benchmark).
+    """
+    head = model.model[-1]
+    return [head.dfl, *(seq[-1] for seq in head.cv2), *(seq[-1] for seq in head.cv3)]
+
+
+def evaluate(adapter, model, info, data=TEST_DATA) -> dict[str, float]:
+    with contextlib.redirect_stdout(io.StringIO()):  # the validator prints its table
+        return adapter.evaluate(model, info, data)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache_dir(tmp_path_factory):
+    """DigitScenes is written as a YOLO dataset into a temp cache, not the user's (~3 s)."""
+    saved = os.environ.get("TPUNLEARN_CACHE")
+    os.environ["TPUNLEARN_CACHE"] = str(tmp_path_factory.mktemp("tpunlearn-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("TPUNLEARN_CACHE", None)
+    else:
+        os.environ["TPUNLEARN_CACHE"] = saved
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    return adapters.get("yolov5")
+
+
+@pytest.fixture(scope="module")
+def built(adapter):
+    torch.manual_seed(0)
+    return adapter.build(NAME)
+
+
+@pytest.fixture(scope="module")
+def before(adapter, built):
+    model, info = built
+    return evaluate(adapter, model, info)
+
+
+def test_zoo_entry_and_load():
+    e = zoo.entry(NAME)
+    assert (e.family, e.task, e.arch) == ("yolov5", "detection", "yolov5n.yaml")
+    model, info = zoo.load(NAME)
+    head = model.model[-1]
+    assert head.nc == 10 and model.names == {i: str(i) for i in range(10)}
+    assert info["class_names"] == DIGITS and info["input_size"] == [3, 64, 64]
+    assert info["family"] == "yolov5" and info["data"] == "digits"
+    assert len(info["sha256"]) == 64 and info["weights"] == str(zoo.weights_path(NAME))
+    train = info["train"]
+    assert train["imgsz"] == 64 and train["epochs"] >= 1
+    assert set(info["test_ap50"]) == set(DIGITS) and min(info["test_ap50"].values()) >= 0.6
+    assert info["test_map50"] >= 0.8
+    assert not model.training and all(p.dtype == torch.float32 for p in model.parameters())
+    assert zoo.weights_path(NAME).stat().st_size < 8e6  # fp16, a few MB
+
+
+def test_adapter_handles_the_zoo_name(adapter, built):
+    assert adapters.for_arch(NAME) is adapter
+    assert not adapters.get("timm").handles(NAME)
+    model, info = built
+    assert info.arch == NAME and info.family == "yolov5" and info.task == "detection"
+    assert info.class_names == DIGITS and info.input_size == (3, 64, 64)
+    assert info.weights == str(zoo.weights_path(NAME)) and info.extra["data"] == "digits"
+    with pytest.raises(UsageError, match="trained model"):
+        adapter.build(NAME, pretrained=False)
+
+
+def test_zoo_weights_missing_say_how_to_train(adapter, tmp_path):
+    with pytest.raises(WeightsError, match="train_zoo.py"):
+        zoo.load(NAME, weights=tmp_path / "absent.pt")
+
+
+def test_ultralytics_loads_the_checkpoint():
+    from ultralytics import YOLO
+
+    yolo = YOLO(str(zoo.weights_path(NAME)))
+    assert yolo.task == "detect" and yolo.names == {i: str(i) for i in range(10)}
+
+
+def test_digits_data_is_the_default(adapter, built, before):
+    model, info = built
+    images, multi_hot = next(iter(adapter.samples(model, info, None, batch_size=8)))
+    assert images.shape == (8, 3, 64, 64) and multi_hot.shape == (8, 10)
+    assert bool((multi_hot.sum(1) >= 1).all())  # every scene holds a digit
+    assert set(before) == set(DIGITS) | {"mAP50"}
+    assert before["mAP50"] >= 0.8 and min(before[d] for d in DIGITS) >= 0.6
+    with pytest.raises(UsageError, match="digits:N"):
+        adapter.samples(model, info, "digits:many")
+
+
+@pytest.mark.parametrize("digit", FORGET)
+def test_unlearning_forgets_one_digit(adapter, built, before, digit):
+    model, info = built
+    res = tu.unlearn(model, adapter.samples(model, info, "digits"), forget=[digit],
+                     target=adapter.target_factory(info), example_inputs=adapter.example_inputs(info),
+                     ignored_layers=head_outputs(model), output_transform=adapter.output_transform,
+                     num_targets=10, progress=False, **SETTINGS)
+    after = evaluate(adapter, res.model, info)
+    f = str(digit)
+    kept = [d for d in DIGITS if d != f]
+    retained_before = sum(before[d] for d in kept) / len(kept)
+    retained_after = sum(after[d] for d in kept) / len(kept)
+    assert res.report["removed_channels"] > 0
+    assert res.report["params"]["after"] < res.report["params"]["before"]
+    print(f"forget {f}: AP50 {before[f]:.4f} -> {after[f]:.4f}; retained mAP50 {retained_before:.4f} -> "
+          f"{retained_after:.4f}; -{res.report['removed_channels']} channels")
+    assert after[f] <= 0.05 * before[f], (f, before[f], after[f])
+    assert abs(retained_after - retained_before) <= 0.03, (retained_before, retained_after)
+    head = res.model.model[-1]
+    assert head.nc == 10 and [s[-1].out_channels for s in head.cv3] == [10, 10, 10]  # the class output stays
+
+
+def test_pruned_zoo_model_saves_for_ultralytics(adapter, built, tmp_path):
+    from ultralytics import YOLO
+
+    model, info = built
+    res = tu.unlearn(model, adapter.samples(model, info, "digits"), forget=[FORGET[0]],
+                     target=adapter.target_factory(info), example_inputs=adapter.example_inputs(info),
+                     ignored_layers=head_outputs(model), output_transform=adapter.output_transform,
+                     num_targets=10, progress=False, **SETTINGS)
+    path = tmp_path / "forgot.pt"
+    adapter.save(res.model, info, path)
+    again, info2 = adapter.build(NAME, weights=path)  # a pruned copy of the zoo model, under its name
+    assert info2.extra["data"] == "digits" and info2.input_size == (3, 64, 64)
+    assert sum(p.numel() for p in again.parameters()) == res.report["params"]["after"]
+    yolo = YOLO(str(path))
+    result = yolo.predict(torch.rand(1, 3, 64, 64), imgsz=64, device="cpu", verbose=False)[0]
+    assert result.names == {i: str(i) for i in range(10)}
