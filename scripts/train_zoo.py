@@ -70,6 +70,20 @@ def _eval(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, c
     return recall, precision, loss / targets.numel(), exact
 
 
+def _random_affine(u, degrees: float, zoom: tuple[float, float], shear: float) -> torch.Tensor:
+    """Per-sample affine matrices ``(B, 2, 3)``: rotation, zoom and shear drawn from ``u(lo, hi)``
+    in that order (the order fixes the random stream, so checkpoints stay reproducible)."""
+    angle = u(-1, 1) * math.radians(degrees)
+    scale = 1 / u(*zoom)
+    shear_x = u(-shear, shear)
+    theta = torch.zeros(len(angle), 2, 3)
+    theta[:, 0, 0] = torch.cos(angle) * scale
+    theta[:, 0, 1] = -torch.sin(angle) * scale + shear_x
+    theta[:, 1, 0] = torch.sin(angle) * scale
+    theta[:, 1, 1] = torch.cos(angle) * scale
+    return theta
+
+
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Light augmentation of grayscale scenes ``(B, 1, H, W)``: a small random rotation,
     shear and zoom-out of the whole scene (digits stay inside), then random contrast and
@@ -79,14 +93,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     def u(lo: float, hi: float) -> torch.Tensor:
         return torch.empty(B).uniform_(lo, hi, generator=gen)
 
-    angle = u(-1, 1) * math.radians(12)
-    scale = 1 / u(0.9, 1.05)
-    shear = u(-0.15, 0.15)
-    theta = torch.zeros(B, 2, 3)
-    theta[:, 0, 0] = torch.cos(angle) * scale
-    theta[:, 0, 1] = -torch.sin(angle) * scale + shear
-    theta[:, 1, 0] = torch.sin(angle) * scale
-    theta[:, 1, 1] = torch.cos(angle) * scale
+    theta = _random_affine(u, degrees=12, zoom=(0.9, 1.05), shear=0.15)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     floor = x.amin(dim=(2, 3), keepdim=True)
     x = F.grid_sample(x - floor, grid, align_corners=False, padding_mode="zeros") + floor
@@ -305,14 +312,7 @@ def _augment_segmentation(x: torch.Tensor, mask: torch.Tensor, gen: torch.Genera
     def u(lo: float, hi: float) -> torch.Tensor:
         return torch.empty(B).uniform_(lo, hi, generator=gen)
 
-    angle = u(-1, 1) * math.radians(10)
-    scale = 1 / u(0.9, 1.1)
-    shear = u(-0.1, 0.1)
-    theta = torch.zeros(B, 2, 3)
-    theta[:, 0, 0] = torch.cos(angle) * scale
-    theta[:, 0, 1] = -torch.sin(angle) * scale + shear
-    theta[:, 1, 0] = torch.sin(angle) * scale
-    theta[:, 1, 1] = torch.cos(angle) * scale
+    theta = _random_affine(u, degrees=10, zoom=(0.9, 1.1), shear=0.1)
     contrast = u(0.75, 1.25).view(B, 1, 1, 1).to(dev)
     brightness = u(-0.08, 0.08).view(B, 1, 1, 1).to(dev)
     grid = F.affine_grid(theta.to(dev), list(x.shape), align_corners=False)

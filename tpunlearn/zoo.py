@@ -198,25 +198,10 @@ def _load_yolov5(e: ZooEntry, path: Path):
     """A yolov5-family zoo model through the yolov5 adapter; ``info`` as :func:`load` says,
     with ``test_ap50`` (per digit) and ``test_map50`` in place of recall and precision."""
     from tpunlearn.adapters import get
-    from tpunlearn.io import sha256
 
     model, minfo = get("yolov5").build(e.name, weights=path)
     train = dict(minfo.extra.get("train") or {})
-    return model, {
-        "name": e.name,
-        "arch": e.arch,
-        "family": e.family,
-        "task": e.task,
-        "kwargs": dict(e.kwargs),
-        "data": e.data,
-        "class_names": list(minfo.class_names),
-        "input_size": list(minfo.input_size),
-        "weights": str(path),
-        "sha256": sha256(path),
-        "test_ap50": train.get("test_ap50"),
-        "test_map50": train.get("test_map50"),
-        "train": train,
-    }
+    return model, _adapter_info(e, path, minfo, train, "test_ap50", "test_map50")
 
 
 def _load_deeplabv3(e: ZooEntry, path: Path):
@@ -225,11 +210,17 @@ def _load_deeplabv3(e: ZooEntry, path: Path):
     :func:`load` says, with ``test_iou`` (per class name, background included),
     ``test_miou`` (over the ten digits) and ``test_miou_all`` (over all 11 classes)."""
     from tpunlearn.adapters import get
-    from tpunlearn.io import sha256
 
     model, minfo = get("deeplabv3").build(e.name, weights=path)
     train = dict((minfo.extra.get("zoo") or {}).get("train") or {})
-    return model, {
+    return model, _adapter_info(e, path, minfo, train, "test_iou", "test_miou", "test_miou_all")
+
+
+def _adapter_info(e: ZooEntry, path: Path, minfo: Any, train: dict, *metrics: str) -> dict:
+    """The ``info`` dict of :func:`load` for a model an adapter built, with its test ``metrics``."""
+    from tpunlearn.io import sha256
+
+    return {
         "name": e.name,
         "arch": e.arch,
         "family": e.family,
@@ -240,8 +231,6 @@ def _load_deeplabv3(e: ZooEntry, path: Path):
         "input_size": list(minfo.input_size),
         "weights": str(path),
         "sha256": sha256(path),
-        "test_iou": train.get("test_iou"),
-        "test_miou": train.get("test_miou"),
-        "test_miou_all": train.get("test_miou_all"),
+        **{m: train.get(m) for m in metrics},
         "train": train,
     }
