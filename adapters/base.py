@@ -47,6 +47,9 @@ class Adapter(ABC):
 
     name: str = ""
     library: str = ""  # the model library whose version goes in reports
+    # unlearn() settings that suit this family better than the library's own defaults; the CLI
+    # uses them where the user gives none (say why in the adapter, with the measurement)
+    defaults: dict[str, Any] = {}
 
     @abstractmethod
     def handles(self, arch: str) -> bool:

@@ -342,3 +342,15 @@ def test_export_command_checks_parity(tmp_path, capsys):
     assert cli.main(["export", "--arch", "digitscenes-resnet", "--onnx", str(onnx)]) == 0
     assert onnx.is_file()
     assert "max |onnxruntime - torch|" in capsys.readouterr().out
+
+
+def test_family_defaults_fill_only_what_the_user_left_out():
+    import argparse
+
+    yolo = adapters.get("yolov5")
+    args = argparse.Namespace(sigma=None, delta=0.1, retain_tolerance=None)
+    cli._settings(args, yolo)
+    assert (args.sigma, args.delta, args.retain_tolerance) == (yolo.defaults["sigma"], 0.1, yolo.defaults["retain_tolerance"])
+    timm_args = argparse.Namespace(sigma=None, delta=None, retain_tolerance=None)
+    cli._settings(timm_args, adapters.get("timm"))
+    assert vars(timm_args) == cli.LIBRARY_DEFAULTS

@@ -71,10 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(prune)
     prune.add_argument("--forget", nargs="+", required=True, metavar="NAME", help="class names (or indices) to forget")
     prune.add_argument("--retain", nargs="+", metavar="NAME", help="targets to keep (default: every other class)")
-    prune.add_argument("--sigma", type=_int_at_least(1), default=4, help="number of last prunable convs to consider (default 4)")
-    prune.add_argument("--delta", type=_fraction, default=0.05, help="top fraction of channels per layer and target (default 0.05)")
+    prune.add_argument("--sigma", type=_int_at_least(1), default=None,
+                       help="number of last prunable convs to consider (default 4, or the model family's)")
+    prune.add_argument("--delta", type=_fraction, default=None,
+                       help="top fraction of channels per layer and target (default 0.05, or the family's)")
     prune.add_argument("--retain-delta", type=_fraction, default=None, help="top fraction each retained target protects (default: --delta)")
-    prune.add_argument("--retain-tolerance", type=_int_at_least(0), default=0, help="retained targets that may share a flagged channel")
+    prune.add_argument("--retain-tolerance", type=_int_at_least(0), default=None,
+                       help="retained targets that may share a flagged channel (default 0, or the family's)")
     prune.add_argument("--samples", type=_int_at_least(1), default=32, help="instances scored per target (default 32)")
     prune.add_argument("--mode", choices=("physical", "mask"), default="physical")
     prune.add_argument("--coupled", choices=("protect", "prune", "zero"), default="protect")
@@ -90,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     graph = sub.add_parser("graph", help="score every target once and save the cache `prune --graph` reads")
     _model_args(graph)
     graph.add_argument("--out", required=True, metavar="CACHE", help="cache file to write (JSON)")
-    graph.add_argument("--sigma", type=_int_at_least(1), default=4, help="last prunable convs to score (default 4)")
+    graph.add_argument("--sigma", type=_int_at_least(1), default=None,
+                       help="last prunable convs to score (default 4, or the model family's)")
     graph.add_argument("--samples", type=_int_at_least(1), default=32, help="instances scored per target")
     graph.add_argument("--seed", type=int, default=0)
     graph.set_defaults(func=_cmd_graph)
@@ -124,6 +128,16 @@ def _build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     return adapter, model, info
 
 
+LIBRARY_DEFAULTS = {"sigma": 4, "delta": 0.05, "retain_tolerance": 0}
+
+
+def _settings(args: argparse.Namespace, adapter: Any) -> None:
+    """Fill the settings the user left out: the family's defaults first, then the library's."""
+    for key, value in {**LIBRARY_DEFAULTS, **adapter.defaults}.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
 def resolve_targets(names: Sequence[str], class_names: Sequence[str]) -> list[int]:
     """Class names (or indices) to indices, per model; unknown names list the valid ones."""
     out = []
@@ -150,6 +164,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if not args.dry_run:
         _check_out(out, args.weights, args.force)
     adapter, model, info = _build(args)
+    _settings(args, adapter)
     forget = list(dict.fromkeys(resolve_targets(args.forget, info.class_names)))
     retain = list(dict.fromkeys(resolve_targets(args.retain, info.class_names))) if args.retain else None
     both = [info.class_names[t] for t in forget if retain and t in retain]
@@ -234,6 +249,7 @@ def _cmd_graph(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)
     adapter, model, info = _build(args)
+    _settings(args, adapter)
     t0 = time.perf_counter()
     scores = score_targets(model, adapter.samples(model, info, args.data), target=adapter.target_factory(info),
                            example_inputs=adapter.example_inputs(info), sigma=args.sigma, n_per_target=args.samples,
