@@ -27,6 +27,7 @@ CONFIGS: dict[str, dict] = {
     "no group closure, coupled=prune": {"group_closure": False, "coupled": "prune"},
     "no group closure, sigma 6": {"group_closure": False, "sigma": 6},
     "default, mask mode (paper's zeroing)": {"mode": "mask"},
+    "default, widths aligned to 8 (align=8)": {"align": 8},
     "default, delta 0.1": {"delta": 0.1},
     "without balance, delta 0.05": {"balanced": False},
     "without balance, delta 0.1": {"balanced": False, "delta": 0.1},

@@ -58,11 +58,11 @@ def measure(adapter, model, info, forget: int, retain: list[int], size: int, tmp
     return row, res, common, samples
 
 
-def yolo(size: int, tmp: Path) -> dict:
+def yolo(size: int, tmp: Path, align: int | None = None) -> dict:
     adapter = get("yolov5")
     torch.manual_seed(0)
     model, info = adapter.build("yolov5s.yaml", imgsz=size)
-    row, res, common, samples = measure(adapter, model, info, 0, [5, 2], size, tmp, sigma=12, delta=0.1)
+    row, res, common, samples = measure(adapter, model, info, 0, [5, 2], size, tmp, sigma=12, delta=0.1, align=align)
     info.extra["history"] = res.plan.history
     adapter.save(res.model, info, tmp / "pruned.pt")
     from ultralytics import YOLO
@@ -75,17 +75,18 @@ def yolo(size: int, tmp: Path) -> dict:
     row["ultralytics_reload_and_predict"] = True
     row["nc_names_kept"] = yolo_model.model.model[-1].nc == len(info.class_names) == len(yolo_model.names)
     scores = score_targets(model, samples, targets=[0, 5, 2], sigma=12, n_per_target=2, **common)
-    cached = tu.unlearn(model, None, forget=[0], retain=[5, 2], scores=scores, sigma=12, delta=0.1, **common)
+    cached = tu.unlearn(model, None, forget=[0], retain=[5, 2], scores=scores, sigma=12, delta=0.1, align=align,
+                        **common)
     t = cached.report["timings_s"]
     row["cached_request_s"] = {"planning_plus_pruning": round(t["planning"] + t["pruning"], 3), **t}
     return row
 
 
-def deeplab(size: int, tmp: Path) -> dict:
+def deeplab(size: int, tmp: Path, align: int | None = None) -> dict:
     adapter = get("deeplabv3")
     torch.manual_seed(0)
     model, info = adapter.build("deeplabv3_resnet50", imgsz=size)
-    row, *_ = measure(adapter, model, info, 15, [0, 6], size, tmp, sigma=9, delta=0.1)
+    row, *_ = measure(adapter, model, info, 15, [0, 6], size, tmp, sigma=9, delta=0.1, align=align)
     return row
 
 
@@ -93,11 +94,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--yolo-size", type=int, default=640)
     p.add_argument("--seg-size", type=int, default=512)
+    p.add_argument("--align", type=int, default=None, help="keep pruned widths at multiples of this (e.g. 8)")
     args = p.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
-        result = {"yolov5s": yolo(args.yolo_size, Path(tmp)), "deeplabv3_resnet50": deeplab(args.seg_size, Path(tmp))}
-    out = Path(__file__).parent / "results" / "large_models.json"
+        result = {"align": args.align, "yolov5s": yolo(args.yolo_size, Path(tmp), args.align),
+                  "deeplabv3_resnet50": deeplab(args.seg_size, Path(tmp), args.align)}
+    out = Path(__file__).parent / "results" / f"large_models{'_align' + str(args.align) if args.align else ''}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result))

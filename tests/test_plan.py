@@ -409,3 +409,24 @@ def test_coupled_zero_respects_protection_across_the_group(resnet):
     assert decision.action == "zero"
     assert decision.channels == [0, 2]
     assert decision.members == {"layer3.0.downsample.0": [0, 2], "layer3.1.conv2": [0, 2]}
+
+
+def test_align_tops_up_with_the_best_unprotected_channels(tiny_resnet):
+    priority = {"layer2.conv1": torch.arange(16, dtype=torch.float32)}  # channel 15 scores highest
+    plan = make_plan(tiny_resnet, {"layer2.conv1": [0, 1, 2]}, {"layer2.conv1": [14]}, X32,
+                     candidates=["layer2.conv1"], priority=priority, align=8)
+    (decision,) = plan.decisions
+    assert decision.action == "prune"
+    assert decision.channels == [0, 1, 2, 10, 11, 12, 13, 15]  # flagged + best unprotected, never 14
+    model = plan.apply(copy.deepcopy(tiny_resnet), X32)
+    assert model.layer2.conv1.out_channels == 8
+    assert model(X32).shape == (1, 10)
+
+
+def test_align_cuts_back_when_protection_leaves_too_few(tiny_resnet):
+    protected = {"layer2.conv1": list(range(3, 16))}
+    plan = make_plan(tiny_resnet, {"layer2.conv1": [0, 1, 2]}, protected, X32, candidates=["layer2.conv1"], align=8)
+    (decision,) = plan.decisions
+    assert decision.action == "skip" and "block of 8" in decision.reason
+    unaligned = make_plan(tiny_resnet, {"layer2.conv1": [0, 1, 2]}, protected, X32, candidates=["layer2.conv1"])
+    assert unaligned.decisions[0].channels == [0, 1, 2]

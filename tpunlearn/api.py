@@ -53,6 +53,7 @@ def unlearn(
     method: str = "gradcam",
     group_closure: bool = True,
     balanced: bool = True,
+    align: int | None = None,
     scores: ChannelScores | None = None,
     num_targets: int | None = None,
     output_transform: Callable[[Any], Any] | None = None,
@@ -68,7 +69,8 @@ def unlearn(
     so that each group is decided on the scores of all its members; ``coupled`` then only
     matters for groups that reach ignored or non-prunable layers, or with closure off.
     ``balanced=False`` is the paper's "without balance" ablation: every node a forget target
-    selects is flagged, whatever the retained targets need. ``scores`` reuses cached channel scores and
+    selects is flagged, whatever the retained targets need. ``align`` (e.g. 8) keeps pruned
+    widths at multiples of ``align`` for fast ONNX Runtime convolutions (see ``make_plan``). ``scores`` reuses cached channel scores and
     skips scoring (``samples`` may then be None).
     """
     forget = [int(forget)] if isinstance(forget, int) else [int(t) for t in forget]
@@ -103,14 +105,14 @@ def unlearn(
         priority = {l: sum(scores.alpha(t, l) for t in forget) for l in layers}
         plan = make_plan(work, graph.flagged(), graph.protected(), example_inputs, candidates=layers,
                          ignored_layers=ignored, coupled=coupled, mode=mode, priority=priority,
-                         output_transform=output_transform, dependency_graph=dg)
+                         output_transform=output_transform, dependency_graph=dg, align=align)
     mask_model = copy.deepcopy(work) if mode == "physical" else None
     with _timed(timings, "pruning"):
         plan.apply(work, example_inputs, output_transform, dependency_graph=dg)
     check = verify(work, model, plan, example_inputs, mask_model, output_transform)
 
     settings = {"forget": forget, "retain": retain, "sigma": sigma, "group_closure": group_closure,
-                "balanced": balanced, "delta": delta, "retain_delta": retain_delta or delta,
+                "balanced": balanced, "align": align, "delta": delta, "retain_delta": retain_delta or delta,
                 "retain_tolerance": retain_tolerance, "n_per_target": n_per_target, "mode": mode,
                 "coupled": coupled, "method": method}
     notes = [f"retained target(s) {unscored} appear in no sample: not scored, so not protected"] if unscored else []

@@ -87,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--eval", action="store_true", help="evaluate every target before and after")
     prune.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
     prune.add_argument("--graph", metavar="CACHE", help="use the scores of `tpunlearn graph` (no scoring)")
+    prune.add_argument("--align", type=_int_at_least(1), default=None, metavar="N",
+                       help="keep pruned widths at multiples of N (8 suits ONNX Runtime on CPU)")
     prune.add_argument("--seed", type=int, default=0)
     prune.set_defaults(func=_cmd_prune)
 
@@ -182,7 +184,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     res = tu.unlearn(model, samples, forget=forget, retain=retain, scores=scores,
                      target=adapter.target_factory(info), example_inputs=example, sigma=args.sigma,
                      delta=args.delta, retain_delta=args.retain_delta, retain_tolerance=args.retain_tolerance,
-                     n_per_target=args.samples, mode=args.mode, coupled=args.coupled,
+                     n_per_target=args.samples, mode=args.mode, coupled=args.coupled, align=args.align,
                      ignored_layers=adapter.ignored_layers(model, info), num_targets=len(info.class_names),
                      output_transform=adapter.output_transform)
     print(res.plan.dry_run())

@@ -236,8 +236,14 @@ def make_plan(
     priority: Mapping[str, torch.Tensor] | None = None,
     output_transform: Callable[[Any], Any] | None = None,
     dependency_graph: Any = None,
+    align: int | None = None,
 ) -> PrunePlan:
     """Decide, group by group, which flagged channels to remove.
+
+    ``align`` keeps pruned widths at multiples of ``align`` where the original width is one
+    (ONNX Runtime's fast CPU convolutions want multiples of 8): each group's removal is
+    topped up with its unprotected channels that score highest for the forget targets, or,
+    when too few remain, cut back to the multiple below. Protected channels are never added.
 
     ``flagged`` and ``protected`` map layer names to channel indices (a BalancedGraph's
     ``flagged()`` and ``protected()``). ``candidates`` is the scored set (default: the
@@ -268,7 +274,8 @@ def make_plan(
         if key in seen:
             continue
         seen.add(key)
-        decision = _decide(root_name, group, members, flagged, protected, scored, ignored, coupled, dg, tp, priority)
+        decision = _decide(root_name, group, members, flagged, protected, scored, ignored, coupled, dg, tp, priority,
+                           align)
         if decision.action == "skip" and decision.channels:
             notes.append(f"{root_name}: {len(decision.channels)} flagged channel(s) left alone: {decision.reason}")
         if "kept one channel" in decision.reason:
@@ -290,7 +297,7 @@ def _out_members(dg: Any, group: Any, names: Mapping[nn.Module, str]) -> dict[st
 def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], list[int]]],
             flagged: Mapping[str, set[int]], protected: Mapping[str, set[int]], scored: set[str],
             ignored: tuple[str, ...], coupled: str, dg: Any, tp: Any,
-            priority: Mapping[str, torch.Tensor] | None) -> GroupDecision:
+            priority: Mapping[str, torch.Tensor] | None, align: int | None = None) -> GroupDecision:
     # Root channel -> is it flagged / protected anywhere in the coupled layers?
     hit: set[int] = set()
     guard: set[int] = set()
@@ -332,6 +339,11 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
         zeroed = {l: v for l, v in zeroed.items() if v}
         return GroupDecision(root_name, "zero", wanted, zeroed, reason + "; coupled=zero keeps shapes", local, exact)
     n_root = len(members[root_name][0])
+    if align and n_root % align == 0 and len(wanted) % align:
+        wanted, note = _align(wanted, guard, n_root, align, priority.get(root_name) if priority else None)
+        reason += note
+        if not wanted:
+            return skip(f"fewer flagged channels than one block of {align}, and too few unprotected ones to fill it")
     if len(wanted) >= n_root:
         keep = _keep_one(wanted, priority.get(root_name) if priority else None)
         wanted = [c for c in wanted if c != keep]
@@ -354,6 +366,19 @@ def _unsupported(group: Any, tp: Any) -> str:
         if node.type in bad:
             return f"channel {node.type.name.lower()} in the group, which torch-pruning does not model; left alone"
     return ""
+
+
+def _align(wanted: list[int], guard: set[int], width: int, align: int,
+           priority: torch.Tensor | None) -> tuple[list[int], str]:
+    """``wanted`` grown (or cut) to a multiple of ``align`` channels; and what was done."""
+    need = align - len(wanted) % align
+    rank = (lambda c: -float(priority[c])) if priority is not None else (lambda c: c)  # noqa: E731
+    spare = sorted((c for c in range(width) if c not in guard and c not in set(wanted)), key=rank)
+    if len(spare) >= need and len(wanted) + need < width:
+        return sorted(wanted + spare[:need]), f"; +{need} unprotected channel(s) to keep the width a multiple of {align}"
+    cut = len(wanted) % align
+    kept = sorted(sorted(wanted, key=rank)[:len(wanted) - cut])
+    return kept, f"; {cut} flagged channel(s) kept to hold the width at a multiple of {align}"
 
 
 def _keep_one(channels: Sequence[int], priority: torch.Tensor | None) -> int:
