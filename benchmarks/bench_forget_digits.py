@@ -22,12 +22,12 @@ import tpunlearn as tu
 from tpunlearn.evaluate import multilabel_recall, predict_multilabel
 
 CONFIGS: dict[str, dict] = {
-    "default (sigma 4 + group closure, delta 0.05, balanced)": {},
-    "paper literal: no group closure (coupled=protect)": {"group_closure": False},
-    "no group closure, coupled=prune": {"group_closure": False, "coupled": "prune"},
-    "no group closure, sigma 6": {"group_closure": False, "sigma": 6},
+    "default (sigma 4 + group closure, delta 0.05, balanced, align 8)": {},
+    "paper literal: no group closure (coupled=protect), no alignment": {"group_closure": False, "align": None},
+    "no group closure, coupled=prune, no alignment": {"group_closure": False, "coupled": "prune", "align": None},
+    "no group closure, sigma 6, no alignment": {"group_closure": False, "sigma": 6, "align": None},
     "default, mask mode (paper's zeroing)": {"mode": "mask"},
-    "default, widths aligned to 8 (align=8)": {"align": 8},
+    "default without width alignment (align=None)": {"align": None},
     "default, delta 0.1": {"delta": 0.1},
     "without balance, delta 0.05": {"balanced": False},
     "without balance, delta 0.1": {"balanced": False, "delta": 0.1},

@@ -53,7 +53,7 @@ def unlearn(
     method: str = "gradcam",
     group_closure: bool = True,
     balanced: bool = True,
-    align: int | None = None,
+    align: int | None = 8,
     scores: ChannelScores | None = None,
     num_targets: int | None = None,
     output_transform: Callable[[Any], Any] | None = None,
@@ -69,8 +69,10 @@ def unlearn(
     so that each group is decided on the scores of all its members; ``coupled`` then only
     matters for groups that reach ignored or non-prunable layers, or with closure off.
     ``balanced=False`` is the paper's "without balance" ablation: every node a forget target
-    selects is flagged, whatever the retained targets need. ``align`` (e.g. 8) keeps pruned
-    widths at multiples of ``align`` for fast ONNX Runtime convolutions (see ``make_plan``). ``scores`` reuses cached channel scores and
+    selects is flagged, whatever the retained targets need. ``align`` keeps pruned widths at
+    multiples of ``align`` (default 8; None or 1 turns it off) where they were multiples
+    before: ONNX Runtime's CPU convolutions slow down at odd widths, so without it a pruned
+    model can run slower than the original (see ``make_plan``). ``scores`` reuses cached channel scores and
     skips scoring (``samples`` may then be None).
     """
     forget = [int(forget)] if isinstance(forget, int) else [int(t) for t in forget]

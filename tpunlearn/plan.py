@@ -339,7 +339,7 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
         zeroed = {l: v for l, v in zeroed.items() if v}
         return GroupDecision(root_name, "zero", wanted, zeroed, reason + "; coupled=zero keeps shapes", local, exact)
     n_root = len(members[root_name][0])
-    if align and n_root % align == 0 and len(wanted) % align:
+    if align and align > 1 and n_root % align == 0 and len(wanted) % align:
         wanted, note = _align(wanted, guard, n_root, align, priority.get(root_name) if priority else None)
         reason += note
         if not wanted:
