@@ -351,6 +351,6 @@ def test_family_defaults_fill_only_what_the_user_left_out():
     args = argparse.Namespace(sigma=None, delta=0.1, retain_tolerance=None)
     cli._settings(args, yolo)
     assert (args.sigma, args.delta, args.retain_tolerance) == (yolo.defaults["sigma"], 0.1, yolo.defaults["retain_tolerance"])
-    timm_args = argparse.Namespace(sigma=None, delta=None, retain_tolerance=None)
+    timm_args = argparse.Namespace(sigma=None, delta=None, retain_tolerance=None, align=None)
     cli._settings(timm_args, adapters.get("timm"))
     assert vars(timm_args) == cli.LIBRARY_DEFAULTS

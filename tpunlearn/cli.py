@@ -87,9 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--eval", action="store_true", help="evaluate every target before and after")
     prune.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
     prune.add_argument("--graph", metavar="CACHE", help="use the scores of `tpunlearn graph` (no scoring)")
-    prune.add_argument("--align", type=_int_at_least(1), default=8, metavar="N",
+    prune.add_argument("--align", type=_int_at_least(1), default=None, metavar="N",
                        help="keep pruned widths at multiples of N (default 8, which ONNX Runtime's CPU "
-                            "convolutions need to stay fast; 1 turns it off)")
+                            "convolutions need to stay fast, or the family's; 1 turns it off)")
     prune.add_argument("--seed", type=int, default=0)
     prune.set_defaults(func=_cmd_prune)
 
@@ -131,7 +131,7 @@ def _build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     return adapter, model, info
 
 
-LIBRARY_DEFAULTS = {"sigma": 4, "delta": 0.05, "retain_tolerance": 0}
+LIBRARY_DEFAULTS = {"sigma": 4, "delta": 0.05, "retain_tolerance": 0, "align": 8}
 
 
 def _settings(args: argparse.Namespace, adapter: Any) -> None:
