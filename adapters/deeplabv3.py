@@ -368,15 +368,9 @@ def _source(info: ModelInfo, spec: str | None, use: str) -> _Source:
             raise UsageError(f"DigitScenes has {len(DIGIT_CLASSES)} segmentation classes (background + 10 digits); "
                              f"this model has {len(info.class_names)}: pass --data PATH to a VOC-style folder")
         split = "train" if use == "train" else "test"
-        n = DIGITS_SCENES[split]
-        if ":" in spec:
-            try:
-                n = int(spec.split(":", 1)[1])
-            except ValueError:
-                raise UsageError(f"bad data spec {spec!r}; use digits or digits:N (N scenes)") from None
-            if n < 1:
-                raise UsageError(f"bad data spec {spec!r}: N must be >= 1")
-        return _Source("digits", split, n=n)
+        from tpunlearn.data import digits_count
+
+        return _Source("digits", split, n=digits_count(spec, DIGITS_SCENES[split]))
     root = Path(spec)
     if not root.is_dir():
         raise DataError(f"data {spec!r} is neither 'digits' nor a folder")

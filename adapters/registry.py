@@ -1,7 +1,7 @@
 """Registry of adapters: one name per model family, duplicates refused."""
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from tpunlearn.errors import UsageError
 

@@ -577,20 +577,9 @@ def _default_spec(model: nn.Module, info: ModelInfo, spec: str | None) -> str | 
 
 def _digits_count(spec: str | None, split: str) -> int | None:
     """Scene count of a ``"digits"`` / ``"digits:N"`` spec for ``split``; None for other specs."""
-    if spec is None:
-        return None
-    spec = str(spec)
-    if spec == DIGITS:
-        return DIGITS_SCENES[split]
-    if not spec.startswith(DIGITS + ":"):
-        return None
-    try:
-        n = int(spec.split(":", 1)[1])
-    except ValueError:
-        raise UsageError(f"bad data spec {spec!r}; use digits or digits:N (N scenes)") from None
-    if n < 1:
-        raise UsageError(f"bad data spec {spec!r}: N must be >= 1")
-    return n
+    from tpunlearn.data import digits_count
+
+    return digits_count(spec, DIGITS_SCENES[split])
 
 
 def _check_digits_model(info: ModelInfo) -> None:

@@ -84,6 +84,23 @@ def _random_affine(u, degrees: float, zoom: tuple[float, float], shear: float) -
     return theta
 
 
+def _adamw_warmup_cosine(model: torch.nn.Module, lr: float, steps_per_epoch: int, epochs: int):
+    """AdamW (weight decay 0.05, none on norms and biases) and its learning rate per step:
+    linear warm-up over the first epoch (at most a tenth of training), then cosine to zero."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    total = epochs * steps_per_epoch
+    warmup = min(steps_per_epoch, total // 10)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return opt, lr_at
+
+
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Light augmentation of grayscale scenes ``(B, 1, H, W)``: a small random rotation,
     shear and zoom-out of the whole scene (digits stay inside), then random contrast and
@@ -126,17 +143,8 @@ def train_digitscenes_resnet(name: str, epochs: int, seed: int, n_train: int, lr
             torch.nn.init.ones_(m.bn2.weight)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: timm.create_model({e.arch!r}, **{e.kwargs}) -> {n_params:,} params", flush=True)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
-    total = epochs * steps_per_epoch
-    warmup = min(steps_per_epoch, total // 10)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    opt, lr_at = _adamw_warmup_cosine(model, lr, steps_per_epoch, epochs)
 
     gen = torch.Generator().manual_seed(seed)
     step = 0
@@ -366,17 +374,8 @@ def train_digitscenes_deeplabv3(name: str, epochs: int, seed: int, n_train: int,
     model.to(dev)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {e.arch} {e.kwargs} (torchvision DeepLabV3) -> {n_params:,} params, device {dev}", flush=True)
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
-    total = epochs * steps_per_epoch
-    warmup = min(steps_per_epoch, total // 10)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    opt, lr_at = _adamw_warmup_cosine(model, lr, steps_per_epoch, epochs)
 
     gen = torch.Generator().manual_seed(seed)
     step, t_train = 0, time.time()
@@ -407,7 +406,7 @@ def train_digitscenes_deeplabv3(name: str, epochs: int, seed: int, n_train: int,
             if epoch == 0 and b == min(11, steps_per_epoch - 1) and b > 1:
                 per_step = (time.time() - t_probe) / (b - 1)
                 print(f"timing: {per_step:.3f}s per step of {batch_size} on {dev} -> about "
-                      f"{per_step * total / 60:.1f} min for {epochs} epochs of {len(x_train)} scenes "
+                      f"{per_step * epochs * steps_per_epoch / 60:.1f} min for {epochs} epochs of {len(x_train)} scenes "
                       "(plus evaluation)", flush=True)
         iou = _segmentation_iou(model, x_val, m_val, C)
         digits = iou[1:]

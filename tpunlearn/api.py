@@ -20,7 +20,7 @@ from tpunlearn.errors import DataError, PlanError, UsageError
 from tpunlearn.graph import BalancedGraph, balance, essential_graph, layer_links
 from tpunlearn.layers import candidate_layers, names_of, prunable_layers
 from tpunlearn.plan import COUPLED, MODES, PrunePlan, build_dependency_graph, close_groups, forward, make_plan
-from tpunlearn.scoring import ChannelScores, score_channels, top_count
+from tpunlearn.scoring import ChannelScores, score_channels
 from tpunlearn.targets import ClassLogit, Target
 
 

@@ -13,12 +13,33 @@ from torch.utils.data import DataLoader, Dataset
 
 from .digitscenes import CLASS_NAMES, DigitScenes, Scene, write_voc, write_yolo
 
-__all__ = ["CLASS_NAMES", "DigitScenes", "Scene", "digitscenes", "loader", "write_voc", "write_yolo"]
+__all__ = ["CLASS_NAMES", "DigitScenes", "Scene", "digits_count", "digitscenes", "loader", "write_voc", "write_yolo"]
 
 
 def digitscenes(split: str = "test", **kw) -> DigitScenes:
     """The DigitScenes ``split`` (``"train"``, ``"val"`` or ``"test"``); ``kw`` go to DigitScenes."""
     return DigitScenes(split=split, **kw)
+
+
+def digits_count(spec: str | None, default: int) -> int | None:
+    """Scene count of a ``"digits"`` / ``"digits:N"`` data spec (``default`` for plain
+    ``digits``); None when ``spec`` names other data. A bad N is a one-line UsageError."""
+    from tpunlearn.errors import UsageError
+
+    if spec is None:
+        return None
+    spec = str(spec)
+    if spec == "digits":
+        return default
+    if not spec.startswith("digits:"):
+        return None
+    try:
+        n = int(spec.split(":", 1)[1])
+    except ValueError:
+        raise UsageError(f"bad data spec {spec!r}; use digits or digits:N (N scenes)") from None
+    if n < 1:
+        raise UsageError(f"bad data spec {spec!r}: N must be >= 1")
+    return n
 
 
 def loader(dataset: Dataset, batch_size: int = 64, shuffle: bool = False, seed: int = 0) -> DataLoader:
