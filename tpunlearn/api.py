@@ -108,10 +108,9 @@ def unlearn(
         plan = make_plan(work, graph.flagged(), graph.protected(), example_inputs, candidates=layers,
                          ignored_layers=ignored, coupled=coupled, mode=mode, priority=priority,
                          output_transform=output_transform, dependency_graph=dg, align=align)
-    mask_model = copy.deepcopy(work) if mode == "physical" else None
     with _timed(timings, "pruning"):
         plan.apply(work, example_inputs, output_transform, dependency_graph=dg)
-    check = verify(work, model, plan, example_inputs, mask_model, output_transform)
+    check = verify(work, model, plan, example_inputs, output_transform)
 
     settings = {"forget": forget, "retain": retain, "sigma": sigma, "group_closure": group_closure,
                 "balanced": balanced, "align": align, "delta": delta, "retain_delta": retain_delta or delta,
@@ -216,8 +215,11 @@ def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
 
 
 def verify(pruned: nn.Module, original: nn.Module, plan: PrunePlan, example_inputs: Any,
-           mask_model: nn.Module | None, output_transform: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+           output_transform: Callable[[Any], Any] | None = None) -> dict[str, Any]:
     """Run the pruned model and compare it with the mask-mode model where they must agree.
+
+    The mask-mode model is the plan applied as zeroing to a copy of ``original``, made only
+    when a physical plan's pruned groups are all ones where the two must agree.
 
     A model the tracer mis-modelled fails here, loudly, instead of being returned broken.
     """
@@ -234,7 +236,8 @@ def verify(pruned: nn.Module, original: nn.Module, plan: PrunePlan, example_inpu
         raise PlanError("the pruned model produces non-finite outputs")
     result: dict[str, Any] = {"output_shape": list(out.shape)}
     pruned_decisions = [d for d in plan.decisions if d.action == "prune"]
-    if mask_model is not None and pruned_decisions and all(d.exact for d in pruned_decisions):
+    if plan.mode == "physical" and pruned_decisions and all(d.exact for d in pruned_decisions):
+        mask_model = copy.deepcopy(original)
         replace(plan, mode="mask").apply(mask_model, example_inputs)
         masked = transform(forward(mask_model, example_inputs))
         diff = float((out - masked).abs().max())
