@@ -10,11 +10,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
+from tpunlearn.errors import UsageError
 from tpunlearn.targets import Target
 
 
@@ -89,6 +90,29 @@ class Adapter(ABC):
 
     metric_name: str = "recall"
 
+    def validate(self, model: nn.Module, info: ModelInfo, spec: str | None) -> dict[str, float]:
+        """Per-class metric on a validation split, for choosing settings (``--auto``).
+
+        Families whose data has a validation split distinct from the test split that
+        :meth:`evaluate` reports on override this; the default evaluates.
+        """
+        return self.evaluate(model, info, spec)
+
     @abstractmethod
     def save(self, model: nn.Module, info: ModelInfo, path: str | Path) -> None:
         """Save in the family's own format (atomically)."""
+
+    # ---- repair fine-tune (optional; families without it refuse --repair-epochs) -----------
+    def repair_data(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int],
+                    batch_size: int = 32) -> Iterable[Any]:
+        """Re-iterable training batches that hold none of the ``forget`` targets."""
+        raise UsageError(f"the {self.name} adapter has no repair fine-tune yet; drop --repair-epochs")
+
+    def mia_data(self, model: nn.Module, info: ModelInfo, spec: str | None,
+                 forget: Sequence[int]) -> tuple[Iterable[Any], Iterable[Any], Iterable[Any]]:
+        """``(retain_train, test, forget_train)`` batches for :func:`tpunlearn.privacy.mia_score`."""
+        raise UsageError(f"--mia is for classifiers; the {self.name} adapter ({info.task}) has no membership check")
+
+    def repair_loss(self, info: ModelInfo) -> Callable[[Any, Any], torch.Tensor]:
+        """``loss(model_output, batch)`` for :func:`tpunlearn.repair.repair`, the family's training loss."""
+        raise UsageError(f"the {self.name} adapter has no repair fine-tune yet; drop --repair-epochs")

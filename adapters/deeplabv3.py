@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +79,7 @@ VOC_CLASSES = [
 DIGIT_CLASSES = ["background"] + [str(d) for d in range(10)]
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 DEFAULT_SIZE = 512
-DIGITS_SCENES = {"train": 256, "test": 200}  # default DigitScenes counts for "digits"
+DIGITS_SCENES = {"train": 256, "val": 200, "test": 200}  # default DigitScenes counts for "digits"
 DIGITS_MAX_SIDE = 256  # DigitScenes pre-renders every glyph size: larger scenes are composed at 256 and resized
 IGNORE_INDEX = 255
 _TRACE_SIZE = 64  # spatial size used to trace the graph when replaying a pruning history
@@ -263,9 +263,32 @@ class DeepLabV3Adapter(Adapter):
             "confusion": cm.tolist(),
         }
 
+    def validate(self, model: nn.Module, info: ModelInfo, spec: str | None) -> dict[str, float]:
+        """Per-class IoU on DigitScenes' ``val`` split or the folder's ``val`` list."""
+        source = _source(info, spec, "val")
+        iou = iou_from_confusion(confusion_matrix(model, _Batches(source, info, 16, with_masks=True),
+                                                  len(info.class_names)))
+        return {n: float(v) for n, v in zip(info.class_names, iou)}
+
     def miou(self, model: nn.Module, info: ModelInfo, spec: str | None) -> float:
         """Mean IoU over the classes that occur (in ground truth or prediction)."""
         return self.segmentation_metrics(model, info, spec)["mIoU"]
+
+    # ---- repair fine-tune ---------------------------------------------------------------
+    def repair_data(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int],
+                    batch_size: int = 16) -> Iterable[Any]:
+        """Training ``(images, masks)`` batches of the images that hold none of ``forget``."""
+        return _Without(_Batches(_source(info, spec, "train"), info, batch_size, with_masks=True), forget)
+
+    def repair_loss(self, info: ModelInfo) -> Callable[[Any, Any], torch.Tensor]:
+        """Per-pixel cross-entropy (255 ignored), as the zoo model was trained."""
+        def loss(output: Any, batch: Any) -> torch.Tensor:
+            logits = output["out"] if isinstance(output, dict) else output
+            masks = torch.stack([m.long() for m in batch[1]]).to(logits.device)
+            if masks.shape[-2:] != logits.shape[-2:]:
+                logits = F.interpolate(logits, size=tuple(masks.shape[-2:]), mode="bilinear", align_corners=False)
+            return F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
+        return loss
 
     # ---- saving -------------------------------------------------------------------------
     def checkpoint(self, model: nn.Module, info: ModelInfo) -> dict[str, Any]:
@@ -367,7 +390,7 @@ def _source(info: ModelInfo, spec: str | None, use: str) -> _Source:
         if len(info.class_names) != len(DIGIT_CLASSES):
             raise UsageError(f"DigitScenes has {len(DIGIT_CLASSES)} segmentation classes (background + 10 digits); "
                              f"this model has {len(info.class_names)}: pass --data PATH to a VOC-style folder")
-        split = "train" if use == "train" else "test"
+        split = use if use in ("train", "val") else "test"
         from tpunlearn.data import digits_count
 
         return _Source("digits", split, n=digits_count(spec, DIGITS_SCENES[split]))
@@ -378,7 +401,7 @@ def _source(info: ModelInfo, spec: str | None, use: str) -> _Source:
         if not (root / sub).is_dir():
             raise DataError(f"{root} is not a VOC-style folder: it has no {sub}/")
     lists = root / "ImageSets" / "Segmentation"
-    names = ("train",) if use == "train" else ("val", "test")
+    names = {"train": ("train",), "val": ("val",)}.get(use, ("val", "test"))
     for name in names:
         if (lists / f"{name}.txt").is_file():
             ids = [l.strip() for l in (lists / f"{name}.txt").read_text().splitlines() if l.strip()]
@@ -445,6 +468,19 @@ class _Batches:
                                             antialias=True)[0])
                 masks.append(mask)
             yield self._finish(torch.stack(images), masks)
+
+
+class _Without:
+    """Re-iterable ``(images, masks)`` batches with the images whose masks hold ``forget`` dropped."""
+
+    def __init__(self, batches: Iterable[tuple[torch.Tensor, list[torch.Tensor]]], forget: Sequence[int]) -> None:
+        self.batches, self.forget = batches, torch.tensor([int(t) for t in forget])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+        for images, masks in self.batches:
+            keep = [i for i, m in enumerate(masks) if not torch.isin(m.long(), self.forget).any()]
+            if keep:
+                yield images[keep], [masks[i] for i in keep]
 
 
 @functools.lru_cache(maxsize=1)

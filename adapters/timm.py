@@ -7,7 +7,7 @@ torch-pruning history and the state dict, so it reloads with ``weights_only=True
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -121,6 +121,56 @@ class TimmAdapter(Adapter):
             raise UsageError(f"the timm adapter evaluates on --data digits only for now, got {spec!r}")
         batches = data.loader(data.digitscenes("test", size=info.input_size[-1]), batch_size=128)
         return recall_table(model, batches, info.class_names)
+
+    def validate(self, model: nn.Module, info: ModelInfo, spec: str | None) -> dict[str, float]:
+        """Per-class recall on DigitScenes' validation split (its own scans, not the test split's)."""
+        from tpunlearn import data
+        from tpunlearn.evaluate import recall_table
+
+        if spec not in (None, "digits"):
+            raise UsageError(f"the timm adapter validates on --data digits only for now, got {spec!r}")
+        batches = data.loader(data.digitscenes("val", size=info.input_size[-1]), batch_size=128)
+        return recall_table(model, batches, info.class_names)
+
+    def repair_data(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int],
+                    batch_size: int = 32) -> Iterable[Any]:
+        """DigitScenes train scenes that hold none of ``forget``, shuffled with a fixed seed."""
+        from torch.utils.data import Subset
+
+        from tpunlearn import data
+
+        if spec not in (None, "digits"):
+            raise UsageError(f"the timm adapter repairs on --data digits only for now, got {spec!r}")
+        scenes = data.digitscenes("train", size=info.input_size[-1])
+        keep = (scenes.multi_hot[:, [int(t) for t in forget]].sum(1) == 0).nonzero().flatten().tolist()
+        return data.loader(Subset(scenes, keep), batch_size=batch_size, shuffle=True, seed=0)
+
+    def mia_data(self, model: nn.Module, info: ModelInfo, spec: str | None,
+                 forget: Sequence[int]) -> tuple[Iterable[Any], Iterable[Any], Iterable[Any]]:
+        """DigitScenes train scenes without / with ``forget`` (members) and the test scenes."""
+        from torch.utils.data import Subset
+
+        from tpunlearn import data
+        from tpunlearn.errors import DataError
+
+        if spec not in (None, "digits"):
+            raise UsageError(f"the timm adapter runs --mia on --data digits only for now, got {spec!r}")
+        train = data.digitscenes("train", size=info.input_size[-1])
+        holds = train.multi_hot[:, [int(t) for t in forget]].sum(1) > 0
+        if not holds.any():
+            raise DataError("no training scene holds the forget target(s)")
+        test = data.digitscenes("test", size=info.input_size[-1])
+        return (data.loader(Subset(train, (~holds).nonzero().flatten().tolist()), batch_size=128),
+                data.loader(test, batch_size=128),
+                data.loader(Subset(train, holds.nonzero().flatten().tolist()), batch_size=128))
+
+    def repair_loss(self, info: ModelInfo) -> Callable[[Any, Any], torch.Tensor]:
+        """Binary cross-entropy on the multi-hot labels (multi-label), else cross-entropy."""
+        import torch.nn.functional as F
+
+        if info.task == "multilabel":
+            return lambda out, batch: F.binary_cross_entropy_with_logits(out, batch[1].to(out.device).float())
+        return lambda out, batch: F.cross_entropy(out, batch[1].to(out.device).argmax(1))
 
     def save(self, model: nn.Module, info: ModelInfo, path: str | Path) -> None:
         """Save architecture, pruning history and weights (loads with ``weights_only=True``)."""

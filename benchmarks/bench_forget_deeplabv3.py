@@ -54,6 +54,9 @@ EXTRAS = [
     {"bench:target": "margin"},
     {"bench:target": "margin", "sigma": 8},
     {"bench:target": "margin", "bench:ignore": "head", "retain_tolerance": 1},
+    # past the cliff: forgetting reaches 0 here, at the cost of the digits that share 3's strokes
+    {"bench:ignore": "head", "delta": 0.1, "retain_delta": 0.04, "align": 1},
+    {"bench:ignore": "head", "delta": 0.1, "retain_delta": 0.02, "align": 1},
 ]
 
 

@@ -119,7 +119,10 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (x * contrast + brightness).clamp_(0, 1)
 
 
-def train_digitscenes_resnet(name: str, epochs: int, seed: int, n_train: int, lr: float, batch_size: int):
+def train_digitscenes_resnet(name: str, epochs: int, seed: int, n_train: int, lr: float, batch_size: int,
+                             exclude: tuple[int, ...] = ()):
+    """The zoo classifier's recipe; ``exclude`` drops every scene holding one of those digits
+    (the retrain-from-scratch baseline of benchmarks/bench_compare.py)."""
     torch.manual_seed(seed)
     e = zoo.entry(name)
     channels, size = e.input_size[0], e.input_size[1]
@@ -131,6 +134,9 @@ def train_digitscenes_resnet(name: str, epochs: int, seed: int, n_train: int, lr
     ]
     x_train = torch.cat([c.images for c in chunks])
     y_train = torch.cat([c.multi_hot for c in chunks])
+    if exclude:
+        keep = y_train[:, list(exclude)].sum(1) == 0
+        x_train, y_train = x_train[keep], y_train[keep]
     val = DigitScenes("val", size=size, channels=channels)
     test = DigitScenes("test", size=size, channels=channels)
     print(f"data: {len(x_train)} train / {len(val)} val / {len(test)} test scenes in {time.time() - t0:.1f}s", flush=True)

@@ -47,6 +47,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def _int_at_least(low: int):
     def parse(text: str) -> int:
         try:
@@ -90,6 +100,22 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--align", type=_int_at_least(1), default=None, metavar="N",
                        help="keep pruned widths at multiples of N (default 8, which ONNX Runtime's CPU "
                             "convolutions need to stay fast, or the family's; 1 turns it off)")
+    prune.add_argument("--repair-epochs", type=_int_at_least(0), default=0, metavar="N",
+                       help="fine-tune the pruned model for N epochs on data without the forget targets "
+                            "(default 0: no fine-tuning)")
+    prune.add_argument("--repair-lr", type=_positive, default=1e-4, metavar="LR", help="repair learning rate (default 1e-4)")
+    prune.add_argument("--auto", action="store_true",
+                       help="search the smallest sigma, then delta, that brings every forget target under "
+                            "--auto-bound with no retained target losing more than --auto-budget, on the "
+                            "validation split (ignores --sigma and --delta)")
+    prune.add_argument("--auto-bound", type=_fraction, default=0.02, metavar="F",
+                       help="--auto: forget metric to reach, at most (default 0.02)")
+    prune.add_argument("--auto-budget", type=_fraction, default=0.02, metavar="F",
+                       help="--auto: largest drop allowed for any retained target (default 0.02)")
+    prune.add_argument("--auto-sigmas", type=_int_at_least(1), nargs="+", default=None, metavar="N",
+                       help="--auto: the sigmas to try, smallest first (default 1 2 4 8)")
+    prune.add_argument("--auto-deltas", type=_fraction, nargs="+", default=None, metavar="F",
+                       help="--auto: the deltas to try, smallest first (default 0.02 0.05 0.1 0.2 0.3)")
     prune.add_argument("--seed", type=int, default=0)
     prune.set_defaults(func=_cmd_prune)
 
@@ -110,6 +136,10 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="per-target metrics of a model")
     _model_args(ev)
     ev.add_argument("--json", help="also write the metrics to this JSON file")
+    ev.add_argument("--mia", action="store_true",
+                    help="classifiers: also run the entropy membership-inference attack on the --forget "
+                         "targets' training samples (members: retained training samples; non-members: test)")
+    ev.add_argument("--forget", nargs="+", metavar="NAME", help="with --mia: the targets whose training samples to attack")
     ev.set_defaults(func=_cmd_eval)
 
     zoo = sub.add_parser("zoo", help="list the bundled models")
@@ -158,7 +188,6 @@ def resolve_targets(names: Sequence[str], class_names: Sequence[str]) -> list[in
 def _cmd_prune(args: argparse.Namespace) -> int:
     import torch
 
-    import tpunlearn as tu
     from tpunlearn.io import sha256, write_json
     from tpunlearn.report import count_macs, versions
 
@@ -182,16 +211,19 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         scores, _meta = load_cache(args.graph, model, sha256(info.weights) if info.weights else None)
     else:
         samples = adapter.samples(model, info, args.data)
-    res = tu.unlearn(model, samples, forget=forget, retain=retain, scores=scores,
-                     target=adapter.target_factory(info), example_inputs=example, sigma=args.sigma,
-                     delta=args.delta, retain_delta=args.retain_delta, retain_tolerance=args.retain_tolerance,
-                     n_per_target=args.samples, mode=args.mode, coupled=args.coupled, align=args.align,
-                     ignored_layers=adapter.ignored_layers(model, info), num_targets=len(info.class_names),
-                     output_transform=adapter.output_transform)
+    res, auto = _request(args, adapter, model, info, samples, scores, forget, retain)
     print(res.plan.dry_run())
     if args.dry_run:
         return 0
     report = dict(res.report)
+    if auto is not None:
+        report["auto"] = auto
+    if args.repair_epochs:
+        from tpunlearn.repair import repair
+
+        report["repair"] = repair(res.model, adapter.repair_data(res.model, info, args.data, forget),
+                                  adapter.repair_loss(info), epochs=args.repair_epochs, lr=args.repair_lr,
+                                  plan=res.plan, seed=args.seed)
     report.update(arch=args.arch, forget=[info.class_names[t] for t in forget],
                   retain=[info.class_names[t] for t in res.report["settings"]["retain"]], seed=args.seed,
                   macs={"before": count_macs(model, example), "after": count_macs(res.model, example)},
@@ -223,6 +255,42 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     _summary(report)
     print(f"wrote {out}/ (model.pt, plan.json, graph.json, graph.png, report.json{', model.onnx' if args.onnx else ''})")
     return 0
+
+
+def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samples: Any, scores: Any,
+             forget: list[int], retain: list[int] | None) -> tuple[Any, dict[str, Any] | None]:
+    """One unlearning request: the given settings, or with ``--auto`` the searched ones."""
+    import tpunlearn as tu
+
+    common = dict(retain=retain, target=adapter.target_factory(info), example_inputs=adapter.example_inputs(info),
+                  retain_delta=args.retain_delta, retain_tolerance=args.retain_tolerance, n_per_target=args.samples,
+                  mode=args.mode, coupled=args.coupled, align=args.align,
+                  ignored_layers=adapter.ignored_layers(model, info), num_targets=len(info.class_names),
+                  output_transform=adapter.output_transform)
+    if not args.auto:
+        return tu.unlearn(model, samples, forget=forget, scores=scores, sigma=args.sigma, delta=args.delta,
+                          **common), None
+    if scores is not None:
+        raise UsageError("--auto scores the model for every sigma it tries; drop --graph")
+    from tpunlearn.auto import DELTAS, SIGMAS, auto_unlearn
+
+    def evaluate(m: Any) -> dict[int, float]:
+        return {info.class_names.index(k): v for k, v in adapter.validate(m, info, args.data).items()
+                if k in info.class_names}
+
+    found = auto_unlearn(model, samples, forget, evaluate, forget_bound=args.auto_bound,
+                         retain_budget=args.auto_budget, sigmas=args.auto_sigmas or SIGMAS,
+                         deltas=args.auto_deltas or DELTAS, **common)
+    for row in found.tried:
+        mark = "  <- chosen" if (row["sigma"], row["delta"]) == (found.sigma, found.delta) else ""
+        print(f"auto: sigma {row['sigma']:2d} delta {row['delta']:.2f}: forget {row['forget_metric']:.3f}, worst "
+              f"retained drop {row['worst_retained_drop']:.3f}, {row['removed_channels']} channels{mark}")
+    if not found.met:
+        print(f"auto: no setting tried met the goal; the closest is sigma {found.sigma}, delta {found.delta}",
+              file=sys.stderr)
+    args.sigma, args.delta = found.sigma, found.delta
+    return found.result, {**found.to_dict(), "bound": args.auto_bound, "budget": args.auto_budget,
+                          "split": "validation"}
 
 
 def data_sha256(spec: str | None) -> str:
@@ -302,12 +370,25 @@ def _summary(report: dict[str, Any]) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from tpunlearn.io import write_json
 
+    if args.forget and not args.mia:
+        raise UsageError("--forget on eval names the targets of --mia; add --mia")
+    if args.mia and not args.forget:
+        raise UsageError("--mia needs --forget NAME: the target whose training samples to attack")
     adapter, model, info = _build(args)
     metrics = adapter.evaluate(model, info, args.data)
     for name, value in metrics.items():
         print(f"{name:>10s} {adapter.metric_name} {value:.4f}")
+    result: dict[str, Any] = {"arch": args.arch, "name": adapter.metric_name, "metrics": metrics}
+    if args.mia:
+        from tpunlearn.privacy import mia_score
+
+        forget = list(dict.fromkeys(resolve_targets(args.forget, info.class_names)))
+        mia = mia_score(model, *adapter.mia_data(model, info, args.data, forget), seed=0)
+        result["mia"] = {"forget": [info.class_names[t] for t in forget], **mia.to_dict()}
+        print(f"MIA: {100 * mia.score:.1f} % of the forget targets' {mia.n_forget} training samples look like "
+              f"members (retained members {100 * mia.retain_member_rate:.1f} %, test {100 * mia.test_member_rate:.1f} %)")
     if args.json:
-        write_json(args.json, {"arch": args.arch, "name": adapter.metric_name, "metrics": metrics})
+        write_json(args.json, result)
     return 0
 
 

@@ -1,0 +1,330 @@
+"""Table III / Table V on DigitScenes: tpunlearn against retraining, fine-tuning and SSD.
+
+For each forget setting (single digits over several seeds, and two digits at once) every
+method of ``unlearning_methods.classification_methods()`` unlearns the zoo classifier
+``digitscenes-resnet``; then, on the same data:
+
+* forget recall (test split) and the retained digits' mean recall and worst drop;
+* the entropy membership attack (``tpunlearn.privacy.mia_score``: members = retained
+  training scenes, non-members = test scenes; score = forget training scenes called
+  members) and its gap to the retrained model of the same setting;
+* a linear probe for "holds the forget digit" on the penultimate features: fitted on the
+  original model (``fixed``: read in the original basis; physically pruned features are put
+  back at their original indices) and refitted on the unlearned model (``refit``), as ROC AUC;
+* wall time, parameters and MACs.
+
+It also times the graph build for all ten digits and one cached request, so that
+retraining's cost is a ratio measured in the same run.
+
+    python benchmarks/bench_compare.py [--quick] [--digits 1,3,7] [--seeds 0,1,2] [--retrain-seeds 1]
+
+Writes benchmarks/results/compare.{json,md}; the last line printed is the JSON summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Subset
+
+import tpunlearn as tu
+from tpunlearn import data, zoo
+from tpunlearn.api import score_targets
+from tpunlearn.evaluate import multilabel_recall
+from tpunlearn.plan import PrunePlan
+from tpunlearn.privacy import LinearProbe, entropy, head_layer
+from tpunlearn.report import count_macs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from unlearning_methods import Graph, Outcome, Task, classification_methods  # noqa: E402
+
+NAME = "digitscenes-resnet"
+
+
+# ---------------------------------------------------------------------------- the task
+def classification_task(retrain_epochs: int, retrain_scenes: int) -> tuple[Task, Any, Any]:
+    model, _meta = zoo.load(NAME)
+    model.eval()
+    train = data.digitscenes("train")  # the first 6000 of the zoo model's 24000 training scenes: members
+    test = data.digitscenes("test")
+    x = test[0][0][None]
+
+    def batches(forget: Sequence[int], kind: str, seed: int):
+        holds = train.multi_hot[:, list(forget)].sum(1) > 0
+        keep = {"forget": holds, "retain": ~holds, "all": torch.ones_like(holds)}[kind]
+        return data.loader(Subset(train, keep.nonzero().flatten().tolist()), batch_size=64, shuffle=True, seed=seed)
+
+    def scoring(seed: int):
+        return data.loader(train, batch_size=32, shuffle=True, seed=seed)
+
+    def retrain(forget: Sequence[int], seed: int) -> nn.Module:
+        from train_zoo import train_digitscenes_resnet
+
+        ckpt = train_digitscenes_resnet(NAME, retrain_epochs, seed, retrain_scenes, 3e-3, 128, exclude=tuple(forget))
+        fresh = zoo.build(NAME)
+        fresh.load_state_dict({k: v.float() if torch.is_floating_point(v) else v for k, v in ckpt["state_dict"].items()})
+        return fresh.eval()
+
+    def loss(out: torch.Tensor, batch: Any) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(out, batch[1].float())
+
+    task = Task(name=NAME, model=model, example_inputs=x, loss=loss, batches=batches,
+                unlearn_kwargs={"ignored_layers": [model.fc]}, scoring=scoring, retrain=retrain)
+    return task, train, test
+
+
+# ---------------------------------------------------------------------------- measuring
+@torch.no_grad()
+def logits_and_features(model: nn.Module, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    feats: list[torch.Tensor] = []
+    hook = head_layer(model).register_forward_pre_hook(lambda _m, a: feats.append(a[0].flatten(1).float()))
+    model.eval()
+    try:
+        logits = torch.cat([model(images) for images, _ in data.loader(dataset, batch_size=250)])
+    finally:
+        hook.remove()
+    return logits, torch.cat(feats)
+
+
+def original_basis(outcome: Outcome, task: Task, feats: torch.Tensor) -> torch.Tensor | None:
+    """Physically pruned features put back at the original's indices (zeros where removed).
+
+    The kept indices come from the plan's mask-mode twin, which computes the same features
+    with zeros in the removed channels (physical == mask is checked by every request).
+    """
+    width = head_layer(task.model).in_features
+    if feats.shape[1] == width:
+        return feats
+    plan: PrunePlan | None = outcome.info.get("plan")
+    if plan is None:
+        return None
+    twin = PrunePlan.from_dict({**plan.to_dict(), "mode": "mask", "history": []})
+    masked = twin.apply(__import__("copy").deepcopy(task.model), task.example_inputs)
+    images = Subset(data.digitscenes("test"), list(range(256)))  # real scenes: few channels are dead on all
+    pruned_model = outcome.info.get("pre_repair_model", outcome.model)
+    _, a = logits_and_features(masked, images)
+    _, b = logits_and_features(pruned_model, images)
+    kept = [int((a - b[:, j:j + 1]).abs().amax(0).argmin()) for j in range(b.shape[1])]
+    if len(set(kept)) != len(kept):
+        return None  # ambiguous (identical feature columns): no fixed probe rather than a wrong one
+    out = torch.zeros(feats.shape[0], width)
+    out[:, kept] = feats
+    return out
+
+
+def measure(outcome: Outcome, task: Task, train: Any, test: Any, forget: list[int], base: dict[str, Any],
+            seed: int) -> dict[str, Any]:
+    from sklearn.linear_model import LogisticRegression
+
+    model = outcome.model
+    tr_logits, tr_feats = logits_and_features(model, train)
+    te_logits, te_feats = logits_and_features(model, test)
+    recall = multilabel_recall(te_logits, test.multi_hot)
+    others = [d for d in range(10) if d not in forget]
+    drops = {d: float(base["recall"][d] - recall[d]) for d in others}
+    worst = max(drops, key=drops.get)
+    # membership attack (SSD's): entropy feature, members = retained train, non-members = test
+    holds = train.multi_hot[:, forget].sum(1) > 0
+    e_train, e_test = entropy(tr_logits), entropy(te_logits)
+    x = torch.cat([e_train[~holds], e_test])[:, None].numpy()
+    y = torch.cat([torch.ones(int((~holds).sum())), torch.zeros(len(e_test))]).numpy()
+    clf = LogisticRegression(class_weight="balanced", random_state=seed).fit(x, y)
+    mia = float(clf.predict(e_train[holds][:, None].numpy()).mean())
+    # probe for the first forget digit
+    target = forget[0]
+    probe = base["probe"]
+    fixed_test = original_basis(outcome, task, te_feats)
+    probe_fixed = probe.auc(fixed_test, test.multi_hot) if fixed_test is not None else float("nan")
+    probe_refit = LinearProbe.fit(tr_feats, train.multi_hot, target, seed=seed).auc(te_feats, test.multi_hot)
+    return {
+        "forget_recall": max(float(recall[t]) for t in forget),
+        "retained_recall_mean": float(recall[others].mean()),
+        "worst_retained_digit": worst,
+        "worst_retained_drop_points": 100 * drops[worst],
+        "mia": mia,
+        "probe_auc_fixed": probe_fixed,
+        "probe_auc_refit": probe_refit,
+        "seconds": outcome.seconds,
+        "params": sum(p.numel() for p in model.parameters()),
+        "macs": count_macs(model, task.example_inputs),
+        **({"removed_channels": outcome.info["removed_channels"]} if "removed_channels" in outcome.info else {}),
+        **({"ssd_importance_s": outcome.info["importance_s"]} if "importance_s" in outcome.info else {}),
+    }
+
+
+def baseline(task: Task, train: Any, test: Any, forget: list[int], seed: int) -> dict[str, Any]:
+    _, tr_feats = logits_and_features(task.model, train)
+    te_logits, _ = logits_and_features(task.model, test)
+    return {"recall": multilabel_recall(te_logits, test.multi_hot),
+            "probe": LinearProbe.fit(tr_feats, train.multi_hot, forget[0], seed=seed)}
+
+
+# ---------------------------------------------------------------------------- the run
+def run_setting(task: Task, train: Any, test: Any, methods: list[Any], forget: list[int], seed: int,
+                retrain: bool) -> dict[str, dict[str, Any]]:
+    base = baseline(task, train, test, forget, seed)
+    rows: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        if (method.name.startswith("Retrain") or method.name.startswith("Train from")) and not retrain:
+            continue
+        if isinstance(method, Graph) and method.repair_epochs:
+            outcome = _graph_with_pre_repair(method, task, forget, seed)
+        else:
+            outcome = method(task, forget, seed)
+        rows[method.name] = measure(outcome, task, train, test, forget, base, seed)
+        r = rows[method.name]
+        print(f"  forget {forget} seed {seed} | {method.name:45s} forget {100 * r['forget_recall']:5.1f} % | "
+              f"retained mean {100 * r['retained_recall_mean']:5.1f} worst -{r['worst_retained_drop_points']:.1f} "
+              f"({r['worst_retained_digit']}) | MIA {100 * r['mia']:5.1f} | probe fixed {r['probe_auc_fixed']:.3f} "
+              f"refit {r['probe_auc_refit']:.3f} | {r['seconds']:.1f}s", flush=True)
+    retrained = next((r for n, r in rows.items() if n.startswith("Retrain")), None)
+    for r in rows.values():
+        r["mia_gap_to_retrain_points"] = (100 * abs(r["mia"] - retrained["mia"])) if retrained else None
+    return rows
+
+
+def _graph_with_pre_repair(method: Graph, task: Task, forget: list[int], seed: int) -> Outcome:
+    """Run the request, keep a copy of the pruned model before the repair (for the probe's basis)."""
+    import copy
+
+    plain = Graph(method.name, **method.settings)(task, forget, seed)
+    pre = copy.deepcopy(plain.model)
+    from tpunlearn.repair import repair
+
+    t0 = time.perf_counter()
+    info = repair(plain.model, task.batches(forget, "retain", seed), task.loss, epochs=method.repair_epochs,
+                  lr=method.repair_lr, plan=plain.info["plan"], seed=seed, progress=False)
+    plain.info.update(repair=info, pre_repair_model=pre)
+    plain.seconds += time.perf_counter() - t0
+    return plain
+
+
+def cost(task: Task) -> dict[str, float]:
+    """The graph build for all ten digits and one cached request, timed in this run."""
+    t0 = time.perf_counter()
+    scores = score_targets(task.model, task.scoring(0), example_inputs=task.example_inputs,
+                           ignored_layers=[task.model.fc], progress=False)
+    graph_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tu.unlearn(task.model, None, [3], example_inputs=task.example_inputs, scores=scores, progress=False,
+               ignored_layers=[task.model.fc])
+    return {"graph_build_s": graph_s, "request_s": time.perf_counter() - t0}
+
+
+def summarise(settings: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean and std over settings, per method and metric."""
+    names = list(dict.fromkeys(n for s in settings for n in s["rows"]))
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        rows = [s["rows"][name] for s in settings if name in s["rows"]]
+        keys = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        out[name] = {"n": len(rows)}
+        for k in keys:
+            vals = [float(r[k]) for r in rows if r.get(k) is not None and not math.isnan(float(r[k]))]
+            if vals:
+                out[name][k] = {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0}
+    return out
+
+
+def _pm(stat: dict[str, float] | None, scale: float = 1.0, digits: int = 1) -> str:
+    if not stat:
+        return "n/a"
+    return f"{scale * stat['mean']:.{digits}f} ± {scale * stat['std']:.{digits}f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"# Unlearning methods on {NAME} (DigitScenes test split)", "",
+             f"Settings: {', '.join(result['setting_labels'])}. Mean ± std over settings (retraining: "
+             f"{result['retrain_note']}). No fine-tuning unless the row says so. MIA = % of the forget digit's "
+             "training scenes the entropy attack calls members (SSD's attack); gap = |MIA - retrained MIA|. "
+             "Probe = ROC AUC of a linear probe for the (first) forget digit on penultimate features: "
+             "*fixed* = fitted on the original model, *refit* = fitted on the unlearned one (0.5 = chance).", "",
+             "| method | forget recall % | retained mean % | worst retained drop (pts) | MIA % | MIA gap (pts) | "
+             "probe fixed | probe refit | seconds | params | MACs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in result["summary"].items():
+        lines.append(f"| {name} | {_pm(s.get('forget_recall'), 100)} | {_pm(s.get('retained_recall_mean'), 100)} | "
+                     f"{_pm(s.get('worst_retained_drop_points'))} | {_pm(s.get('mia'), 100)} | "
+                     f"{_pm(s.get('mia_gap_to_retrain_points'))} | {_pm(s.get('probe_auc_fixed'), 1, 3)} | "
+                     f"{_pm(s.get('probe_auc_refit'), 1, 3)} | {_pm(s.get('seconds'), 1, 2)} | "
+                     f"{s['params']['mean']:,.0f} | {s['macs']['mean']:,.0f} |")
+    c = result["cost"]
+    lines += ["", f"Cost, measured in this run: graph build for all 10 digits {c['graph_build_s']:.2f} s, one cached "
+              f"request {c['request_s']:.3f} s; retraining {c['retrain_s']:.0f} s on average = "
+              f"**{c['retrain_over_graph_plus_request']:.0f}x** the graph build plus request.", ""]
+    lines += ["## Per setting", "", "| setting | method | forget % | worst drop (pts) | MIA % | probe fixed | probe refit |",
+              "|---|---|---|---|---|---|---|"]
+    for s in result["settings"]:
+        for name, r in s["rows"].items():
+            lines.append(f"| {s['label']} | {name} | {100 * r['forget_recall']:.1f} | "
+                         f"{r['worst_retained_drop_points']:.1f} ({r['worst_retained_digit']}) | {100 * r['mia']:.1f} | "
+                         f"{r['probe_auc_fixed']:.3f} | {r['probe_auc_refit']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="digit 3, seed 0, a 1-epoch retrain on 6000 scenes")
+    p.add_argument("--digits", default="1,3,7", help="single forget digits (default 1,3,7)")
+    p.add_argument("--seeds", default="0,1,2", help="seeds per single digit (default 0,1,2)")
+    p.add_argument("--pairs", default="3+8", help="two-digit settings, e.g. 3+8 (default 3+8; '' for none)")
+    p.add_argument("--retrain-seeds", type=int, default=1,
+                   help="retrain only for the first N seeds of each setting (default 1: retraining costs minutes)")
+    p.add_argument("--repair-epochs", type=int, default=1)
+    p.add_argument("--retrain-epochs", type=int, default=5,
+                   help="retraining budget (default 5 epochs; the zoo model had 10)")
+    p.add_argument("--retrain-scenes", type=int, default=12000,
+                   help="training scenes before the forget ones are dropped (default 12000; the zoo model had 24000)")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.digits, args.seeds, args.pairs = "3", "0", ""
+    retrain_epochs, retrain_scenes = (1, 6000) if args.quick else (args.retrain_epochs, args.retrain_scenes)
+    t_start = time.time()
+    task, train, test = classification_task(retrain_epochs, retrain_scenes)
+    methods = classification_methods(args.repair_epochs)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    plan = [([int(d)], s) for d in args.digits.split(",") for s in seeds]
+    plan += [([int(d) for d in pair.split("+")], seeds[0]) for pair in args.pairs.split(",") if pair]
+    settings = []
+    for forget, seed in plan:
+        label = f"forget {'+'.join(map(str, forget))}, seed {seed}"
+        print(label, flush=True)
+        rows = run_setting(task, train, test, methods, forget, seed, retrain=seeds.index(seed) < args.retrain_seeds)
+        settings.append({"label": label, "forget": forget, "seed": seed, "rows": rows})
+    c = cost(task)
+    retrain_s = [r["seconds"] for s in settings for n, r in s["rows"].items() if n.startswith("Retrain")]
+    c["retrain_s"] = statistics.fmean(retrain_s) if retrain_s else float("nan")
+    c["retrain_over_graph_plus_request"] = c["retrain_s"] / (c["graph_build_s"] + c["request_s"])
+    result = {
+        "model": NAME, "settings": settings, "setting_labels": [s["label"] for s in settings],
+        "summary": summarise(settings), "cost": c,
+        "retrain_note": (f"the zoo recipe at a reduced budget, {retrain_epochs} epochs on {retrain_scenes} scenes minus "
+                         f"the forget scenes (the zoo model: 10 epochs on 24000), first {args.retrain_seeds} seed(s) of "
+                         "each setting; the control row trains the same budget on all scenes"),
+        "ssd": {"alpha": 10, "lambda": 1, "importance": "batch-mean squared gradients of the BCE loss, batch 64"},
+        "seconds": round(time.time() - t_start, 1), "torch": str(torch.__version__), "quick": args.quick,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "compare_quick" if args.quick else "compare"
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
+    (args.out / f"{stem}.md").write_text(markdown(result))
+    graph = result["summary"].get("Graph(beta), physical (ours)", {})
+    print(json.dumps({"graph_physical": {k: graph.get(k) for k in ("forget_recall", "worst_retained_drop_points")},
+                      "retrain_over_graph_plus_request": c["retrain_over_graph_plus_request"]}))
+
+
+if __name__ == "__main__":
+    main()

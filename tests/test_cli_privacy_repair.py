@@ -1,0 +1,77 @@
+"""The CLI's issue-4 options on the zoo classifier: --repair-epochs, --auto and eval --mia."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tpunlearn import cli
+
+ZOO = "digitscenes-resnet"
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_repair_epochs_fine_tunes_the_pruned_model_and_reports_it(tmp_path, capsys):
+    out = tmp_path / "o"
+    code, text, err = run(capsys, "prune", "--arch", ZOO, "--forget", "3", "--samples", "8", "--repair-epochs", "1",
+                          "--eval", "--out", out)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    repair = report["repair"]
+    assert repair["epochs"] == 1 and repair["steps"] > 0 and repair["loss_last"] < 0.05
+    after = report["metrics"]["after"]
+    assert after["3"] <= 0.02  # the repair never brings the forgotten digit back
+    assert min(v for k, v in after.items() if k != "3") >= 0.9
+
+
+def test_auto_picks_settings_on_the_validation_split(tmp_path, capsys):
+    out = tmp_path / "o"
+    code, text, err = run(capsys, "prune", "--arch", ZOO, "--forget", "7", "--samples", "8", "--auto",
+                          "--auto-sigmas", "1", "4", "--auto-deltas", "0.02", "0.05", "--out", out)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    auto = report["auto"]
+    assert auto["met"] and auto["split"] == "validation" and auto["bound"] == 0.02
+    assert (report["settings"]["sigma"], report["settings"]["delta"]) == (auto["sigma"], auto["delta"])
+    last = auto["tried"][-1]
+    assert (last["sigma"], last["delta"]) == (auto["sigma"], auto["delta"]) and last["met"]
+    assert all(not row["met"] for row in auto["tried"][:-1])
+    assert "<- chosen" in text
+
+
+def test_auto_and_a_graph_cache_do_not_mix(tmp_path, capsys):
+    cache = tmp_path / "c.json"
+    cache.write_text("{}")
+    code, _, err = run(capsys, "prune", "--arch", ZOO, "--forget", "3", "--auto", "--graph", cache, "--out",
+                       tmp_path / "o")
+    assert code != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_mia_scores_the_forget_targets_training_samples(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    code, text, err = run(capsys, "eval", "--arch", ZOO, "--mia", "--forget", "3", "--json", out)
+    assert code == 0, err
+    mia = json.loads(out.read_text())["mia"]
+    assert mia["forget"] == ["3"] and 0.0 <= mia["score"] <= 1.0
+    assert mia["n_forget"] > 100 and mia["n_retain"] > mia["n_forget"] and mia["n_test"] == 1000
+    assert "MIA:" in text
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["eval", "--arch", ZOO, "--mia"], "--mia needs --forget"),
+    (["eval", "--arch", ZOO, "--forget", "3"], "add --mia"),
+    (["eval", "--arch", ZOO, "--mia", "--forget", "cat"], "unknown target 'cat'"),
+    (["prune", "--arch", ZOO, "--forget", "3", "--repair-lr", "0"], "must be > 0"),
+    (["prune", "--arch", ZOO, "--forget", "3", "--auto-bound", "2"], "(0, 1]"),
+])
+def test_bad_options_get_one_line(capsys, argv, fragment):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tpunlearn: error: ") and fragment in lines[0], err
