@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tpunlearn.auto import _judge, auto_unlearn
 from tpunlearn.errors import UsageError
@@ -21,7 +20,6 @@ def test_judge_checks_the_forget_bound_and_the_retained_budget():
 
 
 def test_auto_returns_the_first_setting_that_meets_the_goal(tiny_resnet, samples):
-    x = samples[0][0][:1]
     params = sum(p.numel() for p in tiny_resnet.parameters())
 
     def evaluate(model):
