@@ -378,10 +378,12 @@ def _source(info: ModelInfo, spec: str | None, use: str) -> _Source:
         return _Source("digits", split, n=digits_count(spec, DIGITS_SCENES[split]))
     root = Path(spec)
     if not root.is_dir():
-        raise DataError(f"data {spec!r} is neither 'digits' nor a folder")
+        raise DataError(f"data {spec!r} is neither 'digits' nor a folder; pass --data digits[:N] or a VOC-style "
+                        "folder (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)")
     for sub in ("JPEGImages", "SegmentationClass"):
         if not (root / sub).is_dir():
-            raise DataError(f"{root} is not a VOC-style folder: it has no {sub}/")
+            raise DataError(f"{root} is not a VOC-style folder: it has no {sub}/ (a VOC folder holds JPEGImages/, "
+                            "SegmentationClass/ and ImageSets/Segmentation/)")
     lists = root / "ImageSets" / "Segmentation"
     names = ("train",) if use == "train" else ("val", "test")
     for name in names:

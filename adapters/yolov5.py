@@ -253,11 +253,12 @@ class YOLOv5Adapter(Adapter):
         if path.is_dir():
             images = _list_images(str(path))
             if not images:
-                raise DataError(f"no images in {spec}")
+                raise DataError(f"no images in {spec}; pass a folder of images, a dataset YAML or digits[:N]")
             return _Batches(images, None, nc, size, batch_size, model)
         if path.is_file() and _is_image(path):
             return _Batches([str(path)], None, nc, size, batch_size, model)
-        raise DataError(f"cannot read data {spec!r}: give an ultralytics dataset YAML, an image folder or an image")
+        raise DataError(f"cannot read data {spec!r}: give an ultralytics dataset YAML, an image folder, an image "
+                        "or digits[:N]")
 
     def evaluate(self, model: nn.Module, info: ModelInfo, spec: str | None) -> dict[str, float]:
         """Per-class AP50 (keyed by class name) from ultralytics' own validator, plus ``"mAP50"``.

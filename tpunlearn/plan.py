@@ -113,22 +113,59 @@ class PrunePlan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PrunePlan":
-        if data.get("format") != "tpunlearn-plan/1":
+        """A plan from its JSON form, every field type-checked (a damaged file is a PlanError)."""
+        if not isinstance(data, Mapping) or data.get("format") != "tpunlearn-plan/1":
             raise PlanError("not a tpunlearn plan (format tpunlearn-plan/1 expected)")
-        return cls(
-            mode=data["mode"], coupled=data["coupled"],
-            decisions=[GroupDecision(**d) for d in data["decisions"]],
-            signature={k: list(v) for k, v in data["signature"].items()},
-            history=[list(h) for h in data.get("history", [])],
-            notes=list(data.get("notes", [])),
-        )
+        try:
+            plan = cls(
+                mode=str(data["mode"]), coupled=str(data["coupled"]),
+                decisions=[_decision_from_dict(d) for d in data["decisions"]],
+                signature={str(k): [int(c) for c in v] for k, v in data["signature"].items()},
+                history=[[str(h[0]), bool(h[1]), [int(i) for i in h[2]]] for h in data.get("history", [])],
+                notes=[str(n) for n in data.get("notes", [])],
+            )
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise PlanError(f"not a valid tpunlearn plan ({type(exc).__name__}: {exc})") from None
+        if plan.mode not in MODES or plan.coupled not in COUPLED:
+            raise PlanError(f"not a valid tpunlearn plan (mode {plan.mode!r}, coupled {plan.coupled!r})")
+        if any(len(v) != 2 for v in plan.signature.values()):
+            raise PlanError("not a valid tpunlearn plan (a signature entry is not [out, in] channels)")
+        return plan
 
     def save(self, path: str | os.PathLike[str]) -> None:
         write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "PrunePlan":
-        return cls.from_dict(read_json(path))
+    def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None) -> "PrunePlan":
+        """Read a plan file; with ``model``, also check that it was made for that model."""
+        try:
+            plan = cls.from_dict(read_json(path))
+            if model is not None:
+                plan.check(model)
+        except PlanError as exc:
+            raise PlanError(f"{path}: {exc}") from None
+        return plan
+
+    def check(self, model: nn.Module) -> None:
+        """Raise PlanError unless every layer and channel the plan names exists in ``model``.
+
+        ``model`` is the model the plan was made for, before pruning: its signature must
+        match, every decision's layers must be in it with channel indices in range, and the
+        pruning history may only name its modules.
+        """
+        check_signature(model, self.signature)
+        for d in self.decisions:
+            for layer, idxs in {d.root: d.channels, **d.members}.items():
+                if layer not in self.signature:
+                    raise PlanError(f"the plan names layer {layer!r}, which the model does not have")
+                width = self.signature[layer][0]
+                bad = [i for i in idxs if not 0 <= i < width]
+                if bad:
+                    raise PlanError(f"the plan names channel {bad[0]} of {layer}, which has {width} channels")
+        modules = dict(model.named_modules())
+        unknown = [h[0] for h in self.history if h[0] not in modules]
+        if unknown:
+            raise PlanError(f"the plan's pruning history names module {unknown[0]!r}, which the model does not have")
 
     # ---- application -------------------------------------------------------------------
     def apply(self, model: nn.Module, example_inputs: Any, output_transform: Callable[[Any], Any] | None = None,
@@ -139,7 +176,7 @@ class PrunePlan:
         the pruned groups through torch-pruning. The pruning history is recorded in the
         plan so that :meth:`replay` can redo it on a fresh copy.
         """
-        check_signature(model, self.signature)
+        self.check(model)
         _zero_channels(model, self.zero_ops())
         if self.mode == "physical":
             prunes = [d for d in self.decisions if d.action == "prune"]
@@ -159,12 +196,26 @@ class PrunePlan:
         """Redo an applied plan on a fresh copy of the original model (in place)."""
         if self.mode == "physical" and not self.history and any(d.action == "prune" for d in self.decisions):
             return self.apply(model, example_inputs, output_transform)  # never applied: apply it now
-        check_signature(model, self.signature)
+        self.check(model)
         _zero_channels(model, self.zero_ops())
         if self.mode == "physical" and self.history:
             dg = build_dependency_graph(model, example_inputs, output_transform)
-            dg.load_pruning_history([list(h) for h in self.history])
+            try:
+                dg.load_pruning_history([list(h) for h in self.history])
+            except Exception as exc:  # noqa: BLE001 - a history that does not fit this model
+                raise PlanError(f"the plan's pruning history does not fit this model ({type(exc).__name__}: {exc}); "
+                                "replay it on a fresh copy of the model it was made for") from None
         return model
+
+
+def _decision_from_dict(d: Mapping[str, Any]) -> GroupDecision:
+    action = str(d["action"])
+    if action not in ("prune", "zero", "skip"):
+        raise ValueError(f"unknown action {action!r}")
+    return GroupDecision(root=str(d["root"]), action=action, channels=[int(c) for c in d["channels"]],
+                         members={str(k): [int(c) for c in v] for k, v in d["members"].items()},
+                         reason=str(d.get("reason", "")), local=bool(d.get("local", True)),
+                         exact=bool(d.get("exact", True)))
 
 
 def build_dependency_graph(model: nn.Module, example_inputs: Any,
@@ -212,16 +263,16 @@ def signature(model: nn.Module) -> dict[str, list[int]]:
     return out
 
 
-def check_signature(model: nn.Module, expected: Mapping[str, Sequence[int]]) -> None:
-    """Raise PlanError when ``model`` is not the model the plan or graph was made for."""
+def check_signature(model: nn.Module, expected: Mapping[str, Sequence[int]], what: str = "the plan") -> None:
+    """Raise PlanError when ``model`` is not the model ``what`` (a plan, a cache) was made for."""
     actual = signature(model)
     if set(actual) != set(expected):
-        extra = sorted(set(expected) - set(actual))[:3]
-        raise PlanError(f"the plan was made for another model (layers such as {extra} do not match)")
+        extra = sorted(set(expected) ^ set(actual))[:3]
+        raise PlanError(f"{what} was made for another model (layers such as {extra} do not match)")
     for name, shape in expected.items():
         if list(actual[name]) != list(shape):
-            raise PlanError(f"the plan was made for another model: {name} has {actual[name]} channels, "
-                            f"the plan expects {list(shape)}")
+            raise PlanError(f"{what} was made for another model: {name} has {actual[name]} channels, "
+                            f"{what} expects {list(shape)}")
 
 
 def make_plan(

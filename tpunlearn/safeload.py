@@ -71,7 +71,7 @@ def load_checkpoint(path: str | os.PathLike[str], trust: bool = False,
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}" if not path.exists()
-                           else f"weights {path} is not a file")
+                           else f"weights {path} is a folder, not a checkpoint file")
     _refuse_torchscript(path)
     if not _torch_allow_list_widened():
         try:

@@ -92,15 +92,27 @@ class ChannelScores:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ChannelScores":
-        if data.get("format") != "tpunlearn-scores/1":
+        """Scores from their JSON form; every layer's alpha must have the layer's width."""
+        if not isinstance(data, Mapping) or data.get("format") != "tpunlearn-scores/1":
             raise DataError("not a tpunlearn scores file (format tpunlearn-scores/1 expected)")
-        targets = {}
-        for t, entry in data["targets"].items():
-            alpha = {l: torch.tensor(v, dtype=torch.float32) for l, v in entry["alpha"].items()}
-            inst = {l: torch.tensor(v, dtype=torch.float32) for l, v in entry.get("instances", {}).items()}
-            targets[int(t)] = TargetScores(alpha=alpha, count=int(entry["count"]), instances=inst)
-        return cls(layers=list(data["layers"]), channels={k: int(v) for k, v in data["channels"].items()},
-                   targets=targets, method=data.get("method", "gradcam"))
+        try:
+            layers = [str(l) for l in data["layers"]]
+            channels = {str(k): int(v) for k, v in data["channels"].items()}
+            targets = {}
+            for t, entry in data["targets"].items():
+                alpha = {l: torch.tensor(entry["alpha"][l], dtype=torch.float32) for l in layers}
+                inst = {l: torch.tensor(v, dtype=torch.float32) for l, v in entry.get("instances", {}).items()}
+                targets[int(t)] = TargetScores(alpha=alpha, count=int(entry["count"]), instances=inst)
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            raise DataError(f"not a valid tpunlearn scores file ({type(exc).__name__}: {exc})") from None
+        for t, s in targets.items():
+            for l in layers:
+                if l not in channels or tuple(s.alpha[l].shape) != (channels[l],):
+                    raise DataError(f"not a valid tpunlearn scores file: target {t}, layer {l} has "
+                                    f"{tuple(s.alpha[l].shape)} scores for {channels.get(l)} channels")
+                if not torch.isfinite(s.alpha[l]).all():
+                    raise DataError(f"not a valid tpunlearn scores file: target {t}, layer {l} has non-finite scores")
+        return cls(layers=layers, channels=channels, targets=targets, method=str(data.get("method", "gradcam")))
 
 
 def top_count(channels: int, delta: float) -> int:
