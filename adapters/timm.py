@@ -64,7 +64,7 @@ class TimmAdapter(Adapter):
 
                 raise WeightsError(f"{weights} is {describe_checkpoint(ckpt)}, not a checkpoint of zoo model {arch} "
                                    f"({zoo.FORMAT}, or {SAVE_FORMAT} as `tpunlearn prune` writes it)")
-            model, meta = zoo.load(arch, weights)
+            model, meta = zoo.load(arch) if ckpt is None else zoo.from_checkpoint(arch, Path(weights).resolve(), ckpt)
             info = ModelInfo(arch=arch, family="timm", task=meta["task"], class_names=meta["class_names"],
                              input_size=tuple(meta["input_size"]), weights=meta["weights"],
                              extra={"timm_name": meta["arch"], "timm_kwargs": meta["kwargs"], "data": meta["data"],

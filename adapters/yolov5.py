@@ -43,6 +43,7 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
@@ -519,7 +520,10 @@ def _load_checkpoint(path: Path, meta: dict[str, Any] | None = None, trust: bool
                            "pass the --arch it was made for")
     model = model.float()
     _head(model)  # a detection model, or a one-line WeightsError
-    model.args = {**DEFAULT_CFG_DICT, **(ckpt.get("train_args") or {})}
+    train_args = ckpt.get("train_args") or {}
+    if isinstance(train_args, SimpleNamespace):  # older checkpoints keep an IterableSimpleNamespace
+        train_args = vars(train_args)
+    model.args = {**DEFAULT_CFG_DICT, **(train_args if isinstance(train_args, dict) else {})}
     model.pt_path = str(path)
     model.task = getattr(model, "task", guess_model_task(model))
     if not hasattr(model, "stride"):

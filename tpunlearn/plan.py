@@ -155,7 +155,7 @@ class PrunePlan:
         """
         check_signature(model, self.signature)
         for d in self.decisions:
-            for layer, idxs in {d.root: d.channels, **d.members}.items():
+            for layer, idxs in [(d.root, d.channels), *d.members.items()]:
                 if layer not in self.signature:
                     raise PlanError(f"the plan names layer {layer!r}, which the model does not have")
                 width = self.signature[layer][0]

@@ -140,7 +140,6 @@ def checkpoint_globals(path: str | os.PathLike[str]) -> list[str]:
     return list(found)
 
 
-@functools.lru_cache(maxsize=None)
 def allowed_global(full_name: str) -> bool:
     """Whether the restricted unpickler resolves ``module.name``."""
     module, _, name = full_name.rpartition(".")
@@ -484,10 +483,8 @@ def _corrupt(path: Path, exc: BaseException) -> WeightsError:
     text = str(exc)
     if isinstance(exc, (EOFError, zipfile.BadZipFile)) or "PytorchStreamReader" in text or "zip archive" in text:
         why = "the file is truncated or corrupt (not a complete torch zip archive)"
-    elif isinstance(exc, pickle.UnpicklingError) or "invalid load key" in text:
+    elif isinstance(exc, OSError) and exc.strerror:
+        why = exc.strerror
+    else:  # an unknown opcode, a bad memo index, ...: bytes that are not a torch pickle
         why = "not a torch checkpoint, or a damaged one"
-    else:
-        line = next((l.strip() for l in text.splitlines() if l.strip()), "")
-        why = f"{type(exc).__name__}: {line[:150]}" if line else type(exc).__name__
     return WeightsError(f"cannot read weights {path}: {why}; re-download or re-save it")
-

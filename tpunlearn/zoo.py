@@ -29,7 +29,8 @@ from typing import Any
 
 from tpunlearn.errors import UsageError, WeightsError
 
-__all__ = ["FORMAT", "WEIGHTS_DIR", "ZOO", "ZooEntry", "entry", "load", "names", "weights_path", "build"]
+__all__ = ["FORMAT", "WEIGHTS_DIR", "ZOO", "ZooEntry", "entry", "load", "from_checkpoint", "names", "weights_path",
+           "build"]
 
 FORMAT = "tpunlearn-zoo/1"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -145,9 +146,6 @@ def load(name: str, weights: str | Path | None = None, trust_checkpoint: bool = 
     Files load through :func:`tpunlearn.safeload.load_checkpoint` (``trust_checkpoint``
     allows a file off its allow-list, with a warning).
     """
-    import torch
-
-    from tpunlearn.io import sha256
     from tpunlearn.safeload import load_checkpoint
 
     e = entry(name)
@@ -160,7 +158,16 @@ def load(name: str, weights: str | Path | None = None, trust_checkpoint: bool = 
         return _load_yolov5(e, path, trust_checkpoint)
     if e.family == "deeplabv3":
         return _load_deeplabv3(e, path, trust_checkpoint)
-    ckpt = load_checkpoint(path, trust=trust_checkpoint)
+    return from_checkpoint(name, path, load_checkpoint(path, trust=trust_checkpoint))
+
+
+def from_checkpoint(name: str, path: Path, ckpt: Any):
+    """:func:`load` for a timm-family zoo model whose checkpoint ``ckpt`` was already read from ``path``."""
+    import torch
+
+    from tpunlearn.io import sha256
+
+    e = entry(name)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         from tpunlearn.safeload import describe_checkpoint
 
