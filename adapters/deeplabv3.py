@@ -302,14 +302,13 @@ class DeepLabV3Adapter(Adapter):
         back as float32. A zoo model's record (``info.extra["zoo"]``: name, training
         settings and test IoU) is kept under ``"zoo"``.
         """
-        from tpunlearn.io import atomic_path
+        from tpunlearn.io import save_torch
 
         payload = self.checkpoint(model, info)
         if half:
             payload["state_dict"] = {k: (v.half() if torch.is_floating_point(v) else v).contiguous()
                                      for k, v in payload["state_dict"].items()}
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+        save_torch(payload, path)
 
 
 # ---------------------------------------------------------------------------- metrics

@@ -133,7 +133,7 @@ class TimmAdapter(Adapter):
 
     def save(self, model: nn.Module, info: ModelInfo, path: str | Path) -> None:
         """Save architecture, pruning history and weights (loads with ``weights_only=True``)."""
-        from tpunlearn.io import atomic_path
+        from tpunlearn.io import save_torch
 
         payload = {
             "format": SAVE_FORMAT,
@@ -145,8 +145,7 @@ class TimmAdapter(Adapter):
             "task": info.task,
             "state_dict": model.state_dict(),
         }
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+        save_torch(payload, path)
 
 
 def _digits(spec: str | None, verb: str) -> int | None:

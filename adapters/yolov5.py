@@ -321,7 +321,7 @@ class YOLOv5Adapter(Adapter):
         from ultralytics.cfg import DEFAULT_CFG_DICT
 
         from tpunlearn import __version__
-        from tpunlearn.io import atomic_path
+        from tpunlearn.io import save_torch
 
         head = _head(model)
         work = copy.deepcopy(model).float().eval()
@@ -355,8 +355,7 @@ class YOLOv5Adapter(Adapter):
             "tpunlearn": {**(meta or {}), "version": __version__, "arch": info.arch,
                           "input_size": list(info.input_size), "class_names": list(info.class_names)},
         }
-        with atomic_path(path) as tmp:
-            torch.save(ckpt, tmp)
+        save_torch(ckpt, path)
 
 
 # ---------------------------------------------------------------------------------- helpers

@@ -308,7 +308,8 @@ def reproduce_command(args: argparse.Namespace) -> list[str]:
     cmd += ["--forget", *args.forget]
     if args.retain:
         cmd += ["--retain", *args.retain]
-    for flag, value in (("--sigma", args.sigma), ("--delta", args.delta), ("--retain-delta", args.retain_delta),
+    retain_delta = args.retain_delta if args.retain_delta is not None else args.delta
+    for flag, value in (("--sigma", args.sigma), ("--delta", args.delta), ("--retain-delta", retain_delta),
                         ("--retain-tolerance", args.retain_tolerance), ("--samples", args.samples),
                         ("--mode", args.mode), ("--coupled", args.coupled), ("--align", args.align),
                         ("--seed", args.seed)):
@@ -408,10 +409,11 @@ def _check_out(out: Path, args: argparse.Namespace) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder; choose a folder")
     if out.exists():
+        folders = {out.absolute(), out.resolve()}
         for what, path in _inputs(args).items():
-            p = Path(path).resolve()
-            if p == out.resolve() or p.parent == out.resolve():
-                raise UsageError(f"--out {out} holds {what} ({path}); choose another output folder")
+            for p in {Path(path).absolute(), Path(path).resolve()}:  # the path given, and the file it links to
+                if p in folders or p.parent in folders:
+                    raise UsageError(f"--out {out} holds {what} ({path}); choose another output folder")
     if out.exists() and any(out.iterdir()) and not args.force:
         raise UsageError(f"--out {out} is not empty; pass --force to write into it, or choose another folder")
 

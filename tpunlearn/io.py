@@ -71,6 +71,18 @@ def _make_parents(folder: Path) -> list[Path]:
     return list(reversed(missing))
 
 
+def save_torch(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` atomically, with bytes that depend on ``obj`` only.
+
+    Saving through a file handle names the zip's inner folder ``archive`` instead of after
+    the (random) temp file, so the same object always gives the same file and sha256.
+    """
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Write JSON atomically."""
     with atomic_path(path) as tmp:
