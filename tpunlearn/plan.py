@@ -177,7 +177,7 @@ class PrunePlan:
         plan so that :meth:`replay` can redo it on a fresh copy.
         """
         self.check(model)
-        _zero_channels(model, self.zero_ops())
+        _zero_channels(model, self.zero_ops(), example_inputs)
         if self.mode == "physical":
             prunes = [d for d in self.decisions if d.action == "prune"]
             if prunes:
@@ -197,7 +197,7 @@ class PrunePlan:
         if self.mode == "physical" and not self.history and any(d.action == "prune" for d in self.decisions):
             return self.apply(model, example_inputs, output_transform)  # never applied: apply it now
         self.check(model)
-        _zero_channels(model, self.zero_ops())
+        _zero_channels(model, self.zero_ops(), example_inputs)
         if self.mode == "physical" and self.history:
             dg = build_dependency_graph(model, example_inputs, output_transform)
             try:
@@ -438,12 +438,18 @@ def _keep_one(channels: Sequence[int], priority: torch.Tensor | None) -> int:
     return min(channels, key=lambda c: float(priority[c]))
 
 
-def _zero_channels(model: nn.Module, ops: Mapping[str, Sequence[int]]) -> None:
-    """Zero the filters, biases and following norm affine of ``ops`` (mask mode)."""
+def _zero_channels(model: nn.Module, ops: Mapping[str, Sequence[int]], example_inputs: Any = None) -> None:
+    """Zero the filters, biases and following norm affine of ``ops`` (mask mode).
+
+    The norm that follows a layer is the one that reads its output in a forward of
+    ``example_inputs`` (whatever the registration order); where none does directly (no
+    inputs given, or a permute in between), the norm registered right after the layer.
+    """
     if not ops:
         return
     modules = list(model.named_modules())
     position = {name: i for i, (name, _) in enumerate(modules)}
+    readers = _norm_readers(model, list(ops), example_inputs) if example_inputs is not None else None
     with torch.no_grad():
         for layer, idxs in ops.items():
             module = module_by_name(model, layer)
@@ -451,26 +457,60 @@ def _zero_channels(model: nn.Module, ops: Mapping[str, Sequence[int]]) -> None:
             module.weight[idx] = 0
             if getattr(module, "bias", None) is not None:
                 module.bias[idx] = 0
-            norm = _following_norm(modules, position[layer], module)
+            norm = (readers or {}).get(layer) or _following_norm(modules, position[layer], module)
             if norm is not None and getattr(norm, "weight", None) is not None:
                 norm.weight[idx] = 0
                 if norm.bias is not None:
                     norm.bias[idx] = 0
 
 
+def _norm_readers(model: nn.Module, layers: Sequence[str], example_inputs: Any) -> dict[str, nn.Module]:
+    """For each of ``layers``, the norm layer (of its width) whose input is that layer's output."""
+    outputs: dict[int, tuple[str, torch.Tensor]] = {}  # the tensor is kept so that its id stays unique
+    found: dict[str, nn.Module] = {}
+
+    def record(name: str) -> Any:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor):
+                outputs[id(output)] = (name, output)
+        return hook
+
+    def read(module: nn.Module, inputs: Any) -> None:
+        if inputs and isinstance(inputs[0], torch.Tensor) and id(inputs[0]) in outputs:
+            name = outputs[id(inputs[0])][0]
+            width = getattr(module_by_name(model, name), "out_channels",
+                            getattr(module_by_name(model, name), "out_features", None))
+            if name not in found and _norm_width(module) == width:
+                found[name] = module
+
+    handles = [module_by_name(model, name).register_forward_hook(record(name)) for name in layers]
+    handles += [m.register_forward_pre_hook(read) for m in model.modules() if isinstance(m, _NORM_TYPES)]
+    try:
+        with scoring_mode(model):
+            forward(model, example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+def _norm_width(norm: nn.Module) -> int | None:
+    n = getattr(norm, "num_features", None) or getattr(norm, "num_channels", None)
+    if n is None and isinstance(norm, nn.LayerNorm):
+        n = norm.normalized_shape[0]
+    return n
+
+
 def _following_norm(modules: list[tuple[str, nn.Module]], start: int, layer: nn.Module) -> nn.Module | None:
     """The norm layer registered right after ``layer`` with its channel count, if any.
 
-    Every family we know registers a conv's norm next to it (conv, bn, act); the zeroing
-    is verified against the physical result by the tests for each architecture.
+    Most families register a conv's norm next to it (conv, bn, act); the zeroing is
+    verified against the physical result by the tests for each architecture.
     """
     out = getattr(layer, "out_channels", getattr(layer, "out_features", None))
     for _name, module in modules[start + 1:start + 4]:
         if isinstance(module, _NORM_TYPES):
-            n = getattr(module, "num_features", None) or getattr(module, "num_channels", None)
-            if n is None and isinstance(module, nn.LayerNorm):
-                n = module.normalized_shape[0]
-            return module if n == out else None
+            return module if _norm_width(module) == out else None
         if isinstance(module, _LAYER_TYPES):
             return None
     return None
