@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -37,12 +36,18 @@ def files(tmp_path_factory) -> SimpleNamespace:
     (root / "empty_dir").mkdir()
     (root / "a_file").write_text("not a folder")
     (root / "bad.json").write_text("{not json")
+    (root / "broken.yaml").write_text("train: images/\nnames: [a, b\n")
+    (root / "bad_images").mkdir()
+    (root / "bad_images" / "x.jpg").write_text("not a jpeg")
     (root / "graph.json").write_text(json.dumps({"format": "tpunlearn-graph/1"}))
     # a valid cache, made for another (tiny) model
     tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 5, 3))
     scores = ChannelScores(layers=["2"], channels={"2": 5},
                            targets={3: TargetScores(alpha={"2": torch.zeros(5)}, count=1)})
     save_cache(root / "other_cache.json", scores, tiny)
+    import timm
+
+    torch.save(timm.create_model("resnet10t", num_classes=10).state_dict(), root / "resnet10t.pt")
     # the zoo checkpoint sitting in a folder given as --out
     (root / "holds_weights").mkdir()
     shutil.copy(resnet, root / "holds_weights" / "model.pt")
@@ -108,6 +113,8 @@ CASES = [
      ["truncated or corrupt"]),
     ("weights-deeplab-for-timm", [*P, "--arch", "resnet18", "--forget", "3", "--weights", "{deeplab}"], 1,
      ["tpunlearn-deeplabv3/1 checkpoint", "not weights for the timm model", "--arch it was made for"]),
+    ("weights-resnet10t-for-resnet18", [*P, "--arch", "resnet18", "--forget", "3", "--weights", "{root}/resnet10t.pt"],
+     1, ["resnet10t.pt does not fit resnet18"]),
     ("weights-yolo-for-timm-zoo", [*P, "--arch", ZOO, "--forget", "3", "--weights", "{yolo}"], 1,
      ["ultralytics checkpoint (DetectionModel)"]),
     ("weights-resnet-for-yolo", [*P, "--arch", YOLO, "--forget", "3", "--weights", "{resnet}"], 1,
@@ -124,6 +131,10 @@ CASES = [
      ["neither 'digits' nor a folder", "VOC-style"]),
     ("data-empty-deeplab", [*P, "--arch", DEEPLAB, "--forget", "3", "--data", "{root}/empty_dir"], 1,
      ["not a VOC-style folder", "JPEGImages"]),
+    ("data-broken-yaml", [*P, "--arch", YOLO, "--forget", "3", "--data", "{root}/broken.yaml"], 1,
+     ["cannot read dataset", "YAML syntax error"]),
+    ("data-not-an-image", [*P, "--arch", YOLO, "--forget", "3", "--data", "{root}/bad_images"], 1,
+     ["cannot read image", "x.jpg"]),
     ("forget-absent-from-data", [*P, "--arch", ZOO, "--forget", "{absent}", "--data", "digits:1", "--samples", "1"], 1,
      ["no sample in --data digits:1 holds target(s) '{absent}'", "pass --data with instances"]),
     # ---- JSON inputs (exit 1) ------------------------------------------------------------------------------

@@ -224,7 +224,6 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> An
 def _helpers() -> dict[str, Any]:
     """Globals outside the model classes: ``name -> object``; all of them are safe to call."""
     import numpy as np
-    import torch
     from torch import _weights_only_unpickler as wou
 
     helpers: dict[str, Any] = dict(wou._get_allowed_globals())  # torch's own weights_only allow-list
