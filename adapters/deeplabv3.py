@@ -140,7 +140,8 @@ class DeepLabV3Adapter(Adapter):
         if saved is not None:
             if saved.get("format") != SAVE_FORMAT:
                 what = saved.get("arch") or saved.get("timm_name") or "model"
-                raise WeightsError(f"{path} is a {saved.get('format')} checkpoint ({what}), not a DeepLabv3 one")
+                raise WeightsError(f"{path} is a {saved.get('format')} checkpoint ({what}), not a DeepLabv3 one; "
+                                   "pass the --arch it was made for")
             if saved.get("arch") != builder:
                 raise WeightsError(f"{path} holds a {saved.get('arch')}, not a {arch}"
                                    + (f" ({builder})" if builder != arch else ""))

@@ -205,7 +205,8 @@ def _load_weights(model: nn.Module, name: str, path: Path, ckpt: Any, input_size
     try:
         model.load_state_dict({k: v.float() if torch.is_floating_point(v) else v for k, v in state.items()})
     except RuntimeError as exc:
-        raise WeightsError(f"{path} does not fit {name}: {_first_problem(exc)}") from None
+        raise WeightsError(f"{path} does not fit {name} (weights of another architecture or size?): "
+                           f"{_first_problem(exc)}") from None
     return history
 
 
