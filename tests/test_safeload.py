@@ -319,3 +319,20 @@ def test_unpickler_allows_what_modules_need():
     assert not safeload.allowed_global("torch.serialization.load")
     assert not safeload.allowed_global("torch.hub.load")
     assert not safeload.allowed_global("ultralytics.models.yolo.model.YOLO.__init__")
+
+
+def test_trusted_checkpoint_needing_a_missing_module_is_one_line(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    (tmp_path / "gone_module.py").write_text("class Thing:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    thing = importlib.import_module("gone_module").Thing()
+    path = tmp_path / "needs_module.pt"
+    torch.save({"thing": thing}, path)
+    monkeypatch.delitem(sys.modules, "gone_module")
+    (tmp_path / "gone_module.py").unlink()
+    with pytest.raises(UnsafeCheckpointError, match="gone_module.Thing"):
+        safeload.load_checkpoint(path)
+    with pytest.warns(TrustedCheckpointWarning), pytest.raises(WeightsError, match="needs module 'gone_module'"):
+        safeload.load_checkpoint(path, trust=True)

@@ -89,6 +89,10 @@ def load_checkpoint(path: str | os.PathLike[str], trust: bool = False,
                       "which can run any code", TrustedCheckpointWarning, stacklevel=2)
     try:
         return (unsafe_load or _torch_load_unsafe)(path)
+    except WeightsError:
+        raise
+    except ModuleNotFoundError as exc:
+        raise WeightsError(f"cannot load {path}: it needs module {exc.name!r}, which is not installed") from None
     except Exception as exc:  # noqa: BLE001
         raise _corrupt(path, exc) from None
 
