@@ -102,7 +102,7 @@ class DeepLabV3Adapter(Adapter):
     def build(self, arch: str, weights: str | Path | None = None, num_classes: int | None = None,
               aux_loss: bool | None = None, class_names: Sequence[str] | None = None,
               imgsz: int | Sequence[int] | None = None, normalize: str | dict[str, Any] | None = None,
-              **kwargs: Any) -> tuple[nn.Module, ModelInfo]:
+              trust_checkpoint: bool = False, **kwargs: Any) -> tuple[nn.Module, ModelInfo]:
         """Build ``arch`` randomly initialised (``weights=None``) or from a local checkpoint.
 
         ``arch`` may be a zoo name (``digitscenes-deeplabv3``): it then loads the zoo
@@ -111,6 +111,8 @@ class DeepLabV3Adapter(Adapter):
         plain state dict, or a ``{"model": ...}`` / ``{"state_dict": ...}`` dict. For a plain
         state dict, ``num_classes`` defaults to the checkpoint's and ``aux_loss=None``
         follows the presence of ``aux_classifier.*`` keys (``aux_loss=False`` drops them).
+        Files load through :func:`tpunlearn.safeload.load_checkpoint`; ``trust_checkpoint``
+        loads one off its allow-list with full unpickling.
         """
         builder, zoo_name = _resolve(arch)
         if kwargs:
@@ -130,7 +132,7 @@ class DeepLabV3Adapter(Adapter):
             class_names = class_names or zoo_entry.class_names
         path = Path(weights) if weights is not None else None
         record: dict[str, Any] | None = None
-        ckpt = _read(path) if path is not None else None
+        ckpt = _read(path, trust_checkpoint) if path is not None else None
         saved = ckpt if isinstance(ckpt, dict) and "format" in ckpt else None
         history: list[list[Any]] = []
         state: dict[str, torch.Tensor] | None = None
@@ -138,7 +140,8 @@ class DeepLabV3Adapter(Adapter):
         if saved is not None:
             if saved.get("format") != SAVE_FORMAT:
                 what = saved.get("arch") or saved.get("timm_name") or "model"
-                raise WeightsError(f"{path} is a {saved.get('format')} checkpoint ({what}), not a DeepLabv3 one")
+                raise WeightsError(f"{path} is a {saved.get('format')} checkpoint ({what}), not a DeepLabv3 one; "
+                                   "pass the --arch it was made for")
             if saved.get("arch") != builder:
                 raise WeightsError(f"{path} holds a {saved.get('arch')}, not a {arch}"
                                    + (f" ({builder})" if builder != arch else ""))
@@ -161,7 +164,10 @@ class DeepLabV3Adapter(Adapter):
         elif ckpt is not None:
             state = _state_dict_of(ckpt)
             if state is None:
-                raise WeightsError(f"{path} holds no state dict")
+                from tpunlearn.safeload import describe_checkpoint
+
+                raise WeightsError(f"{path} is {describe_checkpoint(ckpt)}, not DeepLabv3 weights; "
+                                   "pass the --arch it was made for")
             head = state.get("classifier.4.weight")
             if num_classes is None and isinstance(head, torch.Tensor) and head.ndim == 4:
                 num_classes = int(head.shape[0])
@@ -320,14 +326,13 @@ class DeepLabV3Adapter(Adapter):
         back as float32. A zoo model's record (``info.extra["zoo"]``: name, training
         settings and test IoU) is kept under ``"zoo"``.
         """
-        from tpunlearn.io import atomic_path
+        from tpunlearn.io import save_torch
 
         payload = self.checkpoint(model, info)
         if half:
             payload["state_dict"] = {k: (v.half() if torch.is_floating_point(v) else v).contiguous()
                                      for k, v in payload["state_dict"].items()}
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+        save_torch(payload, path)
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -396,10 +401,12 @@ def _source(info: ModelInfo, spec: str | None, use: str) -> _Source:
         return _Source("digits", split, n=digits_count(spec, DIGITS_SCENES[split]))
     root = Path(spec)
     if not root.is_dir():
-        raise DataError(f"data {spec!r} is neither 'digits' nor a folder")
+        raise DataError(f"data {spec!r} is neither 'digits' nor a folder; pass --data digits[:N] or a VOC-style "
+                        "folder (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)")
     for sub in ("JPEGImages", "SegmentationClass"):
         if not (root / sub).is_dir():
-            raise DataError(f"{root} is not a VOC-style folder: it has no {sub}/")
+            raise DataError(f"{root} is not a VOC-style folder: it has no {sub}/ (a VOC folder holds JPEGImages/, "
+                            "SegmentationClass/ and ImageSets/Segmentation/)")
     lists = root / "ImageSets" / "Segmentation"
     names = {"train": ("train",), "val": ("val",)}.get(use, ("val", "test"))
     for name in names:
@@ -666,20 +673,20 @@ def _normalization(normalize: str | dict[str, Any] | None, num_classes: int) -> 
     raise UsageError(f"unknown normalize {normalize!r}; use 'imagenet', 'none' or {{'mean': ..., 'std': ...}}")
 
 
-def _read(path: Path) -> Any:
-    """``torch.load(path, weights_only=True)``; a missing or unreadable file is a WeightsError."""
-    if not path.is_file():
+def _read(path: Path, trust: bool = False) -> Any:
+    """The checkpoint at ``path``, loaded safely; a missing, unreadable or unsafe file is a WeightsError."""
+    from tpunlearn.safeload import load_checkpoint
+
+    if not path.exists():
         raise WeightsError(f"weights file not found: {path} (pretrained torchvision weights need the internet; "
                            "pass a local checkpoint)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated, corrupt or not a torch file
-        raise WeightsError(f"cannot read weights {path}: not a torch checkpoint, or a truncated or corrupt one, "
-                           f"or one holding non-tensor objects ({type(exc).__name__}: {_first_problem(exc)})") from None
+    return load_checkpoint(path, trust=trust)
 
 
 def _state_dict_of(ckpt: Any) -> dict[str, torch.Tensor] | None:
     """A plain state dict, or the one under ``model`` / ``state_dict`` (torchvision references)."""
+    if isinstance(ckpt, nn.Module) and type(ckpt).__module__.startswith("torchvision."):
+        return ckpt.state_dict()  # torch.save(model) of a torchvision model
     if not isinstance(ckpt, dict):
         return None
     for key in ("model", "state_dict"):

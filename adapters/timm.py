@@ -38,7 +38,8 @@ class TimmAdapter(Adapter):
 
     def build(self, arch: str, weights: str | Path | None = None, num_classes: int | None = None,
               in_chans: int | None = None, input_size: tuple[int, int, int] | None = None, task: str | None = None,
-              class_names: list[str] | None = None, **kwargs: Any) -> tuple[nn.Module, ModelInfo]:
+              class_names: list[str] | None = None, trust_checkpoint: bool = False,
+              **kwargs: Any) -> tuple[nn.Module, ModelInfo]:
         """A zoo model by name, or ``timm.create_model(arch)`` randomly initialised or from ``weights``.
 
         A tpunlearn checkpoint (``tpunlearn-timm/1`` as :meth:`save` writes it, or a zoo
@@ -46,14 +47,24 @@ class TimmAdapter(Adapter):
         names and task rebuild the architecture, and its pruning history is replayed before
         the weights load, so ``build("resnet18", weights="out/model.pt")`` gives back the
         pruned model. Explicit arguments that contradict the checkpoint raise
-        :class:`WeightsError`. Files always load with ``torch.load(weights_only=True)``.
+        :class:`WeightsError`. Files load through :func:`tpunlearn.safeload.load_checkpoint`
+        (``torch.load(weights_only=True)``, then an allow-list of model classes; a plain
+        state dict, a ``{"state_dict": ...}`` dict or a pickled timm module all work);
+        ``trust_checkpoint`` loads a file off the allow-list with full unpickling.
         """
         from tpunlearn import zoo
 
-        ckpt = _read(Path(weights)) if weights is not None else None
+        ckpt = _read(Path(weights), trust_checkpoint) if weights is not None else None
         saved = ckpt if isinstance(ckpt, dict) and ckpt.get("format") in (SAVE_FORMAT, zoo.FORMAT) else None
+        if ckpt is not None and saved is None:
+            _refuse_foreign(Path(weights), ckpt, arch)
         if arch in zoo.ZOO and (saved is None or saved.get("format") == zoo.FORMAT):
-            model, meta = zoo.load(arch, weights)
+            if ckpt is not None and saved is None:
+                from tpunlearn.safeload import describe_checkpoint
+
+                raise WeightsError(f"{weights} is {describe_checkpoint(ckpt)}, not a checkpoint of zoo model {arch} "
+                                   f"({zoo.FORMAT}, or {SAVE_FORMAT} as `tpunlearn prune` writes it)")
+            model, meta = zoo.load(arch) if ckpt is None else zoo.from_checkpoint(arch, Path(weights).resolve(), ckpt)
             info = ModelInfo(arch=arch, family="timm", task=meta["task"], class_names=meta["class_names"],
                              input_size=tuple(meta["input_size"]), weights=meta["weights"],
                              extra={"timm_name": meta["arch"], "timm_kwargs": meta["kwargs"], "data": meta["data"],
@@ -109,17 +120,15 @@ class TimmAdapter(Adapter):
                 batch_size: int = 32) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         from tpunlearn import data
 
-        if spec not in (None, "digits"):
-            raise UsageError(f"the timm adapter reads --data digits only for now, got {spec!r}")
-        return data.loader(data.digitscenes("train", size=info.input_size[-1]), batch_size=batch_size)
+        return data.loader(data.digitscenes("train", size=info.input_size[-1], n_scenes=_digits(spec, "read")),
+                           batch_size=batch_size)
 
     def evaluate(self, model: nn.Module, info: ModelInfo, spec: str | None) -> dict[str, float]:
         from tpunlearn import data
         from tpunlearn.evaluate import recall_table
 
-        if spec not in (None, "digits"):
-            raise UsageError(f"the timm adapter evaluates on --data digits only for now, got {spec!r}")
-        batches = data.loader(data.digitscenes("test", size=info.input_size[-1]), batch_size=128)
+        batches = data.loader(data.digitscenes("test", size=info.input_size[-1], n_scenes=_digits(spec, "evaluate on")),
+                              batch_size=128)
         return recall_table(model, batches, info.class_names)
 
     def validate(self, model: nn.Module, info: ModelInfo, spec: str | None) -> dict[str, float]:
@@ -127,9 +136,8 @@ class TimmAdapter(Adapter):
         from tpunlearn import data
         from tpunlearn.evaluate import recall_table
 
-        if spec not in (None, "digits"):
-            raise UsageError(f"the timm adapter validates on --data digits only for now, got {spec!r}")
-        batches = data.loader(data.digitscenes("val", size=info.input_size[-1]), batch_size=128)
+        n = _digits(spec, "validate on")
+        batches = data.loader(data.digitscenes("val", size=info.input_size[-1], n_scenes=n), batch_size=128)
         return recall_table(model, batches, info.class_names)
 
     def repair_data(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int],
@@ -139,9 +147,7 @@ class TimmAdapter(Adapter):
 
         from tpunlearn import data
 
-        if spec not in (None, "digits"):
-            raise UsageError(f"the timm adapter repairs on --data digits only for now, got {spec!r}")
-        scenes = data.digitscenes("train", size=info.input_size[-1])
+        scenes = data.digitscenes("train", size=info.input_size[-1], n_scenes=_digits(spec, "repair on"))
         keep = (scenes.multi_hot[:, [int(t) for t in forget]].sum(1) == 0).nonzero().flatten().tolist()
         return data.loader(Subset(scenes, keep), batch_size=batch_size, shuffle=True, seed=0)
 
@@ -153,9 +159,7 @@ class TimmAdapter(Adapter):
         from tpunlearn import data
         from tpunlearn.errors import DataError
 
-        if spec not in (None, "digits"):
-            raise UsageError(f"the timm adapter runs --mia on --data digits only for now, got {spec!r}")
-        train = data.digitscenes("train", size=info.input_size[-1])
+        train = data.digitscenes("train", size=info.input_size[-1], n_scenes=_digits(spec, "run --mia on"))
         holds = train.multi_hot[:, [int(t) for t in forget]].sum(1) > 0
         if not holds.any():
             raise DataError("no training scene holds the forget target(s)")
@@ -174,7 +178,7 @@ class TimmAdapter(Adapter):
 
     def save(self, model: nn.Module, info: ModelInfo, path: str | Path) -> None:
         """Save architecture, pruning history and weights (loads with ``weights_only=True``)."""
-        from tpunlearn.io import atomic_path
+        from tpunlearn.io import save_torch
 
         payload = {
             "format": SAVE_FORMAT,
@@ -186,21 +190,39 @@ class TimmAdapter(Adapter):
             "task": info.task,
             "state_dict": model.state_dict(),
         }
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+        save_torch(payload, path)
 
 
-def _read(path: Path) -> Any:
-    """``torch.load(path, weights_only=True)``; a missing or unreadable file is a WeightsError."""
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated, corrupt or not a torch file
-        why, detail = type(exc).__name__, _first_problem(exc)
-        why = why if detail == why else f"{why}: {detail}"
-        raise WeightsError(f"cannot read weights {path}: not a torch checkpoint, or a truncated or corrupt one "
-                           f"({why})") from None
+def _digits(spec: str | None, verb: str) -> int | None:
+    """Scene count of a ``digits`` / ``digits:N`` spec (None: the split's own); other specs are refused."""
+    from tpunlearn.data import digits_count
+
+    if spec is None:
+        return None
+    n = digits_count(spec, 0)
+    if n is None:
+        raise UsageError(f"the timm adapter can only {verb} --data digits (or digits:N) for now, got {spec!r}")
+    return n or None
+
+
+def _read(path: Path, trust: bool = False) -> Any:
+    """The checkpoint at ``path``, loaded safely; a missing, unreadable or unsafe file is a WeightsError."""
+    from tpunlearn.safeload import load_checkpoint
+
+    return load_checkpoint(path, trust=trust)
+
+
+def _refuse_foreign(path: Path, ckpt: Any, arch: str) -> None:
+    """A checkpoint of another family (another tpunlearn format, an ultralytics model) is a WeightsError."""
+    from tpunlearn.safeload import describe_checkpoint
+
+    foreign = isinstance(ckpt, dict) and (isinstance(ckpt.get("format"), str) or any(
+        isinstance(ckpt.get(k), nn.Module) for k in ("model", "ema")))
+    if isinstance(ckpt, nn.Module) and not type(ckpt).__module__.startswith("timm."):
+        foreign = True
+    if foreign:
+        raise WeightsError(f"{path} is {describe_checkpoint(ckpt)}, not weights for the timm model {arch}; "
+                           "pass the --arch it was made for")
 
 
 def _load_weights(model: nn.Module, name: str, path: Path, ckpt: Any, input_size: tuple[int, ...]) -> list[Any]:
@@ -217,6 +239,8 @@ def _load_weights(model: nn.Module, name: str, path: Path, ckpt: Any, input_size
             except Exception as exc:  # noqa: BLE001 - a history that does not fit this model
                 raise WeightsError(f"{path}: its pruning history does not fit {name} ({_first_problem(exc)})") from None
         state = ckpt.get("state_dict")
+    elif isinstance(ckpt, nn.Module):  # torch.save(model) of a timm model
+        state = ckpt.state_dict()
     elif isinstance(ckpt, dict):
         state = ckpt.get("state_dict", ckpt)
     else:
@@ -226,7 +250,8 @@ def _load_weights(model: nn.Module, name: str, path: Path, ckpt: Any, input_size
     try:
         model.load_state_dict({k: v.float() if torch.is_floating_point(v) else v for k, v in state.items()})
     except RuntimeError as exc:
-        raise WeightsError(f"{path} does not fit {name}: {_first_problem(exc)}") from None
+        raise WeightsError(f"{path} does not fit {name} (weights of another architecture or size?): "
+                           f"{_first_problem(exc)}") from None
     return history
 
 

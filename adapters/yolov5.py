@@ -28,9 +28,11 @@ style, or a pruned model this adapter saved). The returned module is the ultraly
   for that model and for any checkpoint whose ``train_args`` say ``data: digits``, writes
   DigitScenes once as a YOLO dataset at the model's input size into a cache folder
   (:func:`digits_yaml`): scoring reads its train split, evaluation its test split.
-* Checkpoints load with ultralytics' restricted (``weights_only``) loader first; a file it
-  refuses is unpickled the way ``YOLO(path)`` does, but missing modules are never
-  auto-installed.
+* Checkpoints load through :mod:`tpunlearn.safeload`: ``weights_only`` first, then an
+  allow-list of torch and ultralytics model classes that a checkpoint may fill but never
+  call (``DetectionModel(cfg)`` evaluates strings from its ``cfg``). A file that names
+  anything else is refused unless trusted (``--trust-checkpoint``); a trusted one is
+  unpickled the way ``YOLO(path)`` does, but missing modules are never auto-installed.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
@@ -91,7 +94,8 @@ class YOLOv5Adapter(Adapter):
 
     def build(self, arch: str, weights: str | Path | None = None, nc: int | None = None,
               imgsz: int | None = None, names: Sequence[str] | dict[int, str] | None = None,
-              pretrained: bool | None = None, **kwargs: Any) -> tuple[nn.Module, ModelInfo]:
+              pretrained: bool | None = None, trust_checkpoint: bool = False,
+              **kwargs: Any) -> tuple[nn.Module, ModelInfo]:
         """A YOLOv5 ``DetectionModel``: from a checkpoint, or randomly initialised from its YAML.
 
         ``arch``: ``yolov5{n,s,m,l,x}[u]`` (pretrained ``yolov5{scale}u.pt``, or random with
@@ -100,7 +104,9 @@ class YOLOv5Adapter(Adapter):
         ``names`` set the classes of a random model and must agree with a checkpoint's.
         ``imgsz`` is the square input side (default: the checkpoint's training size, else 640).
         A zoo name (``digitscenes-yolov5``) loads the bundled checkpoint, or ``weights`` (a
-        pruned copy of it); its default data is ``"digits"``.
+        pruned copy of it); its default data is ``"digits"``. Checkpoints load through
+        :func:`tpunlearn.safeload.load_checkpoint`; ``trust_checkpoint`` loads one off its
+        allow-list with full unpickling.
         """
         from tpunlearn import zoo
 
@@ -128,7 +134,7 @@ class YOLOv5Adapter(Adapter):
                 model.names = _names_dict(names, _head(model).nc)
             weights_path = None
         else:
-            model = _load_checkpoint(Path(source[1]), meta)
+            model = _load_checkpoint(Path(source[1]), meta, trust_checkpoint)
             head = _head(model)
             if nc is not None and int(nc) != head.nc:
                 raise WeightsError(f"{source[1]} holds a model with {head.nc} classes, not nc={nc}")
@@ -248,11 +254,12 @@ class YOLOv5Adapter(Adapter):
         if path.is_dir():
             images = _list_images(str(path))
             if not images:
-                raise DataError(f"no images in {spec}")
+                raise DataError(f"no images in {spec}; pass a folder of images, a dataset YAML or digits[:N]")
             return _Batches(images, None, nc, size, batch_size, model)
         if path.is_file() and _is_image(path):
             return _Batches([str(path)], None, nc, size, batch_size, model)
-        raise DataError(f"cannot read data {spec!r}: give an ultralytics dataset YAML, an image folder or an image")
+        raise DataError(f"cannot read data {spec!r}: give an ultralytics dataset YAML, an image folder, an image "
+                        "or digits[:N]")
 
     def evaluate(self, model: nn.Module, info: ModelInfo, spec: str | None) -> dict[str, float]:
         """Per-class AP50 (keyed by class name) from ultralytics' own validator, plus ``"mAP50"``.
@@ -314,7 +321,7 @@ class YOLOv5Adapter(Adapter):
         from ultralytics.cfg import DEFAULT_CFG_DICT
 
         from tpunlearn import __version__
-        from tpunlearn.io import atomic_path
+        from tpunlearn.io import save_torch
 
         head = _head(model)
         work = copy.deepcopy(model).float().eval()
@@ -348,8 +355,7 @@ class YOLOv5Adapter(Adapter):
             "tpunlearn": {**(meta or {}), "version": __version__, "arch": info.arch,
                           "input_size": list(info.input_size), "class_names": list(info.class_names)},
         }
-        with atomic_path(path) as tmp:
-            torch.save(ckpt, tmp)
+        save_torch(ckpt, path)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -486,38 +492,37 @@ def _silence() -> Iterator[None]:
         LOGGER.setLevel(level)
 
 
-def _load_checkpoint(path: Path, meta: dict[str, Any] | None = None) -> nn.Module:
+def _load_checkpoint(path: Path, meta: dict[str, Any] | None = None, trust: bool = False) -> nn.Module:
     """An ultralytics checkpoint's model, FP32, eval mode, as ``ultralytics.nn.tasks.load_checkpoint`` gives it.
 
-    ``meta``, when given, is filled with the checkpoint's ``"tpunlearn"`` record (if any).
+    The file loads through :func:`tpunlearn.safeload.load_checkpoint` (torch and ultralytics
+    model classes only; a constructor is never called). ``trust`` loads a file off that
+    allow-list the way ``YOLO(path)`` does (full unpickling, after a warning), but missing
+    modules are never auto-installed. ``meta``, when given, is filled with the checkpoint's
+    ``"tpunlearn"`` record (if any).
     """
     from ultralytics.cfg import DEFAULT_CFG_DICT
-    from ultralytics.nn.tasks import guess_model_task, torch_safe_load
+    from ultralytics.nn.tasks import guess_model_task
 
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
-    try:
-        try:
-            with _silence(), _no_autoinstall():
-                ckpt, _ = torch_safe_load(str(path), safe_only=True)
-        except TypeError as exc:
-            if "outside the supported" not in str(exc):
-                raise
-            with _silence(), _no_autoinstall():  # off ultralytics' allow-list: load it as YOLO(path) would
-                ckpt, _ = torch_safe_load(str(path), safe_only=False)
-    except (TypeError, ModuleNotFoundError, RuntimeError, EOFError, OSError, AttributeError, ValueError) as exc:
-        raise WeightsError(f"cannot load {path} as an ultralytics checkpoint: {_one_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - pickle errors of every kind
-        raise WeightsError(f"cannot load {path} as an ultralytics checkpoint ({type(exc).__name__}: "
-                           f"{_one_line(exc)})") from None
+    from tpunlearn.safeload import describe_checkpoint, load_checkpoint
+
+    ckpt = load_checkpoint(path, trust=trust, unsafe_load=_ultralytics_unsafe_load)
+    if isinstance(ckpt, nn.Module):  # torch.save(model), or of a YOLO object (as ultralytics reads it)
+        from ultralytics.engine.model import Model
+
+        ckpt = {"model": ckpt.model if isinstance(ckpt, Model) else ckpt}
     model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
     if meta is not None and isinstance(ckpt, dict) and isinstance(ckpt.get("tpunlearn"), dict):
         meta.update(ckpt["tpunlearn"])
     if not isinstance(model, nn.Module):
-        raise WeightsError(f"{path} holds no ultralytics model (no 'model' module in the checkpoint)")
+        raise WeightsError(f"{path} holds no ultralytics model (it is {describe_checkpoint(ckpt)}); "
+                           "pass the --arch it was made for")
     model = model.float()
     _head(model)  # a detection model, or a one-line WeightsError
-    model.args = {**DEFAULT_CFG_DICT, **(ckpt.get("train_args") or {})}
+    train_args = ckpt.get("train_args") or {}
+    if isinstance(train_args, SimpleNamespace):  # older checkpoints keep an IterableSimpleNamespace
+        train_args = vars(train_args)
+    model.args = {**DEFAULT_CFG_DICT, **(train_args if isinstance(train_args, dict) else {})}
     model.pt_path = str(path)
     model.task = getattr(model, "task", guess_model_task(model))
     if not hasattr(model, "stride"):
@@ -528,6 +533,18 @@ def _load_checkpoint(path: Path, meta: dict[str, Any] | None = None) -> nn.Modul
         elif isinstance(m, nn.Upsample) and not hasattr(m, "recompute_scale_factor"):
             m.recompute_scale_factor = None
     return model.eval()
+
+
+def _ultralytics_unsafe_load(path: Path) -> Any:
+    """Full unpickling as ``YOLO(path)`` does it (only for a trusted checkpoint), never auto-installing."""
+    from ultralytics.nn.tasks import torch_safe_load
+
+    try:
+        with _silence(), _no_autoinstall():
+            ckpt, _ = torch_safe_load(str(path), safe_only=False)
+    except Exception as exc:  # noqa: BLE001 - pickle errors of every kind
+        raise WeightsError(f"cannot load {path} as an ultralytics checkpoint: {_one_line(exc)}") from None
+    return ckpt
 
 
 def _one_line(exc: BaseException) -> str:

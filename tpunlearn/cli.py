@@ -6,28 +6,62 @@ answers at once. Every error tpunlearn detects prints one line and exits non-zer
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from tpunlearn.errors import TpunlearnError, UsageError
+from tpunlearn.errors import TpunlearnError, TrustedCheckpointWarning, UsageError
+
+DEBUG_ENV = "TPUNLEARN_DEBUG"  # set to 1 to see the traceback of an unexpected error
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure is one ``tpunlearn: error: ...`` line and a non-zero exit.
+
+    Exit codes: 0 done, 2 usage error, 1 any other error, 130 interrupted.
+    """
     parser = _parser()
-    try:
-        args = parser.parse_args(argv)
-        if not getattr(args, "func", None):
-            parser.print_help()
-            return 2
-        return int(args.func(args) or 0)
-    except TpunlearnError as exc:
-        print(f"tpunlearn: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("tpunlearn: interrupted; nothing was written for this step", file=sys.stderr)
-        return 130
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TrustedCheckpointWarning)
+        warnings.showwarning = _show_warning
+        try:
+            args = parser.parse_args(argv)
+            if not getattr(args, "func", None):
+                parser.print_help()
+                return 2
+            args.argv = argv
+            return int(args.func(args) or 0)
+        except TpunlearnError as exc:
+            return _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            return _fail("interrupted; no output was written", 130)
+        except OSError as exc:  # a folder we may not write, a disk that is full, ...
+            where = f": {exc.filename}" if exc.filename else ""
+            return _fail(f"{exc.strerror or exc}{where}", 1)
+        except Exception as exc:  # noqa: BLE001 - a bug: one line unless debugging
+            if os.environ.get(DEBUG_ENV):
+                raise
+            line = next((l.strip() for l in str(exc).splitlines() if l.strip()), "")
+            return _fail(f"unexpected {type(exc).__name__}{': ' + line[:200] if line else ''}; no output was "
+                         f"written (set {DEBUG_ENV}=1 for the traceback, and please report it)", 1)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"tpunlearn: error: {message}", file=sys.stderr)
+    return code
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_args: Any, **_kwargs: Any) -> None:
+    """tpunlearn's own warnings as one line; others as Python prints them."""
+    if issubclass(category, TrustedCheckpointWarning):
+        print(f"tpunlearn: warning: {message}", file=sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, *_args[:2]).rstrip(), file=sys.stderr)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,6 +89,13 @@ def _positive(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
+
+
+def _path(text: str) -> str:
+    """A file or folder argument: any non-empty string (an empty one would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a path")
+    return text
 
 
 def _int_at_least(low: int):
@@ -91,12 +132,12 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--samples", type=_int_at_least(1), default=32, help="instances scored per target (default 32)")
     prune.add_argument("--mode", choices=("physical", "mask"), default="physical")
     prune.add_argument("--coupled", choices=("protect", "prune", "zero"), default="protect")
-    prune.add_argument("--out", default="tpunlearn-out", help="output folder (default ./tpunlearn-out)")
+    prune.add_argument("--out", type=_path, default="tpunlearn-out", help="output folder (default ./tpunlearn-out)")
     prune.add_argument("--force", action="store_true", help="write into a non-empty output folder")
     prune.add_argument("--onnx", action="store_true", help="also export model.onnx with a parity check")
     prune.add_argument("--eval", action="store_true", help="evaluate every target before and after")
     prune.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
-    prune.add_argument("--graph", metavar="CACHE", help="use the scores of `tpunlearn graph` (no scoring)")
+    prune.add_argument("--graph", type=_path, metavar="CACHE", help="use the scores of `tpunlearn graph` (no scoring)")
     prune.add_argument("--align", type=_int_at_least(1), default=None, metavar="N",
                        help="keep pruned widths at multiples of N (default 8, which ONNX Runtime's CPU "
                             "convolutions need to stay fast, or the family's; 1 turns it off)")
@@ -121,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
 
     graph = sub.add_parser("graph", help="score every target once and save the cache `prune --graph` reads")
     _model_args(graph)
-    graph.add_argument("--out", required=True, metavar="CACHE", help="cache file to write (JSON)")
+    graph.add_argument("--out", type=_path, required=True, metavar="CACHE", help="cache file to write (JSON)")
     graph.add_argument("--sigma", type=_int_at_least(1), default=None,
                        help="last prunable convs to score (default 4, or the model family's)")
     graph.add_argument("--samples", type=_int_at_least(1), default=32, help="instances scored per target")
@@ -130,12 +171,12 @@ def _parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="export a model to ONNX with a parity check")
     _model_args(export)
-    export.add_argument("--onnx", required=True, metavar="FILE", help="ONNX file to write")
+    export.add_argument("--onnx", type=_path, required=True, metavar="FILE", help="ONNX file to write")
     export.set_defaults(func=_cmd_export)
 
     ev = sub.add_parser("eval", help="per-target metrics of a model")
     _model_args(ev)
-    ev.add_argument("--json", help="also write the metrics to this JSON file")
+    ev.add_argument("--json", type=_path, help="also write the metrics to this JSON file")
     ev.add_argument("--mia", action="store_true",
                     help="classifiers: also run the entropy membership-inference attack on the --forget "
                          "targets' training samples (members: retained training samples; non-members: test)")
@@ -149,15 +190,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", required=True, help="architecture or zoo name (see `tpunlearn zoo`)")
-    p.add_argument("--weights", help="checkpoint to load (never modified)")
-    p.add_argument("--data", default=None, help="data spec (default: the model's own; `digits` = DigitScenes)")
+    p.add_argument("--weights", type=_path, help="checkpoint to load (never modified)")
+    p.add_argument("--data", type=_path, default=None, help="data spec (default: the model's own; `digits` = DigitScenes)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint that names code outside tpunlearn's allow-list of model classes "
+                        "(full unpickling: it can run any code; only for files you trust)")
 
 
 def _build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from tpunlearn import adapters
 
     adapter = adapters.for_arch(args.arch)
-    model, info = adapter.build(args.arch, args.weights)
+    model, info = adapter.build(args.arch, args.weights, trust_checkpoint=args.trust_checkpoint)
     return adapter, model, info
 
 
@@ -188,20 +232,19 @@ def resolve_targets(names: Sequence[str], class_names: Sequence[str]) -> list[in
 def _cmd_prune(args: argparse.Namespace) -> int:
     import torch
 
-    from tpunlearn.io import sha256, write_json
-    from tpunlearn.report import count_macs, versions
+    from tpunlearn.io import sha256
 
     torch.manual_seed(args.seed)
     out = Path(args.out)
     if not args.dry_run:
-        _check_out(out, args.weights, args.force)
+        _check_out(out, args)
     adapter, model, info = _build(args)
     _settings(args, adapter)
     forget = list(dict.fromkeys(resolve_targets(args.forget, info.class_names)))
     retain = list(dict.fromkeys(resolve_targets(args.retain, info.class_names))) if args.retain else None
     both = [info.class_names[t] for t in forget if retain and t in retain]
     if both:
-        raise UsageError(f"target(s) {', '.join(both)} are in both --forget and --retain")
+        raise UsageError(f"target(s) {', '.join(both)} are in both --forget and --retain; drop them from one")
     example = adapter.example_inputs(info)
     t0 = time.perf_counter()
     scores, samples = None, None
@@ -211,47 +254,25 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         scores, _meta = load_cache(args.graph, model, sha256(info.weights) if info.weights else None)
     else:
         samples = adapter.samples(model, info, args.data)
-    res, auto = _request(args, adapter, model, info, samples, scores, forget, retain)
+    with _named_targets(info, args.data, forget):
+        res, auto = _request(args, adapter, model, info, samples, scores, forget, retain)
     print(res.plan.dry_run())
     if args.dry_run:
         return 0
-    report = dict(res.report)
-    if auto is not None:
-        report["auto"] = auto
     if args.repair_epochs:
         from tpunlearn.repair import repair
 
-        report["repair"] = repair(res.model, adapter.repair_data(res.model, info, args.data, forget),
-                                  adapter.repair_loss(info), epochs=args.repair_epochs, lr=args.repair_lr,
-                                  plan=res.plan, seed=args.seed)
-    report.update(arch=args.arch, forget=[info.class_names[t] for t in forget],
-                  retain=[info.class_names[t] for t in res.report["settings"]["retain"]], seed=args.seed,
-                  macs={"before": count_macs(model, example), "after": count_macs(res.model, example)},
-                  versions=versions(adapter.library), total_s=round(time.perf_counter() - t0, 3))
+        repaired = repair(res.model, adapter.repair_data(res.model, info, args.data, forget),
+                          adapter.repair_loss(info), epochs=args.repair_epochs, lr=args.repair_lr,
+                          plan=res.plan, seed=args.seed, progress=_progress())
+    report = _prune_report(args, adapter, model, info, res, example, forget, t0)
+    if auto is not None:
+        report["auto"] = auto
+    if args.repair_epochs:
+        report["repair"] = repaired
     # a pruned checkpoint carries its own history: the new pruning replays after it
     info.extra["history"] = [list(h) for h in info.extra.get("history") or []] + res.plan.history
-    out.mkdir(parents=True, exist_ok=True)
-    if args.eval:
-        before = adapter.evaluate(model, info, args.data)
-        after = adapter.evaluate(res.model, info, args.data)
-        report["metrics"] = {"name": adapter.metric_name, "before": before, "after": after}
-    adapter.save(res.model, info, out / "model.pt")
-    res.plan.save(out / "plan.json")
-    res.graph.save(out / "graph.json")
-    res.graph.draw(out / "graph.png", title=f"{args.arch}: forget {', '.join(args.forget)}")
-    if args.onnx:
-        from tpunlearn.export import compare_latency, to_onnx
-
-        diff = to_onnx(res.model, out / "model.onnx", example_inputs=example, output_transform=adapter.output_transform)
-        to_onnx(model, out / ".original.onnx", example_inputs=example, output_transform=adapter.output_transform)
-        before, after = compare_latency([out / ".original.onnx", out / "model.onnx"], example)
-        report["onnx"] = {"path": str(out / "model.onnx"), "max_abs_diff": diff,
-                          "latency_ms": {"before": before, "after": after}}
-        (out / ".original.onnx").unlink()
-    report["sha256"] = {"input_weights": sha256(info.weights) if info.weights else None,
-                        "output_weights": sha256(out / "model.pt"), "data": data_sha256(args.data),
-                        "graph_cache": sha256(args.graph) if args.graph else None}
-    write_json(out / "report.json", report)
+    _write_outputs(args, out, adapter, model, info, res, example, report)
     _summary(report)
     print(f"wrote {out}/ (model.pt, plan.json, graph.json, graph.png, report.json{', model.onnx' if args.onnx else ''})")
     return 0
@@ -266,7 +287,7 @@ def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samp
                   retain_delta=args.retain_delta, retain_tolerance=args.retain_tolerance, n_per_target=args.samples,
                   mode=args.mode, coupled=args.coupled, align=args.align,
                   ignored_layers=adapter.ignored_layers(model, info), num_targets=len(info.class_names),
-                  output_transform=adapter.output_transform)
+                  output_transform=adapter.output_transform, progress=_progress())
     if not args.auto:
         return tu.unlearn(model, samples, forget=forget, scores=scores, sigma=args.sigma, delta=args.delta,
                           **common), None
@@ -291,6 +312,103 @@ def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samp
     args.sigma, args.delta = found.sigma, found.delta
     return found.result, {**found.to_dict(), "bound": args.auto_bound, "budget": args.auto_budget,
                           "split": "validation"}
+
+
+def _write_outputs(args: argparse.Namespace, out: Path, adapter: Any, model: Any, info: Any, res: Any,
+                   example: Any, report: dict[str, Any]) -> None:
+    """Write every output into a staging folder, then move them into ``out`` (report last).
+
+    A run that fails or is interrupted here leaves ``out`` as it was: no half-written
+    model.pt and no report claiming success.
+    """
+    from tpunlearn.io import sha256, staged_folder, write_json
+
+    with staged_folder(out) as stage:
+        if args.eval:
+            before = adapter.evaluate(model, info, args.data)
+            after = adapter.evaluate(res.model, info, args.data)
+            report["metrics"] = {"name": adapter.metric_name, "before": before, "after": after}
+        adapter.save(res.model, info, stage / "model.pt")
+        res.plan.save(stage / "plan.json")
+        res.graph.save(stage / "graph.json")
+        res.graph.draw(stage / "graph.png", title=f"{args.arch}: forget {', '.join(args.forget)}")
+        if args.onnx:
+            from tpunlearn.export import compare_latency, to_onnx
+
+            diff = to_onnx(res.model, stage / "model.onnx", example_inputs=example,
+                           output_transform=adapter.output_transform)
+            original = stage / ".original.onnx"
+            to_onnx(model, original, example_inputs=example, output_transform=adapter.output_transform)
+            before, after = compare_latency([original, stage / "model.onnx"], example)
+            original.unlink()
+            report["onnx"] = {"path": str(out / "model.onnx"), "max_abs_diff": diff,
+                              "latency_ms": {"before": before, "after": after}}
+        report["sha256"] = {"input_weights": sha256(info.weights) if info.weights else None,
+                            "output_weights": sha256(stage / "model.pt"), "data": data_sha256(args.data),
+                            "graph_cache": sha256(args.graph) if args.graph else None}
+        write_json(stage / "report.json", report)
+
+
+def _prune_report(args: argparse.Namespace, adapter: Any, model: Any, info: Any, res: Any, example: Any,
+                  forget: list[int], t0: float) -> dict[str, Any]:
+    """unlearn()'s report plus what the CLI knows: inputs, names, the command that reproduces the run."""
+    import torch
+
+    from tpunlearn.report import count_macs, versions
+
+    report = dict(res.report)
+    report.update(arch=args.arch, forget=[info.class_names[t] for t in forget],
+                  retain=[info.class_names[t] for t in res.report["settings"]["retain"]], seed=args.seed,
+                  inputs={"arch": args.arch, "weights": args.weights, "data": args.data, "graph_cache": args.graph,
+                          "trust_checkpoint": bool(args.trust_checkpoint)},
+                  command=["tpunlearn", *args.argv], reproduce=reproduce_command(args),
+                  runtime={"device": "cpu", "torch_threads": torch.get_num_threads()},
+                  macs={"before": count_macs(model, example), "after": count_macs(res.model, example)},
+                  versions=versions(adapter.library), total_s=round(time.perf_counter() - t0, 3))
+    report["settings"] = {**report["settings"], "seed": args.seed, "data": args.data}
+    return report
+
+
+def reproduce_command(args: argparse.Namespace) -> list[str]:
+    """A ``tpunlearn prune`` command line with every setting explicit (defaults resolved)."""
+    cmd = ["tpunlearn", "prune", "--arch", args.arch]
+    for flag, value in (("--weights", args.weights), ("--data", args.data), ("--graph", args.graph)):
+        if value:
+            cmd += [flag, str(value)]
+    cmd += ["--forget", *args.forget]
+    if args.retain:
+        cmd += ["--retain", *args.retain]
+    retain_delta = args.retain_delta if args.retain_delta is not None else args.delta
+    for flag, value in (("--sigma", args.sigma), ("--delta", args.delta), ("--retain-delta", retain_delta),
+                        ("--retain-tolerance", args.retain_tolerance), ("--samples", args.samples),
+                        ("--mode", args.mode), ("--coupled", args.coupled), ("--align", args.align),
+                        ("--seed", args.seed)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    if getattr(args, "repair_epochs", 0):
+        cmd += ["--repair-epochs", str(args.repair_epochs), "--repair-lr", str(args.repair_lr)]
+    return cmd + (["--trust-checkpoint"] if args.trust_checkpoint else [])
+
+
+@contextlib.contextmanager
+def _named_targets(info: Any, spec: str | None, forget: Sequence[int] = ()) -> Iterator[None]:
+    """Turn the core's "no sample holds target(s) [3]" into class names and a fix."""
+    from tpunlearn.errors import DataError, TargetNotInDataError
+
+    try:
+        yield
+    except TargetNotInDataError as exc:
+        names = ", ".join(repr(info.class_names[t]) for t in exc.targets)
+        where = f"--data {spec}" if spec else "the model's default data"
+        retained = [repr(info.class_names[t]) for t in exc.targets if t not in forget]
+        hint = f" (or leave {', '.join(retained)} out of --retain)" if retained else ""
+        raise DataError(f"no sample in {where} holds target(s) {names}: cannot score them; pass --data with "
+                        f"instances of them{hint}") from None
+
+
+def _progress() -> bool:
+    """Progress bars only on a terminal (a log file gets the one-line results)."""
+    return sys.stderr.isatty()
 
 
 def data_sha256(spec: str | None) -> str:
@@ -319,13 +437,16 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     import torch
 
     torch.manual_seed(args.seed)
+    _check_output_file("--out", args.out, args)
     adapter, model, info = _build(args)
     _settings(args, adapter)
     t0 = time.perf_counter()
-    scores = score_targets(model, adapter.samples(model, info, args.data), target=adapter.target_factory(info),
-                           example_inputs=adapter.example_inputs(info), sigma=args.sigma, n_per_target=args.samples,
-                           ignored_layers=adapter.ignored_layers(model, info), num_targets=len(info.class_names),
-                           output_transform=adapter.output_transform)
+    with _named_targets(info, args.data):
+        scores = score_targets(model, adapter.samples(model, info, args.data), target=adapter.target_factory(info),
+                               example_inputs=adapter.example_inputs(info), sigma=args.sigma,
+                               n_per_target=args.samples, ignored_layers=adapter.ignored_layers(model, info),
+                               num_targets=len(info.class_names), output_transform=adapter.output_transform,
+                               progress=_progress())
     seconds = time.perf_counter() - t0
     meta = {"arch": args.arch, "weights_sha256": sha256(info.weights) if info.weights else None,
             "data": args.data, "data_sha256": data_sha256(args.data), "sigma": args.sigma,
@@ -340,6 +461,7 @@ def _cmd_graph(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from tpunlearn.export import to_onnx
 
+    _check_output_file("--onnx", args.onnx, args)
     adapter, model, info = _build(args)
     example = adapter.example_inputs(info)
     diff = to_onnx(model, args.onnx, example_inputs=example, output_transform=adapter.output_transform)
@@ -347,13 +469,35 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_out(out: Path, weights: str | None, force: bool) -> None:
-    if weights and out.exists() and Path(weights).resolve().parent == out.resolve():
-        raise UsageError(f"--out {out} holds the input checkpoint; choose another output folder")
+def _inputs(args: argparse.Namespace) -> dict[str, str]:
+    """The user's input files and folders, by what they are."""
+    named = {"the input checkpoint": args.weights, "the graph cache": getattr(args, "graph", None),
+             "the data": args.data}
+    return {what: path for what, path in named.items() if path and Path(path).exists()}
+
+
+def _check_out(out: Path, args: argparse.Namespace) -> None:
+    """Refuse an output folder that holds an input, is a file, or is not empty (without --force)."""
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UsageError(f"--out {out} is not empty; pass --force to write into it")
+        raise UsageError(f"--out {out} is a file, not a folder; choose a folder")
+    if out.exists():
+        folders = {out.absolute(), out.resolve()}
+        for what, path in _inputs(args).items():
+            for p in {Path(path).absolute(), Path(path).resolve()}:  # the path given, and the file it links to
+                if p in folders or p.parent in folders:
+                    raise UsageError(f"--out {out} holds {what} ({path}); choose another output folder")
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise UsageError(f"--out {out} is not empty; pass --force to write into it, or choose another folder")
+
+
+def _check_output_file(flag: str, path: str, args: argparse.Namespace) -> None:
+    """Refuse an output file that is one of the inputs, or a folder."""
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name")
+    for what, given in _inputs(args).items():
+        if target.exists() and Path(given).is_file() and target.resolve() == Path(given).resolve():
+            raise UsageError(f"{flag} {path} is {what}; choose another file (inputs are never overwritten)")
 
 
 def _summary(report: dict[str, Any]) -> None:
@@ -374,6 +518,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError("--forget on eval names the targets of --mia; add --mia")
     if args.mia and not args.forget:
         raise UsageError("--mia needs --forget NAME: the target whose training samples to attack")
+    if args.json:
+        _check_output_file("--json", args.json, args)
     adapter, model, info = _build(args)
     metrics = adapter.evaluate(model, info, args.data)
     for name, value in metrics.items():

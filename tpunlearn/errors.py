@@ -23,9 +23,37 @@ class DataError(TpunlearnError):
     """The data cannot be read, or lacks what the request needs."""
 
 
+class TargetNotInDataError(DataError):
+    """No sample holds some requested targets; ``targets`` lists their indices."""
+
+    def __init__(self, message: str, targets: list[int]) -> None:
+        super().__init__(message)
+        self.targets = list(targets)
+
+
 class WeightsError(TpunlearnError):
     """Weights are missing, corrupt, or belong to another architecture."""
 
 
 class PlanError(TpunlearnError):
     """A plan or graph does not fit the model it is applied to."""
+
+
+class UnsafeCheckpointError(WeightsError):
+    """A checkpoint names code outside the allow-list (see :mod:`tpunlearn.safeload`).
+
+    ``names`` holds what it names (``posix.system``, ``builtins.exec``, ...).
+    """
+
+    def __init__(self, path: object, names: list[str], why: str = "") -> None:
+        self.path, self.names = path, list(names)
+        shown = ", ".join(self.names[:3]) + (f" (and {len(self.names) - 3} more)" if len(self.names) > 3 else "")
+        self.names_text = shown
+        why = why or "which tpunlearn does not load (it loads torch, torchvision, timm and ultralytics model " \
+                     "classes and plain data only)"
+        super().__init__(f"checkpoint {path} refers to {shown}, {why}; pass --trust-checkpoint only if you "
+                         "trust this file")
+
+
+class TrustedCheckpointWarning(UserWarning):
+    """A checkpoint off the allow-list was loaded with full unpickling because it was trusted."""

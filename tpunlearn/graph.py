@@ -175,27 +175,58 @@ class BalancedGraph:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "BalancedGraph":
-        if data.get("format") != "tpunlearn-graph/1":
+        """A graph from its JSON form; every per-layer vector must have the layer's width."""
+        if not isinstance(data, Mapping) or data.get("format") != "tpunlearn-graph/1":
             raise PlanError("not a tpunlearn graph file (format tpunlearn-graph/1 expected)")
-        as_t = lambda d: {l: torch.tensor(v) for l, v in d.items()}  # noqa: E731
-        return cls(
-            layers=list(data["layers"]),
-            channels={k: int(v) for k, v in data["channels"].items()},
-            forget=[int(t) for t in data["forget"]],
-            retain=[int(t) for t in data["retain"]],
-            retain_tolerance=int(data["retain_tolerance"]),
-            value=as_t(data["value"]),
-            forget_hits=as_t(data["forget_hits"]),
-            retain_hits=as_t(data["retain_hits"]),
-            graphs={int(t): EssentialGraph.from_dict(g) for t, g in data.get("graphs", {}).items()},
-        )
+        try:
+            layers = [str(l) for l in data["layers"]]
+            as_t = lambda d: {l: torch.tensor(d[l], dtype=torch.long) for l in layers}  # noqa: E731
+            graph = cls(
+                layers=layers,
+                channels={str(k): int(v) for k, v in data["channels"].items()},
+                forget=[int(t) for t in data["forget"]],
+                retain=[int(t) for t in data["retain"]],
+                retain_tolerance=int(data["retain_tolerance"]),
+                value=as_t(data["value"]),
+                forget_hits=as_t(data["forget_hits"]),
+                retain_hits=as_t(data["retain_hits"]),
+                graphs={int(t): EssentialGraph.from_dict(g) for t, g in data.get("graphs", {}).items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            raise PlanError(f"not a valid tpunlearn graph file ({type(exc).__name__}: {exc})") from None
+        for layer in layers:
+            width = graph.channels.get(layer)
+            shapes = {tuple(v[layer].shape) for v in (graph.value, graph.forget_hits, graph.retain_hits)}
+            if width is None or shapes != {(width,)}:
+                raise PlanError(f"not a valid tpunlearn graph file: layer {layer} has {width} channels but "
+                                f"vectors of shape {sorted(shapes)}")
+        return graph
 
     def save(self, path: str | os.PathLike[str]) -> None:
         write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "BalancedGraph":
-        return cls.from_dict(read_json(path))
+    def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None) -> "BalancedGraph":
+        """Read a graph file; with ``model``, also check that its layers and widths are the model's."""
+        try:
+            graph = cls.from_dict(read_json(path))
+            if model is not None:
+                graph.check(model)
+        except PlanError as exc:
+            raise PlanError(f"{path}: {exc}") from None
+        return graph
+
+    def check(self, model: nn.Module) -> None:
+        """Raise PlanError unless every layer of the graph is a layer of ``model`` with the same width."""
+        modules = dict(model.named_modules())
+        for layer in self.layers:
+            module = modules.get(layer)
+            width = getattr(module, "out_channels", getattr(module, "out_features", None))
+            if module is None:
+                raise PlanError(f"the graph was made for another model: it has no layer {layer!r}")
+            if width != self.channels[layer]:
+                raise PlanError(f"the graph was made for another model: {layer} has {width} channels, "
+                                f"the graph {self.channels[layer]}")
 
     def draw(self, path: str | os.PathLike[str], max_nodes_per_layer: int = 40, title: str | None = None) -> None:
         """Draw the balanced graph to PNG (see :func:`tpunlearn.report.draw_graph`)."""

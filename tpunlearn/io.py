@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,6 +28,59 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged_folder(out: str | os.PathLike[str], last: str = "report.json") -> Iterator[Path]:
+    """Yield an empty temp folder beside ``out``; on success its files move into ``out``.
+
+    Each file replaces its namesake in ``out`` with one ``os.replace`` (so an input that
+    shares a name is replaced, never written into). An older ``last`` file in ``out`` is
+    removed first and the new one moves in last, so a report never sits beside files it
+    does not describe. A failed or interrupted run removes the temp folder and leaves
+    ``out`` (and any folder created for it) as it was.
+    """
+    out = Path(out)
+    created = _make_parents(out.parent)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        yield tmp
+        out_created = not out.exists()
+        out.mkdir(exist_ok=True)
+        created.extend([out] if out_created else [])
+        (out / last).unlink(missing_ok=True)
+        names = sorted((p.name for p in tmp.iterdir()), key=lambda n: n == last)
+        for name in names:
+            os.replace(tmp / name, out / name)
+        created.clear()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when still empty
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """``mkdir -p folder``; the folders it created, outermost first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for f in reversed(missing):
+        f.mkdir(exist_ok=True)
+    return list(reversed(missing))
+
+
+def save_torch(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` atomically, with bytes that depend on ``obj`` only.
+
+    Saving through a file handle names the zip's inner folder ``archive`` instead of after
+    the (random) temp file, so the same object always gives the same file and sha256.
+    """
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:

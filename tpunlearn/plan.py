@@ -113,22 +113,59 @@ class PrunePlan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PrunePlan":
-        if data.get("format") != "tpunlearn-plan/1":
+        """A plan from its JSON form, every field type-checked (a damaged file is a PlanError)."""
+        if not isinstance(data, Mapping) or data.get("format") != "tpunlearn-plan/1":
             raise PlanError("not a tpunlearn plan (format tpunlearn-plan/1 expected)")
-        return cls(
-            mode=data["mode"], coupled=data["coupled"],
-            decisions=[GroupDecision(**d) for d in data["decisions"]],
-            signature={k: list(v) for k, v in data["signature"].items()},
-            history=[list(h) for h in data.get("history", [])],
-            notes=list(data.get("notes", [])),
-        )
+        try:
+            plan = cls(
+                mode=str(data["mode"]), coupled=str(data["coupled"]),
+                decisions=[_decision_from_dict(d) for d in data["decisions"]],
+                signature={str(k): [int(c) for c in v] for k, v in data["signature"].items()},
+                history=[[str(h[0]), bool(h[1]), [int(i) for i in h[2]]] for h in data.get("history", [])],
+                notes=[str(n) for n in data.get("notes", [])],
+            )
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise PlanError(f"not a valid tpunlearn plan ({type(exc).__name__}: {exc})") from None
+        if plan.mode not in MODES or plan.coupled not in COUPLED:
+            raise PlanError(f"not a valid tpunlearn plan (mode {plan.mode!r}, coupled {plan.coupled!r})")
+        if any(len(v) != 2 for v in plan.signature.values()):
+            raise PlanError("not a valid tpunlearn plan (a signature entry is not [out, in] channels)")
+        return plan
 
     def save(self, path: str | os.PathLike[str]) -> None:
         write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "PrunePlan":
-        return cls.from_dict(read_json(path))
+    def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None) -> "PrunePlan":
+        """Read a plan file; with ``model``, also check that it was made for that model."""
+        try:
+            plan = cls.from_dict(read_json(path))
+            if model is not None:
+                plan.check(model)
+        except PlanError as exc:
+            raise PlanError(f"{path}: {exc}") from None
+        return plan
+
+    def check(self, model: nn.Module) -> None:
+        """Raise PlanError unless every layer and channel the plan names exists in ``model``.
+
+        ``model`` is the model the plan was made for, before pruning: its signature must
+        match, every decision's layers must be in it with channel indices in range, and the
+        pruning history may only name its modules.
+        """
+        check_signature(model, self.signature)
+        for d in self.decisions:
+            for layer, idxs in [(d.root, d.channels), *d.members.items()]:
+                if layer not in self.signature:
+                    raise PlanError(f"the plan names layer {layer!r}, which the model does not have")
+                width = self.signature[layer][0]
+                bad = [i for i in idxs if not 0 <= i < width]
+                if bad:
+                    raise PlanError(f"the plan names channel {bad[0]} of {layer}, which has {width} channels")
+        modules = dict(model.named_modules())
+        unknown = [h[0] for h in self.history if h[0] not in modules]
+        if unknown:
+            raise PlanError(f"the plan's pruning history names module {unknown[0]!r}, which the model does not have")
 
     # ---- application -------------------------------------------------------------------
     def apply(self, model: nn.Module, example_inputs: Any, output_transform: Callable[[Any], Any] | None = None,
@@ -139,8 +176,8 @@ class PrunePlan:
         the pruned groups through torch-pruning. The pruning history is recorded in the
         plan so that :meth:`replay` can redo it on a fresh copy.
         """
-        check_signature(model, self.signature)
-        _zero_channels(model, self.zero_ops())
+        self.check(model)
+        _zero_channels(model, self.zero_ops(), example_inputs)
         if self.mode == "physical":
             prunes = [d for d in self.decisions if d.action == "prune"]
             if prunes:
@@ -159,12 +196,26 @@ class PrunePlan:
         """Redo an applied plan on a fresh copy of the original model (in place)."""
         if self.mode == "physical" and not self.history and any(d.action == "prune" for d in self.decisions):
             return self.apply(model, example_inputs, output_transform)  # never applied: apply it now
-        check_signature(model, self.signature)
-        _zero_channels(model, self.zero_ops())
+        self.check(model)
+        _zero_channels(model, self.zero_ops(), example_inputs)
         if self.mode == "physical" and self.history:
             dg = build_dependency_graph(model, example_inputs, output_transform)
-            dg.load_pruning_history([list(h) for h in self.history])
+            try:
+                dg.load_pruning_history([list(h) for h in self.history])
+            except Exception as exc:  # noqa: BLE001 - a history that does not fit this model
+                raise PlanError(f"the plan's pruning history does not fit this model ({type(exc).__name__}: {exc}); "
+                                "replay it on a fresh copy of the model it was made for") from None
         return model
+
+
+def _decision_from_dict(d: Mapping[str, Any]) -> GroupDecision:
+    action = str(d["action"])
+    if action not in ("prune", "zero", "skip"):
+        raise ValueError(f"unknown action {action!r}")
+    return GroupDecision(root=str(d["root"]), action=action, channels=[int(c) for c in d["channels"]],
+                         members={str(k): [int(c) for c in v] for k, v in d["members"].items()},
+                         reason=str(d.get("reason", "")), local=bool(d.get("local", True)),
+                         exact=bool(d.get("exact", True)))
 
 
 def build_dependency_graph(model: nn.Module, example_inputs: Any,
@@ -212,16 +263,16 @@ def signature(model: nn.Module) -> dict[str, list[int]]:
     return out
 
 
-def check_signature(model: nn.Module, expected: Mapping[str, Sequence[int]]) -> None:
-    """Raise PlanError when ``model`` is not the model the plan or graph was made for."""
+def check_signature(model: nn.Module, expected: Mapping[str, Sequence[int]], what: str = "the plan") -> None:
+    """Raise PlanError when ``model`` is not the model ``what`` (a plan, a cache) was made for."""
     actual = signature(model)
     if set(actual) != set(expected):
-        extra = sorted(set(expected) - set(actual))[:3]
-        raise PlanError(f"the plan was made for another model (layers such as {extra} do not match)")
+        extra = sorted(set(expected) ^ set(actual))[:3]
+        raise PlanError(f"{what} was made for another model (layers such as {extra} do not match)")
     for name, shape in expected.items():
         if list(actual[name]) != list(shape):
-            raise PlanError(f"the plan was made for another model: {name} has {actual[name]} channels, "
-                            f"the plan expects {list(shape)}")
+            raise PlanError(f"{what} was made for another model: {name} has {actual[name]} channels, "
+                            f"{what} expects {list(shape)}")
 
 
 def make_plan(
@@ -387,12 +438,18 @@ def _keep_one(channels: Sequence[int], priority: torch.Tensor | None) -> int:
     return min(channels, key=lambda c: float(priority[c]))
 
 
-def _zero_channels(model: nn.Module, ops: Mapping[str, Sequence[int]]) -> None:
-    """Zero the filters, biases and following norm affine of ``ops`` (mask mode)."""
+def _zero_channels(model: nn.Module, ops: Mapping[str, Sequence[int]], example_inputs: Any = None) -> None:
+    """Zero the filters, biases and following norm affine of ``ops`` (mask mode).
+
+    The norm that follows a layer is the one that reads its output in a forward of
+    ``example_inputs`` (whatever the registration order); where none does directly (no
+    inputs given, or a permute in between), the norm registered right after the layer.
+    """
     if not ops:
         return
     modules = list(model.named_modules())
     position = {name: i for i, (name, _) in enumerate(modules)}
+    readers = _norm_readers(model, list(ops), example_inputs) if example_inputs is not None else None
     with torch.no_grad():
         for layer, idxs in ops.items():
             module = module_by_name(model, layer)
@@ -400,26 +457,60 @@ def _zero_channels(model: nn.Module, ops: Mapping[str, Sequence[int]]) -> None:
             module.weight[idx] = 0
             if getattr(module, "bias", None) is not None:
                 module.bias[idx] = 0
-            norm = _following_norm(modules, position[layer], module)
+            norm = (readers or {}).get(layer) or _following_norm(modules, position[layer], module)
             if norm is not None and getattr(norm, "weight", None) is not None:
                 norm.weight[idx] = 0
                 if norm.bias is not None:
                     norm.bias[idx] = 0
 
 
+def _norm_readers(model: nn.Module, layers: Sequence[str], example_inputs: Any) -> dict[str, nn.Module]:
+    """For each of ``layers``, the norm layer (of its width) whose input is that layer's output."""
+    outputs: dict[int, tuple[str, torch.Tensor]] = {}  # the tensor is kept so that its id stays unique
+    found: dict[str, nn.Module] = {}
+
+    def record(name: str) -> Any:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor):
+                outputs[id(output)] = (name, output)
+        return hook
+
+    def read(module: nn.Module, inputs: Any) -> None:
+        if inputs and isinstance(inputs[0], torch.Tensor) and id(inputs[0]) in outputs:
+            name = outputs[id(inputs[0])][0]
+            width = getattr(module_by_name(model, name), "out_channels",
+                            getattr(module_by_name(model, name), "out_features", None))
+            if name not in found and _norm_width(module) == width:
+                found[name] = module
+
+    handles = [module_by_name(model, name).register_forward_hook(record(name)) for name in layers]
+    handles += [m.register_forward_pre_hook(read) for m in model.modules() if isinstance(m, _NORM_TYPES)]
+    try:
+        with scoring_mode(model):
+            forward(model, example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+def _norm_width(norm: nn.Module) -> int | None:
+    n = getattr(norm, "num_features", None) or getattr(norm, "num_channels", None)
+    if n is None and isinstance(norm, nn.LayerNorm):
+        n = norm.normalized_shape[0]
+    return n
+
+
 def _following_norm(modules: list[tuple[str, nn.Module]], start: int, layer: nn.Module) -> nn.Module | None:
     """The norm layer registered right after ``layer`` with its channel count, if any.
 
-    Every family we know registers a conv's norm next to it (conv, bn, act); the zeroing
-    is verified against the physical result by the tests for each architecture.
+    Most families register a conv's norm next to it (conv, bn, act); the zeroing is
+    verified against the physical result by the tests for each architecture.
     """
     out = getattr(layer, "out_channels", getattr(layer, "out_features", None))
     for _name, module in modules[start + 1:start + 4]:
         if isinstance(module, _NORM_TYPES):
-            n = getattr(module, "num_features", None) or getattr(module, "num_channels", None)
-            if n is None and isinstance(module, nn.LayerNorm):
-                n = module.normalized_shape[0]
-            return module if n == out else None
+            return module if _norm_width(module) == out else None
         if isinstance(module, _LAYER_TYPES):
             return None
     return None

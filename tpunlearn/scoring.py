@@ -19,11 +19,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tpunlearn.errors import DataError, UsageError
+from tpunlearn.errors import DataError, TargetNotInDataError, UsageError
 from tpunlearn.layers import module_by_name
 from tpunlearn.targets import Target
 
 METHODS = ("gradcam", "abs", "taylor")
+INSTANCE_ROWS = 64  # per-instance alpha rows kept per target and layer (for stability); the mean uses every instance
 
 
 @dataclass
@@ -91,15 +92,27 @@ class ChannelScores:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ChannelScores":
-        if data.get("format") != "tpunlearn-scores/1":
+        """Scores from their JSON form; every layer's alpha must have the layer's width."""
+        if not isinstance(data, Mapping) or data.get("format") != "tpunlearn-scores/1":
             raise DataError("not a tpunlearn scores file (format tpunlearn-scores/1 expected)")
-        targets = {}
-        for t, entry in data["targets"].items():
-            alpha = {l: torch.tensor(v, dtype=torch.float32) for l, v in entry["alpha"].items()}
-            inst = {l: torch.tensor(v, dtype=torch.float32) for l, v in entry.get("instances", {}).items()}
-            targets[int(t)] = TargetScores(alpha=alpha, count=int(entry["count"]), instances=inst)
-        return cls(layers=list(data["layers"]), channels={k: int(v) for k, v in data["channels"].items()},
-                   targets=targets, method=data.get("method", "gradcam"))
+        try:
+            layers = [str(l) for l in data["layers"]]
+            channels = {str(k): int(v) for k, v in data["channels"].items()}
+            targets = {}
+            for t, entry in data["targets"].items():
+                alpha = {l: torch.tensor(entry["alpha"][l], dtype=torch.float32) for l in layers}
+                inst = {l: torch.tensor(v, dtype=torch.float32) for l, v in entry.get("instances", {}).items()}
+                targets[int(t)] = TargetScores(alpha=alpha, count=int(entry["count"]), instances=inst)
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            raise DataError(f"not a valid tpunlearn scores file ({type(exc).__name__}: {exc})") from None
+        for t, s in targets.items():
+            for l in layers:
+                if l not in channels or tuple(s.alpha[l].shape) != (channels[l],):
+                    raise DataError(f"not a valid tpunlearn scores file: target {t}, layer {l} has "
+                                    f"{tuple(s.alpha[l].shape)} scores for {channels.get(l)} channels")
+                if not torch.isfinite(s.alpha[l]).all():
+                    raise DataError(f"not a valid tpunlearn scores file: target {t}, layer {l} has non-finite scores")
+        return cls(layers=layers, channels=channels, targets=targets, method=str(data.get("method", "gradcam")))
 
 
 def top_count(channels: int, delta: float) -> int:
@@ -169,67 +182,105 @@ def score_channels(
     device: str | torch.device | None = None,
     progress: bool = True,
     optional: Iterable[int] = (),
+    keep_instances: int = INSTANCE_ROWS,
 ) -> ChannelScores:
     """Score every channel of ``layers`` for every target in ``targets``.
 
     ``samples`` yields ``(images, multi_hot)`` batches; ``multi_hot[i, t] > 0.5`` marks that
     image ``i`` holds target ``t``. Each target uses its first ``n_per_target`` instances.
-    A target no sample holds raises DataError, unless it is ``optional`` (then it is left
-    out of the result).
+    A target no sample holds raises :class:`TargetNotInDataError`, unless it is ``optional``
+    (then it is left out of the result).
+
+    Memory stays bounded as ``n_per_target`` grows: batches are streamed, a batch's
+    activations are dropped before the next one runs, and per target and layer only running
+    sums plus the first ``keep_instances`` per-instance rows (for :meth:`TargetScores.stability`)
+    are kept.
     """
     optional = set(optional)
     if method not in METHODS:
         raise UsageError(f"unknown scoring method {method!r}; choose one of {', '.join(METHODS)}")
     if n_per_target < 1:
         raise UsageError(f"n_per_target must be >= 1, got {n_per_target}")
+    if keep_instances < 1:
+        raise UsageError(f"keep_instances must be >= 1, got {keep_instances}")
     layers = list(layers)
     if not layers:
         raise UsageError("no candidate layers to score")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    sums: dict[int, dict[str, torch.Tensor]] = {t: {} for t in targets}
-    inst: dict[int, dict[str, list[torch.Tensor]]] = {t: {l: [] for l in layers} for t in targets}
-    counts = {t: 0 for t in targets}
-    total = n_per_target * len(targets)
-    bar = tqdm(total=total, desc="scoring", unit="inst", disable=not progress, leave=False)
+    acc = _Accumulator(list(targets), layers, keep_instances)
+    bar = tqdm(total=n_per_target * len(targets), desc="scoring", unit="inst", disable=not progress, leave=False)
     with scoring_mode(model), capture_outputs(model, layers) as feats:
         for images, multi_hot in samples:
-            need = {t: n_per_target - counts[t] for t in targets if counts[t] < n_per_target}
+            need = {t: n_per_target - acc.counts[t] for t in targets if acc.counts[t] < n_per_target}
             if not need:
                 break
             present = _present(multi_hot, max(targets) + 1)
             wanted = {t: _first(present[:, t], need[t]) for t in need if present[:, t].any()}
-            if not wanted:
-                continue
-            with torch.enable_grad():
-                output = model(images.to(device))
-                feat_list = [feats[l] for l in layers]
-                for i, (t, select) in enumerate(wanted.items()):
-                    select = select.to(device)
-                    y = targets[t](output, select)
-                    grads = torch.autograd.grad(y, feat_list, retain_graph=i < len(wanted) - 1, allow_unused=True)
-                    for layer, feat, grad in zip(layers, feat_list, grads):
-                        per = _per_instance(grad, feat, select, method)
-                        sums[t][layer] = sums[t].get(layer, 0) + per.sum(0)
-                        inst[t][layer].append(per.detach().cpu())
-                    n = int(select.sum())
-                    counts[t] += n
-                    bar.update(n)
-            del output
+            if wanted:
+                bar.update(_score_batch(model, images.to(device), feats, layers, wanted, targets, method, acc))
+            feats.clear()  # this batch's activations go now, before the next forward
     bar.close()
-    missing = [t for t, c in counts.items() if c == 0 and t not in optional]
+    missing = [t for t, c in acc.counts.items() if c == 0 and t not in optional]
     if missing:
-        raise DataError(f"no sample holds target(s) {missing}: cannot score them")
-    targets = {t: v for t, v in targets.items() if counts[t] > 0}
-    channels = {l: int(inst[next(iter(targets))][l][0].shape[1]) for l in layers}
-    result = {
-        t: TargetScores(
-            alpha={l: (sums[t][l] / counts[t]).detach().cpu().float() for l in layers},
-            count=counts[t],
-            instances={l: torch.cat(inst[t][l]).float() for l in layers},
-        )
-        for t in targets
-    }
-    return ChannelScores(layers=layers, channels=channels, targets=result, method=method)
+        raise TargetNotInDataError(f"no sample holds target(s) {missing}: cannot score them; "
+                                   "give samples that hold them", missing)
+    return acc.result(method)
+
+
+def _score_batch(model: nn.Module, images: torch.Tensor, feats: dict[str, torch.Tensor], layers: list[str],
+                 wanted: Mapping[int, torch.Tensor], targets: Mapping[int, Target], method: str,
+                 acc: "_Accumulator") -> int:
+    """One forward and one backward per wanted target; returns the instances scored.
+
+    Everything that holds this batch's activations is local, so it is freed on return.
+    """
+    scored = 0
+    with torch.enable_grad():
+        output = model(images)
+        feat_list = [feats[l] for l in layers]
+        for i, (t, select) in enumerate(wanted.items()):
+            select = select.to(images.device)
+            y = targets[t](output, select)
+            grads = torch.autograd.grad(y, feat_list, retain_graph=i < len(wanted) - 1, allow_unused=True)
+            acc.add(t, [_per_instance(g, f, select, method).detach() for f, g in zip(feat_list, grads)])
+            scored += int(select.sum())
+    return scored
+
+
+class _Accumulator:
+    """Running alpha sums and counts per target, plus the first ``keep`` per-instance rows."""
+
+    def __init__(self, targets: list[int], layers: list[str], keep: int) -> None:
+        self.layers, self.keep = layers, keep
+        self.sums: dict[int, list[torch.Tensor | None]] = {t: [None] * len(layers) for t in targets}
+        self.rows: dict[int, list[list[torch.Tensor]]] = {t: [[] for _ in layers] for t in targets}
+        self.counts = {t: 0 for t in targets}
+        self.kept = {t: 0 for t in targets}
+
+    def add(self, target: int, per_layer: list[torch.Tensor]) -> None:
+        """Per-instance scores ``(n, C)`` of one target, one tensor per layer."""
+        room = self.keep - self.kept[target]
+        for i, per in enumerate(per_layer):
+            total = self.sums[target][i]
+            self.sums[target][i] = per.sum(0) if total is None else total + per.sum(0)
+            if room > 0:
+                self.rows[target][i].append(per[:room].cpu().clone())
+        n = int(per_layer[0].shape[0])
+        self.kept[target] += min(max(room, 0), n)
+        self.counts[target] += n
+
+    def result(self, method: str) -> ChannelScores:
+        scored = [t for t, c in self.counts.items() if c > 0]
+        channels = {l: int(self.rows[scored[0]][i][0].shape[1]) for i, l in enumerate(self.layers)} if scored else {}
+        targets = {
+            t: TargetScores(
+                alpha={l: (self.sums[t][i] / self.counts[t]).cpu().float() for i, l in enumerate(self.layers)},
+                count=self.counts[t],
+                instances={l: torch.cat(self.rows[t][i]).float() for i, l in enumerate(self.layers)},
+            )
+            for t in scored
+        }
+        return ChannelScores(layers=list(self.layers), channels=channels, targets=targets, method=method)
 
 
 def _per_instance(grad: torch.Tensor | None, feat: torch.Tensor, select: torch.Tensor, method: str) -> torch.Tensor:

@@ -29,7 +29,8 @@ from typing import Any
 
 from tpunlearn.errors import UsageError, WeightsError
 
-__all__ = ["FORMAT", "WEIGHTS_DIR", "ZOO", "ZooEntry", "entry", "load", "names", "weights_path", "build"]
+__all__ = ["FORMAT", "WEIGHTS_DIR", "ZOO", "ZooEntry", "entry", "load", "from_checkpoint", "names", "weights_path",
+           "build"]
 
 FORMAT = "tpunlearn-zoo/1"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -136,16 +137,16 @@ def build(name: str):
     return timm.create_model(e.arch, pretrained=False, **e.kwargs)
 
 
-def load(name: str, weights: str | Path | None = None):
+def load(name: str, weights: str | Path | None = None, trust_checkpoint: bool = False):
     """Build zoo model ``name``, load its weights (fp16 -> float32, strict) and set eval mode.
 
     ``weights`` overrides the checkpoint path. Returns ``(model, info)``; ``info`` holds
     ``name``, ``arch``, ``family``, ``task``, ``kwargs``, ``class_names``, ``input_size``,
     ``weights`` (absolute path), ``sha256``, ``test_recall``, ``test_precision`` and ``train``.
+    Files load through :func:`tpunlearn.safeload.load_checkpoint` (``trust_checkpoint``
+    allows a file off its allow-list, with a warning).
     """
-    import torch
-
-    from tpunlearn.io import sha256
+    from tpunlearn.safeload import load_checkpoint
 
     e = entry(name)
     path = Path(weights).resolve() if weights is not None else weights_path(name)
@@ -154,15 +155,24 @@ def load(name: str, weights: str | Path | None = None):
             f"weights for zoo model {name!r} not found at {path}; run `python scripts/train_zoo.py {name}`"
         )
     if e.family == "yolov5":
-        return _load_yolov5(e, path)
+        return _load_yolov5(e, path, trust_checkpoint)
     if e.family == "deeplabv3":
-        return _load_deeplabv3(e, path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a weights problem
-        raise WeightsError(f"cannot read zoo checkpoint {path}: {exc}".splitlines()[0]) from exc
+        return _load_deeplabv3(e, path, trust_checkpoint)
+    return from_checkpoint(name, path, load_checkpoint(path, trust=trust_checkpoint))
+
+
+def from_checkpoint(name: str, path: Path, ckpt: Any):
+    """:func:`load` for a timm-family zoo model whose checkpoint ``ckpt`` was already read from ``path``."""
+    import torch
+
+    from tpunlearn.io import sha256
+
+    e = entry(name)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise WeightsError(f"{path} is not a {FORMAT} checkpoint; rebuild it with `python scripts/train_zoo.py {name}`")
+        from tpunlearn.safeload import describe_checkpoint
+
+        raise WeightsError(f"{path} is {describe_checkpoint(ckpt)}, not a {FORMAT} checkpoint of {name}; "
+                           f"rebuild it with `python scripts/train_zoo.py {name}`")
     if ckpt.get("timm_name") != e.arch or dict(ckpt.get("timm_kwargs", {})) != e.kwargs:
         raise WeightsError(
             f"{path} holds {ckpt.get('timm_name')} {ckpt.get('timm_kwargs')}, not {e.arch} {e.kwargs}; "
@@ -194,24 +204,24 @@ def load(name: str, weights: str | Path | None = None):
     return model, info
 
 
-def _load_yolov5(e: ZooEntry, path: Path):
+def _load_yolov5(e: ZooEntry, path: Path, trust_checkpoint: bool = False):
     """A yolov5-family zoo model through the yolov5 adapter; ``info`` as :func:`load` says,
     with ``test_ap50`` (per digit) and ``test_map50`` in place of recall and precision."""
     from tpunlearn.adapters import get
 
-    model, minfo = get("yolov5").build(e.name, weights=path)
+    model, minfo = get("yolov5").build(e.name, weights=path, trust_checkpoint=trust_checkpoint)
     train = dict(minfo.extra.get("train") or {})
     return model, _adapter_info(e, path, minfo, train, "test_ap50", "test_map50")
 
 
-def _load_deeplabv3(e: ZooEntry, path: Path):
+def _load_deeplabv3(e: ZooEntry, path: Path, trust_checkpoint: bool = False):
     """A deeplabv3-family zoo model through the deeplabv3 adapter (``tpunlearn-deeplabv3/1``
     checkpoint, fp16, its ``"zoo"`` record holding the training settings); ``info`` as
     :func:`load` says, with ``test_iou`` (per class name, background included),
     ``test_miou`` (over the ten digits) and ``test_miou_all`` (over all 11 classes)."""
     from tpunlearn.adapters import get
 
-    model, minfo = get("deeplabv3").build(e.name, weights=path)
+    model, minfo = get("deeplabv3").build(e.name, weights=path, trust_checkpoint=trust_checkpoint)
     train = dict((minfo.extra.get("zoo") or {}).get("train") or {})
     return model, _adapter_info(e, path, minfo, train, "test_iou", "test_miou", "test_miou_all")
 
