@@ -87,15 +87,20 @@ def train_epoch(model: torch.nn.Module, n_train: int, batch_size: int = 128) -> 
     return time.perf_counter() - t0
 
 
-def ssd_importance(model: torch.nn.Module, forget: int = 3, n_train: int | None = None) -> float:
-    """Seconds for SSD's two importance passes: every training scene, then the forget ones."""
-    from torch.utils.data import Subset
+def ssd_importance(model: torch.nn.Module, n_train: int, forget: int = 3) -> float:
+    """Seconds for SSD's two importance passes: every training scene (the zoo model's
+    ``n_train``, built in 6000-scene chunks as scripts/train_zoo.py builds them), then the
+    scenes that hold the forget digit."""
+    from torch.utils.data import ConcatDataset, Subset
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from unlearning_methods import importances
 
-    ds = tu.data.digitscenes("train", n_scenes=n_train)
-    holds = (ds.multi_hot[:, forget] > 0).nonzero().flatten().tolist()
+    chunks = [tu.data.digitscenes("train", n_scenes=min(6000, n_train - k), seed=k // 6000)
+              for k in range(0, n_train, 6000)]
+    ds = ConcatDataset(chunks)
+    labels = torch.cat([c.multi_hot for c in chunks])
+    holds = (labels[:, forget] > 0).nonzero().flatten().tolist()
 
     def loss(out, batch):
         return F.binary_cross_entropy_with_logits(out, batch[1])
@@ -175,7 +180,7 @@ def main() -> None:
     graph_s = sorted(graph_build(model, args.samples, args.sigma) for _ in range(repeats))[repeats // 2]
     epoch_scenes = 6000 if args.quick else n_train
     epoch_s = train_epoch(model, epoch_scenes) * (n_train / epoch_scenes)
-    ssd_s = ssd_importance(model)
+    ssd_s = ssd_importance(model, n_train)
     request_s, onnx_ratio = request(model, args.samples, args.sigma)
     scale = scaling(model, args.sigma, [1, 5, 10] if args.quick else [1, 2, 5, 10],
                     [8, 32] if args.quick else [8, 16, 32, 64])
