@@ -29,3 +29,7 @@ class WeightsError(TpunlearnError):
 
 class PlanError(TpunlearnError):
     """A plan or graph does not fit the model it is applied to."""
+
+
+class DistributedError(TpunlearnError):
+    """The ranks of a torch.distributed run cannot work together (no process group, or ranks that disagree)."""

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tpunlearn.errors import DataError, UsageError
+from tpunlearn import distributed
+from tpunlearn.errors import DataError, DistributedError, UsageError
 from tpunlearn.layers import module_by_name
 from tpunlearn.targets import Target
 
@@ -173,11 +174,18 @@ def score_channels(
     """Score every channel of ``layers`` for every target in ``targets``.
 
     ``samples`` yields ``(images, multi_hot)`` batches; ``multi_hot[i, t] > 0.5`` marks that
-    image ``i`` holds target ``t``. Each target uses its first ``n_per_target`` instances.
-    A target no sample holds raises DataError, unless it is ``optional`` (then it is left
-    out of the result).
+    image ``i`` holds target ``t``. Each target uses its first ``n_per_target`` instances,
+    and only the images some target uses are forwarded. A target no sample holds raises
+    DataError, unless it is ``optional`` (then it is left out of the result). Batches go to
+    ``device`` (default: the model's).
+
+    Under ``torch.distributed`` every rank passes the same samples. The instances are chosen
+    from them as one process would choose them; each batch's chosen images then go, whole,
+    to the rank with the fewest images so far, which alone forwards them. The per-target
+    sums and per-instance rows are all-reduced, so every rank returns the scores one
+    process computes. A run uses every rank only when the samples span at least as many
+    batches as there are ranks.
     """
-    optional = set(optional)
     if method not in METHODS:
         raise UsageError(f"unknown scoring method {method!r}; choose one of {', '.join(METHODS)}")
     if n_per_target < 1:
@@ -185,51 +193,148 @@ def score_channels(
     layers = list(layers)
     if not layers:
         raise UsageError("no candidate layers to score")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    sums: dict[int, dict[str, torch.Tensor]] = {t: {} for t in targets}
-    inst: dict[int, dict[str, list[torch.Tensor]]] = {t: {l: [] for l in layers} for t in targets}
-    counts = {t: 0 for t in targets}
-    total = n_per_target * len(targets)
-    bar = tqdm(total=total, desc="scoring", unit="inst", disable=not progress, leave=False)
+    rank, size = distributed.world()
+    device = torch.device(device) if device is not None else distributed.model_device(model)
+    pool = _InstancePool(targets, layers, n_per_target, size)
+    bar = tqdm(total=n_per_target * len(targets), desc="scoring", unit="inst", disable=not progress or rank != 0,
+               leave=False)
     with scoring_mode(model), capture_outputs(model, layers) as feats:
         for images, multi_hot in samples:
-            need = {t: n_per_target - counts[t] for t in targets if counts[t] < n_per_target}
-            if not need:
+            if pool.full():
                 break
-            present = _present(multi_hot, max(targets) + 1)
-            wanted = {t: _first(present[:, t], need[t]) for t in need if present[:, t].any()}
-            if not wanted:
+            chosen = pool.choose(multi_hot)
+            if chosen is None:
                 continue
-            with torch.enable_grad():
-                output = model(images.to(device))
-                feat_list = [feats[l] for l in layers]
-                for i, (t, select) in enumerate(wanted.items()):
-                    select = select.to(device)
-                    y = targets[t](output, select)
-                    grads = torch.autograd.grad(y, feat_list, retain_graph=i < len(wanted) - 1, allow_unused=True)
-                    for layer, feat, grad in zip(layers, feat_list, grads):
-                        per = _per_instance(grad, feat, select, method)
-                        sums[t][layer] = sums[t].get(layer, 0) + per.sum(0)
-                        inst[t][layer].append(per.detach().cpu())
-                    n = int(select.sum())
-                    counts[t] += n
-                    bar.update(n)
-            del output
+            bar.update(chosen.new_instances)
+            if chosen.owner == rank:
+                _score_batch(model, images, chosen, feats, layers, targets, method, device, pool)
     bar.close()
-    missing = [t for t, c in counts.items() if c == 0 and t not in optional]
-    if missing:
-        raise DataError(f"no sample holds target(s) {missing}: cannot score them")
-    targets = {t: v for t, v in targets.items() if counts[t] > 0}
-    channels = {l: int(inst[next(iter(targets))][l][0].shape[1]) for l in layers}
-    result = {
-        t: TargetScores(
-            alpha={l: (sums[t][l] / counts[t]).detach().cpu().float() for l in layers},
-            count=counts[t],
-            instances={l: torch.cat(inst[t][l]).float() for l in layers},
-        )
-        for t in targets
-    }
-    return ChannelScores(layers=layers, channels=channels, targets=result, method=method)
+    return pool.result(model, method, set(optional))
+
+
+@dataclass
+class _Choice:
+    """The instances one batch gives each target, as one process chooses them, and the rank that scores them."""
+
+    wanted: dict[int, torch.Tensor]  # target -> bool mask over the batch
+    first: dict[int, int]  # target -> ordinal of its first instance here among all its instances
+    needed: torch.Tensor  # positions some target uses, ascending
+    owner: int  # the rank that forwards this batch's needed images
+
+    @property
+    def new_instances(self) -> int:
+        return sum(int(mask.sum()) for mask in self.wanted.values())
+
+
+class _InstancePool:
+    """Which instances count for each target, and what this rank found for its share of them.
+
+    The choice depends on the labels only, so it is the same on every rank; the sums and
+    per-instance rows cover this rank's share until :meth:`result` all-reduces them.
+    """
+
+    def __init__(self, targets: Mapping[int, Any], layers: list[str], n_per_target: int, ranks: int) -> None:
+        self.targets = sorted(targets)
+        self.layers = layers
+        self.cap = n_per_target
+        self.taken = {t: 0 for t in self.targets}
+        self.load = [0] * ranks  # images dealt to each rank so far
+        self.batches = 0
+        self.labels = 0.0
+        self.sums: dict[int, dict[str, torch.Tensor]] = {t: {} for t in self.targets}
+        self.rows: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {t: [] for t in self.targets}
+        self.widths: dict[str, int] = {}
+
+    def full(self) -> bool:
+        return all(n >= self.cap for n in self.taken.values())
+
+    def choose(self, multi_hot: torch.Tensor) -> _Choice | None:
+        """Each target's first still-needed instances in this batch (None when it has none)."""
+        present = _present(multi_hot, max(self.targets) + 1)
+        self.batches += 1
+        self.labels += float(present.sum())
+        wanted = {t: _first(present[:, t], self.cap - self.taken[t]) for t in self.targets
+                  if self.taken[t] < self.cap and present[:, t].any()}
+        if not wanted:
+            return None
+        needed = torch.stack(list(wanted.values())).any(0).nonzero().flatten()
+        owner = self.load.index(min(self.load))
+        self.load[owner] += needed.numel()
+        choice = _Choice(wanted=wanted, first=dict(self.taken), needed=needed, owner=owner)
+        for t, mask in wanted.items():
+            self.taken[t] += int(mask.sum())
+        return choice
+
+    def add(self, target: int, per_layer: list[torch.Tensor], ordinals: torch.Tensor) -> None:
+        """Record one target's per-instance scores ``(k, C_l)`` for the instances ``ordinals``."""
+        sums = self.sums[target]
+        for layer, per in zip(self.layers, per_layer):
+            self.widths[layer] = per.shape[1]
+            sums[layer] = sums.get(layer, 0) + per.float().sum(0)
+        self.rows[target].append((ordinals, torch.cat(per_layer, 1).detach().float().cpu()))
+
+    def result(self, model: nn.Module, method: str, optional: set[int]) -> ChannelScores:
+        """The scores over every rank's share (all-reduced when there are several ranks)."""
+        widths = self._agree()
+        missing = [t for t in self.targets if self.taken[t] == 0 and t not in optional]
+        if missing:
+            raise DataError(f"no sample holds target(s) {missing}: cannot score them")
+        scored = [t for t in self.targets if self.taken[t] > 0]
+        if not scored:
+            raise DataError("no sample holds any of the targets: nothing to score")
+        total = sum(widths)
+        packed = distributed.all_reduce(torch.cat([self._pack(t, total) for t in scored]))
+        bounds = torch.tensor([0, *widths]).cumsum(0).tolist()
+        result, at = {}, 0
+        for t in scored:
+            n = self.taken[t]
+            block = packed[at:at + (n + 1) * total].view(n + 1, total)
+            at += (n + 1) * total
+            result[t] = TargetScores(
+                alpha={l: block[0, bounds[i]:bounds[i + 1]] / n for i, l in enumerate(self.layers)},
+                count=n,
+                instances={l: block[1:, bounds[i]:bounds[i + 1]].clone() for i, l in enumerate(self.layers)})
+        return ChannelScores(layers=self.layers, channels=dict(zip(self.layers, widths)), targets=result,
+                             method=method)
+
+    def _pack(self, target: int, total: int) -> torch.Tensor:
+        """One target's sums (first row) and its instance rows at their ordinals, this rank's share filled."""
+        block = torch.zeros(self.taken[target] + 1, total)
+        if self.sums[target]:
+            block[0] = torch.cat([self.sums[target][l].detach().float().cpu() for l in self.layers])
+        for ordinals, rows in self.rows[target]:
+            block[1 + ordinals] = rows
+        return block.flatten()
+
+    def _agree(self) -> list[int]:
+        """Layer widths; with several ranks, first check that they all read the same labels."""
+        widths = torch.tensor([float(self.widths.get(l, 0)) for l in self.layers], dtype=torch.float64)
+        if distributed.world()[1] == 1:
+            return [int(w) for w in widths]
+        seen = torch.tensor([self.batches, self.labels, *(self.taken[t] for t in self.targets)], dtype=torch.float64)
+        high = distributed.all_reduce(torch.cat([seen, widths]), op="max")
+        low = distributed.all_reduce(seen, op="min")
+        if not torch.equal(high[:seen.numel()], low):
+            raise DistributedError("the ranks read different samples; pass every rank the same samples "
+                                   "(tpunlearn shards them itself)")
+        return [int(w) for w in high[seen.numel():]]
+
+
+def _score_batch(model: nn.Module, images: torch.Tensor, chosen: _Choice, feats: Mapping[str, torch.Tensor],
+                 layers: list[str], targets: Mapping[int, Target], method: str, device: torch.device,
+                 pool: _InstancePool) -> None:
+    """One forward over the batch's chosen images, one gradient per target they hold."""
+    whole = chosen.needed.numel() == len(images)
+    with torch.enable_grad():
+        output = model((images if whole else images[chosen.needed]).to(device))
+        feat_list = [feats[l] for l in layers]
+        for i, (t, mask) in enumerate(chosen.wanted.items()):
+            select = (mask if whole else mask[chosen.needed]).to(device)
+            y = targets[t](output, select)
+            grads = torch.autograd.grad(y, feat_list, retain_graph=i < len(chosen.wanted) - 1, allow_unused=True)
+            ordinals = chosen.first[t] + torch.arange(int(mask.sum()))
+            pool.add(t, [_per_instance(g, f, select, method) for g, f in zip(grads, feat_list)], ordinals)
+    del output
 
 
 def _per_instance(grad: torch.Tensor | None, feat: torch.Tensor, select: torch.Tensor, method: str) -> torch.Tensor:
