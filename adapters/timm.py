@@ -123,7 +123,7 @@ class TimmAdapter(Adapter):
         return recall_table(model, batches, info.class_names)
 
     def save(self, model: nn.Module, info: ModelInfo, path: str | Path) -> None:
-        """Save architecture, pruning history and weights (loads with ``weights_only=True``)."""
+        """Save architecture, pruning history and CPU weights (loads with ``weights_only=True``, on any machine)."""
         from tpunlearn.io import atomic_path
 
         payload = {
@@ -134,7 +134,7 @@ class TimmAdapter(Adapter):
             "history": info.extra.get("history", []),
             "class_names": list(info.class_names),
             "task": info.task,
-            "state_dict": model.state_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},  # loads anywhere
         }
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)

@@ -6,10 +6,13 @@ answers at once. Every error tpunlearn detects prints one line and exits non-zer
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from tpunlearn.errors import TpunlearnError, UsageError
 
@@ -21,6 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
+        if not getattr(args, "data_parallel", False) and _launched_rank() != 0:
+            return 0  # under torchrun only graph and prune share work; rank 0 alone runs the rest
         return int(args.func(args) or 0)
     except TpunlearnError as exc:
         print(f"tpunlearn: error: {exc}", file=sys.stderr)
@@ -91,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="keep pruned widths at multiples of N (default 8, which ONNX Runtime's CPU "
                             "convolutions need to stay fast, or the family's; 1 turns it off)")
     prune.add_argument("--seed", type=int, default=0)
-    prune.set_defaults(func=_cmd_prune)
+    _device_arg(prune)
+    prune.set_defaults(func=_cmd_prune, data_parallel=True)
 
     graph = sub.add_parser("graph", help="score every target once and save the cache `prune --graph` reads")
     _model_args(graph)
@@ -100,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="last prunable convs to score (default 4, or the model family's)")
     graph.add_argument("--samples", type=_int_at_least(1), default=32, help="instances scored per target")
     graph.add_argument("--seed", type=int, default=0)
-    graph.set_defaults(func=_cmd_graph)
+    _device_arg(graph)
+    graph.set_defaults(func=_cmd_graph, data_parallel=True)
 
     export = sub.add_parser("export", help="export a model to ONNX with a parity check")
     _model_args(export)
@@ -110,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="per-target metrics of a model")
     _model_args(ev)
     ev.add_argument("--json", help="also write the metrics to this JSON file")
+    _device_arg(ev)
     ev.set_defaults(func=_cmd_eval)
 
     zoo = sub.add_parser("zoo", help="list the bundled models")
@@ -121,6 +129,35 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", required=True, help="architecture or zoo name (see `tpunlearn zoo`)")
     p.add_argument("--weights", help="checkpoint to load (never modified)")
     p.add_argument("--data", default=None, help="data spec (default: the model's own; `digits` = DigitScenes)")
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", type=_device_text, metavar="DEVICE",
+                   help="cpu, cuda or cuda:N (default cpu); under torchrun, cuda is each rank's own GPU")
+
+
+def _device_text(text: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda or cuda:N")
+    return text
+
+
+def _launched_rank() -> int:
+    """This process's rank as torchrun's environment gives it (0 outside torchrun)."""
+    try:
+        return int(os.environ.get("RANK") or 0)
+    except ValueError:
+        raise UsageError(f"environment variable RANK={os.environ['RANK']!r} is not an integer") from None
+
+
+@contextlib.contextmanager
+def _ranks(args: argparse.Namespace) -> Iterator[Any]:
+    """The rank's device, inside the torchrun process group when launched by torchrun."""
+    from tpunlearn import distributed
+
+    device = distributed.rank_device(args.device)
+    with distributed.process_group_from_env(device):
+        yield device
 
 
 def _build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
@@ -156,24 +193,34 @@ def resolve_targets(names: Sequence[str], class_names: Sequence[str]) -> list[in
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
+    with _ranks(args) as device:
+        return _prune(args, device)
+
+
+def _prune(args: argparse.Namespace, device: Any) -> int:
+    """``tpunlearn prune`` on ``device``; under torchrun every rank scores, rank 0 alone does the rest."""
     import torch
 
     import tpunlearn as tu
+    from tpunlearn.distributed import is_main, to_device
     from tpunlearn.io import sha256, write_json
     from tpunlearn.report import count_macs, versions
 
+    if not is_main() and args.graph:
+        return 0  # cached scores: nothing to share
     torch.manual_seed(args.seed)
     out = Path(args.out)
-    if not args.dry_run:
+    if not args.dry_run and is_main():
         _check_out(out, args.weights, args.force)
     adapter, model, info = _build(args)
+    model.to(device)
     _settings(args, adapter)
     forget = list(dict.fromkeys(resolve_targets(args.forget, info.class_names)))
     retain = list(dict.fromkeys(resolve_targets(args.retain, info.class_names))) if args.retain else None
     both = [info.class_names[t] for t in forget if retain and t in retain]
     if both:
         raise UsageError(f"target(s) {', '.join(both)} are in both --forget and --retain")
-    example = adapter.example_inputs(info)
+    example = to_device(adapter.example_inputs(info), device)
     t0 = time.perf_counter()
     scores, samples = None, None
     if args.graph:
@@ -187,7 +234,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                      delta=args.delta, retain_delta=args.retain_delta, retain_tolerance=args.retain_tolerance,
                      n_per_target=args.samples, mode=args.mode, coupled=args.coupled, align=args.align,
                      ignored_layers=adapter.ignored_layers(model, info), num_targets=len(info.class_names),
-                     output_transform=adapter.output_transform)
+                     output_transform=adapter.output_transform, device=device)
+    if res is None:
+        return 0  # another rank plans, prunes and writes
     print(res.plan.dry_run())
     if args.dry_run:
         return 0
@@ -244,24 +293,36 @@ def data_sha256(spec: str | None) -> str:
 
 
 def _cmd_graph(args: argparse.Namespace) -> int:
+    with _ranks(args) as device:
+        return _graph(args, device)
+
+
+def _graph(args: argparse.Namespace, device: Any) -> int:
+    """``tpunlearn graph`` on ``device``; under torchrun every rank scores, rank 0 alone writes."""
     from tpunlearn.api import score_targets
     from tpunlearn.cache import save_cache
+    from tpunlearn.distributed import is_main, to_device, world
     from tpunlearn.io import sha256
 
     import torch
 
     torch.manual_seed(args.seed)
     adapter, model, info = _build(args)
+    model.to(device)
     _settings(args, adapter)
     t0 = time.perf_counter()
     scores = score_targets(model, adapter.samples(model, info, args.data), target=adapter.target_factory(info),
-                           example_inputs=adapter.example_inputs(info), sigma=args.sigma, n_per_target=args.samples,
-                           ignored_layers=adapter.ignored_layers(model, info), num_targets=len(info.class_names),
-                           output_transform=adapter.output_transform)
+                           example_inputs=to_device(adapter.example_inputs(info), device), sigma=args.sigma,
+                           n_per_target=args.samples, ignored_layers=adapter.ignored_layers(model, info),
+                           num_targets=len(info.class_names), output_transform=adapter.output_transform,
+                           device=device)
     seconds = time.perf_counter() - t0
+    if not is_main():
+        return 0
     meta = {"arch": args.arch, "weights_sha256": sha256(info.weights) if info.weights else None,
             "data": args.data, "data_sha256": data_sha256(args.data), "sigma": args.sigma,
             "n_per_target": args.samples, "seed": args.seed, "seconds": round(seconds, 3),
+            "device": str(device), "ranks": world()[1],
             "targets": [info.class_names[t] for t in sorted(scores.targets)],
             "stability": {info.class_names[t]: round(v, 4) for t, v in scores.stability(0.05).items()}}
     save_cache(args.out, scores, model, meta)
@@ -300,10 +361,12 @@ def _summary(report: dict[str, Any]) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from tpunlearn.distributed import resolve_device
     from tpunlearn.io import write_json
 
+    device = resolve_device(args.device)
     adapter, model, info = _build(args)
-    metrics = adapter.evaluate(model, info, args.data)
+    metrics = adapter.evaluate(model.to(device), info, args.data)
     for name, value in metrics.items():
         print(f"{name:>10s} {adapter.metric_name} {value:.4f}")
     if args.json:

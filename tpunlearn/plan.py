@@ -396,7 +396,7 @@ def _zero_channels(model: nn.Module, ops: Mapping[str, Sequence[int]]) -> None:
     with torch.no_grad():
         for layer, idxs in ops.items():
             module = module_by_name(model, layer)
-            idx = torch.as_tensor(list(idxs), dtype=torch.long)
+            idx = torch.as_tensor(list(idxs), dtype=torch.long, device=module.weight.device)
             module.weight[idx] = 0
             if getattr(module, "bias", None) is not None:
                 module.bias[idx] = 0
