@@ -209,7 +209,7 @@ def score_channels(
             if chosen.owner == rank:
                 _score_batch(model, images, chosen, feats, layers, targets, method, device, pool)
     bar.close()
-    return pool.result(model, method, set(optional))
+    return pool.result(method, set(optional))
 
 
 @dataclass
@@ -234,7 +234,7 @@ class _InstancePool:
     """
 
     def __init__(self, targets: Mapping[int, Any], layers: list[str], n_per_target: int, ranks: int) -> None:
-        self.targets = sorted(targets)
+        self.targets = list(targets)  # the caller's order, the same on every rank
         self.layers = layers
         self.cap = n_per_target
         self.taken = {t: 0 for t in self.targets}
@@ -273,7 +273,7 @@ class _InstancePool:
             sums[layer] = sums.get(layer, 0) + per.float().sum(0)
         self.rows[target].append((ordinals, torch.cat(per_layer, 1).detach().float().cpu()))
 
-    def result(self, model: nn.Module, method: str, optional: set[int]) -> ChannelScores:
+    def result(self, method: str, optional: set[int]) -> ChannelScores:
         """The scores over every rank's share (all-reduced when there are several ranks)."""
         widths = self._agree()
         missing = [t for t in self.targets if self.taken[t] == 0 and t not in optional]
