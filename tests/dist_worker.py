@@ -24,25 +24,27 @@ from tpunlearn.scoring import score_channels  # noqa: E402
 from tpunlearn.targets import ClassLogit  # noqa: E402
 
 # shared with test_distributed.py, which runs the same requests in one process
-UNLEARN = dict(forget=[3], sigma=3, delta=0.3, retain_tolerance=3, n_per_target=4, align=None, progress=False)
+CAP = 6  # instances per target
+UNLEARN = dict(forget=[3], sigma=3, delta=0.3, retain_tolerance=3, n_per_target=CAP, align=None, progress=False)
 LAYERS = ["layer1.conv2", "layer2.shortcut.0", "layer2.conv2"]
 
 
 def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Five batches of six; every target in every batch, so the cap of 4 cuts batches short."""
-    return make_batches(n_batches=5, batch=6, seed=1)
+    """Eight batches of five, every target in each: two ranks get whole batches, then split
+    ones, and the cap cuts batches short (the last two hold one rank's images only)."""
+    return make_batches(n_batches=8, batch=5, seed=1)
 
 
 def example() -> torch.Tensor:
     return torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-def forwarded_images(model: torch.nn.Module, run) -> tuple[object, int]:
-    """``run()``'s result and how many images the model forwarded during it."""
-    seen = []
+def forwards(model: torch.nn.Module, run) -> tuple[object, list[int]]:
+    """``run()``'s result and the batch size of each forward the model ran during it."""
+    seen: list[int] = []
     handle = model.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
     try:
-        return run(), sum(seen)
+        return run(), seen
     finally:
         handle.remove()
 
@@ -57,14 +59,14 @@ def main(out: Path) -> None:
     record["unlearn"] = None if res is None else {
         "scores": res.scores.to_dict(instances=True), "plan": res.plan.to_dict(), "execution": res.report["execution"]}
 
-    scores = score_targets(build_tiny_resnet(), batches(), example_inputs=example(), sigma=3, n_per_target=4,
+    scores = score_targets(build_tiny_resnet(), batches(), example_inputs=example(), sigma=3, n_per_target=CAP,
                            progress=False)
     record["score_targets"] = scores.to_dict(instances=True)
 
     model = build_tiny_resnet()
-    scores, images = forwarded_images(model, lambda: score_channels(
-        model, batches(), LAYERS, {t: ClassLogit(t) for t in range(10)}, n_per_target=4, progress=False))
-    record["share"] = {"images": images, "scores": scores.to_dict(instances=True)}
+    scores, sizes = forwards(model, lambda: score_channels(
+        model, batches(), LAYERS, {t: ClassLogit(t) for t in range(10)}, n_per_target=CAP, progress=False))
+    record["share"] = {"forwards": sizes, "scores": scores.to_dict(instances=True)}
 
     # one instance in all: the other rank scores nothing, and still returns the same scores
     lone = [(example(), torch.nn.functional.one_hot(torch.tensor([2]), 10).float())]

@@ -80,19 +80,20 @@ def test_two_ranks_unlearn_like_one_process(ranks):
 
 def test_two_ranks_score_targets_like_one_process_on_every_rank(ranks):
     one = score_targets(dist_worker.build_tiny_resnet(), dist_worker.batches(), example_inputs=dist_worker.example(),
-                        sigma=3, n_per_target=4, progress=False)
-    assert all(s.count == 4 for s in one.targets.values())  # the cap cut batches short
+                        sigma=3, n_per_target=dist_worker.CAP, progress=False)
+    assert all(s.count == dist_worker.CAP for s in one.targets.values())  # the cap cut batches short
     for rank in ranks:
         assert_same_scores(ChannelScores.from_dict(rank["score_targets"]), one)
 
 
 def test_ranks_split_the_images_one_process_forwards(ranks):
     model = dist_worker.build_tiny_resnet()
-    one, images = dist_worker.forwarded_images(model, lambda: score_channels(
-        model, dist_worker.batches(), dist_worker.LAYERS, {t: ClassLogit(t) for t in range(10)}, n_per_target=4,
-        progress=False))
-    shares = [rank["share"]["images"] for rank in ranks]
-    assert all(n > 0 for n in shares) and sum(shares) == images
+    targets = {t: ClassLogit(t) for t in range(10)}
+    one, sizes = dist_worker.forwards(model, lambda: score_channels(
+        model, dist_worker.batches(), dist_worker.LAYERS, targets, n_per_target=dist_worker.CAP, progress=False))
+    shares = [rank["share"]["forwards"] for rank in ranks]
+    assert all(shares) and sum(map(sum, shares)) == sum(sizes)  # every image once, on one rank
+    assert sum(map(len, shares)) > len(sizes)  # whole batches first, then batches spread over both ranks
     for rank in ranks:
         assert_same_scores(ChannelScores.from_dict(rank["share"]["scores"]), one)
 
@@ -107,6 +108,30 @@ def test_a_rank_without_a_share_gets_the_scores(ranks, tiny_resnet):
 def test_ranks_reading_different_samples_are_refused_on_every_rank(ranks):
     for rank in ranks:
         assert rank["mismatch"] and "the ranks read different samples" in rank["mismatch"]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_each_chosen_image_goes_to_one_rank_whole_batches_first(size):
+    from tpunlearn.scoring import _InstancePool, _present
+
+    pool = _InstancePool({t: ClassLogit(t) for t in range(10)}, ["x"], dist_worker.CAP, size)
+    spread, images = [], 0
+    for _, multi_hot in dist_worker.batches():
+        if pool.full():
+            break
+        taken = dict(pool.taken)
+        chosen = pool.choose(multi_hot)
+        used = torch.stack(list(chosen.wanted.values())).any(0).nonzero().flatten()
+        assert torch.equal(torch.cat(chosen.shares).sort().values, used)  # a partition of the chosen images
+        images += used.numel()
+        present = _present(multi_hot, 10)
+        for t, mask in chosen.wanted.items():  # each target's first still-needed instances, as one process
+            assert int(mask.sum()) == min(int(present[:, t].sum()), dist_worker.CAP - taken[t])
+        spread.append(sum(s.numel() > 0 for s in chosen.shares) > 1)
+    assert pool.full() and sum(pool.load) == images
+    assert not any(spread[:2])  # the first batches go whole
+    if size == 2:
+        assert any(spread) and max(pool.load) - min(pool.load) <= 1  # the last ones even the loads out
 
 
 # ---- the CLI under torchrun -----------------------------------------------------------------

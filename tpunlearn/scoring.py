@@ -181,10 +181,10 @@ def score_channels(
 
     Under ``torch.distributed`` every rank passes the same samples. The instances are chosen
     from them as one process would choose them; each batch's chosen images then go, whole,
-    to the rank with the fewest images so far, which alone forwards them. The per-target
-    sums and per-instance rows are all-reduced, so every rank returns the scores one
-    process computes. A run uses every rank only when the samples span at least as many
-    batches as there are ranks.
+    to the rank with the fewest images so far, which alone forwards them. Near the end (the
+    instances still needed after a batch are fewer than half of those it gives) a batch's
+    images are spread over the ranks to even out their loads. The per-target sums and
+    per-instance rows are all-reduced, so every rank returns the scores one process computes.
     """
     if method not in METHODS:
         raise UsageError(f"unknown scoring method {method!r}; choose one of {', '.join(METHODS)}")
@@ -206,20 +206,19 @@ def score_channels(
             if chosen is None:
                 continue
             bar.update(chosen.new_instances)
-            if chosen.owner == rank:
-                _score_batch(model, images, chosen, feats, layers, targets, method, device, pool)
+            if chosen.shares[rank].numel():
+                _score_batch(model, images, chosen, chosen.shares[rank], feats, layers, targets, method, device, pool)
     bar.close()
     return pool.result(method, set(optional))
 
 
 @dataclass
 class _Choice:
-    """The instances one batch gives each target, as one process chooses them, and the rank that scores them."""
+    """The instances one batch gives each target, as one process chooses them, and which rank forwards which image."""
 
     wanted: dict[int, torch.Tensor]  # target -> bool mask over the batch
     first: dict[int, int]  # target -> ordinal of its first instance here among all its instances
-    needed: torch.Tensor  # positions some target uses, ascending
-    owner: int  # the rank that forwards this batch's needed images
+    shares: list[torch.Tensor]  # rank -> the positions it forwards, ascending (often all, or none)
 
     @property
     def new_instances(self) -> int:
@@ -238,7 +237,7 @@ class _InstancePool:
         self.layers = layers
         self.cap = n_per_target
         self.taken = {t: 0 for t in self.targets}
-        self.load = [0] * ranks  # images dealt to each rank so far
+        self.load = [0] * ranks  # images given to each rank so far
         self.batches = 0
         self.labels = 0.0
         self.sums: dict[int, dict[str, torch.Tensor]] = {t: {} for t in self.targets}
@@ -257,13 +256,32 @@ class _InstancePool:
                   if self.taken[t] < self.cap and present[:, t].any()}
         if not wanted:
             return None
-        needed = torch.stack(list(wanted.values())).any(0).nonzero().flatten()
-        owner = self.load.index(min(self.load))
-        self.load[owner] += needed.numel()
-        choice = _Choice(wanted=wanted, first=dict(self.taken), needed=needed, owner=owner)
+        first = dict(self.taken)
+        given = 0
         for t, mask in wanted.items():
             self.taken[t] += int(mask.sum())
-        return choice
+            given += int(mask.sum())
+        still = sum(self.cap - n for n in self.taken.values() if n > 0)  # targets never seen don't count
+        needed = torch.stack(list(wanted.values())).any(0).nonzero().flatten()
+        return _Choice(wanted=wanted, first=first, shares=self._deal(needed, spread=2 * still < given))
+
+    def _deal(self, needed: torch.Tensor, spread: bool) -> list[torch.Tensor]:
+        """Each rank's part of ``needed``: all to the least-loaded rank, or spread to even the loads out.
+
+        A whole batch costs one forward and one gradient per target on one rank; spreading
+        it costs them on every rank, so it is kept for the last batches, where it balances.
+        """
+        counts = [0] * len(self.load)
+        if not spread:
+            counts[self.load.index(min(self.load))] = needed.numel()
+        else:
+            loads = list(self.load)
+            for _ in range(needed.numel()):
+                r = loads.index(min(loads))
+                counts[r] += 1
+                loads[r] += 1
+        self.load = [n + c for n, c in zip(self.load, counts)]
+        return list(needed.split(counts))
 
     def add(self, target: int, per_layer: list[torch.Tensor], ordinals: torch.Tensor) -> None:
         """Record one target's per-instance scores ``(k, C_l)`` for the instances ``ordinals``."""
@@ -320,19 +338,25 @@ class _InstancePool:
         return [int(w) for w in high[seen.numel():]]
 
 
-def _score_batch(model: nn.Module, images: torch.Tensor, chosen: _Choice, feats: Mapping[str, torch.Tensor],
-                 layers: list[str], targets: Mapping[int, Target], method: str, device: torch.device,
-                 pool: _InstancePool) -> None:
-    """One forward over the batch's chosen images, one gradient per target they hold."""
-    whole = chosen.needed.numel() == len(images)
+def _score_batch(model: nn.Module, images: torch.Tensor, chosen: _Choice, mine: torch.Tensor,
+                 feats: Mapping[str, torch.Tensor], layers: list[str], targets: Mapping[int, Target], method: str,
+                 device: torch.device, pool: _InstancePool) -> None:
+    """One forward over this rank's images of the batch, one gradient per target they hold."""
+    whole = mine.numel() == len(images)
+    active = []  # (target, its instances among my images, their ordinals among all its instances)
+    for t, mask in chosen.wanted.items():
+        select = mask if whole else mask[mine]
+        if select.any():
+            positions = mask.nonzero().flatten()
+            index = torch.arange(positions.numel()) if whole else torch.isin(positions, mine).nonzero().flatten()
+            active.append((t, select, chosen.first[t] + index))
     with torch.enable_grad():
-        output = model((images if whole else images[chosen.needed]).to(device))
+        output = model((images if whole else images[mine]).to(device))
         feat_list = [feats[l] for l in layers]
-        for i, (t, mask) in enumerate(chosen.wanted.items()):
-            select = (mask if whole else mask[chosen.needed]).to(device)
+        for i, (t, select, ordinals) in enumerate(active):
+            select = select.to(device)
             y = targets[t](output, select)
-            grads = torch.autograd.grad(y, feat_list, retain_graph=i < len(chosen.wanted) - 1, allow_unused=True)
-            ordinals = chosen.first[t] + torch.arange(int(mask.sum()))
+            grads = torch.autograd.grad(y, feat_list, retain_graph=i < len(active) - 1, allow_unused=True)
             pool.add(t, [_per_instance(g, f, select, method) for g, f in zip(grads, feat_list)], ordinals)
     del output
 
