@@ -12,7 +12,7 @@
 3. ``--yolov5s``: the graph build (``score_targets``, sigma 12) for all 80 targets of a
    random-initialised yolov5s at 640x640 on synthetic scenes; meant for ``--device cuda``.
 
-    python benchmarks/bench_scale.py [--samples 32] [--rounds 7] [--device cpu|cuda] [--yolov5s]
+    python benchmarks/bench_scale.py [--samples 32] [--rounds 9] [--device cpu|cuda] [--yolov5s]
 
 Prints a JSON line (the last line of output); writes benchmarks/results/scale.json and scale.md.
 """
@@ -208,6 +208,13 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     lines += [f"| {r['targets']} | {r['samples']} | {r['seconds']} | {r['ms_per_instance']} |"
               for r in result["by_targets"] + result["by_samples"]]
+    if result["by_targets"] and result["by_samples"]:
+        per = [r["ms_per_instance"] for r in result["by_samples"]]
+        t = {r["targets"]: r["seconds"] for r in result["by_targets"]}
+        lines += ["", f"Linear in the instances per target ({min(per)} to {max(per)} ms per instance from "
+                      f"{result['by_samples'][0]['samples']} to {result['by_samples'][-1]['samples']}); sub-linear in "
+                      f"the targets: 10 targets take {t[10] / t[1]:.1f}x the time of one, because one forward per "
+                      "batch serves every target and only the gradients are per target."]
     if result.get("yolov5s"):
         y = result["yolov5s"]
         lines += ["", f"yolov5s (random, {y['input']}x{y['input']}), {y['targets']} targets x {y['samples_per_target']} "
@@ -218,7 +225,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=32, help="instances per target (default 32, as the CLI)")
-    p.add_argument("--rounds", type=int, default=7, help="turns of 1 and 2 processes (default 7)")
+    p.add_argument("--rounds", type=int, default=9, help="turns of 1 and 2 processes (default 9)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (2 processes on cuda need 2 GPUs)")
     p.add_argument("--yolov5s", action="store_true", help="also time the 80-target graph build of a random yolov5s")
     p.add_argument("--no-sweep", action="store_true", help="skip the targets and samples sweep")
