@@ -177,7 +177,7 @@ class TimmAdapter(Adapter):
         return lambda out, batch: F.cross_entropy(out, batch[1].to(out.device).argmax(1))
 
     def save(self, model: nn.Module, info: ModelInfo, path: str | Path) -> None:
-        """Save architecture, pruning history and weights (loads with ``weights_only=True``)."""
+        """Save architecture, pruning history and CPU weights (loads with ``weights_only=True``, on any machine)."""
         from tpunlearn.io import save_torch
 
         payload = {
@@ -188,7 +188,7 @@ class TimmAdapter(Adapter):
             "history": info.extra.get("history", []),
             "class_names": list(info.class_names),
             "task": info.task,
-            "state_dict": model.state_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},  # loads anywhere
         }
         save_torch(payload, path)
 

@@ -324,7 +324,7 @@ class YOLOv5Adapter(Adapter):
         from tpunlearn.io import save_torch
 
         head = _head(model)
-        work = copy.deepcopy(model).float().eval()
+        work = copy.deepcopy(model).cpu().float().eval()  # device-neutral: loads on a machine without a GPU
         for m in work.modules():  # runtime hooks are not part of a checkpoint
             m._forward_hooks.clear()
             m._forward_pre_hooks.clear()

@@ -1,8 +1,13 @@
-"""The README's Python quick start runs as written."""
+"""The README's Python examples run as written."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -32,3 +37,23 @@ def test_readme_compression_pipeline_runs(tmp_path, monkeypatch):
     assert slim(x).shape == model(x).shape
     assert namespace["diff"] <= 1e-4
     assert (tmp_path / "slim.onnx").is_file()
+
+
+def test_readme_torchrun_script_runs_on_two_cpu_ranks(tmp_path):
+    """The README's own-torchrun-script example, under torchrun with two gloo ranks: rank 0 alone writes."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    script = [b for b in blocks if "init_process_group" in b]
+    assert script, "README shows no torchrun script"
+    (tmp_path / "unlearn_ddp.py").write_text(script[0])
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT", "CUDA_VISIBLE_DEVICES")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--log-dir", "logs", "--redirects", "3", "unlearn_ddp.py"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["forget-3.pt", "logs", "unlearn_ddp.py"]
+    state = torch.load(tmp_path / "forget-3.pt", weights_only=True)
+    assert all(v.device.type == "cpu" for v in state.values())
+    logs = {p.parent.name + "/" + p.name: p.read_text() for p in (tmp_path / "logs").rglob("*.log")}
+    assert "PrunePlan" in logs["0/stdout.log"] and logs["1/stdout.log"] == ""

@@ -318,3 +318,19 @@ def test_top_count(channels, delta, expected):
 def test_top_count_rejects_bad_delta(delta):
     with pytest.raises(UsageError):
         top_count(10, delta)
+
+
+def test_only_images_some_target_uses_are_forwarded(tiny_cnn):
+    images = torch.rand(6, 3, 32, 32)
+    multi_hot = torch.zeros(6, 10)
+    multi_hot[[1, 4], 2] = 1  # images 0, 2, 3, 5 hold no scored target
+    multi_hot[[0, 3], 7] = 1  # ... only an unscored one
+    sizes = []
+    handle = tiny_cnn.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[0]))
+    try:
+        scores = score_channels(tiny_cnn, [(images, multi_hot)], LAYERS, {2: ClassLogit(2)}, progress=False)
+    finally:
+        handle.remove()
+    assert sizes == [2]
+    expected = torch.stack([hand_alpha(tiny_cnn, images[i], 2, LAYERS)["conv3"] for i in (1, 4)])
+    assert torch.allclose(scores.targets[2].instances["conv3"], expected, atol=1e-6, rtol=1e-5)

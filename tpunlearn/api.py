@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from tpunlearn import __version__
+from tpunlearn.distributed import is_main, model_device, resolve_device, to_device, world
 from tpunlearn.errors import DataError, PlanError, UsageError
 from tpunlearn.graph import BalancedGraph, balance, essential_graph, layer_links
 from tpunlearn.layers import candidate_layers, names_of, prunable_layers
@@ -58,7 +59,8 @@ def unlearn(
     num_targets: int | None = None,
     output_transform: Callable[[Any], Any] | None = None,
     progress: bool = True,
-) -> UnlearnResult:
+    device: str | torch.device | None = None,
+) -> UnlearnResult | None:
     """Forget ``forget`` targets from ``model``; return a new, pruned model.
 
     ``samples`` yields ``(images, multi_hot)`` batches (``multi_hot[i, t]`` marks that image
@@ -74,14 +76,24 @@ def unlearn(
     before: ONNX Runtime's CPU convolutions slow down at odd widths, so without it a pruned
     model can run slower than the original (see ``make_plan``). ``scores`` reuses cached channel scores and
     skips scoring (``samples`` may then be None).
+
+    ``device`` (``cpu``, ``cuda`` or ``cuda:N``; default: the model's own) is where the new
+    model is scored, planned and pruned, and where it lives afterwards; the input model
+    stays where it is. Inside a torchrun script with a process group initialised, every
+    rank passes the same samples and scores its share of them (see ``score_channels``);
+    rank 0 alone plans and prunes and gets the result, the other ranks get None.
     """
     forget = [int(forget)] if isinstance(forget, int) else [int(t) for t in forget]
     _check_args(forget, delta, retain_delta, sigma, mode, coupled, retain_tolerance)
+    device = resolve_device(device) if device is not None else model_device(model)
     implicit_retain = retain is None
     samples, example_inputs, retain = _resolve_request(model, samples, forget, retain, example_inputs,
                                                        scores, num_targets)
+    if scores is not None and not is_main():
+        return None  # nothing to score: the other ranks have no share of the work
+    example_inputs = to_device(example_inputs, device)
     timings: dict[str, float] = {}
-    work = copy.deepcopy(model)
+    work = copy.deepcopy(model).to(device)
     ignored = _ignored_names(work, model, ignored_layers)
     layers = candidate_layers(work, example_inputs, sigma, ignored)
     with _timed(timings, "dependency_graph"):
@@ -93,6 +105,8 @@ def unlearn(
             scores = score_channels(work, samples, layers, {t: target(t) for t in forget + retain},
                                     n_per_target=n_per_target, method=method, progress=progress,
                                     optional=retain if implicit_retain else ())
+        if not is_main():
+            return None
     else:
         scores = _check_cached(scores, work, layers, forget + ([] if implicit_retain else retain))
     unscored = [t for t in retain if t not in scores.targets]
@@ -118,6 +132,7 @@ def unlearn(
                 "coupled": coupled, "method": method}
     notes = [f"retained target(s) {unscored} appear in no sample: not scored, so not protected"] if unscored else []
     report = _report(model, work, settings, layers, scores, graph, plan, timings, check, notes)
+    report["execution"] = {"device": str(device), "ranks": world()[1]}  # where it ran; the result does not depend on it
     return UnlearnResult(model=work, plan=plan, graph=graph, scores=scores, report=report)
 
 
@@ -135,14 +150,22 @@ def score_targets(
     num_targets: int | None = None,
     output_transform: Callable[[Any], Any] | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> ChannelScores:
     """Score every target once (default: all of them), for later requests without scoring.
 
     The result feeds ``unlearn(..., scores=...)``: a forget request then only balances,
     plans and prunes. Targets absent from the samples are left out when ``targets`` is None.
+    ``device`` (default: the model's own) is where scoring runs; a model elsewhere is
+    copied there, never moved. Under torch.distributed every rank passes the same samples,
+    scores its share, and gets the scores of all of them.
     """
     samples, example_inputs, all_targets = _resolve_request(model, samples, [], None, example_inputs, None,
                                                             num_targets)
+    device = resolve_device(device) if device is not None else model_device(model)
+    if model_device(model) != device:
+        model = copy.deepcopy(model).to(device)
+    example_inputs = to_device(example_inputs, device)
     wanted = all_targets if targets is None else [int(t) for t in targets]
     ignored = _ignored_names(model, model, ignored_layers)
     layers = candidate_layers(model, example_inputs, sigma, ignored)
@@ -170,7 +193,7 @@ def _resolve_request(model: nn.Module, samples: Iterable[Any] | None, forget: li
         samples, first = _peek_batch(samples)
         example_inputs = first[0][:1]
     if not num_targets:  # class-index labels: the model's output says how many targets there are
-        num_targets = int(_main_tensor(forward(model, example_inputs)).shape[1])
+        num_targets = int(_main_tensor(forward(model, to_device(example_inputs, model_device(model)))).shape[1])
     retain = [t for t in range(num_targets) if t not in forget] if retain is None else [int(t) for t in retain]
     bad = [t for t in forget + retain if not 0 <= t < num_targets]
     if bad:
@@ -225,11 +248,11 @@ def verify(pruned: nn.Module, original: nn.Module, plan: PrunePlan, example_inpu
     """
     transform = output_transform or _main_tensor
     try:
-        out = transform(forward(pruned, example_inputs))
+        out = transform(forward(pruned, to_device(example_inputs, model_device(pruned)))).cpu()
     except Exception as exc:  # noqa: BLE001 - any failure here means a broken model
         raise PlanError(f"the pruned model no longer runs ({type(exc).__name__}: {exc}); "
                         "this architecture is mis-modelled by the tracer, try --coupled protect or a smaller sigma") from None
-    ref = transform(forward(original, example_inputs))
+    ref = transform(forward(original, to_device(example_inputs, model_device(original)))).cpu()
     if out.shape != ref.shape:
         raise PlanError(f"pruning changed the output shape from {tuple(ref.shape)} to {tuple(out.shape)}")
     if not torch.isfinite(out).all():
@@ -239,7 +262,7 @@ def verify(pruned: nn.Module, original: nn.Module, plan: PrunePlan, example_inpu
     if plan.mode == "physical" and pruned_decisions and all(d.exact for d in pruned_decisions):
         mask_model = copy.deepcopy(original)
         replace(plan, mode="mask").apply(mask_model, example_inputs)
-        masked = transform(forward(mask_model, example_inputs))
+        masked = transform(forward(mask_model, to_device(example_inputs, model_device(mask_model)))).cpu()
         diff = float((out - masked).abs().max())
         scale = float(masked.abs().max()) or 1.0
         result.update(mask_max_abs_diff=diff, mask_rel_diff=diff / scale)

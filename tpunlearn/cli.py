@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import time
 import warnings
@@ -34,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not getattr(args, "func", None):
                 parser.print_help()
                 return 2
+            if not getattr(args, "data_parallel", False) and _launched_rank() != 0:
+                return 0  # under torchrun only graph and prune share work; rank 0 alone runs the rest
             args.argv = argv
             return int(args.func(args) or 0)
         except TpunlearnError as exc:
@@ -158,7 +161,8 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--auto-deltas", type=_fraction, nargs="+", default=None, metavar="F",
                        help="--auto: the deltas to try, smallest first (default 0.02 0.05 0.1 0.2 0.3)")
     prune.add_argument("--seed", type=int, default=0)
-    prune.set_defaults(func=_cmd_prune)
+    _device_arg(prune)
+    prune.set_defaults(func=_cmd_prune, data_parallel=True)
 
     graph = sub.add_parser("graph", help="score every target once and save the cache `prune --graph` reads")
     _model_args(graph)
@@ -167,7 +171,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="last prunable convs to score (default 4, or the model family's)")
     graph.add_argument("--samples", type=_int_at_least(1), default=32, help="instances scored per target")
     graph.add_argument("--seed", type=int, default=0)
-    graph.set_defaults(func=_cmd_graph)
+    _device_arg(graph)
+    graph.set_defaults(func=_cmd_graph, data_parallel=True)
 
     export = sub.add_parser("export", help="export a model to ONNX with a parity check")
     _model_args(export)
@@ -181,6 +186,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="classifiers: also run the entropy membership-inference attack on the --forget "
                          "targets' training samples (members: retained training samples; non-members: test)")
     ev.add_argument("--forget", nargs="+", metavar="NAME", help="with --mia: the targets whose training samples to attack")
+    _device_arg(ev)
     ev.set_defaults(func=_cmd_eval)
 
     zoo = sub.add_parser("zoo", help="list the bundled models")
@@ -195,6 +201,35 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load a checkpoint that names code outside tpunlearn's allow-list of model classes "
                         "(full unpickling: it can run any code; only for files you trust)")
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", type=_device_text, metavar="DEVICE",
+                   help="cpu, cuda or cuda:N (default cpu); under torchrun, cuda is each rank's own GPU")
+
+
+def _device_text(text: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda or cuda:N")
+    return text
+
+
+def _launched_rank() -> int:
+    """This process's rank as torchrun's environment gives it (0 outside torchrun)."""
+    try:
+        return int(os.environ.get("RANK") or 0)
+    except ValueError:
+        raise UsageError(f"environment variable RANK={os.environ['RANK']!r} is not an integer") from None
+
+
+@contextlib.contextmanager
+def _ranks(args: argparse.Namespace) -> Iterator[Any]:
+    """The rank's device, inside the torchrun process group when launched by torchrun."""
+    from tpunlearn import distributed
+
+    device = distributed.rank_device(args.device)
+    with distributed.process_group_from_env(device):
+        yield device
 
 
 def _build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
@@ -230,22 +265,32 @@ def resolve_targets(names: Sequence[str], class_names: Sequence[str]) -> list[in
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
+    with _ranks(args) as device:
+        return _prune(args, device)
+
+
+def _prune(args: argparse.Namespace, device: Any) -> int:
+    """``tpunlearn prune`` on ``device``; under torchrun every rank scores, rank 0 alone does the rest."""
     import torch
 
+    from tpunlearn.distributed import is_main, to_device
     from tpunlearn.io import sha256
 
+    if not is_main() and args.graph:
+        return 0  # cached scores: nothing to share
     torch.manual_seed(args.seed)
     out = Path(args.out)
-    if not args.dry_run:
+    if not args.dry_run and is_main():
         _check_out(out, args)
     adapter, model, info = _build(args)
+    model.to(device)
     _settings(args, adapter)
     forget = list(dict.fromkeys(resolve_targets(args.forget, info.class_names)))
     retain = list(dict.fromkeys(resolve_targets(args.retain, info.class_names))) if args.retain else None
     both = [info.class_names[t] for t in forget if retain and t in retain]
     if both:
         raise UsageError(f"target(s) {', '.join(both)} are in both --forget and --retain; drop them from one")
-    example = adapter.example_inputs(info)
+    example = to_device(adapter.example_inputs(info), device)
     t0 = time.perf_counter()
     scores, samples = None, None
     if args.graph:
@@ -255,7 +300,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     else:
         samples = adapter.samples(model, info, args.data)
     with _named_targets(info, args.data, forget):
-        res, auto = _request(args, adapter, model, info, samples, scores, forget, retain)
+        res, auto = _request(args, adapter, model, info, samples, scores, forget, retain, device)
+    if res is None:
+        return 0  # another rank plans, prunes and writes
     print(res.plan.dry_run())
     if args.dry_run:
         return 0
@@ -279,11 +326,16 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samples: Any, scores: Any,
-             forget: list[int], retain: list[int] | None) -> tuple[Any, dict[str, Any] | None]:
-    """One unlearning request: the given settings, or with ``--auto`` the searched ones."""
-    import tpunlearn as tu
+             forget: list[int], retain: list[int] | None, device: Any) -> tuple[Any, dict[str, Any] | None]:
+    """One unlearning request: the given settings, or with ``--auto`` the searched ones.
 
-    common = dict(retain=retain, target=adapter.target_factory(info), example_inputs=adapter.example_inputs(info),
+    Under torchrun the result is None on every rank but 0 (they only score).
+    """
+    import tpunlearn as tu
+    from tpunlearn.distributed import to_device, world
+
+    common = dict(retain=retain, target=adapter.target_factory(info),
+                  example_inputs=to_device(adapter.example_inputs(info), device), device=device,
                   retain_delta=args.retain_delta, retain_tolerance=args.retain_tolerance, n_per_target=args.samples,
                   mode=args.mode, coupled=args.coupled, align=args.align,
                   ignored_layers=adapter.ignored_layers(model, info), num_targets=len(info.class_names),
@@ -293,6 +345,8 @@ def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samp
                           **common), None
     if scores is not None:
         raise UsageError("--auto scores the model for every sigma it tries; drop --graph")
+    if world()[1] > 1:
+        raise UsageError("--auto evaluates every setting it tries on one process; run it without torchrun")
     from tpunlearn.auto import DELTAS, SIGMAS, auto_unlearn
 
     def evaluate(m: Any) -> dict[int, float]:
@@ -362,7 +416,7 @@ def _prune_report(args: argparse.Namespace, adapter: Any, model: Any, info: Any,
                   inputs={"arch": args.arch, "weights": args.weights, "data": args.data, "graph_cache": args.graph,
                           "trust_checkpoint": bool(args.trust_checkpoint)},
                   command=["tpunlearn", *args.argv], reproduce=reproduce_command(args),
-                  runtime={"device": "cpu", "torch_threads": torch.get_num_threads()},
+                  runtime={"device": str(next(res.model.parameters()).device), "torch_threads": torch.get_num_threads()},
                   macs={"before": count_macs(model, example), "after": count_macs(res.model, example)},
                   versions=versions(adapter.library), total_s=round(time.perf_counter() - t0, 3))
     report["settings"] = {**report["settings"], "seed": args.seed, "data": args.data}
@@ -430,8 +484,15 @@ def data_sha256(spec: str | None) -> str:
 
 
 def _cmd_graph(args: argparse.Namespace) -> int:
+    with _ranks(args) as device:
+        return _graph(args, device)
+
+
+def _graph(args: argparse.Namespace, device: Any) -> int:
+    """``tpunlearn graph`` on ``device``; under torchrun every rank scores, rank 0 alone writes."""
     from tpunlearn.api import score_targets
     from tpunlearn.cache import save_cache
+    from tpunlearn.distributed import is_main, to_device, world
     from tpunlearn.io import sha256
 
     import torch
@@ -439,18 +500,22 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     _check_output_file("--out", args.out, args)
     adapter, model, info = _build(args)
+    model.to(device)
     _settings(args, adapter)
     t0 = time.perf_counter()
     with _named_targets(info, args.data):
         scores = score_targets(model, adapter.samples(model, info, args.data), target=adapter.target_factory(info),
-                               example_inputs=adapter.example_inputs(info), sigma=args.sigma,
+                               example_inputs=to_device(adapter.example_inputs(info), device), sigma=args.sigma,
                                n_per_target=args.samples, ignored_layers=adapter.ignored_layers(model, info),
                                num_targets=len(info.class_names), output_transform=adapter.output_transform,
-                               progress=_progress())
+                               progress=_progress(), device=device)
     seconds = time.perf_counter() - t0
+    if not is_main():
+        return 0
     meta = {"arch": args.arch, "weights_sha256": sha256(info.weights) if info.weights else None,
             "data": args.data, "data_sha256": data_sha256(args.data), "sigma": args.sigma,
             "n_per_target": args.samples, "seed": args.seed, "seconds": round(seconds, 3),
+            "device": str(device), "ranks": world()[1],
             "targets": [info.class_names[t] for t in sorted(scores.targets)],
             "stability": {info.class_names[t]: round(v, 4) for t, v in scores.stability(0.05).items()}}
     save_cache(args.out, scores, model, meta)
@@ -512,6 +577,7 @@ def _summary(report: dict[str, Any]) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from tpunlearn.distributed import resolve_device
     from tpunlearn.io import write_json
 
     if args.forget and not args.mia:
@@ -520,8 +586,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError("--mia needs --forget NAME: the target whose training samples to attack")
     if args.json:
         _check_output_file("--json", args.json, args)
+    device = resolve_device(args.device)
     adapter, model, info = _build(args)
-    metrics = adapter.evaluate(model, info, args.data)
+    metrics = adapter.evaluate(model.to(device), info, args.data)
     for name, value in metrics.items():
         print(f"{name:>10s} {adapter.metric_name} {value:.4f}")
     result: dict[str, Any] = {"arch": args.arch, "name": adapter.metric_name, "metrics": metrics}

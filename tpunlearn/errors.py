@@ -57,3 +57,7 @@ class UnsafeCheckpointError(WeightsError):
 
 class TrustedCheckpointWarning(UserWarning):
     """A checkpoint off the allow-list was loaded with full unpickling because it was trusted."""
+
+
+class DistributedError(TpunlearnError):
+    """The ranks of a torch.distributed run cannot work together (no process group, or ranks that disagree)."""

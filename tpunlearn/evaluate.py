@@ -11,16 +11,19 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from tpunlearn.distributed import model_device
 from tpunlearn.targets import _as_tensor
 
 
 @torch.no_grad()
 def predict_multilabel(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                       device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of every sample, concatenated: ``(N, C)`` each.
+                       device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of every sample, concatenated on the CPU: ``(N, C)`` each.
 
-    The model runs in eval mode inside this call; its training flag is restored after.
+    Batches go to ``device`` (default: the model's own). The model runs in eval mode inside
+    this call; its training flag is restored after.
     """
+    device = device if device is not None else model_device(model)
     was_training = model.training
     model.eval()
     logits, labels = [], []

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from tpunlearn.distributed import model_device, to_device
 from tpunlearn.io import atomic_path
 from tpunlearn.targets import _as_tensor
 
@@ -29,6 +30,7 @@ def to_onnx(
     training flag is restored afterwards. The file is written atomically.
     """
     transform = output_transform or _as_tensor
+    example_inputs = to_device(example_inputs, model_device(model))
     wrapped = _Wrapped(model, transform)
     was_training = model.training
     model.eval()

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from tpunlearn.distributed import model_device, to_device
 from tpunlearn.errors import UsageError
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -91,6 +92,8 @@ def names_of(model: nn.Module, modules: Iterable[nn.Module]) -> list[str]:
 
 
 def _forward(model: nn.Module, example_inputs: Any) -> Any:
+    """``model`` on ``example_inputs`` moved to its device (a model on any device traces alike)."""
+    example_inputs = to_device(example_inputs, model_device(model))
     if isinstance(example_inputs, dict):
         return model(**example_inputs)
     if isinstance(example_inputs, (tuple, list)):

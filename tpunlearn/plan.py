@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from tpunlearn.distributed import model_device, to_device
 from tpunlearn.errors import PlanError, UsageError
 from tpunlearn.io import read_json, write_json
 from tpunlearn.layers import CONV_TYPES, _forward, module_by_name
@@ -227,6 +228,7 @@ def build_dependency_graph(model: nn.Module, example_inputs: Any,
     """
     import torch_pruning as tp
 
+    example_inputs = to_device(example_inputs, model_device(model))
     with scoring_mode(model, requires_grad=True), torch.enable_grad():
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
                                                      output_transform=output_transform, verbose=False)
@@ -453,7 +455,7 @@ def _zero_channels(model: nn.Module, ops: Mapping[str, Sequence[int]], example_i
     with torch.no_grad():
         for layer, idxs in ops.items():
             module = module_by_name(model, layer)
-            idx = torch.as_tensor(list(idxs), dtype=torch.long)
+            idx = torch.as_tensor(list(idxs), dtype=torch.long, device=module.weight.device)
             module.weight[idx] = 0
             if getattr(module, "bias", None) is not None:
                 module.bias[idx] = 0

@@ -81,6 +81,8 @@ def count_macs(model: Any, example_inputs: Any) -> int:
     import torch
     import torch_pruning as tp
 
+    from tpunlearn.distributed import model_device, to_device
+
     with torch.no_grad():
-        macs, _ = tp.utils.count_ops_and_params(model, example_inputs)
+        macs, _ = tp.utils.count_ops_and_params(model, to_device(example_inputs, model_device(model)))
     return int(macs)

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tpunlearn.errors import DataError, TargetNotInDataError, UsageError
+from tpunlearn import distributed
+from tpunlearn.errors import DataError, DistributedError, TargetNotInDataError, UsageError
 from tpunlearn.layers import module_by_name
 from tpunlearn.targets import Target
 
@@ -187,16 +188,23 @@ def score_channels(
     """Score every channel of ``layers`` for every target in ``targets``.
 
     ``samples`` yields ``(images, multi_hot)`` batches; ``multi_hot[i, t] > 0.5`` marks that
-    image ``i`` holds target ``t``. Each target uses its first ``n_per_target`` instances.
-    A target no sample holds raises :class:`TargetNotInDataError`, unless it is ``optional``
-    (then it is left out of the result).
+    image ``i`` holds target ``t``. Each target uses its first ``n_per_target`` instances,
+    and only the images some target uses are forwarded. A target no sample holds raises
+    :class:`TargetNotInDataError`, unless it is ``optional`` (then it is left out of the result). Batches go to
+    ``device`` (default: the model's).
+
+    Under ``torch.distributed`` every rank passes the same samples. The instances are chosen
+    from them as one process would choose them; each batch's chosen images then go, whole,
+    to the rank with the fewest images so far, which alone forwards them. Near the end (the
+    instances still needed after a batch are fewer than half of those it gives) a batch's
+    images are spread over the ranks to even out their loads. The per-target sums and
+    per-instance rows are all-reduced, so every rank returns the scores one process computes.
 
     Memory stays bounded as ``n_per_target`` grows: batches are streamed, a batch's
     activations are dropped before the next one runs, and per target and layer only running
     sums plus the first ``keep_instances`` per-instance rows (for :meth:`TargetScores.stability`)
     are kept.
     """
-    optional = set(optional)
     if method not in METHODS:
         raise UsageError(f"unknown scoring method {method!r}; choose one of {', '.join(METHODS)}")
     if n_per_target < 1:
@@ -206,81 +214,179 @@ def score_channels(
     layers = list(layers)
     if not layers:
         raise UsageError("no candidate layers to score")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    acc = _Accumulator(list(targets), layers, keep_instances)
-    bar = tqdm(total=n_per_target * len(targets), desc="scoring", unit="inst", disable=not progress, leave=False)
+    rank, size = distributed.world()
+    device = torch.device(device) if device is not None else distributed.model_device(model)
+    pool = _InstancePool(targets, layers, n_per_target, size, keep_instances)
+    bar = tqdm(total=n_per_target * len(targets), desc="scoring", unit="inst", disable=not progress or rank != 0,
+               leave=False)
     with scoring_mode(model), capture_outputs(model, layers) as feats:
         for images, multi_hot in samples:
-            need = {t: n_per_target - acc.counts[t] for t in targets if acc.counts[t] < n_per_target}
-            if not need:
+            if pool.full():
                 break
-            present = _present(multi_hot, max(targets) + 1)
-            wanted = {t: _first(present[:, t], need[t]) for t in need if present[:, t].any()}
-            if wanted:
-                bar.update(_score_batch(model, images.to(device), feats, layers, wanted, targets, method, acc))
+            chosen = pool.choose(multi_hot)
+            if chosen is None:
+                continue
+            bar.update(chosen.new_instances)
+            if chosen.shares[rank].numel():
+                _score_batch(model, images, chosen, chosen.shares[rank], feats, layers, targets, method, device, pool)
             feats.clear()  # this batch's activations go now, before the next forward
     bar.close()
-    missing = [t for t, c in acc.counts.items() if c == 0 and t not in optional]
-    if missing:
-        raise TargetNotInDataError(f"no sample holds target(s) {missing}: cannot score them; "
-                                   "give samples that hold them", missing)
-    return acc.result(method)
+    return pool.result(method, set(optional))
 
 
-def _score_batch(model: nn.Module, images: torch.Tensor, feats: dict[str, torch.Tensor], layers: list[str],
-                 wanted: Mapping[int, torch.Tensor], targets: Mapping[int, Target], method: str,
-                 acc: "_Accumulator") -> int:
-    """One forward and one backward per wanted target; returns the instances scored.
+@dataclass
+class _Choice:
+    """The instances one batch gives each target, as one process chooses them, and which rank forwards which image."""
 
-    Everything that holds this batch's activations is local, so it is freed on return.
+    wanted: dict[int, torch.Tensor]  # target -> bool mask over the batch
+    first: dict[int, int]  # target -> ordinal of its first instance here among all its instances
+    shares: list[torch.Tensor]  # rank -> the positions it forwards, ascending (often all, or none)
+
+    @property
+    def new_instances(self) -> int:
+        return sum(int(mask.sum()) for mask in self.wanted.values())
+
+
+class _InstancePool:
+    """Which instances count for each target, and what this rank found for its share of them.
+
+    The choice depends on the labels only, so it is the same on every rank; the sums and
+    per-instance rows cover this rank's share until :meth:`result` all-reduces them.
     """
-    scored = 0
+
+    def __init__(self, targets: Mapping[int, Any], layers: list[str], n_per_target: int, ranks: int,
+                 keep: int = INSTANCE_ROWS) -> None:
+        self.targets = list(targets)  # the caller's order, the same on every rank
+        self.layers = layers
+        self.cap = n_per_target
+        self.keep = keep  # per-instance rows kept per target (the first ones by ordinal)
+        self.taken = {t: 0 for t in self.targets}
+        self.load = [0] * ranks  # images given to each rank so far
+        self.batches = 0
+        self.labels = 0.0
+        self.sums: dict[int, dict[str, torch.Tensor]] = {t: {} for t in self.targets}
+        self.rows: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {t: [] for t in self.targets}
+        self.widths: dict[str, int] = {}
+
+    def full(self) -> bool:
+        return all(n >= self.cap for n in self.taken.values())
+
+    def choose(self, multi_hot: torch.Tensor) -> _Choice | None:
+        """Each target's first still-needed instances in this batch (None when it has none)."""
+        present = _present(multi_hot, max(self.targets) + 1)
+        self.batches += 1
+        self.labels += float(present.sum())
+        wanted = {t: _first(present[:, t], self.cap - self.taken[t]) for t in self.targets
+                  if self.taken[t] < self.cap and present[:, t].any()}
+        if not wanted:
+            return None
+        first = dict(self.taken)
+        given = 0
+        for t, mask in wanted.items():
+            self.taken[t] += int(mask.sum())
+            given += int(mask.sum())
+        still = sum(self.cap - n for n in self.taken.values() if n > 0)  # targets never seen don't count
+        needed = torch.stack(list(wanted.values())).any(0).nonzero().flatten()
+        return _Choice(wanted=wanted, first=first, shares=self._deal(needed, spread=2 * still < given))
+
+    def _deal(self, needed: torch.Tensor, spread: bool) -> list[torch.Tensor]:
+        """Each rank's part of ``needed``: all to the least-loaded rank, or spread to even the loads out.
+
+        A whole batch costs one forward and one gradient per target on one rank; spreading
+        it costs them on every rank, so it is kept for the last batches, where it balances.
+        """
+        counts = [0] * len(self.load)
+        if not spread:
+            counts[self.load.index(min(self.load))] = needed.numel()
+        else:
+            loads = list(self.load)
+            for _ in range(needed.numel()):
+                r = loads.index(min(loads))
+                counts[r] += 1
+                loads[r] += 1
+        self.load = [n + c for n, c in zip(self.load, counts)]
+        return list(needed.split(counts))
+
+    def add(self, target: int, per_layer: list[torch.Tensor], ordinals: torch.Tensor) -> None:
+        """Record one target's per-instance scores ``(k, C_l)`` for the instances ``ordinals``."""
+        sums = self.sums[target]
+        for layer, per in zip(self.layers, per_layer):
+            self.widths[layer] = per.shape[1]
+            sums[layer] = sums.get(layer, 0) + per.float().sum(0).detach()
+        kept = ordinals < self.keep
+        if kept.any():
+            self.rows[target].append((ordinals[kept], torch.cat(per_layer, 1)[kept.to(per_layer[0].device)]
+                                      .detach().float().cpu()))
+
+    def result(self, method: str, optional: set[int]) -> ChannelScores:
+        """The scores over every rank's share (all-reduced when there are several ranks)."""
+        widths = self._agree()
+        missing = [t for t in self.targets if self.taken[t] == 0 and t not in optional]
+        if missing:
+            raise TargetNotInDataError(f"no sample holds target(s) {missing}: cannot score them; "
+                                       "give samples that hold them", missing)
+        scored = [t for t in self.targets if self.taken[t] > 0]
+        if not scored:
+            raise DataError("no sample holds any of the targets: nothing to score")
+        total = sum(widths)
+        packed = distributed.all_reduce(torch.cat([self._pack(t, total) for t in scored]))
+        bounds = torch.tensor([0, *widths]).cumsum(0).tolist()
+        result, at = {}, 0
+        for t in scored:
+            n, k = self.taken[t], min(self.taken[t], self.keep)
+            block = packed[at:at + (k + 1) * total].view(k + 1, total)
+            at += (k + 1) * total
+            result[t] = TargetScores(
+                alpha={l: block[0, bounds[i]:bounds[i + 1]] / n for i, l in enumerate(self.layers)},
+                count=n,
+                instances={l: block[1:, bounds[i]:bounds[i + 1]].clone() for i, l in enumerate(self.layers)})
+        return ChannelScores(layers=self.layers, channels=dict(zip(self.layers, widths)), targets=result,
+                             method=method)
+
+    def _pack(self, target: int, total: int) -> torch.Tensor:
+        """One target's sums (first row) and its instance rows at their ordinals, this rank's share filled."""
+        block = torch.zeros(min(self.taken[target], self.keep) + 1, total)
+        if self.sums[target]:
+            block[0] = torch.cat([self.sums[target][l].detach().float().cpu() for l in self.layers])
+        for ordinals, rows in self.rows[target]:
+            block[1 + ordinals] = rows
+        return block.flatten()
+
+    def _agree(self) -> list[int]:
+        """Layer widths; with several ranks, first check that they all read the same labels."""
+        widths = torch.tensor([float(self.widths.get(l, 0)) for l in self.layers], dtype=torch.float64)
+        if distributed.world()[1] == 1:
+            return [int(w) for w in widths]
+        seen = torch.tensor([self.batches, self.labels, *(self.taken[t] for t in self.targets)], dtype=torch.float64)
+        high = distributed.all_reduce(torch.cat([seen, widths]), op="max")
+        low = distributed.all_reduce(seen, op="min")
+        if not torch.equal(high[:seen.numel()], low):
+            raise DistributedError("the ranks read different samples; pass every rank the same samples "
+                                   "(tpunlearn shards them itself)")
+        return [int(w) for w in high[seen.numel():]]
+
+
+def _score_batch(model: nn.Module, images: torch.Tensor, chosen: _Choice, mine: torch.Tensor,
+                 feats: Mapping[str, torch.Tensor], layers: list[str], targets: Mapping[int, Target], method: str,
+                 device: torch.device, pool: _InstancePool) -> None:
+    """One forward over this rank's images of the batch, one gradient per target they hold."""
+    whole = mine.numel() == len(images)
+    active = []  # (target, its instances among my images, their ordinals among all its instances)
+    for t, mask in chosen.wanted.items():
+        select = mask if whole else mask[mine]
+        if select.any():
+            positions = mask.nonzero().flatten()
+            index = torch.arange(positions.numel()) if whole else torch.isin(positions, mine).nonzero().flatten()
+            active.append((t, select, chosen.first[t] + index))
     with torch.enable_grad():
-        output = model(images)
+        output = model((images if whole else images[mine]).to(device))
         feat_list = [feats[l] for l in layers]
-        for i, (t, select) in enumerate(wanted.items()):
-            select = select.to(images.device)
+        for i, (t, select, ordinals) in enumerate(active):
+            select = select.to(device)
             y = targets[t](output, select)
-            grads = torch.autograd.grad(y, feat_list, retain_graph=i < len(wanted) - 1, allow_unused=True)
-            acc.add(t, [_per_instance(g, f, select, method).detach() for f, g in zip(feat_list, grads)])
-            scored += int(select.sum())
-    return scored
-
-
-class _Accumulator:
-    """Running alpha sums and counts per target, plus the first ``keep`` per-instance rows."""
-
-    def __init__(self, targets: list[int], layers: list[str], keep: int) -> None:
-        self.layers, self.keep = layers, keep
-        self.sums: dict[int, list[torch.Tensor | None]] = {t: [None] * len(layers) for t in targets}
-        self.rows: dict[int, list[list[torch.Tensor]]] = {t: [[] for _ in layers] for t in targets}
-        self.counts = {t: 0 for t in targets}
-        self.kept = {t: 0 for t in targets}
-
-    def add(self, target: int, per_layer: list[torch.Tensor]) -> None:
-        """Per-instance scores ``(n, C)`` of one target, one tensor per layer."""
-        room = self.keep - self.kept[target]
-        for i, per in enumerate(per_layer):
-            total = self.sums[target][i]
-            self.sums[target][i] = per.sum(0) if total is None else total + per.sum(0)
-            if room > 0:
-                self.rows[target][i].append(per[:room].cpu().clone())
-        n = int(per_layer[0].shape[0])
-        self.kept[target] += min(max(room, 0), n)
-        self.counts[target] += n
-
-    def result(self, method: str) -> ChannelScores:
-        scored = [t for t, c in self.counts.items() if c > 0]
-        channels = {l: int(self.rows[scored[0]][i][0].shape[1]) for i, l in enumerate(self.layers)} if scored else {}
-        targets = {
-            t: TargetScores(
-                alpha={l: (self.sums[t][i] / self.counts[t]).cpu().float() for i, l in enumerate(self.layers)},
-                count=self.counts[t],
-                instances={l: torch.cat(self.rows[t][i]).float() for i, l in enumerate(self.layers)},
-            )
-            for t in scored
-        }
-        return ChannelScores(layers=list(self.layers), channels=channels, targets=targets, method=method)
+            grads = torch.autograd.grad(y, feat_list, retain_graph=i < len(active) - 1, allow_unused=True)
+            pool.add(t, [_per_instance(g, f, select, method) for g, f in zip(grads, feat_list)], ordinals)
+    del output
 
 
 def _per_instance(grad: torch.Tensor | None, feat: torch.Tensor, select: torch.Tensor, method: str) -> torch.Tensor:
