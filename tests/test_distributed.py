@@ -19,7 +19,7 @@ import torch
 import tpunlearn as tu
 from tpunlearn import cli, distributed
 from tpunlearn.api import score_targets
-from tpunlearn.errors import DistributedError, UsageError
+from tpunlearn.errors import UsageError
 from tpunlearn.scoring import ChannelScores, score_channels
 from tpunlearn.targets import ClassLogit
 
