@@ -174,3 +174,18 @@ def test_input_checkpoint_named_inside_out_is_refused(tmp_path, capsys, link):
     assert code == 2
     assert "holds the input checkpoint" in capsys.readouterr().err
     assert listing(tmp_path) == before
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    """mkstemp makes 0600 files; an output must get 0666 minus the umask like any other file."""
+    from tpunlearn.io import atomic_path, write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "r.json", {"a": 1})
+        with atomic_path(tmp_path / "m.bin") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "m.bin").stat().st_mode & 0o777 == 0o644
