@@ -256,9 +256,10 @@ class DeepLabV3Adapter(Adapter):
         return self.segmentation_metrics(model, info, spec)["iou"]
 
     def segmentation_metrics(self, model: nn.Module, info: ModelInfo, spec: str | None,
-                             batch_size: int = 16) -> dict[str, Any]:
-        """``{"iou": {name: IoU}, "mIoU", "pixel_accuracy", "confusion": (C, C) list}``."""
-        source = _source(info, spec, "eval")
+                             batch_size: int = 16, split: str = "eval") -> dict[str, Any]:
+        """``{"iou": {name: IoU}, "mIoU", "pixel_accuracy", "confusion": (C, C) list}`` on the
+        held-out data (``split="val"``: the validation split instead)."""
+        source = _source(info, spec, split)
         cm = confusion_matrix(model, _Batches(source, info, batch_size, with_masks=True), len(info.class_names))
         iou = iou_from_confusion(cm)
         valid = ~torch.isnan(iou)
@@ -271,10 +272,7 @@ class DeepLabV3Adapter(Adapter):
 
     def validate(self, model: nn.Module, info: ModelInfo, spec: str | None) -> dict[str, float]:
         """Per-class IoU on DigitScenes' ``val`` split or the folder's ``val`` list."""
-        source = _source(info, spec, "val")
-        iou = iou_from_confusion(confusion_matrix(model, _Batches(source, info, 16, with_masks=True),
-                                                  len(info.class_names)))
-        return {n: float(v) for n, v in zip(info.class_names, iou)}
+        return self.segmentation_metrics(model, info, spec, split="val")["iou"]
 
     def miou(self, model: nn.Module, info: ModelInfo, spec: str | None) -> float:
         """Mean IoU over the classes that occur (in ground truth or prediction)."""
@@ -284,7 +282,7 @@ class DeepLabV3Adapter(Adapter):
     def repair_data(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int],
                     batch_size: int = 16) -> Iterable[Any]:
         """Training ``(images, masks)`` batches of the images that hold none of ``forget``."""
-        return _Without(_Batches(_source(info, spec, "train"), info, batch_size, with_masks=True), forget)
+        return MaskFilter(_Batches(_source(info, spec, "train"), info, batch_size, with_masks=True), forget)
 
     def repair_loss(self, info: ModelInfo) -> Callable[[Any, Any], torch.Tensor]:
         """Per-pixel cross-entropy (255 ignored), as the zoo model was trained."""
@@ -477,15 +475,17 @@ class _Batches:
             yield self._finish(torch.stack(images), masks)
 
 
-class _Without:
-    """Re-iterable ``(images, masks)`` batches with the images whose masks hold ``forget`` dropped."""
+class MaskFilter:
+    """Re-iterable ``(images, masks)`` batches without the images whose masks hold one of
+    ``classes`` (``holding=True``: only those images)."""
 
-    def __init__(self, batches: Iterable[tuple[torch.Tensor, list[torch.Tensor]]], forget: Sequence[int]) -> None:
-        self.batches, self.forget = batches, torch.tensor([int(t) for t in forget])
+    def __init__(self, batches: Iterable[tuple[torch.Tensor, list[torch.Tensor]]], classes: Sequence[int],
+                 holding: bool = False) -> None:
+        self.batches, self.classes, self.holding = batches, torch.tensor([int(t) for t in classes]), holding
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
         for images, masks in self.batches:
-            keep = [i for i, m in enumerate(masks) if not torch.isin(m.long(), self.forget).any()]
+            keep = [i for i, m in enumerate(masks) if bool(torch.isin(m.long(), self.classes).any()) == self.holding]
             if keep:
                 yield images[keep], [masks[i] for i in keep]
 

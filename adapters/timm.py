@@ -124,21 +124,12 @@ class TimmAdapter(Adapter):
                            batch_size=batch_size)
 
     def evaluate(self, model: nn.Module, info: ModelInfo, spec: str | None) -> dict[str, float]:
-        from tpunlearn import data
-        from tpunlearn.evaluate import recall_table
-
-        batches = data.loader(data.digitscenes("test", size=info.input_size[-1], n_scenes=_digits(spec, "evaluate on")),
-                              batch_size=128)
-        return recall_table(model, batches, info.class_names)
+        """Per-class recall on DigitScenes' test split."""
+        return _recall(model, info, spec, "test", "evaluate on")
 
     def validate(self, model: nn.Module, info: ModelInfo, spec: str | None) -> dict[str, float]:
         """Per-class recall on DigitScenes' validation split (its own scans, not the test split's)."""
-        from tpunlearn import data
-        from tpunlearn.evaluate import recall_table
-
-        n = _digits(spec, "validate on")
-        batches = data.loader(data.digitscenes("val", size=info.input_size[-1], n_scenes=n), batch_size=128)
-        return recall_table(model, batches, info.class_names)
+        return _recall(model, info, spec, "val", "validate on")
 
     def repair_data(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int],
                     batch_size: int = 32) -> Iterable[Any]:
@@ -191,6 +182,16 @@ class TimmAdapter(Adapter):
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},  # loads anywhere
         }
         save_torch(payload, path)
+
+
+def _recall(model: nn.Module, info: ModelInfo, spec: str | None, split: str, verb: str) -> dict[str, float]:
+    """Per-class recall on a DigitScenes split, keyed by class name."""
+    from tpunlearn import data
+    from tpunlearn.evaluate import recall_table
+
+    batches = data.loader(data.digitscenes(split, size=info.input_size[-1], n_scenes=_digits(spec, verb)),
+                          batch_size=128)
+    return recall_table(model, batches, info.class_names)
 
 
 def _digits(spec: str | None, verb: str) -> int | None:

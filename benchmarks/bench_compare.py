@@ -23,6 +23,7 @@ Writes benchmarks/results/compare.{json,md}; the last line printed is the JSON s
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import statistics
@@ -41,12 +42,12 @@ from tpunlearn import data, zoo
 from tpunlearn.api import score_targets
 from tpunlearn.evaluate import multilabel_recall
 from tpunlearn.plan import PrunePlan
-from tpunlearn.privacy import LinearProbe, entropy, head_layer
+from tpunlearn.privacy import LinearProbe, entropy, expand_features, head_layer, membership_attack, outputs_and_features
 from tpunlearn.report import count_macs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from unlearning_methods import Graph, Outcome, Task, classification_methods  # noqa: E402
+from unlearning_methods import Outcome, Task, classification_methods  # noqa: E402
 
 NAME = "digitscenes-resnet"
 
@@ -84,16 +85,9 @@ def classification_task(retrain_epochs: int, retrain_scenes: int) -> tuple[Task,
 
 
 # ---------------------------------------------------------------------------- measuring
-@torch.no_grad()
 def logits_and_features(model: nn.Module, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    feats: list[torch.Tensor] = []
-    hook = head_layer(model).register_forward_pre_hook(lambda _m, a: feats.append(a[0].flatten(1).float()))
-    model.eval()
-    try:
-        logits = torch.cat([model(images) for images, _ in data.loader(dataset, batch_size=250)])
-    finally:
-        hook.remove()
-    return logits, torch.cat(feats)
+    logits, feats, _labels = outputs_and_features(model, data.loader(dataset, batch_size=250))
+    return logits, feats
 
 
 def original_basis(outcome: Outcome, task: Task, feats: torch.Tensor) -> torch.Tensor | None:
@@ -109,7 +103,7 @@ def original_basis(outcome: Outcome, task: Task, feats: torch.Tensor) -> torch.T
     if plan is None:
         return None
     twin = PrunePlan.from_dict({**plan.to_dict(), "mode": "mask", "history": []})
-    masked = twin.apply(__import__("copy").deepcopy(task.model), task.example_inputs)
+    masked = twin.apply(copy.deepcopy(task.model), task.example_inputs)
     images = Subset(data.digitscenes("test"), list(range(256)))  # real scenes: few channels are dead on all
     pruned_model = outcome.info.get("pre_repair_model", outcome.model)
     _, a = logits_and_features(masked, images)
@@ -117,15 +111,11 @@ def original_basis(outcome: Outcome, task: Task, feats: torch.Tensor) -> torch.T
     kept = [int((a - b[:, j:j + 1]).abs().amax(0).argmin()) for j in range(b.shape[1])]
     if len(set(kept)) != len(kept):
         return None  # ambiguous (identical feature columns): no fixed probe rather than a wrong one
-    out = torch.zeros(feats.shape[0], width)
-    out[:, kept] = feats
-    return out
+    return expand_features(feats, width, removed=set(range(width)) - set(kept))
 
 
 def measure(outcome: Outcome, task: Task, train: Any, test: Any, forget: list[int], base: dict[str, Any],
             seed: int) -> dict[str, Any]:
-    from sklearn.linear_model import LogisticRegression
-
     model = outcome.model
     tr_logits, tr_feats = logits_and_features(model, train)
     te_logits, te_feats = logits_and_features(model, test)
@@ -135,11 +125,8 @@ def measure(outcome: Outcome, task: Task, train: Any, test: Any, forget: list[in
     worst = max(drops, key=drops.get)
     # membership attack (SSD's): entropy feature, members = retained train, non-members = test
     holds = train.multi_hot[:, forget].sum(1) > 0
-    e_train, e_test = entropy(tr_logits), entropy(te_logits)
-    x = torch.cat([e_train[~holds], e_test])[:, None].numpy()
-    y = torch.cat([torch.ones(int((~holds).sum())), torch.zeros(len(e_test))]).numpy()
-    clf = LogisticRegression(class_weight="balanced", random_state=seed).fit(x, y)
-    mia = float(clf.predict(e_train[holds][:, None].numpy()).mean())
+    e_train = entropy(tr_logits)
+    mia = membership_attack(e_train[~holds], entropy(te_logits), e_train[holds], seed).score
     # probe for the first forget digit
     target = forget[0]
     probe = base["probe"]
@@ -177,10 +164,7 @@ def run_setting(task: Task, train: Any, test: Any, methods: list[Any], forget: l
     for method in methods:
         if (method.name.startswith("Retrain") or method.name.startswith("Train from")) and not retrain:
             continue
-        if isinstance(method, Graph) and method.repair_epochs:
-            outcome = _graph_with_pre_repair(method, task, forget, seed)
-        else:
-            outcome = method(task, forget, seed)
+        outcome = method(task, forget, seed)
         rows[method.name] = measure(outcome, task, train, test, forget, base, seed)
         r = rows[method.name]
         print(f"  forget {forget} seed {seed} | {method.name:45s} forget {100 * r['forget_recall']:5.1f} % | "
@@ -191,22 +175,6 @@ def run_setting(task: Task, train: Any, test: Any, methods: list[Any], forget: l
     for r in rows.values():
         r["mia_gap_to_retrain_points"] = (100 * abs(r["mia"] - retrained["mia"])) if retrained else None
     return rows
-
-
-def _graph_with_pre_repair(method: Graph, task: Task, forget: list[int], seed: int) -> Outcome:
-    """Run the request, keep a copy of the pruned model before the repair (for the probe's basis)."""
-    import copy
-
-    plain = Graph(method.name, **method.settings)(task, forget, seed)
-    pre = copy.deepcopy(plain.model)
-    from tpunlearn.repair import repair
-
-    t0 = time.perf_counter()
-    info = repair(plain.model, task.batches(forget, "retain", seed), task.loss, epochs=method.repair_epochs,
-                  lr=method.repair_lr, plan=plain.info["plan"], seed=seed, progress=False)
-    plain.info.update(repair=info, pre_repair_model=pre)
-    plain.seconds += time.perf_counter() - t0
-    return plain
 
 
 def cost(task: Task) -> dict[str, float]:

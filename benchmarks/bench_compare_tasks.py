@@ -34,7 +34,7 @@ FORGET_DIGIT = 3
 def segmentation() -> tuple[Task, Any, list[Any]]:
     a = adapters.get("deeplabv3")
     model, info = a.build("digitscenes-deeplabv3")
-    from tpunlearn.adapters.deeplabv3 import _Batches, _source
+    from tpunlearn.adapters.deeplabv3 import MaskFilter, _Batches, _source
 
     def batches(forget: Sequence[int], kind: str, seed: int):
         source = _source(info, "digits:1000", "train")
@@ -43,7 +43,7 @@ def segmentation() -> tuple[Task, Any, list[Any]]:
             return everything
         if kind == "retain":
             return a.repair_data(model, info, "digits:1000", forget)
-        return _Only(everything, forget)
+        return MaskFilter(everything, forget, holding=True)
 
     task = Task(name="digitscenes-deeplabv3", model=model, example_inputs=a.example_inputs(info), loss=a.repair_loss(info),
                 batches=batches, scoring=lambda seed: a.samples(model, info, "digits"),
@@ -60,19 +60,6 @@ def segmentation() -> tuple[Task, Any, list[Any]]:
                Graph("Graph(beta), physical, sigma 8, delta 0.2, retain delta 0.02", **forgets),
                Graph("  + repair (1 epoch)", repair_epochs=1, repair_lr=1e-3, **forgets)]
     return task, evaluate, methods
-
-
-class _Only:
-    """Re-iterable ``(images, masks)`` batches of the images whose masks hold ``forget``."""
-
-    def __init__(self, batches: Any, forget: Sequence[int]) -> None:
-        self.batches, self.forget = batches, torch.tensor(list(forget))
-
-    def __iter__(self):
-        for images, masks in self.batches:
-            keep = [i for i, m in enumerate(masks) if torch.isin(m.long(), self.forget).any()]
-            if keep:
-                yield images[keep], [masks[i] for i in keep]
 
 
 def detection() -> tuple[Task, Any, list[Any]]:

@@ -300,7 +300,7 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
     else:
         samples = adapter.samples(model, info, args.data)
     with _named_targets(info, args.data, forget):
-        res, auto = _request(args, adapter, model, info, samples, scores, forget, retain, device)
+        res, auto = _request(args, adapter, model, info, samples, scores, forget, retain, example, device)
     if res is None:
         return 0  # another rank plans, prunes and writes
     print(res.plan.dry_run())
@@ -326,16 +326,16 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
 
 
 def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samples: Any, scores: Any,
-             forget: list[int], retain: list[int] | None, device: Any) -> tuple[Any, dict[str, Any] | None]:
+             forget: list[int], retain: list[int] | None, example: Any,
+             device: Any) -> tuple[Any, dict[str, Any] | None]:
     """One unlearning request: the given settings, or with ``--auto`` the searched ones.
 
     Under torchrun the result is None on every rank but 0 (they only score).
     """
     import tpunlearn as tu
-    from tpunlearn.distributed import to_device, world
+    from tpunlearn.distributed import world
 
-    common = dict(retain=retain, target=adapter.target_factory(info),
-                  example_inputs=to_device(adapter.example_inputs(info), device), device=device,
+    common = dict(retain=retain, target=adapter.target_factory(info), example_inputs=example, device=device,
                   retain_delta=args.retain_delta, retain_tolerance=args.retain_tolerance, n_per_target=args.samples,
                   mode=args.mode, coupled=args.coupled, align=args.align,
                   ignored_layers=adapter.ignored_layers(model, info), num_targets=len(info.class_names),

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
+from tpunlearn.distributed import model_device
 from tpunlearn.errors import DataError
 from tpunlearn.targets import _as_tensor
 
@@ -31,7 +32,7 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def logits_of(model: nn.Module, batches: Iterable[Any], device: str | torch.device | None = None) -> torch.Tensor:
     """The model's ``(N, C)`` outputs over ``batches`` of ``(images, ...)``, in eval mode (restored after)."""
-    device = device or _device(model)
+    device = device or model_device(model)
     was_training = model.training
     model.eval()
     out = []
@@ -69,9 +70,15 @@ def mia_score(model: nn.Module, retain: Iterable[Any], test: Iterable[Any], forg
     samples it never saw (non-members), ``forget`` the training samples of the forget
     target. Classes are balanced in the attack's fit, as in the SSD code.
     """
+    e_retain, e_test, e_forget = (entropy(logits_of(model, b)) for b in (retain, test, forget))
+    return membership_attack(e_retain, e_test, e_forget, seed)
+
+
+def membership_attack(e_retain: torch.Tensor, e_test: torch.Tensor, e_forget: torch.Tensor,
+                      seed: int = 0) -> MIAResult:
+    """The attack of :func:`mia_score` on entropies already computed (members, non-members, forget)."""
     from sklearn.linear_model import LogisticRegression
 
-    e_retain, e_test, e_forget = (entropy(logits_of(model, b)) for b in (retain, test, forget))
     x = torch.cat([e_retain, e_test])[:, None].numpy()
     y = torch.cat([torch.ones(len(e_retain)), torch.zeros(len(e_test))]).numpy()
     clf = LogisticRegression(class_weight="balanced", random_state=seed).fit(x, y)
@@ -109,20 +116,28 @@ def _capture_input(module: nn.Module) -> Iterator[list[torch.Tensor]]:
 @torch.no_grad()
 def penultimate_features(model: nn.Module, batches: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(features, labels)``: the head's input per sample, and the batches' label tensors."""
-    labels = []
+    _logits, features, labels = outputs_and_features(model, batches)
+    return features, labels
+
+
+@torch.no_grad()
+def outputs_and_features(model: nn.Module, batches: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(outputs, features, labels)`` from one pass: the model's output, the head's input
+    and the batches' label tensors, per sample (eval mode inside; the flag is restored)."""
+    outputs, labels = [], []
     was_training = model.training
     model.eval()
-    device = _device(model)
+    device = model_device(model)
     try:
         with _capture_input(head_layer(model)) as store:
             for images, target, *_ in batches:
-                model(images.to(device))
+                outputs.append(_as_tensor(model(images.to(device))).float().cpu())
                 labels.append(torch.as_tensor(target).float().cpu())
     finally:
         model.train(was_training)
     if not store:
         raise DataError("no samples to read features from")
-    return torch.cat(store), torch.cat(labels)
+    return torch.cat(outputs), torch.cat(store), torch.cat(labels)
 
 
 @dataclass
@@ -185,7 +200,3 @@ def expand_features(features: torch.Tensor, width: int, removed: Iterable[int]) 
     out[:, kept] = features
     return out
 
-
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
