@@ -4,18 +4,24 @@ The core (targets, scoring, graph, plan, api) never imports a model library. An 
 joins a family (timm, torchvision segmentation, ultralytics) to the core: it builds or
 loads the model, names its classes, makes the Target for a class, lists the layers that
 must never lose output channels, and evaluates and saves the model in the family's format.
+
+Every model is built the same way (after timm's ``build_model_with_cfg``), by
+:meth:`Adapter.build`: resolve the arch -> read the checkpoint (through safeload) ->
+reconcile the arguments with it -> construct -> replay the pruning history -> load the
+state (strict, fp16 -> fp32) -> describe. A family writes only the steps that differ.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from tpunlearn.errors import UsageError
+from tpunlearn.errors import UsageError, WeightsError
 from tpunlearn.targets import Target
 
 
@@ -43,6 +49,55 @@ class ModelInfo:
         }
 
 
+class ZooSpec(Protocol):
+    """A named, trained configuration of an architecture (a :class:`tpunlearn.zoo.ZooEntry`).
+
+    Adapters never import the zoo; the zoo hands them its entry, and a checkpoint built
+    for that entry must match it.
+    """
+
+    name: str
+    arch: str
+    kwargs: Mapping[str, Any]
+    class_names: Sequence[str]
+    input_size: tuple[int, int, int]
+    task: str
+    data: str
+
+
+@dataclass
+class BuildState:
+    """What :meth:`Adapter.build` knows at each step; a family's steps fill it in."""
+
+    arch: str  # the name the caller gave (a zoo name when built for the zoo)
+    weights: Path | None
+    options: dict[str, Any]  # the caller's explicit options (None values dropped)
+    zoo: ZooSpec | None = None
+    builder: str = ""  # the family's own architecture name (timm name, torchvision builder, YAML)
+    checkpoint: Any = None  # the file as read, before reconciling
+    kwargs: dict[str, Any] = field(default_factory=dict)  # what construct() passes to the family's builder
+    history: list[list[Any]] = field(default_factory=list)  # torch-pruning history to replay before loading
+    state: dict[str, torch.Tensor] | None = None  # the state dict to load
+    class_names: list[str] | None = None
+    input_size: tuple[int, int, int] | None = None
+    task: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # goes to ModelInfo.extra
+
+    def size(self) -> tuple[int, int, int]:
+        """The ``(C, H, W)`` input size, once a step has set it."""
+        if self.input_size is None:
+            raise UsageError(f"{self.arch}: no input size known; pass imgsz")
+        return self.input_size
+
+
+def as_size(value: Any) -> tuple[int, int, int] | None:
+    """A recorded ``(C, H, W)`` input size as a tuple of ints (None when not recorded)."""
+    if not value:
+        return None
+    c, h, w = (int(v) for v in value)
+    return (c, h, w)
+
+
 class Adapter(ABC):
     """One model family. Subclasses are registered by name in :mod:`tpunlearn.adapters.registry`."""
 
@@ -51,15 +106,65 @@ class Adapter(ABC):
     # unlearn() settings that suit this family better than the library's own defaults; the CLI
     # uses them where the user gives none (say why in the adapter, with the measurement)
     defaults: dict[str, Any] = {}
+    metric_name: str = "recall"
 
     @abstractmethod
     def handles(self, arch: str) -> bool:
         """True when this family can build ``arch``."""
 
-    @abstractmethod
-    def build(self, arch: str, weights: str | Path | None = None, **kwargs: Any) -> tuple[nn.Module, ModelInfo]:
-        """Build ``arch`` (randomly initialised when ``weights`` is None) and describe it."""
+    # ---- building: one fixed sequence, the steps below ---------------------------------------
+    def build(self, arch: str, weights: str | Path | None = None, *, trust_checkpoint: bool = False,
+              zoo: ZooSpec | None = None, **options: Any) -> tuple[nn.Module, ModelInfo]:
+        """Build ``arch`` (randomly initialised when ``weights`` is None) and describe it.
 
+        ``zoo`` is the zoo entry the model is built for (its checkpoint must match it).
+        ``options`` are the family's build options (``num_classes``, ``imgsz``, ...);
+        ``trust_checkpoint`` loads a file off safeload's allow-list with full unpickling.
+        """
+        state = BuildState(arch=str(arch), weights=Path(weights) if weights is not None else None,
+                           options={k: v for k, v in options.items() if v is not None}, zoo=zoo)
+        self.resolve(state)
+        if state.weights is not None:
+            state.checkpoint = self.read(state.weights, trust_checkpoint)
+        self.reconcile(state)
+        model = self.construct(state)
+        if state.history:
+            replay_history(model, state.history, self.trace_inputs(state), self.output_transform,
+                           state.weights, state.builder or state.arch)
+        if state.state is not None:
+            load_state(model, state.state, state.weights, state.builder or state.arch, self.load_hint)
+        model.eval()
+        return model, self.describe(model, state)
+
+    @abstractmethod
+    def resolve(self, state: BuildState) -> None:
+        """Step 1: the family's architecture name (``state.builder``); unknown archs and options raise."""
+
+    def read(self, path: Path, trust: bool) -> Any:
+        """Step 2: the checkpoint at ``path``, read through :mod:`tpunlearn.safeload`."""
+        return read_checkpoint(path, trust)
+
+    @abstractmethod
+    def reconcile(self, state: BuildState) -> None:
+        """Step 3: merge the options with the checkpoint (a contradiction is a WeightsError) into
+        ``state.kwargs``, ``history``, ``state``, names, input size and task."""
+
+    @abstractmethod
+    def construct(self, state: BuildState) -> nn.Module:
+        """Step 4: the (unpruned, unloaded) module, from ``state.kwargs``."""
+
+    def trace_inputs(self, state: BuildState) -> torch.Tensor:
+        """An input to trace the dependency graph with when replaying a pruning history."""
+        size = state.input_size or (3, 64, 64)
+        return torch.rand(1, *size)
+
+    load_hint: str = ""  # appended to a state dict's size-mismatch error (what usually causes it here)
+
+    @abstractmethod
+    def describe(self, model: nn.Module, state: BuildState) -> ModelInfo:
+        """Step 7: the :class:`ModelInfo` of the built model."""
+
+    # ---- what the core needs -----------------------------------------------------------------
     @abstractmethod
     def target(self, info: ModelInfo, index: int) -> Target:
         """The Target callable ``Y_t`` for class ``index``."""
@@ -81,14 +186,13 @@ class Adapter(ABC):
         return output
 
     @abstractmethod
-    def samples(self, model: nn.Module, info: ModelInfo, spec: str | None, batch_size: int = 32) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    def samples(self, model: nn.Module, info: ModelInfo, spec: str | None,
+                batch_size: int = 32) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``(images, multi_hot)`` for scoring, read from a data spec."""
 
     @abstractmethod
     def evaluate(self, model: nn.Module, info: ModelInfo, spec: str | None) -> dict[str, float]:
         """Per-class metric on held-out data, keyed by class name."""
-
-    metric_name: str = "recall"
 
     def validate(self, model: nn.Module, info: ModelInfo, spec: str | None) -> dict[str, float]:
         """Per-class metric on a validation split, for choosing settings (``--auto``).
@@ -102,7 +206,7 @@ class Adapter(ABC):
     def save(self, model: nn.Module, info: ModelInfo, path: str | Path) -> None:
         """Save in the family's own format (atomically)."""
 
-    # ---- repair fine-tune (optional; families without it refuse --repair-epochs) -----------
+    # ---- repair fine-tune (optional; families without it refuse --repair-epochs) -------------
     def repair_data(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int],
                     batch_size: int = 32) -> Iterable[Any]:
         """Re-iterable training batches that hold none of the ``forget`` targets."""
@@ -116,3 +220,66 @@ class Adapter(ABC):
     def repair_loss(self, info: ModelInfo) -> Callable[[Any, Any], torch.Tensor]:
         """``loss(model_output, batch)`` for :func:`tpunlearn.repair.repair`, the family's training loss."""
         raise UsageError(f"the {self.name} adapter has no repair fine-tune yet; drop --repair-epochs")
+
+
+# ---- the shared steps ------------------------------------------------------------------------
+def read_checkpoint(path: Path, trust: bool = False, unsafe_load: Callable[[Path], Any] | None = None,
+                    missing_hint: str = "") -> Any:
+    """A checkpoint loaded safely; a missing, unreadable or unsafe file is a :class:`WeightsError`."""
+    from tpunlearn.safeload import load_checkpoint
+
+    if missing_hint and not path.exists():
+        raise WeightsError(f"weights file not found: {path} ({missing_hint})")
+    return load_checkpoint(path, trust=trust, unsafe_load=unsafe_load)
+
+
+def replay_history(model: nn.Module, history: Sequence[Sequence[Any]], example_inputs: torch.Tensor,
+                   output_transform: Callable[[Any], Any] | None, path: Path | None, arch: str) -> None:
+    """Redo a saved torch-pruning history on a freshly built ``model`` (in place), before its weights load."""
+    from tpunlearn.plan import build_dependency_graph
+
+    try:
+        dg = build_dependency_graph(model, example_inputs, output_transform)
+        dg.load_pruning_history([list(h) for h in history])
+    except Exception as exc:  # noqa: BLE001 - torch-pruning raises anything on a history that does not fit
+        raise WeightsError(f"{path}: its pruning history does not fit {arch} ({first_problem(exc)})") from None
+
+
+def load_state(model: nn.Module, state: Any, path: Path | None, arch: str, hint: str = "") -> None:
+    """Load ``state`` strictly, floating-point tensors as float32 (zoo checkpoints are fp16)."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} holds no state dict")
+    try:
+        model.load_state_dict({k: v.float() if torch.is_floating_point(v) else v for k, v in state.items()})
+    except RuntimeError as exc:
+        extra = hint if hint and "size mismatch" in str(exc) else ""
+        raise WeightsError(f"{path} does not fit {arch} (weights of another architecture or size?): "
+                           f"{first_problem(exc)}{extra}") from None
+
+
+def first_problem(exc: BaseException) -> str:
+    """The first informative line of an error (``load_state_dict``'s first line is a header)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = next((line for line in lines if not line.startswith("Error(s) in loading")),
+                  lines[0] if lines else type(exc).__name__)
+    return detail if len(detail) <= 160 else detail[:157] + "..."
+
+
+def check_stored(stored: Mapping[str, Any], explicit: Mapping[str, Any], path: Path | None, what: str) -> None:
+    """Explicit build options must agree with what a checkpoint records (else a :class:`WeightsError`)."""
+    clash = {k: v for k, v in explicit.items() if k in stored and stored[k] != v}
+    if clash:
+        raise WeightsError(f"{path} holds a {what} built with {dict(stored)}, which contradicts {clash}")
+
+
+def describe_foreign(path: Path | None, ckpt: Any, family: str, arch: str) -> WeightsError:
+    """The error for a checkpoint of another family (another tpunlearn format, another library's model)."""
+    from tpunlearn.safeload import describe_checkpoint
+
+    return WeightsError(f"{path} is {describe_checkpoint(ckpt)}, not weights for the {family} model {arch}; "
+                        "pass the --arch it was made for")
+
+
+def pruning_history(history: Iterable[Sequence[Any]] | None) -> list[list[Any]]:
+    """A pruning history as plain JSON-able lists ``[module name, out?, [indices]]``."""
+    return [[str(name), bool(out), [int(i) for i in idxs]] for name, out, idxs in history or []]

@@ -67,7 +67,7 @@ from torch import nn
 from tpunlearn.errors import DataError, UsageError, WeightsError
 from tpunlearn.targets import SegmentationLogit, Target
 
-from .base import Adapter, ModelInfo
+from .base import Adapter, BuildState, ModelInfo
 from .registry import register
 
 SAVE_FORMAT = "tpunlearn-deeplabv3/1"
@@ -99,10 +99,23 @@ class DeepLabV3Adapter(Adapter):
         return True
 
     # ---- building and loading -----------------------------------------------------------
+    # transitional: this family still overrides build() whole; the template's steps are unused
+    def resolve(self, state: BuildState) -> None:
+        raise NotImplementedError
+
+    def reconcile(self, state: BuildState) -> None:
+        raise NotImplementedError
+
+    def construct(self, state: BuildState) -> nn.Module:
+        raise NotImplementedError
+
+    def describe(self, model: nn.Module, state: BuildState) -> ModelInfo:
+        raise NotImplementedError
+
     def build(self, arch: str, weights: str | Path | None = None, num_classes: int | None = None,
               aux_loss: bool | None = None, class_names: Sequence[str] | None = None,
               imgsz: int | Sequence[int] | None = None, normalize: str | dict[str, Any] | None = None,
-              trust_checkpoint: bool = False, **kwargs: Any) -> tuple[nn.Module, ModelInfo]:
+              trust_checkpoint: bool = False, zoo: Any = None, **kwargs: Any) -> tuple[nn.Module, ModelInfo]:
         """Build ``arch`` randomly initialised (``weights=None``) or from a local checkpoint.
 
         ``arch`` may be a zoo name (``digitscenes-deeplabv3``): it then loads the zoo
@@ -114,6 +127,9 @@ class DeepLabV3Adapter(Adapter):
         Files load through :func:`tpunlearn.safeload.load_checkpoint`; ``trust_checkpoint``
         loads one off its allow-list with full unpickling.
         """
+        if zoo is not None:  # transitional: the old zoo-name path, until this adapter uses the template
+            arch = zoo.name
+
         builder, zoo_name = _resolve(arch)
         if kwargs:
             raise UsageError(f"unknown option(s) for {arch}: {', '.join(sorted(kwargs))} "

@@ -1,13 +1,18 @@
-"""timm family: any ``timm.create_model`` name, plus the DigitScenes zoo classifiers.
+"""timm family: any ``timm.create_model`` name.
 
 Multi-label (sigmoid) or multi-class (softmax) heads; the classifier returned by
 ``get_classifier()`` is never pruned. A pruned model saves as the architecture, its
 torch-pruning history and the state dict, so it reloads with ``weights_only=True``.
+
+Checkpoints it reads: its own ``tpunlearn-timm/1`` (what :meth:`TimmAdapter.save` writes),
+the zoo's ``tpunlearn-zoo/1`` (fp16, with a training record), a plain state dict, a
+``{"state_dict": ...}`` dict, or a pickled timm module.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,10 +20,13 @@ from torch import nn
 from tpunlearn.errors import UsageError, WeightsError
 from tpunlearn.targets import ClassLogit, Target
 
-from .base import Adapter, ModelInfo
+from .base import Adapter, BuildState, ModelInfo, as_size, check_stored, describe_foreign, pruning_history
 from .registry import register
 
 SAVE_FORMAT = "tpunlearn-timm/1"
+ZOO_FORMAT = "tpunlearn-zoo/1"  # the zoo's own checkpoints of timm models (scripts/train_zoo.py)
+_FORMATS = (SAVE_FORMAT, ZOO_FORMAT)
+_DESCRIBING = ("input_size", "imgsz", "task", "class_names")  # options that describe the model, not build it
 
 
 @register
@@ -28,87 +36,101 @@ class TimmAdapter(Adapter):
     metric_name = "recall"
 
     def handles(self, arch: str) -> bool:
-        from tpunlearn import zoo
-
-        if arch in zoo.ZOO:
-            return zoo.entry(arch).family == "timm"
         import timm
 
-        return timm.is_model(arch.removeprefix("timm/"))
+        return bool(timm.is_model(str(arch).removeprefix("timm/")))
 
-    def build(self, arch: str, weights: str | Path | None = None, num_classes: int | None = None,
-              in_chans: int | None = None, input_size: tuple[int, int, int] | None = None, task: str | None = None,
-              class_names: list[str] | None = None, trust_checkpoint: bool = False,
-              **kwargs: Any) -> tuple[nn.Module, ModelInfo]:
-        """A zoo model by name, or ``timm.create_model(arch)`` randomly initialised or from ``weights``.
-
-        A tpunlearn checkpoint (``tpunlearn-timm/1`` as :meth:`save` writes it, or a zoo
-        ``tpunlearn-zoo/1`` file) describes itself: its ``timm_kwargs``, input size, class
-        names and task rebuild the architecture, and its pruning history is replayed before
-        the weights load, so ``build("resnet18", weights="out/model.pt")`` gives back the
-        pruned model. Explicit arguments that contradict the checkpoint raise
-        :class:`WeightsError`. Files load through :func:`tpunlearn.safeload.load_checkpoint`
-        (``torch.load(weights_only=True)``, then an allow-list of model classes; a plain
-        state dict, a ``{"state_dict": ...}`` dict or a pickled timm module all work);
-        ``trust_checkpoint`` loads a file off the allow-list with full unpickling.
-        """
-        from tpunlearn import zoo
-
-        ckpt = _read(Path(weights), trust_checkpoint) if weights is not None else None
-        saved = ckpt if isinstance(ckpt, dict) and ckpt.get("format") in (SAVE_FORMAT, zoo.FORMAT) else None
-        if ckpt is not None and saved is None:
-            _refuse_foreign(Path(weights), ckpt, arch)
-        if arch in zoo.ZOO and (saved is None or saved.get("format") == zoo.FORMAT):
-            if ckpt is not None and saved is None:
-                from tpunlearn.safeload import describe_checkpoint
-
-                raise WeightsError(f"{weights} is {describe_checkpoint(ckpt)}, not a checkpoint of zoo model {arch} "
-                                   f"({zoo.FORMAT}, or {SAVE_FORMAT} as `tpunlearn prune` writes it)")
-            model, meta = zoo.load(arch) if ckpt is None else zoo.from_checkpoint(arch, Path(weights).resolve(), ckpt)
-            info = ModelInfo(arch=arch, family="timm", task=meta["task"], class_names=meta["class_names"],
-                             input_size=tuple(meta["input_size"]), weights=meta["weights"],
-                             extra={"timm_name": meta["arch"], "timm_kwargs": meta["kwargs"], "data": meta["data"],
-                                    "history": []})
-            return model, info
+    # ---- building (the template's steps) -------------------------------------------------------
+    def resolve(self, state: BuildState) -> None:
+        """The timm name; a zoo entry's arch must be one too. Explicit sizes become ``input_size``."""
         import timm
 
-        explicit = {k: v for k, v in (("num_classes", num_classes), ("in_chans", in_chans)) if v is not None}
-        explicit.update(kwargs)
-        extra: dict[str, Any] = {}
-        if arch in zoo.ZOO:  # a zoo name with a pruned checkpoint of that zoo model
-            e = zoo.entry(arch)
-            name, create_kwargs, extra["data"] = e.arch, {**e.kwargs, **explicit}, e.data
+        state.builder = (state.zoo.arch if state.zoo is not None else state.arch).removeprefix("timm/")
+        if not timm.is_model(state.builder):
+            raise UsageError(f"unknown timm model {state.builder!r}")
+        size = state.options.pop("imgsz", None)
+        if size is not None and "input_size" not in state.options:
+            state.options["input_size"] = _size_from_imgsz(size, int(state.options.get("in_chans", 3)))
+
+    def reconcile(self, state: BuildState) -> None:
+        """timm kwargs from the zoo entry or the defaults, then the options, then a tpunlearn checkpoint."""
+        explicit = {k: v for k, v in state.options.items() if k not in _DESCRIBING}
+        if state.zoo is not None:
+            state.kwargs = {**state.zoo.kwargs, **explicit}
+            state.extra["data"] = state.zoo.data
         else:
-            name = arch.removeprefix("timm/")
-            create_kwargs = {"num_classes": 10, "in_chans": 3, **explicit}
+            state.kwargs = {"num_classes": 10, "in_chans": 3, **explicit}
+        ckpt = state.checkpoint
+        saved = ckpt if isinstance(ckpt, dict) and ckpt.get("format") in _FORMATS else None
+        if ckpt is not None and saved is None:
+            self._refuse_foreign(state)
         if saved is not None:
-            stored = dict(saved.get("timm_kwargs") or {})
-            if saved.get("timm_name") != name:
-                raise WeightsError(f"{weights} holds a {saved.get('timm_name')}, not a {name}")
-            if arch in zoo.ZOO and stored != zoo.entry(arch).kwargs:
-                raise WeightsError(f"{weights} holds a {name} built with {stored}, not zoo model {arch} "
-                                   f"({zoo.entry(arch).kwargs})")
-            clash = {k: v for k, v in explicit.items() if k in stored and stored[k] != v}
-            if clash:
-                raise WeightsError(f"{weights} holds a {name} built with {stored}, which contradicts {clash}")
-            create_kwargs = {**create_kwargs, **stored}
-            input_size = input_size or tuple(saved.get("input_size") or ()) or None
-            class_names = class_names or saved.get("class_names")
-            task = task or saved.get("task")
-        in_ch = int(create_kwargs.get("in_chans", 3))
-        num = int(create_kwargs.get("num_classes", 10))
-        model = timm.create_model(name, pretrained=False, **create_kwargs)
-        size = tuple(input_size or (in_ch, *model.pretrained_cfg.get("input_size", (3, 224, 224))[1:]))
-        history: list[Any] = []
-        if weights is not None:
-            history = _load_weights(model, name, Path(weights), ckpt, size)
-        model.eval()
-        info = ModelInfo(arch=arch, family="timm", task=task or "multilabel",
-                         class_names=list(class_names or [str(i) for i in range(num)]),
-                         input_size=size, weights=str(weights) if weights is not None else None,
-                         extra={"timm_name": name, "timm_kwargs": create_kwargs, "history": history, **extra})
-        return model, info
+            self._reconcile_saved(state, saved, explicit)
+        elif ckpt is not None:
+            state.state = _state_of(ckpt)
+            if state.state is None:
+                raise WeightsError(f"{state.weights} holds no state dict")
+        state.class_names = state.options.get("class_names") or state.class_names
+        state.task = state.options.get("task") or state.task
+        state.input_size = as_size(state.options.get("input_size")) or state.input_size
+        if state.input_size is None and state.zoo is not None:
+            state.input_size = as_size(state.zoo.input_size)
 
+    def _reconcile_saved(self, state: BuildState, saved: dict[str, Any], explicit: dict[str, Any]) -> None:
+        """A tpunlearn checkpoint describes itself; it must be the named architecture (and zoo entry)."""
+        name, stored = state.builder, dict(saved.get("timm_kwargs") or {})
+        zoo = state.zoo
+        if zoo is not None and (saved.get("timm_name") != zoo.arch or stored != dict(zoo.kwargs)):
+            raise WeightsError(f"{state.weights} holds {saved.get('timm_name')} {stored}, not zoo model {zoo.name} "
+                               f"({zoo.arch} {dict(zoo.kwargs)}); rebuild it with "
+                               f"`python scripts/train_zoo.py {zoo.name}`")
+        if saved.get("timm_name") != name:
+            raise WeightsError(f"{state.weights} holds a {saved.get('timm_name')}, not a {name}")
+        check_stored(stored, explicit, state.weights, name)
+        state.kwargs = {**state.kwargs, **stored}
+        state.input_size = as_size(saved.get("input_size"))
+        state.class_names = saved.get("class_names")
+        state.task = saved.get("task")
+        if saved.get("format") == SAVE_FORMAT:
+            state.history = pruning_history(saved.get("history"))
+        else:
+            state.extra["train"] = dict(saved.get("train") or {})
+        state.state = saved.get("state_dict")
+
+    def _refuse_foreign(self, state: BuildState) -> None:
+        """A checkpoint of another family (another tpunlearn format, an ultralytics model) is a WeightsError."""
+        ckpt = state.checkpoint
+        if state.zoo is not None:
+            from tpunlearn.safeload import describe_checkpoint
+
+            raise WeightsError(f"{state.weights} is {describe_checkpoint(ckpt)}, not a checkpoint of zoo model "
+                               f"{state.zoo.name} ({ZOO_FORMAT}, or {SAVE_FORMAT} as `tpunlearn prune` writes it)")
+        foreign = isinstance(ckpt, dict) and (isinstance(ckpt.get("format"), str) or any(
+            isinstance(ckpt.get(k), nn.Module) for k in ("model", "ema")))
+        if foreign or (isinstance(ckpt, nn.Module) and not type(ckpt).__module__.startswith("timm.")):
+            raise describe_foreign(state.weights, ckpt, "timm", state.arch)
+
+    def construct(self, state: BuildState) -> nn.Module:
+        import timm
+
+        model = timm.create_model(state.builder, pretrained=False, **state.kwargs)
+        if state.input_size is None:
+            in_ch = int(state.kwargs.get("in_chans", 3))
+            state.input_size = (in_ch, *model.pretrained_cfg.get("input_size", (3, 224, 224))[1:])
+        return model
+
+    def describe(self, model: nn.Module, state: BuildState) -> ModelInfo:
+        num = int(state.kwargs.get("num_classes", 10))
+        zoo = state.zoo
+        names = state.class_names or (list(zoo.class_names) if zoo is not None else [str(i) for i in range(num)])
+        weights = None if state.weights is None else str(state.weights)
+        return ModelInfo(arch=zoo.name if zoo is not None else state.arch, family="timm",
+                         task=state.task or (zoo.task if zoo is not None else "multilabel"),
+                         class_names=list(names), input_size=state.size(),
+                         weights=weights, extra={"timm_name": state.builder, "timm_kwargs": state.kwargs,
+                                                 "history": state.history, **state.extra})
+
+    # ---- what the core needs -------------------------------------------------------------------
     def target(self, info: ModelInfo, index: int) -> Target:
         return ClassLogit(index, multilabel=info.task == "multilabel")
 
@@ -184,6 +206,24 @@ class TimmAdapter(Adapter):
         save_torch(payload, path)
 
 
+def _state_of(ckpt: Any) -> Any:
+    """The state dict inside a plain checkpoint: itself, its ``state_dict``, or a pickled module's."""
+    if isinstance(ckpt, nn.Module):  # torch.save(model) of a timm model
+        return ckpt.state_dict()
+    if isinstance(ckpt, dict):
+        return ckpt.get("state_dict", ckpt)
+    return None
+
+
+def _size_from_imgsz(imgsz: int | Sequence[int], channels: int) -> tuple[int, int, int]:
+    if isinstance(imgsz, int):
+        return (channels, int(imgsz), int(imgsz))
+    dims = [int(v) for v in imgsz]
+    if len(dims) != 2:
+        raise UsageError(f"imgsz must be an int or (H, W), got {imgsz!r}")
+    return (channels, dims[0], dims[1])
+
+
 def _recall(model: nn.Module, info: ModelInfo, spec: str | None, split: str, verb: str) -> dict[str, float]:
     """Per-class recall on a DigitScenes split, keyed by class name."""
     from tpunlearn import data
@@ -204,60 +244,3 @@ def _digits(spec: str | None, verb: str) -> int | None:
     if n is None:
         raise UsageError(f"the timm adapter can only {verb} --data digits (or digits:N) for now, got {spec!r}")
     return n or None
-
-
-def _read(path: Path, trust: bool = False) -> Any:
-    """The checkpoint at ``path``, loaded safely; a missing, unreadable or unsafe file is a WeightsError."""
-    from tpunlearn.safeload import load_checkpoint
-
-    return load_checkpoint(path, trust=trust)
-
-
-def _refuse_foreign(path: Path, ckpt: Any, arch: str) -> None:
-    """A checkpoint of another family (another tpunlearn format, an ultralytics model) is a WeightsError."""
-    from tpunlearn.safeload import describe_checkpoint
-
-    foreign = isinstance(ckpt, dict) and (isinstance(ckpt.get("format"), str) or any(
-        isinstance(ckpt.get(k), nn.Module) for k in ("model", "ema")))
-    if isinstance(ckpt, nn.Module) and not type(ckpt).__module__.startswith("timm."):
-        foreign = True
-    if foreign:
-        raise WeightsError(f"{path} is {describe_checkpoint(ckpt)}, not weights for the timm model {arch}; "
-                           "pass the --arch it was made for")
-
-
-def _load_weights(model: nn.Module, name: str, path: Path, ckpt: Any, input_size: tuple[int, ...]) -> list[Any]:
-    """Load a read checkpoint into ``model``: a tpunlearn one (replaying its pruning) or a plain state dict."""
-    history: list[Any] = []
-    if isinstance(ckpt, dict) and ckpt.get("format") == SAVE_FORMAT:
-        history = [list(h) for h in ckpt.get("history") or []]
-        if history:
-            from tpunlearn.plan import build_dependency_graph
-
-            try:
-                dg = build_dependency_graph(model, torch.rand(1, *input_size))
-                dg.load_pruning_history([list(h) for h in history])
-            except Exception as exc:  # noqa: BLE001 - a history that does not fit this model
-                raise WeightsError(f"{path}: its pruning history does not fit {name} ({_first_problem(exc)})") from None
-        state = ckpt.get("state_dict")
-    elif isinstance(ckpt, nn.Module):  # torch.save(model) of a timm model
-        state = ckpt.state_dict()
-    elif isinstance(ckpt, dict):
-        state = ckpt.get("state_dict", ckpt)
-    else:
-        state = None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path} holds no state dict")
-    try:
-        model.load_state_dict({k: v.float() if torch.is_floating_point(v) else v for k, v in state.items()})
-    except RuntimeError as exc:
-        raise WeightsError(f"{path} does not fit {name} (weights of another architecture or size?): "
-                           f"{_first_problem(exc)}") from None
-    return history
-
-
-def _first_problem(exc: Exception) -> str:
-    """The first informative line of a ``load_state_dict`` error (its first line is a header)."""
-    lines = [l.strip() for l in str(exc).splitlines() if l.strip()]
-    detail = next((l for l in lines if not l.startswith("Error(s) in loading")), lines[0] if lines else type(exc).__name__)
-    return detail if len(detail) <= 160 else detail[:157] + "..."

@@ -52,7 +52,7 @@ from torch import nn
 from tpunlearn.errors import DataError, UsageError, WeightsError
 from tpunlearn.targets import DetectionScore, Target
 
-from .base import Adapter, ModelInfo
+from .base import Adapter, BuildState, ModelInfo
 from .registry import register
 
 _NAME = re.compile(r"^yolov5([nsmlx])(u)?(\.pt|\.ya?ml)?$", re.IGNORECASE)
@@ -92,9 +92,22 @@ class YOLOv5Adapter(Adapter):
             return _is_detection_yaml(path)
         return False
 
+    # transitional: this family still overrides build() whole; the template's steps are unused
+    def resolve(self, state: BuildState) -> None:
+        raise NotImplementedError
+
+    def reconcile(self, state: BuildState) -> None:
+        raise NotImplementedError
+
+    def construct(self, state: BuildState) -> nn.Module:
+        raise NotImplementedError
+
+    def describe(self, model: nn.Module, state: BuildState) -> ModelInfo:
+        raise NotImplementedError
+
     def build(self, arch: str, weights: str | Path | None = None, nc: int | None = None,
               imgsz: int | None = None, names: Sequence[str] | dict[int, str] | None = None,
-              pretrained: bool | None = None, trust_checkpoint: bool = False,
+              pretrained: bool | None = None, trust_checkpoint: bool = False, zoo: Any = None,
               **kwargs: Any) -> tuple[nn.Module, ModelInfo]:
         """A YOLOv5 ``DetectionModel``: from a checkpoint, or randomly initialised from its YAML.
 
@@ -108,6 +121,9 @@ class YOLOv5Adapter(Adapter):
         :func:`tpunlearn.safeload.load_checkpoint`; ``trust_checkpoint`` loads one off its
         allow-list with full unpickling.
         """
+        if zoo is not None:  # transitional: the old zoo-name path, until this adapter uses the template
+            arch = zoo.name
+
         from tpunlearn import zoo
 
         if kwargs:

@@ -19,6 +19,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import tpunlearn as tu
+
 from tpunlearn import adapters, cli, zoo
 from tpunlearn.io import sha256
 
@@ -186,11 +188,13 @@ def test_saved_model_reloads_with_its_pruning(pruned):
         got = model(x)
     assert float((got - torch.from_numpy(expected)).abs().max()) <= 1e-4
 
-    # the zoo name with the pruned checkpoint gives the same model
-    model_z, info_z = adapter.build(ZOO, weights=path)
-    assert info_z.extra["history"] == ckpt["history"]
+    # the zoo name with the pruned checkpoint gives the same model (the CLI's route and the zoo's own)
+    _, model_z, info_z = tu.models.load_model(ZOO, weights=path)
+    assert info_z.extra["history"] == ckpt["history"] and info_z.arch == ZOO
+    model_l, meta = tu.zoo.load(ZOO, weights=path)
+    assert meta["weights"] == str(path.resolve())
     with torch.no_grad():
-        assert torch.equal(model_z(x), got)
+        assert torch.equal(model_z(x), got) and torch.equal(model_l(x), got)
 
 
 def test_eval_of_the_saved_model_matches_the_report(pruned, tmp_path, capsys):

@@ -34,7 +34,11 @@ def test_for_arch_finds_the_timm_adapter(adapter):
     assert "timm" in adapters.names()
     assert adapters.for_arch("resnet18") is adapter
     assert adapters.for_arch("timm/resnet18") is adapter
-    assert adapters.for_arch("digitscenes-resnet") is adapter
+    # zoo names are the zoo's: it hands its entry to the family's adapter (adapters know no zoo)
+    assert tu.models.adapter_for("digitscenes-resnet") is adapter
+    assert tu.models.adapter_for("resnet18") is adapter
+    with pytest.raises(UsageError, match="unknown arch"):
+        adapters.for_arch("digitscenes-resnet")
 
 
 def test_unknown_arch_and_adapter_raise_usage_error():
@@ -165,7 +169,7 @@ def test_checkpoint_of_another_architecture_raises(adapter, saved):
     with pytest.raises(WeightsError, match="resnet18"):
         adapter.build("resnet34", weights=path)
     with pytest.raises(WeightsError, match="digitscenes-resnet"):
-        adapter.build("digitscenes-resnet", weights=path)  # same timm name, other kwargs
+        tu.zoo.load("digitscenes-resnet", weights=path)  # same timm name, other kwargs
     with pytest.raises(WeightsError, match="num_classes"):
         adapter.build("resnet18", weights=path, num_classes=5)
     with pytest.raises(WeightsError, match="channels"):

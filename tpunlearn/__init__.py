@@ -11,7 +11,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"targets", "scoring", "graph", "plan", "api", "export", "report", "evaluate", "zoo", "data", "errors", "layers", "safeload", "io", "cache"}
+_SUBMODULES = {"targets", "scoring", "graph", "plan", "api", "export", "report", "evaluate", "zoo", "data", "errors", "layers", "safeload", "io", "cache", "models"}
 
 
 def __getattr__(name: str) -> Any:

@@ -233,11 +233,9 @@ def _ranks(args: argparse.Namespace) -> Iterator[Any]:
 
 
 def _build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    from tpunlearn import adapters
+    from tpunlearn.models import load_model
 
-    adapter = adapters.for_arch(args.arch)
-    model, info = adapter.build(args.arch, args.weights, trust_checkpoint=args.trust_checkpoint)
-    return adapter, model, info
+    return load_model(args.arch, args.weights, trust_checkpoint=args.trust_checkpoint)
 
 
 LIBRARY_DEFAULTS = {"sigma": 4, "delta": 0.05, "retain_tolerance": 0, "align": 8}

@@ -2,24 +2,22 @@
 
 Checkpoints live in ``tpunlearn/weights/`` (fp16, a few MB) so that everything runs
 offline. Each :class:`ZooEntry` names its family and the architecture that rebuilds it;
-:func:`load` loads the weights::
+the family's adapter, from the adapter registry, builds and loads it (the adapters know
+nothing of the zoo: an entry is handed to them)::
 
     model, info = tpunlearn.zoo.load("digitscenes-resnet")
-    model, info = tpunlearn.zoo.load("digitscenes-yolov5")
+    model, info = tpunlearn.zoo.load("digitscenes-yolov5", weights="out/model.pt")  # a pruned copy
 
-Two checkpoint formats, one per family:
+One checkpoint format per family, each the family's own save format plus a training record:
 
-* ``timm``: a ``torch.save`` of a dict with plain types and tensors only (it loads with
-  ``weights_only=True``)::
-
-    {"format": "tpunlearn-zoo/1", "name", "timm_name", "timm_kwargs", "state_dict" (fp16),
-     "class_names", "input_size", "task", "train": {epochs, seed, lr, n_train, test_recall, ...}}
-
-* ``yolov5``: ultralytics' own checkpoint layout (fp16 ``DetectionModel``, ``train_args``),
-  as the yolov5 adapter saves it, so ``ultralytics.YOLO(path)`` loads it too; its
-  ``"tpunlearn"`` entry holds ``{"zoo": {"name", "train": {epochs, imgsz, test_ap50,
-  test_map50, ...}}}``. It loads through the yolov5 adapter (ultralytics' restricted
-  loader first).
+* ``timm``: ``tpunlearn-zoo/1``, a dict of plain types and tensors (loads with
+  ``weights_only=True``): ``{"format", "name", "timm_name", "timm_kwargs", "state_dict"
+  (fp16), "class_names", "input_size", "task", "train": {epochs, seed, n_train, test_recall, ...}}``.
+* ``yolov5``: ultralytics' own checkpoint layout (fp16 ``DetectionModel``), so
+  ``ultralytics.YOLO(path)`` loads it too; its ``"tpunlearn"`` entry holds
+  ``{"zoo": {"name", "train": {epochs, imgsz, test_ap50, test_map50, ...}}}``.
+* ``deeplabv3``: ``tpunlearn-deeplabv3/1`` (fp16), with ``"zoo": {"name", "train": {...,
+  test_iou, test_miou}}``.
 """
 from __future__ import annotations
 
@@ -29,10 +27,10 @@ from typing import Any
 
 from tpunlearn.errors import UsageError, WeightsError
 
-__all__ = ["FORMAT", "WEIGHTS_DIR", "ZOO", "ZooEntry", "entry", "load", "from_checkpoint", "names", "weights_path",
-           "build"]
+__all__ = ["FORMAT", "WEIGHTS_DIR", "ZOO", "ZooEntry", "adapter_of", "build", "build_model", "entry", "load", "names",
+           "weights_path"]
 
-FORMAT = "tpunlearn-zoo/1"
+FORMAT = "tpunlearn-zoo/1"  # the timm family's zoo checkpoints (the adapter reads them)
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
@@ -119,128 +117,65 @@ def weights_path(name: str) -> Path:
     return WEIGHTS_DIR / entry(name).weights
 
 
-def build(name: str):
+def adapter_of(name: str) -> Any:
+    """The adapter of zoo model ``name``'s family (from the adapter registry)."""
+    from tpunlearn import adapters
+
+    return adapters.get(entry(name).family)
+
+
+def build(name: str) -> Any:
     """The architecture of zoo model ``name``, randomly initialised (no weights loaded)."""
-    e = entry(name)
-    if e.family == "yolov5":
-        from tpunlearn.adapters import get
-
-        model, _ = get("yolov5").build(e.arch, names=e.class_names, imgsz=e.input_size[-1], **e.kwargs)
-        return model
-    if e.family == "deeplabv3":
-        from tpunlearn.adapters import get
-
-        model, _ = get("deeplabv3").build(e.arch, class_names=e.class_names, imgsz=e.input_size[-1], **e.kwargs)
-        return model
-    import timm
-
-    return timm.create_model(e.arch, pretrained=False, **e.kwargs)
+    model, _ = adapter_of(name).build(entry(name).arch, zoo=entry(name))
+    return model
 
 
-def load(name: str, weights: str | Path | None = None, trust_checkpoint: bool = False):
+def build_model(name: str, weights: str | Path | None = None, trust_checkpoint: bool = False,
+                **options: Any) -> tuple[Any, Any, Any]:
+    """``(adapter, model, ModelInfo)`` of zoo model ``name`` with its weights (or ``weights``, a
+    pruned copy of it), built by its family's adapter; the model is in eval mode."""
+    path = Path(weights).resolve() if weights is not None else weights_path(name)
+    if weights is None and not path.is_file():
+        raise WeightsError(f"weights for zoo model {name!r} not found at {path}; "
+                           f"run `python scripts/train_zoo.py {name}`")
+    adapter = adapter_of(name)
+    model, info = adapter.build(entry(name).arch, weights=path, zoo=entry(name), trust_checkpoint=trust_checkpoint,
+                                **options)
+    return adapter, model, info
+
+
+def load(name: str, weights: str | Path | None = None, trust_checkpoint: bool = False) -> tuple[Any, dict[str, Any]]:
     """Build zoo model ``name``, load its weights (fp16 -> float32, strict) and set eval mode.
 
-    ``weights`` overrides the checkpoint path. Returns ``(model, info)``; ``info`` holds
-    ``name``, ``arch``, ``family``, ``task``, ``kwargs``, ``class_names``, ``input_size``,
-    ``weights`` (absolute path), ``sha256``, ``test_recall``, ``test_precision`` and ``train``.
-    Files load through :func:`tpunlearn.safeload.load_checkpoint` (``trust_checkpoint``
-    allows a file off its allow-list, with a warning).
+    ``weights`` overrides the checkpoint path (a pruned copy of the zoo model loads too).
+    Returns ``(model, info)``; ``info`` holds ``name``, ``arch``, ``family``, ``task``,
+    ``kwargs``, ``data``, ``class_names``, ``input_size``, ``weights`` (absolute path),
+    ``sha256``, ``train`` (the training record) and its ``test_*`` metrics (``test_recall``
+    for classifiers, ``test_ap50``/``test_map50`` for detectors, ``test_iou``/``test_miou``
+    for segmenters). Files load through :func:`tpunlearn.safeload.load_checkpoint`
+    (``trust_checkpoint`` allows a file off its allow-list, with a warning).
     """
-    from tpunlearn.safeload import load_checkpoint
+    from tpunlearn.io import sha256
 
     e = entry(name)
     path = Path(weights).resolve() if weights is not None else weights_path(name)
     if not path.is_file():
-        raise WeightsError(
-            f"weights for zoo model {name!r} not found at {path}; run `python scripts/train_zoo.py {name}`"
-        )
-    if e.family == "yolov5":
-        return _load_yolov5(e, path, trust_checkpoint)
-    if e.family == "deeplabv3":
-        return _load_deeplabv3(e, path, trust_checkpoint)
-    return from_checkpoint(name, path, load_checkpoint(path, trust=trust_checkpoint))
-
-
-def from_checkpoint(name: str, path: Path, ckpt: Any):
-    """:func:`load` for a timm-family zoo model whose checkpoint ``ckpt`` was already read from ``path``."""
-    import torch
-
-    from tpunlearn.io import sha256
-
-    e = entry(name)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        from tpunlearn.safeload import describe_checkpoint
-
-        raise WeightsError(f"{path} is {describe_checkpoint(ckpt)}, not a {FORMAT} checkpoint of {name}; "
-                           f"rebuild it with `python scripts/train_zoo.py {name}`")
-    if ckpt.get("timm_name") != e.arch or dict(ckpt.get("timm_kwargs", {})) != e.kwargs:
-        raise WeightsError(
-            f"{path} holds {ckpt.get('timm_name')} {ckpt.get('timm_kwargs')}, not {e.arch} {e.kwargs}; "
-            f"rebuild it with `python scripts/train_zoo.py {name}`"
-        )
-    model = build(name)
-    state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in ckpt["state_dict"].items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise WeightsError(f"{path} does not fit {e.arch}: {str(exc).splitlines()[0]}") from exc
-    model.eval()
-    train = dict(ckpt.get("train", {}))
+        raise WeightsError(f"weights for zoo model {name!r} not found at {path}; "
+                           f"run `python scripts/train_zoo.py {name}`")
+    _adapter, model, minfo = build_model(name, path, trust_checkpoint)
+    train = dict(minfo.extra.get("train") or (minfo.extra.get("zoo") or {}).get("train") or {})
     info = {
         "name": e.name,
         "arch": e.arch,
         "family": e.family,
-        "task": ckpt.get("task", e.task),
-        "kwargs": dict(e.kwargs),
-        "data": e.data,
-        "class_names": list(ckpt.get("class_names", e.class_names)),
-        "input_size": list(ckpt.get("input_size", e.input_size)),
-        "weights": str(path),
-        "sha256": sha256(path),
-        "test_recall": train.get("test_recall"),
-        "test_precision": train.get("test_precision"),
-        "train": train,
-    }
-    return model, info
-
-
-def _load_yolov5(e: ZooEntry, path: Path, trust_checkpoint: bool = False):
-    """A yolov5-family zoo model through the yolov5 adapter; ``info`` as :func:`load` says,
-    with ``test_ap50`` (per digit) and ``test_map50`` in place of recall and precision."""
-    from tpunlearn.adapters import get
-
-    model, minfo = get("yolov5").build(e.name, weights=path, trust_checkpoint=trust_checkpoint)
-    train = dict(minfo.extra.get("train") or {})
-    return model, _adapter_info(e, path, minfo, train, "test_ap50", "test_map50")
-
-
-def _load_deeplabv3(e: ZooEntry, path: Path, trust_checkpoint: bool = False):
-    """A deeplabv3-family zoo model through the deeplabv3 adapter (``tpunlearn-deeplabv3/1``
-    checkpoint, fp16, its ``"zoo"`` record holding the training settings); ``info`` as
-    :func:`load` says, with ``test_iou`` (per class name, background included),
-    ``test_miou`` (over the ten digits) and ``test_miou_all`` (over all 11 classes)."""
-    from tpunlearn.adapters import get
-
-    model, minfo = get("deeplabv3").build(e.name, weights=path, trust_checkpoint=trust_checkpoint)
-    train = dict((minfo.extra.get("zoo") or {}).get("train") or {})
-    return model, _adapter_info(e, path, minfo, train, "test_iou", "test_miou", "test_miou_all")
-
-
-def _adapter_info(e: ZooEntry, path: Path, minfo: Any, train: dict, *metrics: str) -> dict:
-    """The ``info`` dict of :func:`load` for a model an adapter built, with its test ``metrics``."""
-    from tpunlearn.io import sha256
-
-    return {
-        "name": e.name,
-        "arch": e.arch,
-        "family": e.family,
-        "task": e.task,
+        "task": minfo.task,
         "kwargs": dict(e.kwargs),
         "data": e.data,
         "class_names": list(minfo.class_names),
         "input_size": list(minfo.input_size),
         "weights": str(path),
         "sha256": sha256(path),
-        **{m: train.get(m) for m in metrics},
+        **{k: v for k, v in train.items() if k.startswith("test_")},
         "train": train,
     }
+    return model, info
