@@ -122,7 +122,7 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def _scene_seed(seed: int, split: str, index: int) -> int:
+def scene_seed(seed: int, split: str, index: int) -> int:
     """A 63-bit generator seed that depends on ``(seed, split, index)`` only."""
     h = _splitmix64(int(seed) & _MASK64)
     h = _splitmix64(h ^ _SPLIT_CODE[split])
@@ -210,7 +210,7 @@ class DigitScenes(Dataset):
 
     def _generate(self, index: int):
         S = self.size
-        g = torch.Generator().manual_seed(_scene_seed(self.seed, self.split, index))
+        g = torch.Generator().manual_seed(scene_seed(self.seed, self.split, index))
         u = torch.rand(8, generator=g, dtype=torch.float64).tolist()
         count = 1 + int((self._count_cdf < u[0]).sum())
         count = min(count, 4)
