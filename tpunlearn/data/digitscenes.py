@@ -330,7 +330,7 @@ def _save_gray(array: torch.Tensor, path: Path, palette: list[int] | None = None
     img.save(path)
 
 
-def _voc_palette() -> list[int]:
+def voc_palette() -> list[int]:
     """The PASCAL VOC colour map (index 0 black, 1 dark red, ...), 256 entries."""
     pal = []
     for i in range(256):
@@ -408,7 +408,7 @@ def write_voc(
     sets = root / "ImageSets" / "Segmentation"
     for d in (jpeg, seg, sets):
         d.mkdir(parents=True, exist_ok=True)
-    palette = _voc_palette()
+    palette = voc_palette()
     for split in splits:
         ds = DigitScenes(split, size=size, n_scenes=_counts(n_scenes, split), seed=seed, channels=1)
         ids = []
