@@ -90,9 +90,18 @@ def test_folder_errors_are_data_errors(tmp_path):
     Image.new("L", (4, 5)).save(tmp_path / "SegmentationClass" / "a.png")
     with pytest.raises(DataError, match="image is 4x4, mask 4x5"):
         read_voc(tmp_path, "a")
+    Image.new("L", (4, 4)).save(tmp_path / "SegmentationClass" / "a.png")
+    import ultralytics.utils.patches  # noqa: F401  (it wraps PIL.Image.open: unreadable files must not reach it)
+
     (tmp_path / "JPEGImages" / "a.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="neither a PNG nor a JPEG"):
+        read_voc(tmp_path, "a")
+    (tmp_path / "JPEGImages" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     with pytest.raises(DataError, match="cannot read 'a'"):
         read_voc(tmp_path, "a")
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(tmp_path / "JPEGImages" / "a.png", format="JPEG")  # read by content
+    image, mask = read_voc(tmp_path, "a")
+    assert image.shape == (3, 4, 4) and float(image[0].mean()) > 0.9 and mask.shape == (4, 4)
 
 
 def test_mask_filter_drops_or_keeps_images_holding_classes(voc):

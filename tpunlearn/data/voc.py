@@ -164,8 +164,6 @@ def voc_ids(root: str | Path, lists: Sequence[str]) -> list[str]:
 
 def read_voc(root: str | Path, stem: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One image (float ``(3, h, w)`` in [0, 1]) and its class-index mask (uint8 ``(h, w)``)."""
-    from PIL import Image
-
     root = Path(root)
     image_path = next((root / "JPEGImages" / f"{stem}{ext}" for ext in IMAGE_SUFFIXES
                        if (root / "JPEGImages" / f"{stem}{ext}").is_file()), None)
@@ -175,16 +173,33 @@ def read_voc(root: str | Path, stem: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not mask_path.is_file():
         raise DataError(f"{root / 'SegmentationClass'} has no mask {stem}.png")
     try:
-        with Image.open(image_path) as img:
+        with _open_image(image_path) as img:
             rgb = img.convert("RGB")
             image = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3)
-        with Image.open(mask_path) as m:
+        with _open_image(mask_path) as m:
             if m.mode not in ("P", "L"):
                 raise DataError(f"{mask_path} is a {m.mode} image; a VOC mask is a palette (P) or gray (L) PNG "
                                 "whose pixel values are class indices")
             mask = torch.frombuffer(bytearray(m.tobytes()), dtype=torch.uint8).view(m.height, m.width)
-    except OSError as exc:
+    except (OSError, SyntaxError) as exc:  # PIL's decoders raise SyntaxError on a malformed header
         raise DataError(f"cannot read {stem!r} in {root}: {exc}") from None
     if tuple(mask.shape) != tuple(image.shape[:2]):
         raise DataError(f"{stem!r}: image is {image.shape[1]}x{image.shape[0]}, mask {mask.shape[1]}x{mask.shape[0]}")
     return image.permute(2, 0, 1).float() / 255.0, mask.clone()
+
+
+def _open_image(path: Path) -> Any:
+    """A PNG or JPEG file opened with PIL's own decoder for its signature.
+
+    Not ``PIL.Image.open``: importing ultralytics replaces it with a wrapper that, on a file PIL
+    cannot identify, installs and imports ``pi_heif`` (a traceback offline, a pip install online).
+    """
+    from PIL import JpegImagePlugin, PngImagePlugin
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return PngImagePlugin.PngImageFile(str(path))
+    if head.startswith(b"\xff\xd8\xff"):
+        return JpegImagePlugin.JpegImageFile(str(path))
+    raise DataError(f"{path} is neither a PNG nor a JPEG image")
