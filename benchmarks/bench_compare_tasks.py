@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
-from tpunlearn import adapters
+from tpunlearn import adapters, zoo
 from tpunlearn.report import count_macs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,13 +32,11 @@ FORGET_DIGIT = 3
 
 
 def segmentation() -> tuple[Task, Any, list[Any]]:
-    a = adapters.get("deeplabv3")
-    model, info = a.build("digitscenes-deeplabv3")
-    from tpunlearn.adapters.deeplabv3 import MaskFilter, _Batches, _source
+    a, model, info = zoo.build_model("digitscenes-deeplabv3")
+    from tpunlearn.data.voc import MaskFilter
 
     def batches(forget: Sequence[int], kind: str, seed: int):
-        source = _source(info, "digits:1000", "train")
-        everything = _Batches(source, info, 16, with_masks=True)
+        everything = a.mask_batches(info, "digits:1000", "train", 16)
         if kind == "all":
             return everything
         if kind == "retain":

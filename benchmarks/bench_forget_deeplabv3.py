@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 import tpunlearn as tu
-from tpunlearn import adapters
+from tpunlearn import zoo
 from tpunlearn.io import sha256
 from tpunlearn.targets import SegmentationLogit
 
@@ -84,8 +84,7 @@ def _mean(values: list[float]) -> float:
 
 class Bench:
     def __init__(self, weights: Path | None, n_test: int, scoring: str) -> None:
-        self.adapter = adapters.get("deeplabv3")
-        self.model, self.info = self.adapter.build(NAME, weights=weights)
+        self.adapter, self.model, self.info = zoo.build_model(NAME, weights)
         self.test_spec, self.scoring = f"digits:{n_test}", scoring
         self.base = self.adapter.segmentation_metrics(self.model, self.info, self.test_spec)["iou"]
         # ChannelScores per (sigma, method, ignored layers, target): reused across digits and deltas

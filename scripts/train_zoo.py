@@ -346,7 +346,7 @@ def _segmentation_iou(model: torch.nn.Module, images: torch.Tensor, masks: torch
         for i in range(0, len(images), bs):
             pred = model(images[i:i + bs].expand(-1, 3, -1, -1))["out"].argmax(1)
             cm += torch.bincount((masks[i:i + bs].long() * C + pred).flatten(), minlength=C * C)
-    from tpunlearn.adapters.deeplabv3 import iou_from_confusion
+    from tpunlearn.evaluate import iou_from_confusion
 
     return iou_from_confusion(cm.reshape(C, C).cpu())
 
@@ -376,7 +376,7 @@ def train_digitscenes_deeplabv3(name: str, epochs: int, seed: int, n_train: int,
     x_val, m_val = val.images.to(dev), val.masks.to(dev)
     print(f"data: {len(x_train)} train / {len(val)} val scenes at {size}px in {time.time() - t0:.1f}s", flush=True)
 
-    model, info = adapter.build(e.arch, class_names=e.class_names, imgsz=size, **e.kwargs)
+    model, info = adapter.build(e.arch, zoo=e)  # a random model of the entry's configuration
     model.to(dev)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {e.arch} {e.kwargs} (torchvision DeepLabV3) -> {n_params:,} params, device {dev}", flush=True)
@@ -426,7 +426,7 @@ def train_digitscenes_deeplabv3(name: str, epochs: int, seed: int, n_train: int,
     with tempfile.TemporaryDirectory(prefix="tpunlearn-train-deeplabv3-") as tmp:
         probe = Path(tmp) / "probe.pt"
         adapter.save(model, info, probe, half=True)
-        shipped, info = adapter.build(e.arch, weights=probe)
+        shipped, info = adapter.build(e.arch, weights=probe, zoo=e)
     shipped.to(dev)
     test = DigitScenes("test", size=size, n_scenes=n_test, channels=1)
     iou = _segmentation_iou(shipped, test.images.to(dev), test.masks.to(dev), C)
@@ -441,8 +441,6 @@ def train_digitscenes_deeplabv3(name: str, epochs: int, seed: int, n_train: int,
         print(f"{n:10s}  {test_iou[n]:.4f}")
     seconds = time.time() - t0
     print(f"trained in {train_seconds:.0f}s ({seconds:.0f}s in all)")
-    info.arch = name
-    info.extra["data"] = e.data
     info.extra["zoo"] = {
         "name": name,
         "train": {

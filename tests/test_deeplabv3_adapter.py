@@ -8,6 +8,7 @@ in varying places; the scoring batches mark the classes the model itself predict
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import replace
 
 import pytest
@@ -16,9 +17,7 @@ from torch import nn
 
 import tpunlearn as tu
 from tpunlearn import adapters
-from tpunlearn.adapters import deeplabv3
-from tpunlearn.adapters.deeplabv3 import (DIGIT_CLASSES, IMAGENET, SAVE_FORMAT, VOC_CLASSES, DeepLabV3Adapter,
-                                          confusion_matrix, iou_from_confusion)
+from tpunlearn.adapters.deeplabv3 import DIGIT_CLASSES, IMAGENET, SAVE_FORMAT, VOC_CLASSES, DeepLabV3Adapter
 from tpunlearn.errors import DataError, UsageError, WeightsError
 from tpunlearn.export import to_onnx
 from tpunlearn.plan import build_dependency_graph
@@ -296,7 +295,7 @@ def test_digit_samples_mark_background_and_digits(adapter, digits_model, monkeyp
     images = next(iter(adapter.samples(model, norm, "digits:10", batch_size=4)))[0]
     mean, std = torch.tensor(IMAGENET["mean"]).view(1, 3, 1, 1), torch.tensor(IMAGENET["std"]).view(1, 3, 1, 1)
     assert torch.allclose(images, (ds.images[:4] - mean) / std)
-    monkeypatch.setattr(deeplabv3, "DIGITS_MAX_SIDE", 32)
+    monkeypatch.setattr(importlib.import_module("tpunlearn.data.digitscenes"), "MASKS_MAX_SIDE", 32)
     wide = replace(info, input_size=(3, 40, 64))
     images, multi_hot = next(iter(adapter.samples(model, wide, "digits:4", batch_size=4)))
     assert images.shape == (4, 3, 40, 64)
@@ -320,28 +319,6 @@ def test_evaluate_gives_per_class_iou(adapter, digits_model):
     assert full["mIoU"] == pytest.approx(sum(iou.values()) / len(iou))
 
 
-def test_iou_from_confusion_matrix():
-    cm = torch.tensor([[3, 1, 0], [1, 2, 0], [0, 0, 0]])
-    iou = iou_from_confusion(cm)
-    assert iou[0] == pytest.approx(3 / 5) and iou[1] == pytest.approx(2 / 4) and torch.isnan(iou[2])
-
-    class Fixed(nn.Module):  # predicts class 1 on the left half, 0 elsewhere
-        def __init__(self):
-            super().__init__()
-            self.w = nn.Parameter(torch.zeros(1))
-
-        def forward(self, x):
-            out = torch.zeros(x.shape[0], 2, *x.shape[-2:])
-            out[:, 1, :, : x.shape[-1] // 2] = 1.0
-            return {"out": out + self.w}
-
-    mask = torch.zeros(4, 4, dtype=torch.uint8)
-    mask[:, :1] = 1
-    mask[0, :] = 255  # ignored row
-    cm = confusion_matrix(Fixed(), [(torch.zeros(1, 3, 4, 4), [mask])], 2)
-    assert cm.tolist() == [[6, 3], [0, 3]]  # 12 pixels counted: row 0 is ignored
-
-
 def test_voc_folder_matches_digits(adapter, digits_model, tmp_path):
     from tpunlearn.data import write_voc
 
@@ -357,3 +334,37 @@ def test_voc_folder_matches_digits(adapter, digits_model, tmp_path):
     (root / "ImageSets" / "Segmentation" / "train.txt").unlink()
     with pytest.raises(DataError, match="train.txt"):
         adapter.samples(model, info, str(root))
+
+
+# ---- a zoo entry handed to the adapter (the adapter knows no zoo) -------------------------------
+def _entry(**kw):
+    from types import SimpleNamespace
+
+    fields = {"name": "some-zoo-deeplab", "arch": "deeplabv3_resnet_tiny",
+              "kwargs": {"num_classes": 11, "aux_loss": True}, "class_names": DIGIT_CLASSES, "input_size": (3, 48, 48), "task": "segmentation", "data": "digits:7"}
+    return SimpleNamespace(**{**fields, **kw})
+
+
+def test_a_zoo_entry_builds_a_random_model_of_its_configuration(adapter, tmp_path):
+    assert not adapter.handles("digitscenes-deeplabv3")  # zoo names are the zoo's
+    with pytest.raises(UsageError, match="unknown DeepLabv3 arch"):
+        adapter.build("digitscenes-deeplabv3")
+    entry = _entry()
+    model, info = adapter.build(entry.arch, zoo=entry)
+    assert info.arch == entry.name and info.extra["builder"] == entry.arch and info.weights is None
+    assert model.aux_classifier is not None and model.classifier[4].out_channels == 11
+    assert info.input_size == (3, 48, 48) and info.class_names == DIGIT_CLASSES and info.extra["data"] == "digits:7"
+    assert info.extra["zoo"] == {"name": entry.name} and "train" not in info.extra
+    # saved with a training record, it loads back for the entry with the record in extra["train"]
+    info.extra["zoo"] = {"name": entry.name, "train": {"epochs": 1, "test_miou": 0.25}}
+    adapter.save(model, info, tmp_path / "zoo.pt", half=True)
+    raw = torch.load(tmp_path / "zoo.pt", weights_only=True)
+    assert raw["arch"] == entry.arch and raw["zoo"] == info.extra["zoo"]
+    _, again = adapter.build(entry.arch, weights=tmp_path / "zoo.pt", zoo=entry)
+    assert again.extra["train"] == {"epochs": 1, "test_miou": 0.25} and again.extra["zoo"] == raw["zoo"]
+    # a checkpoint of another configuration does not fit the entry
+    with pytest.raises(WeightsError, match="not zoo model some-zoo-deeplab"):
+        other = _entry(kwargs={"num_classes": 11, "aux_loss": False})
+        adapter.build(entry.arch, weights=tmp_path / "zoo.pt", zoo=other)
+    with pytest.raises(WeightsError, match=r"not a some-zoo-deeplab \(deeplabv3_mobilenet_v3_large\)"):
+        adapter.build(MOBILE, weights=tmp_path / "zoo.pt", zoo=_entry(arch=MOBILE))

@@ -32,7 +32,7 @@ def test_registry_and_adapter_dispatch():
     assert e.family == "deeplabv3" and e.task == "segmentation"
     assert e.class_names == DIGIT_CLASSES and tuple(e.input_size) == (3, 64, 64)
     assert zoo.weights_path(NAME).name == e.weights
-    assert adapters.for_arch(NAME).name == "deeplabv3"
+    assert tu.models.adapter_for(NAME).name == "deeplabv3"
     assert adapters.for_arch(e.arch).name == "deeplabv3"
     assert not adapters.get("timm").handles(NAME)
     assert not adapters.get("yolov5").handles(NAME)
@@ -79,7 +79,7 @@ def test_fp16_checkpoint_round_trip(tmp_path):
     model.load_state_dict(ref)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x)["out"], model(x)["out"])
-    again, ainfo = adapter.build(NAME, weights=path)
+    _, again, ainfo = zoo.build_model(NAME, weights=path)
     assert ainfo.arch == NAME and ainfo.extra["data"] == "digits"
 
 
@@ -89,8 +89,7 @@ def trained():
     if not zoo.weights_path(NAME).is_file():
         pytest.skip(f"{zoo.weights_path(NAME)} is absent: train it with "
                     f"`python scripts/train_zoo.py {NAME} --device cuda`")
-    adapter = adapters.get("deeplabv3")
-    model, info = adapter.build(NAME)
+    adapter, model, info = zoo.build_model(NAME)
     base = adapter.segmentation_metrics(model, info, "digits:100")["iou"]
     return adapter, model, info, base
 

@@ -57,3 +57,66 @@ def recall_table(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.T
     recall = multilabel_recall(logits, labels)
     names = names or [str(i) for i in range(recall.numel())]
     return {n: float(r) for n, r in zip(names, recall)}
+
+
+# ---- segmentation: per-class IoU from one confusion matrix ------------------------------------
+@torch.no_grad()
+def confusion_matrix(model: nn.Module, batches: Iterable[tuple[torch.Tensor, list[torch.Tensor]]],
+                     num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """``(C, C)`` int64 pixel counts, rows = ground truth, columns = prediction; ``ignore_index`` left out.
+
+    ``batches`` yield images and one ``(h, w)`` class mask per image; the model's main output
+    (a dict's ``out``) is resized to each mask's size before the argmax, so masks keep their
+    own resolution. The model runs in eval mode; every module's flag is restored.
+    """
+    from tpunlearn.torchutils import eval_mode, main_tensor, model_device
+
+    C = int(num_classes)
+    cm = torch.zeros(C * C, dtype=torch.long)
+    device = model_device(model)
+    with eval_mode(model):
+        for images, masks in batches:
+            logits = main_tensor(model(images.to(device))).float().cpu()
+            for logit, mask in zip(logits, masks, strict=True):
+                cm += _pixel_counts(logit, mask, C, ignore_index)
+    return cm.reshape(C, C)
+
+
+def _pixel_counts(logit: torch.Tensor, mask: torch.Tensor, C: int, ignore_index: int) -> torch.Tensor:
+    """Flat ``(C * C,)`` confusion counts of one image's ``(C, H, W)`` logits against its mask."""
+    from torch.nn import functional as F
+
+    from tpunlearn.errors import DataError
+
+    if logit.shape[-2:] != mask.shape[-2:]:
+        logit = F.interpolate(logit[None], size=tuple(mask.shape[-2:]), mode="bilinear", align_corners=False)[0]
+    pred = logit.argmax(0).flatten()
+    gt = mask.flatten().long()
+    keep = gt != ignore_index
+    if (gt[keep] >= C).any():
+        raise DataError(f"a mask holds class {int(gt[keep].max())}, but the model has {C} classes")
+    return torch.bincount(gt[keep] * C + pred[keep], minlength=C * C)
+
+
+def iou_from_confusion(cm: torch.Tensor) -> torch.Tensor:
+    """Per-class IoU ``diag / (row + col - diag)`` (float64); NaN where a class is neither in the
+    ground truth nor predicted."""
+    cm = cm.double()
+    inter = cm.diag()
+    union = cm.sum(0) + cm.sum(1) - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
+
+
+def segmentation_metrics(model: nn.Module, batches: Iterable[tuple[torch.Tensor, list[torch.Tensor]]],
+                         class_names: list[str], ignore_index: int = 255) -> dict[str, object]:
+    """``{"iou": {name: IoU}, "mIoU", "pixel_accuracy", "confusion": (C, C) list}`` of ``model`` on
+    ``(images, masks)`` batches; mIoU is the mean over the classes that occur (NaN-free)."""
+    cm = confusion_matrix(model, batches, len(class_names), ignore_index)
+    iou = iou_from_confusion(cm)
+    valid = ~torch.isnan(iou)
+    return {
+        "iou": {str(n): float(v) for n, v in zip(class_names, iou, strict=True)},
+        "mIoU": float(iou[valid].mean()) if valid.any() else float("nan"),
+        "pixel_accuracy": float(cm.diag().sum() / cm.sum().clamp(min=1)),
+        "confusion": cm.tolist(),
+    }

@@ -163,7 +163,7 @@ def load(name: str, weights: str | Path | None = None, trust_checkpoint: bool = 
         raise WeightsError(f"weights for zoo model {name!r} not found at {path}; "
                            f"run `python scripts/train_zoo.py {name}`")
     _adapter, model, minfo = build_model(name, path, trust_checkpoint)
-    train = dict(minfo.extra.get("train") or (minfo.extra.get("zoo") or {}).get("train") or {})
+    train = dict(minfo.extra.get("train") or {})
     info = {
         "name": e.name,
         "arch": e.arch,

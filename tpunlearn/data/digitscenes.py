@@ -23,17 +23,21 @@ drawn from a ``torch.Generator`` seeded from ``(seed, split, i)`` alone. All sce
 dataset are generated once, at construction (about a second for 6,000 scenes).
 
 Writers :func:`write_yolo` and :func:`write_voc` export the scenes as an ultralytics YOLO
-detection dataset and a VOC-style segmentation folder.
+detection dataset and a VOC-style segmentation folder; :class:`DigitScenesMasks` gives them
+as segmentation batches (images and masks) at a model's input size.
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+
+from .voc import MaskBatches
 
 __all__ = [
     "CLASS_NAMES",
@@ -42,6 +46,9 @@ __all__ = [
     "DEFAULT_SCENES",
     "Scene",
     "DigitScenes",
+    "DigitScenesMasks",
+    "MASK_CLASSES",
+    "MASKS_MAX_SIDE",
     "split_pool",
     "write_yolo",
     "write_voc",
@@ -373,12 +380,12 @@ def write_yolo(
             stem = f"{split}_{i:05d}"
             _save_gray(_to_uint8(ds.images[i]), img_dir / f"{stem}.png")
             lines = []
-            for d, (x1, y1, x2, y2) in zip(ds.labels[i], ds.boxes[i].tolist()):
+            for d, (x1, y1, x2, y2) in zip(ds.labels[i], ds.boxes[i].tolist(), strict=True):
                 cx, cy = (x1 + x2) / 2 / size, (y1 + y2) / 2 / size
                 w, h = (x2 - x1) / size, (y2 - y1) / size
                 lines.append(f"{d} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
             (lbl_dir / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
-    data = {"path": str(root)}
+    data: dict[str, object] = {"path": str(root)}
     for split in SPLITS:
         if split in splits:
             data[split] = f"images/{split}"
@@ -419,3 +426,40 @@ def write_voc(
             ids.append(stem)
         (sets / f"{split}.txt").write_text("\n".join(ids) + ("\n" if ids else ""))
     return root
+
+
+# --------------------------------------------------------------------------- segmentation batches
+MASKS_MAX_SIDE = 256  # every glyph size is pre-rendered (gigabytes at 512): larger scenes are made here and resized
+MASK_CLASSES = 1 + len(CLASS_NAMES)  # mask values: 0 background, d + 1 for digit d
+
+
+class DigitScenesMasks(MaskBatches):
+    """DigitScenes ``split`` as segmentation batches at any input ``size`` (``(H, W)``).
+
+    Scenes are composed at ``max(H, W)`` (at most :data:`MASKS_MAX_SIDE`), their grayscale
+    replicated to RGB, then resized to ``(H, W)`` (masks nearest), over the
+    :data:`MASK_CLASSES` mask classes. See :class:`tpunlearn.data.voc.MaskBatches`.
+    """
+
+    def __init__(self, split: str, n_scenes: int, size: Sequence[int], batch_size: int = 16, with_masks: bool = True,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        _check_split(split)
+        super().__init__(size, MASK_CLASSES, batch_size, with_masks, mean, std)
+        self.split, self.n_scenes = split, int(n_scenes)
+
+    def chunks(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+        h, w = self.size
+        ds = _segmentation_scenes(self.split, min(max(h, w), MASKS_MAX_SIDE), self.n_scenes)
+        for start in range(0, len(ds), self.batch_size):
+            images = ds.images[start:start + self.batch_size].repeat(1, 3, 1, 1)
+            masks = list(ds.masks[start:start + self.batch_size])
+            if masks and masks[0].shape != (h, w):
+                masks = [F.interpolate(m[None, None].float(), size=(h, w), mode="nearest")[0, 0].to(m.dtype)
+                         for m in masks]
+            yield images, masks
+
+
+@functools.lru_cache(maxsize=1)
+def _segmentation_scenes(split: str, size: int, n: int) -> DigitScenes:
+    """DigitScenes ``split`` at ``size`` (the last one made is kept: evaluating before and after reuses it)."""
+    return DigitScenes(split, size=size, n_scenes=n, channels=1)
