@@ -1,4 +1,4 @@
-"""ultralytics checkpoints for the yolov5 family: find, read, prepare and write them.
+"""ultralytics plumbing for the yolov5 family: its checkpoints (find, read, prepare, write) and its validator.
 
 * Reading goes through :mod:`tpunlearn.safeload` (the adapter's ``read`` step); a trusted
   file off its allow-list is unpickled by :func:`unsafe_load` the way ``YOLO(path)`` does,
@@ -10,12 +10,14 @@
   ``ultralytics.YOLO(path)`` predicts, validates and exports what the adapter saves.
 * :func:`hub_weights` finds ``yolov5{scale}u.pt`` locally, or lets ultralytics fetch it only
   when online; offline it is a one-line :class:`WeightsError`.
+* :func:`validate_ap50` runs ultralytics' own ``DetectionValidator`` on a copy of a model.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import os
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,14 +28,15 @@ import torch
 from torch import nn
 
 from tpunlearn.data.yolo import error_line, quiet
-from tpunlearn.errors import UsageError, WeightsError
+from tpunlearn.errors import DataError, UsageError, WeightsError
+from tpunlearn.torchutils import model_device
 
 if TYPE_CHECKING:
     from ultralytics.nn.modules.head import Detect
 
 __all__ = ["as_checkpoint", "checkpoint_model", "checkpoint_payload", "detect_head", "from_yaml", "hub_weights",
            "is_detection_pt", "is_detection_yaml", "names_dict", "names_list", "no_autoinstall", "prepare",
-           "train_arg", "unsafe_load"]
+           "train_arg", "unsafe_load", "validate_ap50"]
 
 
 def detect_head(model: nn.Module) -> Detect:
@@ -275,3 +278,41 @@ def checkpoint_payload(model: nn.Module, imgsz: int, model_name: str, record: di
         "train_results": None,
         "tpunlearn": record,
     }
+
+
+# ---- validating ------------------------------------------------------------------------------
+def validate_ap50(model: nn.Module, data: str, imgsz: int, names: list[str]) -> dict[str, float]:
+    """Per-class AP50 by class name from ultralytics' ``DetectionValidator`` on the ``val`` split of
+    the dataset YAML ``data``, plus ``"mAP50"``. It runs on a copy (the validator fuses Conv+BN in place)."""
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    device = model_device(model)
+    with tempfile.TemporaryDirectory(prefix="tpunlearn-val-") as tmp:
+        args = dict(task="detect", mode="val", data=data, imgsz=int(imgsz), batch=16,
+                    conf=0.001, iou=0.7, plots=False, save_json=False, save_txt=False,
+                    verbose=False, workers=0, project=tmp, name="val", exist_ok=True, split="val",
+                    device="cpu" if device.type == "cpu" else str(device.index or 0))
+        validator = DetectionValidator(args=args)
+        try:
+            validator(model=copy.deepcopy(model).float())
+        except (FileNotFoundError, SyntaxError) as exc:
+            raise DataError(f"cannot validate on {data}: {error_line(exc)}") from None
+    return _ap50_table(validator.metrics, names)
+
+
+def _ap50_table(metrics: Any, names: list[str]) -> dict[str, float]:
+    """Per-class AP50 read through ``metrics.box.ap_class_index`` (not the class id), plus ``"mAP50"``.
+
+    Labelled classes that ultralytics left out (no detection at all) get AP 0; classes with no
+    labelled instance in the split are left out (not NaN, not mAP).
+    """
+    box = metrics.box
+    per_class: dict[int, float] = {int(c): float(box.ap50[i]) for i, c in enumerate(box.ap_class_index)}
+    labelled = getattr(metrics, "nt_per_class", None)
+    if labelled is not None:
+        for c, n in enumerate(labelled):
+            if n > 0 and c < len(names):
+                per_class.setdefault(c, 0.0)
+    out = {names[c]: per_class[c] for c in sorted(per_class) if c < len(names)}
+    out["mAP50"] = float(box.map50)
+    return out

@@ -34,10 +34,8 @@ style, or a pruned model this adapter saved). The returned module is the ultraly
 """
 from __future__ import annotations
 
-import copy
 import functools
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -47,9 +45,9 @@ from torch import nn
 
 from tpunlearn.data import digits_count
 from tpunlearn.data import yolo as yolo_data
-from tpunlearn.errors import DataError, UsageError, WeightsError
+from tpunlearn.errors import UsageError, WeightsError
 from tpunlearn.targets import DetectionScore, Target
-from tpunlearn.torchutils import forward, main_tensor, model_device
+from tpunlearn.torchutils import forward, main_tensor
 
 from . import ultralytics_io as uio
 from .base import Adapter, BuildState, ModelInfo, ZooSpec, read_checkpoint
@@ -251,9 +249,8 @@ class YOLOv5Adapter(Adapter):
         ``data`` the checkpoint was trained on) on a copy of the model (the validator fuses
         Conv+BN in place). ``"digits"`` / ``"digits:N"`` (the default for DigitScenes models)
         validates on DigitScenes' *test* split (1000 scenes, or N) at the model's input size.
+        Classes with no labelled instance in the split are left out (not NaN, not mAP).
         """
-        from ultralytics.models.yolo.detect import DetectionValidator
-
         data = _default_spec(model, info, spec) or uio.train_arg(model, "data")
         digits = digits_count(data, DIGITS_SCENES["test"]) if data else None
         if digits is not None:
@@ -264,18 +261,7 @@ class YOLOv5Adapter(Adapter):
         if Path(str(data)).suffix.lower() not in (".yaml", ".yml"):
             raise UsageError(f"evaluating a YOLO model needs a dataset YAML with labels, got {data!r}")
         yolo_data.read_dataset(Path(str(data)), split="val")  # fail fast, never download
-        device = model_device(model)
-        with tempfile.TemporaryDirectory(prefix="tpunlearn-val-") as tmp:
-            args = dict(task="detect", mode="val", data=str(data), imgsz=int(info.input_size[-1]), batch=16,
-                        conf=0.001, iou=0.7, plots=False, save_json=False, save_txt=False,
-                        verbose=False, workers=0, project=tmp, name="val", exist_ok=True, split="val",
-                        device="cpu" if device.type == "cpu" else str(device.index or 0))
-            validator = DetectionValidator(args=args)
-            try:
-                validator(model=copy.deepcopy(model).float())
-            except (FileNotFoundError, SyntaxError) as exc:
-                raise DataError(f"cannot validate on {data}: {yolo_data.error_line(exc)}") from None
-        return _ap50_table(validator.metrics, info.class_names)
+        return uio.validate_ap50(model, str(data), int(info.input_size[-1]), info.class_names)
 
     # ---- saving --------------------------------------------------------------------------
     def save(self, model: nn.Module, info: ModelInfo, path: str | Path, meta: dict[str, Any] | None = None) -> None:
@@ -355,21 +341,3 @@ def _pseudo_labels(model: nn.Module, images: torch.Tensor, nc: int) -> torch.Ten
         if len(d):
             multi_hot[i, d[:, 5].long().cpu().clamp(0, nc - 1)] = 1.0
     return multi_hot
-
-
-def _ap50_table(metrics: Any, names: list[str]) -> dict[str, float]:
-    """Per-class AP50 by class name, read through ``metrics.box.ap_class_index``, plus ``"mAP50"``.
-
-    Labelled classes that ultralytics left out (no detection at all) get AP 0; classes with no
-    labelled instance in the split are left out (not NaN, not mAP).
-    """
-    box = metrics.box
-    per_class: dict[int, float] = {int(c): float(box.ap50[i]) for i, c in enumerate(box.ap_class_index)}
-    labelled = getattr(metrics, "nt_per_class", None)
-    if labelled is not None:
-        for c, n in enumerate(labelled):
-            if n > 0 and c < len(names):
-                per_class.setdefault(c, 0.0)
-    out = {names[c]: per_class[c] for c in sorted(per_class) if c < len(names)}
-    out["mAP50"] = float(box.map50)
-    return out
