@@ -22,7 +22,8 @@ from typing import Any, Sequence
 
 import torch
 
-from tpunlearn import adapters, zoo
+from tpunlearn import zoo
+from tpunlearn.models import load_model
 from tpunlearn.report import count_macs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,8 +62,7 @@ def segmentation() -> tuple[Task, Any, list[Any]]:
 
 
 def detection() -> tuple[Task, Any, list[Any]]:
-    a = adapters.get("yolov5")
-    model, info = a.build("digitscenes-yolov5")
+    a, model, info = load_model("digitscenes-yolov5")
     task = Task(name="digitscenes-yolov5", model=model, example_inputs=a.example_inputs(info), loss=None,  # type: ignore[arg-type]
                 batches=None,  # type: ignore[arg-type]
                 scoring=lambda seed: a.samples(model, info, "digits"),

@@ -40,7 +40,6 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 import torch  # noqa: E402
 
 import tpunlearn as tu  # noqa: E402
-from tpunlearn.adapters import get  # noqa: E402
 from tpunlearn.api import score_targets  # noqa: E402
 from tpunlearn.io import write_json  # noqa: E402
 
@@ -133,8 +132,7 @@ def row_for(digit: int, settings: dict, before: dict, after: dict, res, names: l
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    adapter = get("yolov5")
-    model, info = adapter.build(NAME)
+    adapter, model, info = tu.models.load_model(NAME)
     names = list(info.class_names)
     samples = adapter.samples(model, info, args.samples_data)
     common = dict(target=adapter.target_factory(info), example_inputs=adapter.example_inputs(info),

@@ -268,10 +268,10 @@ def train_digitscenes_yolov5(name: str, epochs: int, seed: int, n_train: int, lr
                       "epochs": epochs, "batch": batch_size, "seed": seed, "deterministic": True,
                       "optimizer": train_kwargs.get("optimizer", "auto"), "pretrained": False, **hyp}
         # fp16 round trip first: the recorded test AP is that of the weights that ship
-        _, info = adapter.build(name, weights=str(best))
+        _, _, info = zoo.build_model(name, weights=best)
         probe = tmp / "probe.pt"
         adapter.save(model, info, probe)
-        shipped, info = adapter.build(name, weights=str(probe))
+        _, shipped, info = zoo.build_model(name, weights=probe)
         t2 = time.time()
         test = adapter.evaluate(shipped, info, f"digits:{counts['test']}")
         print(f"test AP50 ({counts['test']} scenes, {time.time() - t2:.1f}s):")

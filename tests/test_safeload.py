@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tpunlearn import adapters, cli, safeload, zoo
+from tpunlearn import adapters, cli, models, safeload, zoo
 from tpunlearn.errors import TrustedCheckpointWarning, UnsafeCheckpointError, WeightsError
 
 ZOO = "digitscenes-resnet"
@@ -201,7 +201,7 @@ def test_zoo_detector_loads_through_the_allow_list():
     with pytest.raises(Exception):
         torch.load(path, weights_only=True)  # ultralytics checkpoints pickle modules: weights_only refuses them
     assert_same(safeload.restricted_load(path), _plain_load(path))
-    model, info = adapters.get("yolov5").build("digitscenes-yolov5")
+    _, model, info = models.load_model("digitscenes-yolov5")
     assert info.class_names == [str(d) for d in range(10)]
     assert model(torch.rand(1, 3, 64, 64))[0].shape == (1, 14, 84)
 

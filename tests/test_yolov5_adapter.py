@@ -138,6 +138,29 @@ def test_scale_letter_selects_the_width(adapter):
         adapter.build("yolov5n.yaml", imgsz=100)
 
 
+def test_other_families_option_names_and_unknown_options(adapter):
+    model, info = adapter.build("yolov5n.yaml", num_classes=2, class_names=["cat", "dog"], imgsz=64)
+    assert model.model[-1].nc == 2 and info.class_names == ["cat", "dog"] and info.extra["nc"] == 2
+    _, same = adapter.build("yolov5n.yaml", nc=2, num_classes=2, imgsz=64)
+    assert same.class_names == ["0", "1"]
+    with pytest.raises(UsageError, match="contradicts"):
+        adapter.build("yolov5n.yaml", nc=2, num_classes=3)
+    with pytest.raises(UsageError, match="unknown option"):
+        adapter.build("yolov5n.yaml", in_chans=1)
+
+
+def test_zoo_entry_without_weights_is_a_random_model_of_its_yaml(adapter):
+    from tpunlearn import zoo
+
+    e = zoo.entry("digitscenes-yolov5")
+    model, info = adapter.build(e.arch, zoo=e)
+    assert model.model[-1].nc == len(e.class_names) and model.model[0].conv.out_channels == 16  # yolov5n
+    assert (info.arch, info.weights, info.input_size) == (e.name, None, e.input_size)
+    assert info.class_names == list(e.class_names)
+    assert (info.extra["zoo"], info.extra["data"], info.extra["train"]) == (e.name, e.data, {})
+    assert sum(p.numel() for p in zoo.build(e.name).parameters()) == sum(p.numel() for p in model.parameters())
+
+
 def test_no_prunable_group_reaches_the_detect_head(adapter, built):
     """Tracing through the decoded output (DFL, anchor concat) couples no channel of a prunable layer."""
     import torch_pruning as tp

@@ -67,7 +67,8 @@ def adapter():
 @pytest.fixture(scope="module")
 def built(adapter):
     torch.manual_seed(0)
-    return adapter.build(NAME)
+    _, model, info = tu.models.load_model(NAME)
+    return model, info
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +95,14 @@ def test_zoo_entry_and_load():
 
 
 def test_adapter_handles_the_zoo_name(adapter, built):
-    assert adapters.for_arch(NAME) is adapter
+    assert tu.models.adapter_for(NAME) is adapter
     assert not adapters.get("timm").handles(NAME)
     model, info = built
     assert info.arch == NAME and info.family == "yolov5" and info.task == "detection"
     assert info.class_names == DIGITS and info.input_size == (3, 64, 64)
     assert info.weights == str(zoo.weights_path(NAME)) and info.extra["data"] == "digits"
     with pytest.raises(UsageError, match="trained model"):
-        adapter.build(NAME, pretrained=False)
+        tu.models.load_model(NAME, pretrained=False)
 
 
 def test_zoo_weights_missing_say_how_to_train(adapter, tmp_path):
@@ -159,7 +160,7 @@ def test_pruned_zoo_model_saves_for_ultralytics(adapter, built, tmp_path):
                      num_targets=10, progress=False, **SETTINGS)
     path = tmp_path / "forgot.pt"
     adapter.save(res.model, info, path)
-    again, info2 = adapter.build(NAME, weights=path)  # a pruned copy of the zoo model, under its name
+    _, again, info2 = tu.models.load_model(NAME, weights=path)  # a pruned copy of the zoo model, under its name
     assert info2.extra["data"] == "digits" and info2.input_size == (3, 64, 64)
     assert sum(p.numel() for p in again.parameters()) == res.report["params"]["after"]
     yolo = YOLO(str(path))

@@ -1,0 +1,256 @@
+"""Detection data as ultralytics users keep it: dataset YAMLs, YOLO txt labels, image folders.
+
+* :func:`read_dataset`: a dataset YAML parsed by ultralytics' own ``check_det_dataset``
+  (paths resolved, ``names`` as a list or a dict, splits as folders, txt lists or lists of
+  them), never downloading.
+* :func:`image_files`, :func:`label_files`, :func:`read_labels`, :func:`load_image`: the
+  images of a split, their YOLO txt labels as a multi-hot row, an image letterboxed as the
+  detectors see it.
+* :func:`batches` / :class:`Batches`: re-iterable ``(images, multi_hot)`` batches from a
+  dataset YAML (its labels) or from an image folder or one image (labels from a callable
+  the caller passes in, typically the model's own confident detections).
+* :func:`digits_yaml`: DigitScenes written once as a YOLO dataset, cached.
+
+This module reads data only: it uses ultralytics' dataset utilities, never its model classes.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tpunlearn.errors import DataError, UsageError
+
+from . import folder
+
+__all__ = ["DIGITS_SEED", "Batches", "Labeller", "batches", "bundled_images", "cache_root", "digits_yaml",
+           "error_line", "image_files", "is_image", "label_files", "load_image", "quiet", "read_dataset",
+           "read_labels"]
+
+DIGITS_SEED = 0  # the seed of the DigitScenes that digits_yaml writes (the zoo's own scenes)
+Labeller = Callable[[torch.Tensor], torch.Tensor]  # images (B, 3, H, W) -> multi_hot (B, nc)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """ultralytics' log level raised to warnings for a call (it logs 'Overriding model.yaml nc=...')."""
+    import logging
+
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)
+
+
+def error_line(exc: BaseException) -> str:
+    """The first meaningful line of an exception message, without ultralytics' emoji prefixes."""
+    text = str(exc).replace("ERROR ❌️", "").replace("❌", "").strip()
+    line = next((part.strip() for part in text.splitlines() if part.strip()), type(exc).__name__)
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def read_dataset(path: Path, split: str = "") -> dict[str, Any]:
+    """ultralytics' own parse of a dataset YAML (paths resolved, ``nc`` and ``names`` set), never
+    downloading; ``split`` names the split that must exist (``""``: none is checked)."""
+    from ultralytics.data.utils import check_det_dataset
+
+    if not path.is_file():
+        raise DataError(f"no such dataset YAML: {path}")
+    try:
+        with quiet():
+            return check_det_dataset(str(path), autodownload=False, split=split)
+    except Exception as exc:  # noqa: BLE001 - FileNotFoundError, SyntaxError, TypeError from its checks
+        raise DataError(f"cannot read dataset {path}: {error_line(exc)}") from None
+
+
+def is_image(path: str | Path) -> bool:
+    """True for a file of a format ultralytics' dataset loader reads."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    return folder.is_image(path, IMG_FORMATS)
+
+
+def image_files(source: str | Path | Sequence[str | Path]) -> list[str]:
+    """The images of a split entry (folder(s), txt list(s) or image path(s)), sorted like ultralytics."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    return folder.image_files(source, IMG_FORMATS)
+
+
+def label_files(images: Sequence[str]) -> list[str]:
+    """The YOLO txt label path of each image (``images/`` -> ``labels/``, as ultralytics maps them)."""
+    from ultralytics.data.utils import img2label_paths
+
+    return img2label_paths(list(images))
+
+
+def read_labels(path: str | Path, nc: int) -> torch.Tensor:
+    """The classes a YOLO txt label file names, as a ``(nc,)`` multi-hot row (no file: no object)."""
+    row = torch.zeros(nc)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return row
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            c = int(float(parts[0]))
+        except ValueError:
+            raise DataError(f"{path}: bad label line {line!r}") from None
+        if not 0 <= c < nc:
+            raise DataError(f"{path}: class {c} is outside the model's {nc} classes")
+        row[c] = 1.0
+    return row
+
+
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    """An image letterboxed to ``size`` (gray 114 padding), RGB, ``(3, size, size)`` in [0, 1]."""
+    import numpy as np
+    from ultralytics.data.augment import LetterBox
+    from ultralytics.utils.patches import imread
+
+    img = imread(str(path))
+    if img is None:
+        raise DataError(f"cannot read image {path}")
+    boxed: Any = LetterBox(new_shape=(size, size), auto=False, stride=32)(image=img)  # an array (no labels given)
+    chw = np.ascontiguousarray(boxed[..., ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
+    return torch.from_numpy(chw).float() / 255.0
+
+
+def bundled_images() -> list[str]:
+    """ultralytics' bundled ``bus.jpg`` and ``zidane.jpg`` (the data of a YOLO model that names none)."""
+    from ultralytics.utils import ASSETS
+
+    files = [ASSETS / "bus.jpg", ASSETS / "zidane.jpg"]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"ultralytics' bundled images are missing ({missing[0]}); pass --data")
+    return [str(f) for f in files]
+
+
+class Batches:
+    """Re-iterable ``(images, multi_hot)`` batches, read lazily (the scorer stops early).
+
+    Labels come from the YOLO txt files ``labels`` (one per image) or, when None, from
+    ``labeller`` called on each batch of images.
+    """
+
+    def __init__(self, images: list[str], labels: list[str] | None, nc: int, size: int, batch_size: int,
+                 labeller: Labeller | None = None) -> None:
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+        if labels is None and labeller is None:
+            raise UsageError("unlabelled images need a labeller")
+        self.images, self.labels, self.nc, self.size = images, labels, nc, size
+        self.batch_size, self.labeller = int(batch_size), labeller
+
+    def __len__(self) -> int:
+        return (len(self.images) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self.images), self.batch_size):
+            stop = start + self.batch_size
+            images = torch.stack([load_image(f, self.size) for f in self.images[start:stop]])
+            if self.labels is not None:
+                multi_hot = torch.stack([read_labels(f, self.nc) for f in self.labels[start:stop]])
+            else:
+                assert self.labeller is not None  # checked in __init__
+                multi_hot = self.labeller(images)
+            yield images, multi_hot
+
+
+def batches(spec: str, nc: int, size: int, batch_size: int, labeller: Labeller) -> Batches:
+    """Batches of a data spec: a dataset YAML (its ``train`` split, else ``val``; YOLO txt labels),
+    an image folder or one image (labels from ``labeller``)."""
+    path = Path(spec)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        data = read_dataset(path)
+        split = "train" if data.get("train") else "val"
+        if int(data["nc"]) > nc:
+            raise DataError(f"{spec} has {data['nc']} classes but the model has {nc}")
+        images = image_files(data[split])
+        if not images:
+            raise DataError(f"no images in the {split} split of {spec}")
+        return Batches(images, label_files(images), nc, size, batch_size)
+    if path.is_dir():
+        images = image_files(path)
+        if not images:
+            raise DataError(f"no images in {spec}; pass a folder of images, a dataset YAML or digits[:N]")
+        return Batches(images, None, nc, size, batch_size, labeller)
+    if path.is_file() and is_image(path):
+        return Batches([str(path)], None, nc, size, batch_size, labeller)
+    raise DataError(f"cannot read data {spec!r}: give an ultralytics dataset YAML, an image folder, an image "
+                    "or digits[:N]")
+
+
+def cache_root() -> Path:
+    """Where generated datasets are kept: ``$TPUNLEARN_CACHE``, else ``$XDG_CACHE_HOME/tpunlearn``
+    (``~/.cache/tpunlearn``), else a folder in the system temp dir when that is not writable."""
+    env = os.environ.get("TPUNLEARN_CACHE")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tpunlearn")
+    candidates.append(Path(tempfile.gettempdir()) / f"tpunlearn-cache-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    for root in candidates:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            if os.access(root, os.W_OK):
+                return root
+        except OSError:
+            continue
+    raise DataError("no writable cache folder for DigitScenes; set TPUNLEARN_CACHE to one")
+
+
+def digits_yaml(size: int, n_train: int = 0, n_test: int = 0, seed: int = DIGITS_SEED) -> Path:
+    """An ultralytics dataset YAML of DigitScenes at ``size`` pixels, written once and cached.
+
+    The folder (under :func:`cache_root`, keyed by size, seed and scene counts) holds
+    ``images/{train,test}`` and their labels as :func:`tpunlearn.data.write_yolo` writes
+    them; its ``data.yaml`` names the train split ``train`` and the *test* split both
+    ``val`` and ``test``, so ultralytics' validator (which reads ``val``) scores the test
+    scenes. Scene ``i`` of a split depends only on ``(seed, split, i)``, so these are the
+    first scenes of the splits that the zoo model was trained and tested on. A split with
+    0 scenes is written empty. Written to a temp folder and renamed into place: concurrent
+    callers never see half a dataset.
+    """
+    import shutil
+
+    size, n_train, n_test = int(size), int(n_train), int(n_test)
+    root = cache_root() / f"digitscenes-yolo-{size}px-seed{int(seed)}-train{n_train}-test{n_test}"
+    data_file = root / "data.yaml"
+    if data_file.is_file():
+        return data_file
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        _write_digits(tmp, root, size, seed, n_train, n_test)
+        try:
+            os.rename(tmp, root)
+        except OSError:  # another process wrote it first
+            if not data_file.is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return data_file
+
+
+def _write_digits(dest: Path, root: Path, size: int, seed: int, n_train: int, n_test: int) -> None:
+    """DigitScenes' train and test splits into ``dest``, with a ``data.yaml`` that points at ``root``."""
+    import yaml
+
+    from .digitscenes import CLASS_NAMES, write_yolo
+
+    write_yolo(dest, size=size, seed=seed, splits=("train", "test"), n_scenes={"train": n_train, "test": n_test})
+    data = {"path": str(root), "train": "images/train", "val": "images/test", "test": "images/test",
+            "names": {d: name for d, name in enumerate(CLASS_NAMES)}}
+    (dest / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
