@@ -16,13 +16,14 @@ import torch
 from torch import nn
 
 from tpunlearn import __version__
-from tpunlearn.distributed import is_main, model_device, resolve_device, to_device, world
+from tpunlearn.distributed import is_main, resolve_device, world
 from tpunlearn.errors import DataError, PlanError, UsageError
 from tpunlearn.graph import BalancedGraph, balance, essential_graph, layer_links
 from tpunlearn.layers import candidate_layers, names_of, prunable_layers
-from tpunlearn.plan import COUPLED, MODES, PrunePlan, build_dependency_graph, close_groups, forward, make_plan
+from tpunlearn.plan import COUPLED, MODES, PrunePlan, build_dependency_graph, close_groups, make_plan
 from tpunlearn.scoring import ChannelScores, score_channels
 from tpunlearn.targets import ClassLogit, Target
+from tpunlearn.torchutils import count_params, forward, main_tensor, model_device, to_device
 
 
 @dataclass
@@ -193,7 +194,7 @@ def _resolve_request(model: nn.Module, samples: Iterable[Any] | None, forget: li
         samples, first = _peek_batch(samples)
         example_inputs = first[0][:1]
     if not num_targets:  # class-index labels: the model's output says how many targets there are
-        num_targets = int(_main_tensor(forward(model, to_device(example_inputs, model_device(model)))).shape[1])
+        num_targets = int(main_tensor(forward(model, example_inputs)).shape[1])
     retain = [t for t in range(num_targets) if t not in forget] if retain is None else [int(t) for t in retain]
     bad = [t for t in forget + retain if not 0 <= t < num_targets]
     if bad:
@@ -221,7 +222,7 @@ def _report(model: nn.Module, pruned: nn.Module, settings: dict[str, Any], layer
         "graph": graph.summary(),
         "removed_channels": plan.removed_channels,
         "removed": plan.removed,
-        "params": {"before": _params(model), "after": _params(pruned)},
+        "params": {"before": count_params(model), "after": count_params(pruned)},
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "check": check,
         "notes": plan.notes + notes,
@@ -246,13 +247,13 @@ def verify(pruned: nn.Module, original: nn.Module, plan: PrunePlan, example_inpu
 
     A model the tracer mis-modelled fails here, loudly, instead of being returned broken.
     """
-    transform = output_transform or _main_tensor
+    transform = output_transform or main_tensor
     try:
-        out = transform(forward(pruned, to_device(example_inputs, model_device(pruned)))).cpu()
+        out = transform(forward(pruned, example_inputs)).cpu()
     except Exception as exc:  # noqa: BLE001 - any failure here means a broken model
         raise PlanError(f"the pruned model no longer runs ({type(exc).__name__}: {exc}); "
                         "this architecture is mis-modelled by the tracer, try --coupled protect or a smaller sigma") from None
-    ref = transform(forward(original, to_device(example_inputs, model_device(original)))).cpu()
+    ref = transform(forward(original, example_inputs)).cpu()
     if out.shape != ref.shape:
         raise PlanError(f"pruning changed the output shape from {tuple(ref.shape)} to {tuple(out.shape)}")
     if not torch.isfinite(out).all():
@@ -262,7 +263,7 @@ def verify(pruned: nn.Module, original: nn.Module, plan: PrunePlan, example_inpu
     if plan.mode == "physical" and pruned_decisions and all(d.exact for d in pruned_decisions):
         mask_model = copy.deepcopy(original)
         replace(plan, mode="mask").apply(mask_model, example_inputs)
-        masked = transform(forward(mask_model, to_device(example_inputs, model_device(mask_model)))).cpu()
+        masked = transform(forward(mask_model, example_inputs)).cpu()
         diff = float((out - masked).abs().max())
         scale = float(masked.abs().max()) or 1.0
         result.update(mask_max_abs_diff=diff, mask_rel_diff=diff / scale)
@@ -332,12 +333,3 @@ def _check_cached(scores: ChannelScores, model: nn.Module, layers: list[str], ta
         raise PlanError(f"the cached scores hold no target(s) {missing}")
     return scores.subset(layers)
 
-
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _main_tensor(output: Any) -> torch.Tensor:
-    from tpunlearn.targets import _as_tensor
-
-    return _as_tensor(output)

@@ -273,8 +273,9 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
     """``tpunlearn prune`` on ``device``; under torchrun every rank scores, rank 0 alone does the rest."""
     import torch
 
-    from tpunlearn.distributed import is_main, to_device
+    from tpunlearn.distributed import is_main
     from tpunlearn.io import sha256
+    from tpunlearn.torchutils import to_device
 
     if not is_main() and args.graph:
         return 0  # cached scores: nothing to share
@@ -490,12 +491,13 @@ def _cmd_graph(args: argparse.Namespace) -> int:
 
 def _graph(args: argparse.Namespace, device: Any) -> int:
     """``tpunlearn graph`` on ``device``; under torchrun every rank scores, rank 0 alone writes."""
+    import torch
+
     from tpunlearn.api import score_targets
     from tpunlearn.cache import save_cache
-    from tpunlearn.distributed import is_main, to_device, world
+    from tpunlearn.distributed import is_main, world
     from tpunlearn.io import sha256
-
-    import torch
+    from tpunlearn.torchutils import to_device
 
     torch.manual_seed(args.seed)
     _check_output_file("--out", args.out, args)

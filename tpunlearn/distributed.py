@@ -11,10 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
-from torch import nn
 from torch import distributed as dist
 
 from tpunlearn.errors import DistributedError, UsageError
@@ -56,24 +55,6 @@ def resolve_device(spec: str | torch.device) -> torch.device:
     if device.index >= count:
         raise UsageError(f"device {text!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return device
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of a model's first parameter (or buffer); CPU for a model with neither."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-def to_device(obj: Any, device: torch.device | str) -> Any:
-    """``obj`` with every tensor in it (nested in tuples, lists, dicts) moved to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(v, device) for v in obj)
-    return obj
 
 
 def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:

@@ -8,9 +8,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from tpunlearn.distributed import model_device, to_device
 from tpunlearn.io import atomic_path
-from tpunlearn.targets import _as_tensor
+from tpunlearn.torchutils import eval_mode, main_tensor, model_device, to_device
 
 
 def to_onnx(
@@ -26,15 +25,13 @@ def to_onnx(
     """Export ``model`` to one ONNX file and return the max abs diff vs torch (onnxruntime).
 
     Uses the TorchScript exporter (``dynamo=False``), which handles pruned convolutions of any
-    width at opset 17 and writes a single file. The model is exported in eval mode; its
+    width at opset 17 and writes a single file. The model is exported in eval mode; every module's
     training flag is restored afterwards. The file is written atomically.
     """
-    transform = output_transform or _as_tensor
+    transform = output_transform or main_tensor
     example_inputs = to_device(example_inputs, model_device(model))
     wrapped = _Wrapped(model, transform)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             reference = transform(model(example_inputs)).float()
         with atomic_path(path) as tmp, warnings.catch_warnings():
@@ -44,8 +41,6 @@ def to_onnx(
                 input_names=[input_name], output_names=[output_name],
                 dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None,
             )
-    finally:
-        model.train(was_training)
     return parity(path, example_inputs, reference)
 
 

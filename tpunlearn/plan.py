@@ -21,16 +21,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from tpunlearn.distributed import model_device, to_device
 from tpunlearn.errors import PlanError, UsageError
 from tpunlearn.io import read_json, write_json
-from tpunlearn.layers import CONV_TYPES, _forward, module_by_name
+from tpunlearn.layers import module_by_name
 from tpunlearn.scoring import scoring_mode
+from tpunlearn.torchutils import CONV_TYPES, LAYER_TYPES, NORM_TYPES, forward, model_device, norm_width, out_width, to_device
 
 MODES = ("physical", "mask")
 COUPLED = ("protect", "prune", "zero")
-_LAYER_TYPES = (*CONV_TYPES, nn.Linear)
-_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 @dataclass
@@ -178,7 +176,7 @@ class PrunePlan:
         plan so that :meth:`replay` can redo it on a fresh copy.
         """
         self.check(model)
-        _zero_channels(model, self.zero_ops(), example_inputs)
+        zero_channels(model, self.zero_ops(), example_inputs)
         if self.mode == "physical":
             prunes = [d for d in self.decisions if d.action == "prune"]
             if prunes:
@@ -198,7 +196,7 @@ class PrunePlan:
         if self.mode == "physical" and not self.history and any(d.action == "prune" for d in self.decisions):
             return self.apply(model, example_inputs, output_transform)  # never applied: apply it now
         self.check(model)
-        _zero_channels(model, self.zero_ops(), example_inputs)
+        zero_channels(model, self.zero_ops(), example_inputs)
         if self.mode == "physical" and self.history:
             dg = build_dependency_graph(model, example_inputs, output_transform)
             try:
@@ -342,7 +340,7 @@ def _out_members(dg: Any, group: Any, names: Mapping[nn.Module, str]) -> dict[st
     members: dict[str, tuple[list[int], list[int]]] = {}
     for item in group.items:
         module = item.dep.target.module
-        if isinstance(module, _LAYER_TYPES) and dg.is_out_channel_pruning_fn(item.dep.handler):
+        if isinstance(module, LAYER_TYPES) and dg.is_out_channel_pruning_fn(item.dep.handler):
             members[names[module]] = (list(item.idxs), list(item.root_idxs))
     return members
 
@@ -440,7 +438,7 @@ def _keep_one(channels: Sequence[int], priority: torch.Tensor | None) -> int:
     return min(channels, key=lambda c: float(priority[c]))
 
 
-def _zero_channels(model: nn.Module, ops: Mapping[str, Sequence[int]], example_inputs: Any = None) -> None:
+def zero_channels(model: nn.Module, ops: Mapping[str, Sequence[int]], example_inputs: Any = None) -> None:
     """Zero the filters, biases and following norm affine of ``ops`` (mask mode).
 
     The norm that follows a layer is the one that reads its output in a forward of
@@ -480,27 +478,17 @@ def _norm_readers(model: nn.Module, layers: Sequence[str], example_inputs: Any) 
     def read(module: nn.Module, inputs: Any) -> None:
         if inputs and isinstance(inputs[0], torch.Tensor) and id(inputs[0]) in outputs:
             name = outputs[id(inputs[0])][0]
-            width = getattr(module_by_name(model, name), "out_channels",
-                            getattr(module_by_name(model, name), "out_features", None))
-            if name not in found and _norm_width(module) == width:
+            if name not in found and norm_width(module) == out_width(module_by_name(model, name)):
                 found[name] = module
 
     handles = [module_by_name(model, name).register_forward_hook(record(name)) for name in layers]
-    handles += [m.register_forward_pre_hook(read) for m in model.modules() if isinstance(m, _NORM_TYPES)]
+    handles += [m.register_forward_pre_hook(read) for m in model.modules() if isinstance(m, NORM_TYPES)]
     try:
-        with scoring_mode(model):
-            forward(model, example_inputs)
+        forward(model, example_inputs)
     finally:
         for handle in handles:
             handle.remove()
     return found
-
-
-def _norm_width(norm: nn.Module) -> int | None:
-    n = getattr(norm, "num_features", None) or getattr(norm, "num_channels", None)
-    if n is None and isinstance(norm, nn.LayerNorm):
-        n = norm.normalized_shape[0]
-    return n
 
 
 def _following_norm(modules: list[tuple[str, nn.Module]], start: int, layer: nn.Module) -> nn.Module | None:
@@ -509,16 +497,10 @@ def _following_norm(modules: list[tuple[str, nn.Module]], start: int, layer: nn.
     Most families register a conv's norm next to it (conv, bn, act); the zeroing is
     verified against the physical result by the tests for each architecture.
     """
-    out = getattr(layer, "out_channels", getattr(layer, "out_features", None))
     for _name, module in modules[start + 1:start + 4]:
-        if isinstance(module, _NORM_TYPES):
-            return module if _norm_width(module) == out else None
-        if isinstance(module, _LAYER_TYPES):
+        if isinstance(module, NORM_TYPES):
+            return module if norm_width(module) == out_width(layer) else None
+        if isinstance(module, LAYER_TYPES):
             return None
     return None
 
-
-def forward(model: nn.Module, example_inputs: Any) -> Any:
-    """Run ``model`` on ``example_inputs`` (tensor, tuple or dict) without gradients."""
-    with torch.no_grad():
-        return _forward(model, example_inputs)

@@ -18,9 +18,8 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
-from tpunlearn.distributed import model_device
 from tpunlearn.errors import DataError
-from tpunlearn.targets import _as_tensor
+from tpunlearn.torchutils import eval_mode, main_tensor, model_device
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -33,15 +32,11 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 def logits_of(model: nn.Module, batches: Iterable[Any], device: str | torch.device | None = None) -> torch.Tensor:
     """The model's ``(N, C)`` outputs over ``batches`` of ``(images, ...)``, in eval mode (restored after)."""
     device = device or model_device(model)
-    was_training = model.training
-    model.eval()
     out = []
-    try:
+    with eval_mode(model):
         for batch in batches:
             images = batch[0] if isinstance(batch, (tuple, list)) else batch
-            out.append(_as_tensor(model(images.to(device))).float().cpu())
-    finally:
-        model.train(was_training)
+            out.append(main_tensor(model(images.to(device))).float().cpu())
     if not out:
         raise DataError("no samples to score")
     return torch.cat(out)
@@ -125,16 +120,11 @@ def outputs_and_features(model: nn.Module, batches: Iterable[Any]) -> tuple[torc
     """``(outputs, features, labels)`` from one pass: the model's output, the head's input
     and the batches' label tensors, per sample (eval mode inside; the flag is restored)."""
     outputs, labels = [], []
-    was_training = model.training
-    model.eval()
     device = model_device(model)
-    try:
-        with _capture_input(head_layer(model)) as store:
-            for images, target, *_ in batches:
-                outputs.append(_as_tensor(model(images.to(device))).float().cpu())
-                labels.append(torch.as_tensor(target).float().cpu())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), _capture_input(head_layer(model)) as store:
+        for images, target, *_ in batches:
+            outputs.append(main_tensor(model(images.to(device))).float().cpu())
+            labels.append(torch.as_tensor(target).float().cpu())
     if not store:
         raise DataError("no samples to read features from")
     return torch.cat(outputs), torch.cat(store), torch.cat(labels)

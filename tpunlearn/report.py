@@ -77,12 +77,12 @@ def draw_graph(graph: "BalancedGraph", path: str | os.PathLike[str], max_nodes_p
 
 
 def count_macs(model: Any, example_inputs: Any) -> int:
-    """Multiply-accumulates of one forward, counted by torch-pruning."""
+    """Multiply-accumulates of one forward in eval mode, counted by torch-pruning (the model is left as it was)."""
     import torch
     import torch_pruning as tp
 
-    from tpunlearn.distributed import model_device, to_device
+    from tpunlearn.torchutils import eval_mode, model_device, to_device
 
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         macs, _ = tp.utils.count_ops_and_params(model, to_device(example_inputs, model_device(model)))
     return int(macs)

@@ -23,6 +23,7 @@ from tpunlearn import distributed
 from tpunlearn.errors import DataError, DistributedError, TargetNotInDataError, UsageError
 from tpunlearn.layers import module_by_name
 from tpunlearn.targets import Target
+from tpunlearn.torchutils import eval_mode, model_device
 
 METHODS = ("gradcam", "abs", "taylor")
 INSTANCE_ROWS = 64  # per-instance alpha rows kept per target and layer (for stability); the mean uses every instance
@@ -155,22 +156,21 @@ def capture_outputs(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[st
 
 @contextlib.contextmanager
 def scoring_mode(model: nn.Module, requires_grad: bool = False) -> Iterator[nn.Module]:
-    """Eval mode with every parameter's ``requires_grad`` set inside the block; both restored on exit.
+    """Eval mode with every parameter's ``requires_grad`` set inside the block; every module's
+    training flag and every parameter's ``requires_grad`` restored on exit.
 
     Scoring freezes the parameters (no parameter gradient, backward stops at the earliest
     candidate); tracing a dependency graph needs them on.
     """
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(requires_grad)
-        yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            for p, _ in flags:
+                p.requires_grad_(requires_grad)
+            yield model
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
 
 def score_channels(
@@ -215,7 +215,7 @@ def score_channels(
     if not layers:
         raise UsageError("no candidate layers to score")
     rank, size = distributed.world()
-    device = torch.device(device) if device is not None else distributed.model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     pool = _InstancePool(targets, layers, n_per_target, size, keep_instances)
     bar = tqdm(total=n_per_target * len(targets), desc="scoring", unit="inst", disable=not progress or rank != 0,
                leave=False)

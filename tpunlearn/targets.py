@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 import torch
 
+from tpunlearn.torchutils import main_tensor
+
 
 class Target(ABC):
     """A target ``t``: ``Y_t`` as a differentiable function of the model output."""
@@ -46,7 +48,7 @@ class ClassLogit(Target):
         self.multilabel = multilabel
 
     def per_sample(self, output: Any) -> torch.Tensor:
-        logits = _as_tensor(output)
+        logits = main_tensor(output)
         if logits.ndim != 2:
             raise ValueError(f"ClassLogit expects a (batch, classes) output, got shape {tuple(logits.shape)}")
         if not self.probability:
@@ -74,7 +76,7 @@ class SegmentationLogit(Target):
         return self
 
     def per_sample(self, output: Any) -> torch.Tensor:
-        logits = _as_tensor(output)
+        logits = main_tensor(output)
         if logits.ndim != 4:
             raise ValueError(f"SegmentationLogit expects a (batch, classes, H, W) output, got shape {tuple(logits.shape)}")
         if self.masks is not None:
@@ -98,7 +100,7 @@ class DetectionScore(Target):
         self.box_channels = int(box_channels)
 
     def per_sample(self, output: Any) -> torch.Tensor:
-        pred = _as_tensor(output)
+        pred = main_tensor(output)
         if pred.ndim != 3:
             raise ValueError(f"DetectionScore expects a (batch, 4 + classes, anchors) output, got shape {tuple(pred.shape)}")
         scores = pred[:, self.box_channels + self.index, :]  # (B, A)
@@ -112,13 +114,3 @@ class DetectionScore(Target):
 
 TargetFactory = Callable[[int], Target]
 
-
-def _as_tensor(output: Any) -> torch.Tensor:
-    """The main tensor of a model output (dict ``out`` key, or first element of a tuple)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict):
-        return output["out"]
-    if isinstance(output, (tuple, list)):
-        return _as_tensor(output[0])
-    raise TypeError(f"cannot read a tensor from a model output of type {type(output).__name__}")
