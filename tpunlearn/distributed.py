@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from typing import Iterator
 
 import torch
 from torch import distributed as dist
 
 from tpunlearn.errors import DistributedError, UsageError
+from tpunlearn.settings import check_device
 
-DEVICE_FORMS = "cpu, cuda or cuda:N"
-_DEVICE_RE = re.compile(r"cpu|cuda(:\d+)?")
 
 
 def world() -> tuple[int, int]:
@@ -39,9 +37,7 @@ def resolve_device(spec: str | torch.device) -> torch.device:
 
     ``cuda`` means the current CUDA device (under torchrun, the one set for the rank).
     """
-    text = str(spec)
-    if not _DEVICE_RE.fullmatch(text):
-        raise UsageError(f"unknown device {text!r}; use {DEVICE_FORMS}")
+    text = check_device(str(spec))
     device = torch.device(text)
     if device.type == "cpu":
         return device

@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from tpunlearn.errors import PlanError, UsageError
-from tpunlearn.io import read_json, write_json
+from tpunlearn.io import JsonFormat
 from tpunlearn.scoring import ChannelScores, top_count
 
+GRAPH_FORMAT = JsonFormat("tpunlearn-graph/1", "tpunlearn graph file")
 Edge = tuple[str, int, str, int, float | None]  # (layer, channel, next layer, channel, weight)
 
 
@@ -159,8 +160,7 @@ class BalancedGraph:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": "tpunlearn-graph/1",
+        return GRAPH_FORMAT.stamp({
             "layers": self.layers,
             "channels": self.channels,
             "forget": self.forget,
@@ -171,13 +171,12 @@ class BalancedGraph:
             "retain_hits": {l: self.retain_hits[l].tolist() for l in self.layers},
             "flagged": self.flagged(),
             "graphs": {str(t): g.to_dict() for t, g in self.graphs.items()},
-        }
+        })
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "BalancedGraph":
         """A graph from its JSON form; every per-layer vector must have the layer's width."""
-        if not isinstance(data, Mapping) or data.get("format") != "tpunlearn-graph/1":
-            raise PlanError("not a tpunlearn graph file (format tpunlearn-graph/1 expected)")
+        GRAPH_FORMAT.check(data)
         try:
             layers = [str(l) for l in data["layers"]]
             as_t = lambda d: {l: torch.tensor(d[l], dtype=torch.long) for l in layers}  # noqa: E731
@@ -203,18 +202,18 @@ class BalancedGraph:
         return graph
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        write_json(path, self.to_dict())
+        GRAPH_FORMAT.write(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None) -> "BalancedGraph":
+    def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None) -> BalancedGraph:
         """Read a graph file; with ``model``, also check that its layers and widths are the model's."""
-        try:
-            graph = cls.from_dict(read_json(path))
+        def parse(data: Mapping[str, Any]) -> BalancedGraph:
+            graph = cls.from_dict(data)
             if model is not None:
                 graph.check(model)
-        except PlanError as exc:
-            raise PlanError(f"{path}: {exc}") from None
-        return graph
+            return graph
+
+        return GRAPH_FORMAT.read(path, parse)
 
     def check(self, model: nn.Module) -> None:
         """Raise PlanError unless every layer of the graph is a layer of ``model`` with the same width."""
@@ -227,12 +226,6 @@ class BalancedGraph:
             if width != self.channels[layer]:
                 raise PlanError(f"the graph was made for another model: {layer} has {width} channels, "
                                 f"the graph {self.channels[layer]}")
-
-    def draw(self, path: str | os.PathLike[str], max_nodes_per_layer: int = 40, title: str | None = None) -> None:
-        """Draw the balanced graph to PNG (see :func:`tpunlearn.report.draw_graph`)."""
-        from tpunlearn.report import draw_graph
-
-        draw_graph(self, path, max_nodes_per_layer=max_nodes_per_layer, title=title)
 
 
 def balance(graphs: Mapping[int, EssentialGraph], forget: Iterable[int], retain: Iterable[int],

@@ -21,14 +21,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from tpunlearn.errors import PlanError, UsageError
-from tpunlearn.io import read_json, write_json
+from tpunlearn.errors import PlanError
+from tpunlearn.io import JsonFormat
 from tpunlearn.layers import module_by_name
 from tpunlearn.scoring import scoring_mode
+from tpunlearn.settings import COUPLED, MODES, check_choice
 from tpunlearn.torchutils import CONV_TYPES, LAYER_TYPES, NORM_TYPES, forward, model_device, norm_width, out_width, to_device
 
-MODES = ("physical", "mask")
-COUPLED = ("protect", "prune", "zero")
+PLAN_FORMAT = JsonFormat("tpunlearn-plan/1", "tpunlearn plan")
 
 
 @dataclass
@@ -98,8 +98,7 @@ class PrunePlan:
 
     # ---- persistence -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": "tpunlearn-plan/1",
+        return PLAN_FORMAT.stamp({
             "mode": self.mode,
             "coupled": self.coupled,
             "decisions": [d.to_dict() for d in self.decisions],
@@ -108,13 +107,12 @@ class PrunePlan:
             "removed": self.removed,
             "removed_channels": self.removed_channels,
             "notes": self.notes,
-        }
+        })
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PrunePlan":
         """A plan from its JSON form, every field type-checked (a damaged file is a PlanError)."""
-        if not isinstance(data, Mapping) or data.get("format") != "tpunlearn-plan/1":
-            raise PlanError("not a tpunlearn plan (format tpunlearn-plan/1 expected)")
+        PLAN_FORMAT.check(data)
         try:
             plan = cls(
                 mode=str(data["mode"]), coupled=str(data["coupled"]),
@@ -132,18 +130,18 @@ class PrunePlan:
         return plan
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        write_json(path, self.to_dict())
+        PLAN_FORMAT.write(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None) -> "PrunePlan":
+    def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None) -> PrunePlan:
         """Read a plan file; with ``model``, also check that it was made for that model."""
-        try:
-            plan = cls.from_dict(read_json(path))
+        def parse(data: Mapping[str, Any]) -> PrunePlan:
+            plan = cls.from_dict(data)
             if model is not None:
                 plan.check(model)
-        except PlanError as exc:
-            raise PlanError(f"{path}: {exc}") from None
-        return plan
+            return plan
+
+        return PLAN_FORMAT.read(path, parse)
 
     def check(self, model: nn.Module) -> None:
         """Raise PlanError unless every layer and channel the plan names exists in ``model``.
@@ -301,10 +299,8 @@ def make_plan(
     layers in ``flagged``); ``ignored_layers`` never lose output channels. ``priority``
     (per layer, higher = remove first) picks the channel to keep when a group would empty.
     """
-    if mode not in MODES:
-        raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    if coupled not in COUPLED:
-        raise UsageError(f"unknown coupled policy {coupled!r}; choose one of {', '.join(COUPLED)}")
+    check_choice("mode", mode, MODES)
+    check_choice("coupled policy", coupled, COUPLED)
     import torch_pruning as tp
 
     dg = dependency_graph or build_dependency_graph(model, example_inputs, output_transform)

@@ -21,11 +21,13 @@ from tqdm.auto import tqdm
 
 from tpunlearn import distributed
 from tpunlearn.errors import DataError, DistributedError, TargetNotInDataError, UsageError
+from tpunlearn.io import JsonFormat
 from tpunlearn.layers import module_by_name
+from tpunlearn.settings import METHODS, check_choice
 from tpunlearn.targets import Target
 from tpunlearn.torchutils import eval_mode, model_device
 
-METHODS = ("gradcam", "abs", "taylor")
+SCORES_FORMAT = JsonFormat("tpunlearn-scores/1", "tpunlearn scores file", DataError)
 INSTANCE_ROWS = 64  # per-instance alpha rows kept per target and layer (for stability); the mean uses every instance
 
 
@@ -78,13 +80,12 @@ class ChannelScores:
 
     def to_dict(self, instances: bool = False) -> dict[str, Any]:
         """JSON-able form (per-instance alphas only when asked: they are the bulk)."""
-        out: dict[str, Any] = {
-            "format": "tpunlearn-scores/1",
+        out: dict[str, Any] = SCORES_FORMAT.stamp({
             "method": self.method,
             "layers": self.layers,
             "channels": self.channels,
             "targets": {},
-        }
+        })
         for t, s in self.targets.items():
             entry: dict[str, Any] = {"count": s.count, "alpha": {l: s.alpha[l].tolist() for l in self.layers}}
             if instances:
@@ -95,8 +96,7 @@ class ChannelScores:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ChannelScores":
         """Scores from their JSON form; every layer's alpha must have the layer's width."""
-        if not isinstance(data, Mapping) or data.get("format") != "tpunlearn-scores/1":
-            raise DataError("not a tpunlearn scores file (format tpunlearn-scores/1 expected)")
+        SCORES_FORMAT.check(data)
         try:
             layers = [str(l) for l in data["layers"]]
             channels = {str(k): int(v) for k, v in data["channels"].items()}
@@ -205,8 +205,7 @@ def score_channels(
     sums plus the first ``keep_instances`` per-instance rows (for :meth:`TargetScores.stability`)
     are kept.
     """
-    if method not in METHODS:
-        raise UsageError(f"unknown scoring method {method!r}; choose one of {', '.join(METHODS)}")
+    check_choice("scoring method", method, METHODS)
     if n_per_target < 1:
         raise UsageError(f"n_per_target must be >= 1, got {n_per_target}")
     if keep_instances < 1:
