@@ -18,7 +18,8 @@ def test_defaults_and_choices_come_from_one_place():
     assert (s.mode, s.coupled, s.method, s.group_closure, s.balanced, s.align) == (
         "physical", "protect", "gradcam", True, True, 8)
     assert s == DEFAULTS and s.resolved_retain_delta == 0.05
-    assert (MODES, COUPLED, METHODS) == (("physical", "mask"), ("protect", "prune", "zero"), ("gradcam", "abs", "taylor"))
+    assert MODES == ("physical", "mask") and COUPLED == ("protect", "prune", "zero")
+    assert METHODS == ("gradcam", "abs", "taylor")
     assert plan.MODES is MODES and plan.COUPLED is COUPLED and scoring.METHODS is METHODS
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.sigma = 2  # type: ignore[misc]  # frozen: assigning must fail
