@@ -12,7 +12,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -125,7 +125,7 @@ def score_targets(model: nn.Module, samples: Samples, target: TargetFactory = Cl
     """
     chosen = (settings or DEFAULTS).override(sigma=sigma, n_per_target=n_per_target, method=method,
                                              group_closure=group_closure)
-    samples, example_inputs, all_targets = _resolve_request(model, samples, [], None, example_inputs, None,
+    batches, example_inputs, all_targets = _resolve_request(model, samples, [], None, example_inputs, None,
                                                             num_targets)
     device = resolve_device(device) if device is not None else model_device(model)
     ignored = _ignored_names(model, ignored_layers)
@@ -133,7 +133,7 @@ def score_targets(model: nn.Module, samples: Samples, target: TargetFactory = Cl
                to_device(example_inputs, device), output_transform, chosen)
     run.find_layers(ignored, dependency_graph=chosen.group_closure)
     wanted = all_targets if targets is None else [int(t) for t in targets]
-    return run.score(samples, target, wanted, wanted if targets is None else (), progress)
+    return run.score(batches, target, wanted, wanted if targets is None else (), progress)
 
 
 @dataclass
@@ -182,7 +182,7 @@ class _Run:
                       for t in forget + retain}
             graph = balance(graphs, forget, retain if s.balanced else [], scores.channels, s.retain_tolerance)
         with _timed(self.timings, "planning"):
-            priority = {layer: sum(scores.alpha(t, layer) for t in forget) for layer in self.layers}
+            priority = {layer: cast(torch.Tensor, sum(scores.alpha(t, layer) for t in forget)) for layer in self.layers}
             plan = make_plan(work, graph.flagged(), graph.protected(), x, candidates=self.layers,
                              ignored_layers=self.ignored, coupled=s.coupled, mode=s.mode, priority=priority,
                              output_transform=self.output_transform, dependency_graph=dg, align=s.align)
@@ -202,9 +202,9 @@ def _forget_list(forget: Sequence[int] | int) -> list[int]:
     return targets
 
 
-def _resolve_request(model: nn.Module, samples: Iterable[Any] | None, forget: list[int],
+def _resolve_request(model: nn.Module, samples: Samples | None, forget: list[int],
                      retain: Sequence[int] | None, example_inputs: Any, scores: ChannelScores | None,
-                     num_targets: int | None) -> tuple[Iterable[Any] | None, Any, list[int]]:
+                     num_targets: int | None) -> tuple[Samples | None, Any, list[int]]:
     """Peek at the samples for the target count and an example input; validate the targets."""
     if scores is None:
         if samples is None:
@@ -223,7 +223,8 @@ def _resolve_request(model: nn.Module, samples: Iterable[Any] | None, forget: li
     retain = [t for t in range(num_targets) if t not in forget] if retain is None else [int(t) for t in retain]
     bad = [t for t in forget + retain if not 0 <= t < num_targets]
     if bad:
-        raise UsageError(f"target index {bad[0]} is out of range: the model has {num_targets} targets (0..{num_targets - 1})")
+        raise UsageError(f"target index {bad[0]} is out of range: the model has {num_targets} targets "
+                         f"(0..{num_targets - 1})")
     both = sorted(set(forget) & set(retain))
     if both:
         raise UsageError(f"target(s) {both} are both forgotten and retained")
@@ -252,8 +253,8 @@ def verify(pruned: nn.Module, original: nn.Module, plan: PrunePlan, example_inpu
     try:
         out = transform(forward(pruned, example_inputs)).cpu()
     except Exception as exc:  # noqa: BLE001 - any failure here means a broken model
-        raise PlanError(f"the pruned model no longer runs ({type(exc).__name__}: {exc}); "
-                        "this architecture is mis-modelled by the tracer, try --coupled protect or a smaller sigma") from None
+        raise PlanError(f"the pruned model no longer runs ({type(exc).__name__}: {exc}); this architecture is "
+                        "mis-modelled by the tracer, try --coupled protect or a smaller sigma") from None
     ref = transform(forward(original, example_inputs)).cpu()
     if out.shape != ref.shape:
         raise PlanError(f"pruning changed the output shape from {tuple(ref.shape)} to {tuple(out.shape)}")
@@ -274,13 +275,13 @@ def verify(pruned: nn.Module, original: nn.Module, plan: PrunePlan, example_inpu
     return result
 
 
-def _peek(samples: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[Iterable[Any], int]:
+def _peek(samples: Samples) -> tuple[Samples, int]:
     samples, first = _peek_batch(samples)
     multi_hot = torch.as_tensor(first[1])
     return samples, int(multi_hot.shape[1]) if multi_hot.ndim == 2 else 0
 
 
-def _peek_batch(samples: Iterable[Any]) -> tuple[Iterable[Any], Any]:
+def _peek_batch(samples: Samples) -> tuple[Samples, Any]:
     iterator = iter(samples)
     try:
         first = next(iterator)
@@ -304,7 +305,7 @@ def _ignored_names(model: nn.Module, ignored: Sequence[nn.Module | str] | None) 
 
 def _check_cached(scores: ChannelScores, model: nn.Module, layers: list[str], targets: list[int]) -> ChannelScores:
     """Cached scores cut down to ``layers``; they must cover them, and the requested targets."""
-    absent = [l for l in layers if l not in scores.channels]
+    absent = [layer for layer in layers if layer not in scores.channels]
     if absent:
         raise PlanError(f"the cached scores hold no layer {absent[0]!r} (another model, or a smaller sigma); "
                         "rebuild the cache with this model and at least this sigma")

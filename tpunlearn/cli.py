@@ -11,8 +11,9 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from tpunlearn.errors import TpunlearnError, TrustedCheckpointWarning, UsageError
 from tpunlearn.settings import CLI_FLAGS, COUPLED, DEFAULTS, MODES, UnlearnSettings, check_device
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - a bug: one line unless debugging
             if os.environ.get(DEBUG_ENV):
                 raise
-            line = next((l.strip() for l in str(exc).splitlines() if l.strip()), "")
+            line = next((text.strip() for text in str(exc).splitlines() if text.strip()), "")
             return _fail(f"unexpected {type(exc).__name__}{': ' + line[:200] if line else ''}; no output was "
                          f"written (set {DEBUG_ENV}=1 for the traceback, and please report it)", 1)
 
@@ -127,9 +128,11 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--retain", nargs="+", metavar="NAME", help="targets to keep (default: every other class)")
     # The settings' flags default to None: the family's defaults, then the library's, fill them (see _settings).
     prune.add_argument("--sigma", type=_int_at_least(1), default=None,
-                       help=f"number of last prunable convs to consider (default {DEFAULTS.sigma}, or the model family's)")
+                       help=f"number of last prunable convs to consider (default {DEFAULTS.sigma}, or the model "
+                            "family's)")
     prune.add_argument("--delta", type=_fraction, default=None,
-                       help=f"top fraction of channels per layer and target (default {DEFAULTS.delta}, or the family's)")
+                       help=f"top fraction of channels per layer and target (default {DEFAULTS.delta}, or the "
+                            "family's)")
     prune.add_argument("--retain-delta", type=_fraction, default=None,
                        help="top fraction each retained target protects (default: --delta)")
     prune.add_argument("--retain-tolerance", type=_int_at_least(0), default=None,
@@ -265,7 +268,8 @@ def resolve_targets(names: Sequence[str], class_names: Sequence[str]) -> list[in
         elif name.isdigit() and int(name) < len(class_names):
             out.append(int(name))
         else:
-            shown = ", ".join(class_names[:12]) + (f", ... ({len(class_names)} in all)" if len(class_names) > 12 else "")
+            more = f", ... ({len(class_names)} in all)" if len(class_names) > 12 else ""
+            shown = ", ".join(class_names[:12]) + more
             raise UsageError(f"unknown target {name!r}; valid: {shown}")
     return out
 
@@ -319,7 +323,8 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
     info.extra["history"] = [list(h) for h in info.extra.get("history") or []] + res.plan.history
     _write_outputs(args, out, adapter, model, info, res, example, report)
     _summary(report)
-    print(f"wrote {out}/ (model.pt, plan.json, graph.json, graph.png, report.json{', model.onnx' if args.onnx else ''})")
+    onnx = ", model.onnx" if args.onnx else ""
+    print(f"wrote {out}/ (model.pt, plan.json, graph.json, graph.png, report.json{onnx})")
     return 0
 
 
@@ -547,10 +552,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from tpunlearn.privacy import mia_score
 
         forget = list(dict.fromkeys(resolve_targets(args.forget, info.class_names)))
-        mia = mia_score(model, *adapter.mia_data(model, info, args.data, forget), seed=0)
+        retained, test, forgotten = adapter.mia_data(model, info, args.data, forget)
+        mia = mia_score(model, retained, test, forgotten, seed=0)
         result["mia"] = {"forget": [info.class_names[t] for t in forget], **mia.to_dict()}
         print(f"MIA: {100 * mia.score:.1f} % of the forget targets' {mia.n_forget} training samples look like "
-              f"members (retained members {100 * mia.retain_member_rate:.1f} %, test {100 * mia.test_member_rate:.1f} %)")
+              f"members (retained members {100 * mia.retain_member_rate:.1f} %, "
+              f"test {100 * mia.test_member_rate:.1f} %)")
     if args.json:
         write_json(args.json, result)
     return 0

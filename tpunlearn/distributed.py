@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import distributed as dist
 
 from tpunlearn.errors import DistributedError, UsageError
 from tpunlearn.settings import check_device
-
 
 
 def world() -> tuple[int, int]:

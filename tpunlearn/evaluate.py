@@ -6,7 +6,7 @@ and stay put for retained ones.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -51,4 +51,4 @@ def recall_table(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.T
     logits, labels = predict_multilabel(model, batches)
     recall = multilabel_recall(logits, labels)
     names = names or [str(i) for i in range(recall.numel())]
-    return {n: float(r) for n, r in zip(names, recall)}
+    return {n: float(r) for n, r in zip(names, recall, strict=False)}

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,12 +75,12 @@ def compare_latency(paths: list[str | os.PathLike[str]], example_inputs: torch.T
     options.intra_op_num_threads = 1
     sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in paths]
     feeds = [{s.get_inputs()[0].name: example_inputs.detach().cpu().numpy()} for s in sessions]
-    for session, feed in zip(sessions, feeds):
+    for session, feed in zip(sessions, feeds, strict=True):
         for _ in range(warmup):
             session.run(None, feed)
     times: list[list[float]] = [[] for _ in sessions]
     for _ in range(runs):
-        for i, (session, feed) in enumerate(zip(sessions, feeds)):
+        for i, (session, feed) in enumerate(zip(sessions, feeds, strict=True)):
             t0 = time.perf_counter()
             session.run(None, feed)
             times[i].append((time.perf_counter() - t0) * 1000)

@@ -5,7 +5,8 @@ two differ in models that define modules in one order and call them in another.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 
@@ -21,7 +22,8 @@ def module_by_name(model: nn.Module, name: str) -> nn.Module:
         raise UsageError(f"the model has no layer named {name!r}") from None
 
 
-def execution_order(model: nn.Module, example_inputs: Any, types: tuple[type, ...] = CONV_TYPES) -> list[str]:
+def execution_order(model: nn.Module, example_inputs: Any,
+                    types: tuple[type[nn.Module], ...] = CONV_TYPES) -> list[str]:
     """Qualified names of the modules of ``types`` in the order a forward first calls them."""
     order: list[str] = []
     seen: set[str] = set()

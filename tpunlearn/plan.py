@@ -15,8 +15,9 @@ model through torch-pruning's pruning history.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +27,16 @@ from tpunlearn.io import JsonFormat
 from tpunlearn.layers import module_by_name
 from tpunlearn.scoring import scoring_mode
 from tpunlearn.settings import COUPLED, MODES, check_choice
-from tpunlearn.torchutils import CONV_TYPES, LAYER_TYPES, NORM_TYPES, forward, model_device, norm_width, out_width, to_device
+from tpunlearn.torchutils import (
+    CONV_TYPES,
+    LAYER_TYPES,
+    NORM_TYPES,
+    forward,
+    model_device,
+    norm_width,
+    out_width,
+    to_device,
+)
 
 PLAN_FORMAT = JsonFormat("tpunlearn-plan/1", "tpunlearn plan")
 
@@ -110,7 +120,7 @@ class PrunePlan:
         })
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "PrunePlan":
+    def from_dict(cls, data: Mapping[str, Any]) -> PrunePlan:
         """A plan from its JSON form, every field type-checked (a damaged file is a PlanError)."""
         PLAN_FORMAT.check(data)
         try:
@@ -189,7 +199,8 @@ class PrunePlan:
                 self.history = [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in dg.pruning_history()]
         return model
 
-    def replay(self, model: nn.Module, example_inputs: Any, output_transform: Callable[[Any], Any] | None = None) -> nn.Module:
+    def replay(self, model: nn.Module, example_inputs: Any,
+               output_transform: Callable[[Any], Any] | None = None) -> nn.Module:
         """Redo an applied plan on a fresh copy of the original model (in place)."""
         if self.mode == "physical" and not self.history and any(d.action == "prune" for d in self.decisions):
             return self.apply(model, example_inputs, output_transform)  # never applied: apply it now
@@ -252,7 +263,7 @@ def close_groups(model: nn.Module, layers: Sequence[str], order: Sequence[str], 
 
 def signature(model: nn.Module) -> dict[str, list[int]]:
     """Channel counts of every conv and linear layer: identifies the model a plan is for."""
-    out = {}
+    out: dict[str, list[int]] = {}
     for name, m in model.named_modules():
         if isinstance(m, CONV_TYPES):
             out[name] = [m.out_channels, m.in_channels]
@@ -305,14 +316,14 @@ def make_plan(
 
     dg = dependency_graph or build_dependency_graph(model, example_inputs, output_transform)
     names = {m: n for n, m in model.named_modules()}
-    flagged = {l: set(int(c) for c in v) for l, v in flagged.items()}
-    protected = {l: set(int(c) for c in v) for l, v in protected.items()}
-    scored = set(candidates) if candidates is not None else set(flagged)
+    flag_sets = {layer: {int(c) for c in v} for layer, v in flagged.items()}
+    guard_sets = {layer: {int(c) for c in v} for layer, v in protected.items()}
+    scored = set(candidates) if candidates is not None else set(flag_sets)
     ignored = tuple(ignored_layers)
     decisions: list[GroupDecision] = []
     notes: list[str] = []
     seen: set[frozenset[str]] = set()
-    for root_name in [l for l in (candidates or list(flagged)) if flagged.get(l)]:
+    for root_name in [layer for layer in (candidates or list(flag_sets)) if flag_sets.get(layer)]:
         root = module_by_name(model, root_name)
         pruner = dg.get_pruner_of_module(root)
         group = dg.get_pruning_group(root, pruner.prune_out_channels, list(range(pruner.get_out_channels(root))))
@@ -321,8 +332,8 @@ def make_plan(
         if key in seen:
             continue
         seen.add(key)
-        decision = _decide(root_name, group, members, flagged, protected, scored, ignored, coupled, dg, tp, priority,
-                           align)
+        decision = _decide(root_name, group, members, flag_sets, guard_sets, scored, ignored, coupled, dg, tp,
+                           priority, align)
         if decision.action == "skip" and decision.channels:
             notes.append(f"{root_name}: {len(decision.channels)} flagged channel(s) left alone: {decision.reason}")
         if "kept one channel" in decision.reason:
@@ -350,14 +361,14 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
     guard: set[int] = set()
     for layer, (idxs, root_idxs) in members.items():
         f, p = flagged.get(layer, set()), protected.get(layer, set())
-        for i, r in zip(idxs, root_idxs):
+        for i, r in zip(idxs, root_idxs, strict=False):
             if i in f:
                 hit.add(int(r))
             if i in p:
                 guard.add(int(r))
     wanted = sorted(hit - guard)
     by_layer = lambda chans: {  # noqa: E731
-        layer: sorted(int(i) for i, r in zip(idxs, root_idxs) if int(r) in chans)
+        layer: sorted(int(i) for i, r in zip(idxs, root_idxs, strict=False) if int(r) in chans)
         for layer, (idxs, root_idxs) in members.items()
     }
     local = set(members) == {root_name}
@@ -366,7 +377,7 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
     def skip(reason: str) -> GroupDecision:
         return GroupDecision(root_name, "skip", sorted(hit), {}, reason, local, exact)
 
-    heads = [l for l in members if any(l == i or l.startswith(i + ".") for i in ignored)]
+    heads = [layer for layer in members if any(layer == i or layer.startswith(i + ".") for i in ignored)]
     if heads:
         return skip(f"would remove output channels of protected layer {heads[0]}")
     unsupported = _unsupported(group, tp)
@@ -381,9 +392,10 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
                     "(coupled=protect)")
     if outside and coupled == "zero":
         keep = set(wanted)
-        zeroed = {l: sorted(int(i) for i, r in zip(idxs, root_idxs) if int(r) in keep and int(i) in flagged.get(l, set()))
-                  for l, (idxs, root_idxs) in members.items() if l in scored}
-        zeroed = {l: v for l, v in zeroed.items() if v}
+        zeroed = {layer: sorted(int(i) for i, r in zip(idxs, root_idxs, strict=False)
+                                if int(r) in keep and int(i) in flagged.get(layer, set()))
+                  for layer, (idxs, root_idxs) in members.items() if layer in scored}
+        zeroed = {layer: v for layer, v in zeroed.items() if v}
         return GroupDecision(root_name, "zero", wanted, zeroed, reason + "; coupled=zero keeps shapes", local, exact)
     n_root = len(members[root_name][0])
     if align and align > 1 and n_root % align == 0 and len(wanted) % align:
@@ -392,9 +404,9 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
         if not wanted:
             return skip(f"fewer flagged channels than one block of {align}, and too few unprotected ones to fill it")
     if len(wanted) >= n_root:
-        keep = _keep_one(wanted, priority.get(root_name) if priority else None)
-        wanted = [c for c in wanted if c != keep]
-        reason += f"; kept one channel ({keep}) so the group is not emptied"
+        kept = _keep_one(wanted, priority.get(root_name) if priority else None)
+        wanted = [c for c in wanted if c != kept]
+        reason += f"; kept one channel ({kept}) so the group is not emptied"
     group_to_check = dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, wanted)
     if not dg.check_pruning_group(group_to_check):
         return skip("removing these channels would empty a coupled layer")
@@ -422,7 +434,8 @@ def _align(wanted: list[int], guard: set[int], width: int, align: int,
     rank = (lambda c: -float(priority[c])) if priority is not None else (lambda c: c)  # noqa: E731
     spare = sorted((c for c in range(width) if c not in guard and c not in set(wanted)), key=rank)
     if len(spare) >= need and len(wanted) + need < width:
-        return sorted(wanted + spare[:need]), f"; +{need} unprotected channel(s) to keep the width a multiple of {align}"
+        note = f"; +{need} unprotected channel(s) to keep the width a multiple of {align}"
+        return sorted(wanted + spare[:need]), note
     cut = len(wanted) % align
     kept = sorted(sorted(wanted, key=rank)[:len(wanted) - cut])
     return kept, f"; {cut} flagged channel(s) kept to hold the width at a multiple of {align}"
@@ -449,15 +462,18 @@ def zero_channels(model: nn.Module, ops: Mapping[str, Sequence[int]], example_in
     with torch.no_grad():
         for layer, idxs in ops.items():
             module = module_by_name(model, layer)
-            idx = torch.as_tensor(list(idxs), dtype=torch.long, device=module.weight.device)
-            module.weight[idx] = 0
-            if getattr(module, "bias", None) is not None:
-                module.bias[idx] = 0
+            _zero_rows(module, idxs)
             norm = (readers or {}).get(layer) or _following_norm(modules, position[layer], module)
-            if norm is not None and getattr(norm, "weight", None) is not None:
-                norm.weight[idx] = 0
-                if norm.bias is not None:
-                    norm.bias[idx] = 0
+            if norm is not None:
+                _zero_rows(norm, idxs)
+
+
+def _zero_rows(module: nn.Module, idxs: Sequence[int]) -> None:
+    """Zero the entries ``idxs`` (output channels) of a layer's or a norm's weight and bias, where it has them."""
+    for name in ("weight", "bias"):
+        param = getattr(module, name, None)
+        if isinstance(param, torch.Tensor):
+            param[torch.as_tensor(list(idxs), dtype=torch.long, device=param.device)] = 0
 
 
 def _norm_readers(model: nn.Module, layers: Sequence[str], example_inputs: Any) -> dict[str, nn.Module]:

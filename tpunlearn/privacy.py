@@ -12,8 +12,9 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -89,7 +90,8 @@ def membership_attack(e_retain: torch.Tensor, e_test: torch.Tensor, e_forget: to
 # ---------------------------------------------------------------------------- feature probe
 def head_layer(model: nn.Module) -> nn.Module:
     """The classifier head whose input is the penultimate feature vector (the last Linear)."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    get_classifier = getattr(model, "get_classifier", None)  # timm's models say which module is the head
+    head = get_classifier() if callable(get_classifier) else None
     if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         if not linears:
@@ -140,7 +142,7 @@ class LinearProbe:
     std: torch.Tensor
 
     @classmethod
-    def fit(cls, features: torch.Tensor, labels: torch.Tensor, target: int, seed: int = 0) -> "LinearProbe":
+    def fit(cls, features: torch.Tensor, labels: torch.Tensor, target: int, seed: int = 0) -> LinearProbe:
         from sklearn.linear_model import LogisticRegression
 
         y = (labels[:, target] > 0.5).numpy()

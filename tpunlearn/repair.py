@@ -8,7 +8,8 @@ the zeroed channels are zeroed again after every step, so training cannot regrow
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn

@@ -91,7 +91,8 @@ def prune_report(result: UnlearnResult, original: nn.Module, example_inputs: Any
                   command=["tpunlearn", *args.argv], reproduce=reproduce_command(args, result.settings),
                   runtime={"device": str(next(result.model.parameters()).device),
                            "torch_threads": torch.get_num_threads()},
-                  macs={"before": count_macs(original, example_inputs), "after": count_macs(result.model, example_inputs)},
+                  macs={"before": count_macs(original, example_inputs),
+                        "after": count_macs(result.model, example_inputs)},
                   versions=versions(library), total_s=round(time.perf_counter() - started, 3))
     report["settings"] = {**settings, "seed": args.seed, "data": args.data}
     return report
@@ -174,8 +175,8 @@ def draw_graph(graph: BalancedGraph, path: str | os.PathLike[str], max_nodes_per
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    flagged = {l: set(v) for l, v in graph.flagged().items()}
-    protected = {l: set(v) for l, v in graph.protected().items()}
+    flagged = {layer: set(v) for layer, v in graph.flagged().items()}
+    protected = {layer: set(v) for layer, v in graph.protected().items()}
     positions: dict[tuple[str, int], tuple[float, float]] = {}
     fig, ax = plt.subplots(figsize=(2.2 * len(graph.layers) + 2, 7))
     for x, layer in enumerate(graph.layers):

@@ -7,7 +7,8 @@ the target), so one ``torch.autograd.grad`` per target serves the whole batch.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -70,7 +71,7 @@ class SegmentationLogit(Target):
         self.index = int(index)
         self.masks: torch.Tensor | None = None
 
-    def with_masks(self, masks: torch.Tensor | None) -> "SegmentationLogit":
+    def with_masks(self, masks: torch.Tensor | None) -> SegmentationLogit:
         """Use these ``(B, H, W)`` class-index masks for the next batch."""
         self.masks = masks
         return self
@@ -78,7 +79,8 @@ class SegmentationLogit(Target):
     def per_sample(self, output: Any) -> torch.Tensor:
         logits = main_tensor(output)
         if logits.ndim != 4:
-            raise ValueError(f"SegmentationLogit expects a (batch, classes, H, W) output, got shape {tuple(logits.shape)}")
+            raise ValueError("SegmentationLogit expects a (batch, classes, H, W) output, "
+                             f"got shape {tuple(logits.shape)}")
         if self.masks is not None:
             region = self.masks.to(logits.device) == self.index
         else:
@@ -102,7 +104,8 @@ class DetectionScore(Target):
     def per_sample(self, output: Any) -> torch.Tensor:
         pred = main_tensor(output)
         if pred.ndim != 3:
-            raise ValueError(f"DetectionScore expects a (batch, 4 + classes, anchors) output, got shape {tuple(pred.shape)}")
+            raise ValueError("DetectionScore expects a (batch, 4 + classes, anchors) output, "
+                             f"got shape {tuple(pred.shape)}")
         scores = pred[:, self.box_channels + self.index, :]  # (B, A)
         confident = scores.detach() > self.conf
         k = min(self.top_k, scores.shape[1])
