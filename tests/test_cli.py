@@ -351,10 +351,12 @@ def test_export_command_checks_parity(tmp_path, capsys):
 def test_family_defaults_fill_only_what_the_user_left_out():
     import argparse
 
+    from tpunlearn.settings import UnlearnSettings
+
     yolo = adapters.get("yolov5")
-    args = argparse.Namespace(sigma=None, delta=0.1, retain_tolerance=None)
-    cli._settings(args, yolo)
-    assert (args.sigma, args.delta, args.retain_tolerance) == (yolo.defaults["sigma"], 0.1, yolo.defaults["retain_tolerance"])
+    args = argparse.Namespace(sigma=None, delta=0.1, retain_tolerance=None, samples=7)
+    got = cli._settings(args, yolo)
+    assert (got.sigma, got.delta, got.retain_tolerance, got.n_per_target) == (
+        yolo.defaults["sigma"], 0.1, yolo.defaults["retain_tolerance"], 7)
     timm_args = argparse.Namespace(sigma=None, delta=None, retain_tolerance=None, align=None)
-    cli._settings(timm_args, adapters.get("timm"))
-    assert vars(timm_args) == cli.LIBRARY_DEFAULTS
+    assert cli._settings(timm_args, adapters.get("timm")) == UnlearnSettings()

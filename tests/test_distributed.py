@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import tpunlearn as tu
-from tpunlearn import cli, distributed
+from tpunlearn import cli, distributed, torchutils
 from tpunlearn.api import score_targets
 from tpunlearn.errors import UsageError
 from tpunlearn.scoring import ChannelScores, score_channels
@@ -210,16 +210,16 @@ def test_device_cpu_gives_the_default_result(tiny_resnet, samples):
     on_cpu = tu.unlearn(tiny_resnet, samples, device="cpu", **kwargs)
     assert on_cpu.report["execution"] == {"device": "cpu", "ranks": 1}
     assert on_cpu.plan.removed == default.plan.removed and on_cpu.plan.removed_channels > 0
-    assert distributed.model_device(on_cpu.model) == torch.device("cpu")
+    assert torchutils.model_device(on_cpu.model) == torch.device("cpu")
 
 
 def test_to_device_moves_nested_tensors_only():
     obj = {"a": torch.zeros(1), "b": [torch.ones(2), (torch.ones(1), "text")], "c": 3}
-    moved = distributed.to_device(obj, "cpu")
+    moved = torchutils.to_device(obj, "cpu")
     assert moved["c"] == 3 and moved["b"][1][1] == "text"
     assert isinstance(moved["b"], list) and isinstance(moved["b"][1], tuple)
     assert torch.equal(moved["b"][0], torch.ones(2))
-    assert distributed.model_device(torch.nn.ReLU()) == torch.device("cpu")
+    assert torchutils.model_device(torch.nn.ReLU()) == torch.device("cpu")
 
 
 def test_outside_torchrun_there_is_one_rank(monkeypatch):

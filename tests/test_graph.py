@@ -11,6 +11,7 @@ from torch import nn
 from tpunlearn.errors import PlanError, UsageError
 from tpunlearn.graph import BalancedGraph, EssentialGraph, balance, essential_graph, layer_links
 from tpunlearn.plan import build_dependency_graph
+from tpunlearn.report import draw_graph
 from tpunlearn.scoring import ChannelScores, TargetScores
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -261,7 +262,7 @@ def test_balanced_graph_load_rejects_other_files(tmp_path):
 def test_draw_writes_png(graphs, tmp_path):
     bg = balance(graphs, forget=[0], retain=[1, 2], channels={"a": 6, "b": 4})
     path = tmp_path / "graph.png"
-    bg.draw(path, title="test")
+    draw_graph(bg, path, title="test")
     data = path.read_bytes()
     assert len(data) > 1000
     assert data[:8] == PNG_MAGIC

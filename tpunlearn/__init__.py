@@ -11,15 +11,18 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"targets", "scoring", "graph", "plan", "api", "export", "report", "evaluate", "zoo", "data", "errors", "layers", "safeload", "io", "cache", "models"}
+_SUBMODULES = {"adapters", "api", "auto", "cache", "data", "distributed", "errors", "evaluate", "export", "graph", "io",
+               "layers", "models", "plan", "privacy", "repair", "report", "safeload", "scoring", "settings", "targets",
+               "torchutils", "zoo"}
+_NAMES = {"unlearn": "api", "UnlearnResult": "api", "UnlearnSettings": "settings"}  # name -> the submodule holding it
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"tpunlearn.{name}")
-    if name in {"unlearn", "UnlearnResult"}:
-        return getattr(importlib.import_module("tpunlearn.api"), name)
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"tpunlearn.{_NAMES[name]}"), name)
     raise AttributeError(f"module 'tpunlearn' has no attribute {name!r}")
 
 
-__all__ = ["unlearn", "UnlearnResult", "__version__", *sorted(_SUBMODULES)]
+__all__ = [*_NAMES, "__version__", *sorted(_SUBMODULES)]

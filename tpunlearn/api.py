@@ -1,7 +1,8 @@
 """``unlearn``: the whole pipeline behind one call.
 
 samples -> scores -> essential graph per target -> balanced graph -> plan -> pruned copy.
-The input model is never modified: one trained model can serve many requests.
+The input model is never modified (nor its training flags): one trained model can serve
+many requests.
 """
 from __future__ import annotations
 
@@ -9,20 +10,25 @@ import contextlib
 import copy
 import itertools
 import time
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from tpunlearn import __version__
-from tpunlearn.distributed import is_main, model_device, resolve_device, to_device, world
+from tpunlearn.distributed import is_main, resolve_device, world
 from tpunlearn.errors import DataError, PlanError, UsageError
 from tpunlearn.graph import BalancedGraph, balance, essential_graph, layer_links
 from tpunlearn.layers import candidate_layers, names_of, prunable_layers
-from tpunlearn.plan import COUPLED, MODES, PrunePlan, build_dependency_graph, close_groups, forward, make_plan
+from tpunlearn.plan import PrunePlan, build_dependency_graph, close_groups, make_plan
+from tpunlearn.report import unlearn_report
 from tpunlearn.scoring import ChannelScores, score_channels
-from tpunlearn.targets import ClassLogit, Target
+from tpunlearn.settings import DEFAULTS, UNSET, Coupled, Method, Mode, UnlearnSettings, Unset
+from tpunlearn.targets import ClassLogit, TargetFactory
+from tpunlearn.torchutils import forward, main_tensor, model_device, to_device
+
+Samples = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -34,151 +40,171 @@ class UnlearnResult:
     graph: BalancedGraph
     scores: ChannelScores
     report: dict[str, Any]
+    settings: UnlearnSettings = DEFAULTS  # the settings the request ran with
 
 
-def unlearn(
-    model: nn.Module,
-    samples: Iterable[tuple[torch.Tensor, torch.Tensor]] | None,
-    forget: Sequence[int] | int,
-    target: Callable[[int], Target] = ClassLogit,
-    example_inputs: Any = None,
-    sigma: int = 4,
-    delta: float = 0.05,
-    retain: Sequence[int] | None = None,
-    retain_tolerance: int = 0,
-    n_per_target: int = 32,
-    mode: str = "physical",
-    coupled: str = "protect",
-    ignored_layers: Sequence[nn.Module | str] | None = None,
-    retain_delta: float | None = None,
-    method: str = "gradcam",
-    group_closure: bool = True,
-    balanced: bool = True,
-    align: int | None = 8,
-    scores: ChannelScores | None = None,
-    num_targets: int | None = None,
-    output_transform: Callable[[Any], Any] | None = None,
-    progress: bool = True,
-    device: str | torch.device | None = None,
-) -> UnlearnResult | None:
+def unlearn(model: nn.Module, samples: Samples | None, forget: Sequence[int] | int, target: TargetFactory = ClassLogit,
+            example_inputs: Any = None, sigma: int | Unset = UNSET, delta: float | Unset = UNSET,
+            retain: Sequence[int] | None = None, retain_tolerance: int | Unset = UNSET,
+            n_per_target: int | Unset = UNSET, mode: Mode | Unset = UNSET, coupled: Coupled | Unset = UNSET,
+            ignored_layers: Sequence[nn.Module | str] | None = None, retain_delta: float | None | Unset = UNSET,
+            method: Method | Unset = UNSET, group_closure: bool | Unset = UNSET, balanced: bool | Unset = UNSET,
+            align: int | None | Unset = UNSET, scores: ChannelScores | None = None, num_targets: int | None = None,
+            output_transform: Callable[[Any], Any] | None = None, progress: bool = True,
+            device: str | torch.device | None = None, settings: UnlearnSettings | None = None) -> UnlearnResult | None:
     """Forget ``forget`` targets from ``model``; return a new, pruned model.
 
-    ``samples`` yields ``(images, multi_hot)`` batches (``multi_hot[i, t]`` marks that image
-    ``i`` holds target ``t``). ``target`` builds ``Y_t`` for a class index. ``retain=None``
-    retains every other target. ``retain_delta`` (default ``delta``) is the top fraction of
-    channels each retained target protects. ``group_closure`` adds to the last ``sigma``
-    convolutions every layer coupled to them in a torch-pruning group (a residual stream),
-    so that each group is decided on the scores of all its members; ``coupled`` then only
-    matters for groups that reach ignored or non-prunable layers, or with closure off.
-    ``balanced=False`` is the paper's "without balance" ablation: every node a forget target
-    selects is flagged, whatever the retained targets need. ``align`` keeps pruned widths at
-    multiples of ``align`` (default 8; None or 1 turns it off) where they were multiples
-    before: ONNX Runtime's CPU convolutions slow down at odd widths, so without it a pruned
-    model can run slower than the original (see ``make_plan``). ``scores`` reuses cached channel scores and
-    skips scoring (``samples`` may then be None).
+    Args:
+        model: the trained model; it is copied, never changed (its training flags included).
+        samples: ``(images, multi_hot)`` batches, ``multi_hot[i, t]`` marking that image ``i`` holds
+            target ``t`` (class-index labels work too); may be None when ``scores`` is given.
+        forget: the target index, or indices, to forget.
+        target: builds ``Y_t`` for a class index (ClassLogit, SegmentationLogit, DetectionScore).
+        example_inputs: an input batch to trace the model with (default: the first sample's image).
+        retain: the targets to keep (default: every other target; those in no sample are left out).
+        ignored_layers: modules or qualified names that never lose output channels (heads).
+        scores: cached channel scores (:func:`score_targets`): scoring is skipped.
+        num_targets: how many targets there are (default: the labels' width, or the model's output).
+        output_transform: the part of the output torch-pruning traces (default: the main tensor).
+        progress: show a progress bar while scoring.
+        device: ``cpu``, ``cuda`` or ``cuda:N``, where the copy is scored, planned, pruned and
+            lives afterwards (default: the model's own); the input model stays where it is.
+        settings: the algorithm's settings (default ``UnlearnSettings()``).
+        sigma, delta, retain_delta, retain_tolerance, n_per_target, mode, coupled, method,
+            group_closure, balanced, align: the :class:`~tpunlearn.settings.UnlearnSettings` field
+            of that name. A keyword given here overrides ``settings``; one left out keeps its value.
 
-    ``device`` (``cpu``, ``cuda`` or ``cuda:N``; default: the model's own) is where the new
-    model is scored, planned and pruned, and where it lives afterwards; the input model
-    stays where it is. Inside a torchrun script with a process group initialised, every
-    rank passes the same samples and scores its share of them (see ``score_channels``);
-    rank 0 alone plans and prunes and gets the result, the other ranks get None.
+    Returns:
+        The :class:`UnlearnResult`. Inside a torchrun script with a process group initialised,
+        every rank passes the same samples and scores its share of them (see ``score_channels``);
+        rank 0 alone plans and prunes and gets the result, the other ranks get None.
     """
-    forget = [int(forget)] if isinstance(forget, int) else [int(t) for t in forget]
-    _check_args(forget, delta, retain_delta, sigma, mode, coupled, retain_tolerance)
+    chosen = (settings or DEFAULTS).override(
+        sigma=sigma, delta=delta, retain_delta=retain_delta, retain_tolerance=retain_tolerance,
+        n_per_target=n_per_target, mode=mode, coupled=coupled, method=method, group_closure=group_closure,
+        balanced=balanced, align=align)
+    forget = _forget_list(forget)
     device = resolve_device(device) if device is not None else model_device(model)
     implicit_retain = retain is None
-    samples, example_inputs, retain = _resolve_request(model, samples, forget, retain, example_inputs,
-                                                       scores, num_targets)
+    samples, example_inputs, retain = _resolve_request(model, samples, forget, retain, example_inputs, scores,
+                                                       num_targets)
     if scores is not None and not is_main():
         return None  # nothing to score: the other ranks have no share of the work
-    example_inputs = to_device(example_inputs, device)
-    timings: dict[str, float] = {}
-    work = copy.deepcopy(model).to(device)
-    ignored = _ignored_names(work, model, ignored_layers)
-    layers = candidate_layers(work, example_inputs, sigma, ignored)
-    with _timed(timings, "dependency_graph"):
-        dg = build_dependency_graph(work, example_inputs, output_transform)
-        if group_closure:
-            layers = close_groups(work, layers, prunable_layers(work, example_inputs, ignored), dg)
+    run = _Run(copy.deepcopy(model).to(device), to_device(example_inputs, device), output_transform, chosen)
+    run.find_layers(_ignored_names(model, ignored_layers), dependency_graph=True)
     if scores is None:
-        with _timed(timings, "scoring"):
-            scores = score_channels(work, samples, layers, {t: target(t) for t in forget + retain},
-                                    n_per_target=n_per_target, method=method, progress=progress,
-                                    optional=retain if implicit_retain else ())
+        scores = run.score(samples, target, forget + retain, retain if implicit_retain else (), progress)
         if not is_main():
             return None
     else:
-        scores = _check_cached(scores, work, layers, forget + ([] if implicit_retain else retain))
-    unscored = [t for t in retain if t not in scores.targets]
-    retain = [t for t in retain if t in scores.targets]
-
-    with _timed(timings, "graph"):
-        links = layer_links(work, dg, layers)
-        graphs = {t: essential_graph(scores, t, delta if t in forget else (retain_delta or delta), links)
-                  for t in forget + retain}
-        graph = balance(graphs, forget, retain if balanced else [], scores.channels, retain_tolerance)
-    with _timed(timings, "planning"):
-        priority = {l: sum(scores.alpha(t, l) for t in forget) for l in layers}
-        plan = make_plan(work, graph.flagged(), graph.protected(), example_inputs, candidates=layers,
-                         ignored_layers=ignored, coupled=coupled, mode=mode, priority=priority,
-                         output_transform=output_transform, dependency_graph=dg, align=align)
-    with _timed(timings, "pruning"):
-        plan.apply(work, example_inputs, output_transform, dependency_graph=dg)
-    check = verify(work, model, plan, example_inputs, output_transform)
-
-    settings = {"forget": forget, "retain": retain, "sigma": sigma, "group_closure": group_closure,
-                "balanced": balanced, "align": align, "delta": delta, "retain_delta": retain_delta or delta,
-                "retain_tolerance": retain_tolerance, "n_per_target": n_per_target, "mode": mode,
-                "coupled": coupled, "method": method}
-    notes = [f"retained target(s) {unscored} appear in no sample: not scored, so not protected"] if unscored else []
-    report = _report(model, work, settings, layers, scores, graph, plan, timings, check, notes)
-    report["execution"] = {"device": str(device), "ranks": world()[1]}  # where it ran; the result does not depend on it
-    return UnlearnResult(model=work, plan=plan, graph=graph, scores=scores, report=report)
+        scores = _check_cached(scores, run.work, run.layers, forget + ([] if implicit_retain else retain))
+    graph, plan, report = run.prune(model, scores, forget, retain, {"device": str(device), "ranks": world()[1]})
+    return UnlearnResult(model=run.work, plan=plan, graph=graph, scores=scores, report=report, settings=chosen)
 
 
-def score_targets(
-    model: nn.Module,
-    samples: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    target: Callable[[int], Target] = ClassLogit,
-    targets: Sequence[int] | None = None,
-    example_inputs: Any = None,
-    sigma: int = 4,
-    n_per_target: int = 32,
-    ignored_layers: Sequence[nn.Module | str] | None = None,
-    method: str = "gradcam",
-    group_closure: bool = True,
-    num_targets: int | None = None,
-    output_transform: Callable[[Any], Any] | None = None,
-    progress: bool = True,
-    device: str | torch.device | None = None,
-) -> ChannelScores:
+def score_targets(model: nn.Module, samples: Samples, target: TargetFactory = ClassLogit,
+                  targets: Sequence[int] | None = None, example_inputs: Any = None, sigma: int | Unset = UNSET,
+                  n_per_target: int | Unset = UNSET, ignored_layers: Sequence[nn.Module | str] | None = None,
+                  method: Method | Unset = UNSET, group_closure: bool | Unset = UNSET, num_targets: int | None = None,
+                  output_transform: Callable[[Any], Any] | None = None, progress: bool = True,
+                  device: str | torch.device | None = None, settings: UnlearnSettings | None = None) -> ChannelScores:
     """Score every target once (default: all of them), for later requests without scoring.
 
-    The result feeds ``unlearn(..., scores=...)``: a forget request then only balances,
-    plans and prunes. Targets absent from the samples are left out when ``targets`` is None.
-    ``device`` (default: the model's own) is where scoring runs; a model elsewhere is
-    copied there, never moved. Under torch.distributed every rank passes the same samples,
-    scores its share, and gets the scores of all of them.
+    The result feeds ``unlearn(..., scores=...)``: a forget request then only balances, plans
+    and prunes. The model is never changed. Under torch.distributed every rank passes the same
+    samples, scores its share, and gets the scores of all of them.
+
+    Args:
+        model, samples, target, example_inputs, ignored_layers, num_targets, output_transform,
+            progress, settings: as for :func:`unlearn`.
+        targets: the targets to score (default: every target, leaving out those in no sample).
+        device: where scoring runs (default: the model's own); a model elsewhere is copied
+            there, never moved.
+        sigma, n_per_target, method, group_closure: the ``UnlearnSettings`` field of that name,
+            overriding ``settings`` when given (the other settings do not affect scoring).
     """
-    samples, example_inputs, all_targets = _resolve_request(model, samples, [], None, example_inputs, None,
+    chosen = (settings or DEFAULTS).override(sigma=sigma, n_per_target=n_per_target, method=method,
+                                             group_closure=group_closure)
+    batches, example_inputs, all_targets = _resolve_request(model, samples, [], None, example_inputs, None,
                                                             num_targets)
     device = resolve_device(device) if device is not None else model_device(model)
-    if model_device(model) != device:
-        model = copy.deepcopy(model).to(device)
-    example_inputs = to_device(example_inputs, device)
+    ignored = _ignored_names(model, ignored_layers)
+    run = _Run(model if model_device(model) == device else copy.deepcopy(model).to(device),
+               to_device(example_inputs, device), output_transform, chosen)
+    run.find_layers(ignored, dependency_graph=chosen.group_closure)
     wanted = all_targets if targets is None else [int(t) for t in targets]
-    ignored = _ignored_names(model, model, ignored_layers)
-    layers = candidate_layers(model, example_inputs, sigma, ignored)
-    if group_closure:
-        dg = build_dependency_graph(model, example_inputs, output_transform)
-        layers = close_groups(model, layers, prunable_layers(model, example_inputs, ignored), dg)
-    return score_channels(model, samples, layers, {t: target(t) for t in wanted}, n_per_target=n_per_target,
-                          method=method, progress=progress, optional=wanted if targets is None else ())
+    return run.score(batches, target, wanted, wanted if targets is None else (), progress)
 
 
-def _resolve_request(model: nn.Module, samples: Iterable[Any] | None, forget: list[int],
+@dataclass
+class _Run:
+    """One request's working model and what its steps share: layers, dependency graph, timings."""
+
+    work: nn.Module
+    example_inputs: Any
+    output_transform: Callable[[Any], Any] | None
+    settings: UnlearnSettings
+    layers: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    dependency_graph: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def find_layers(self, ignored: list[str], dependency_graph: bool) -> None:
+        """The last ``sigma`` prunable convs, closed over their torch-pruning groups when asked."""
+        self.ignored = ignored
+        self.layers = candidate_layers(self.work, self.example_inputs, self.settings.sigma, ignored)
+        if not dependency_graph:
+            return
+        with _timed(self.timings, "dependency_graph"):
+            self.dependency_graph = build_dependency_graph(self.work, self.example_inputs, self.output_transform)
+            if self.settings.group_closure:
+                order = prunable_layers(self.work, self.example_inputs, ignored)
+                self.layers = close_groups(self.work, self.layers, order, self.dependency_graph)
+
+    def score(self, samples: Samples | None, target: TargetFactory, targets: list[int], optional: Iterable[int],
+              progress: bool) -> ChannelScores:
+        assert samples is not None  # _resolve_request refuses a request with neither samples nor scores
+        with _timed(self.timings, "scoring"):
+            return score_channels(self.work, samples, self.layers, {t: target(t) for t in targets},
+                                  n_per_target=self.settings.n_per_target, method=self.settings.method,
+                                  progress=progress, optional=optional)
+
+    def prune(self, original: nn.Module, scores: ChannelScores, forget: list[int], retain: list[int],
+              execution: dict[str, Any]) -> tuple[BalancedGraph, PrunePlan, dict[str, Any]]:
+        """Balance, plan and prune the working model, check it against ``original``, and report
+        (``execution``: where it ran)."""
+        s, work, x, dg = self.settings, self.work, self.example_inputs, self.dependency_graph
+        unscored = [t for t in retain if t not in scores.targets]
+        retain = [t for t in retain if t in scores.targets]
+        with _timed(self.timings, "graph"):
+            links = layer_links(work, dg, self.layers)
+            graphs = {t: essential_graph(scores, t, s.delta if t in forget else s.resolved_retain_delta, links)
+                      for t in forget + retain}
+            graph = balance(graphs, forget, retain if s.balanced else [], scores.channels, s.retain_tolerance)
+        with _timed(self.timings, "planning"):
+            priority = {layer: cast(torch.Tensor, sum(scores.alpha(t, layer) for t in forget)) for layer in self.layers}
+            plan = make_plan(work, graph.flagged(), graph.protected(), x, candidates=self.layers,
+                             ignored_layers=self.ignored, coupled=s.coupled, mode=s.mode, priority=priority,
+                             output_transform=self.output_transform, dependency_graph=dg, align=s.align)
+        with _timed(self.timings, "pruning"):
+            plan.apply(work, x, self.output_transform, dependency_graph=dg)
+        check = verify(work, original, plan, x, self.output_transform)
+        notes = [f"retained target(s) {unscored} appear in no sample: not scored, so not protected"] if unscored else []
+        report = unlearn_report(original, work, s, forget, retain, self.layers, scores, graph, plan, self.timings,
+                                check, notes, execution)
+        return graph, plan, report
+
+
+def _forget_list(forget: Sequence[int] | int) -> list[int]:
+    targets = [int(forget)] if isinstance(forget, int) else [int(t) for t in forget]
+    if not targets:
+        raise UsageError("forget needs at least one target")
+    return targets
+
+
+def _resolve_request(model: nn.Module, samples: Samples | None, forget: list[int],
                      retain: Sequence[int] | None, example_inputs: Any, scores: ChannelScores | None,
-                     num_targets: int | None) -> tuple[Iterable[Any] | None, Any, list[int]]:
+                     num_targets: int | None) -> tuple[Samples | None, Any, list[int]]:
     """Peek at the samples for the target count and an example input; validate the targets."""
     if scores is None:
         if samples is None:
@@ -193,39 +219,16 @@ def _resolve_request(model: nn.Module, samples: Iterable[Any] | None, forget: li
         samples, first = _peek_batch(samples)
         example_inputs = first[0][:1]
     if not num_targets:  # class-index labels: the model's output says how many targets there are
-        num_targets = int(_main_tensor(forward(model, to_device(example_inputs, model_device(model)))).shape[1])
+        num_targets = int(main_tensor(forward(model, example_inputs)).shape[1])
     retain = [t for t in range(num_targets) if t not in forget] if retain is None else [int(t) for t in retain]
     bad = [t for t in forget + retain if not 0 <= t < num_targets]
     if bad:
-        raise UsageError(f"target index {bad[0]} is out of range: the model has {num_targets} targets (0..{num_targets - 1})")
+        raise UsageError(f"target index {bad[0]} is out of range: the model has {num_targets} targets "
+                         f"(0..{num_targets - 1})")
     both = sorted(set(forget) & set(retain))
     if both:
         raise UsageError(f"target(s) {both} are both forgotten and retained")
     return samples, example_inputs, retain
-
-
-def _report(model: nn.Module, pruned: nn.Module, settings: dict[str, Any], layers: list[str],
-            scores: ChannelScores, graph: BalancedGraph, plan: PrunePlan, timings: dict[str, float],
-            check: dict[str, Any], notes: list[str]) -> dict[str, Any]:
-    """The JSON-able record of one request: what ran, on what, with what result."""
-    targets = settings["forget"] + settings["retain"]
-    return {
-        "tpunlearn": __version__,
-        "algorithm": "balanced essential graph (Xu et al., Alg. 1-4, Eq. 3-4) with torch-pruning groups",
-        "settings": settings,
-        "layers": layers,
-        "n_targets": graph.n_targets,
-        "instances": {str(t): scores.targets[t].count for t in targets},
-        "stability": {str(t): round(v, 4) for t, v in scores.stability(settings["delta"]).items()
-                      if scores.targets[t].instances},
-        "graph": graph.summary(),
-        "removed_channels": plan.removed_channels,
-        "removed": plan.removed,
-        "params": {"before": _params(model), "after": _params(pruned)},
-        "timings_s": {k: round(v, 4) for k, v in timings.items()},
-        "check": check,
-        "notes": plan.notes + notes,
-    }
 
 
 @contextlib.contextmanager
@@ -246,13 +249,13 @@ def verify(pruned: nn.Module, original: nn.Module, plan: PrunePlan, example_inpu
 
     A model the tracer mis-modelled fails here, loudly, instead of being returned broken.
     """
-    transform = output_transform or _main_tensor
+    transform = output_transform or main_tensor
     try:
-        out = transform(forward(pruned, to_device(example_inputs, model_device(pruned)))).cpu()
+        out = transform(forward(pruned, example_inputs)).cpu()
     except Exception as exc:  # noqa: BLE001 - any failure here means a broken model
-        raise PlanError(f"the pruned model no longer runs ({type(exc).__name__}: {exc}); "
-                        "this architecture is mis-modelled by the tracer, try --coupled protect or a smaller sigma") from None
-    ref = transform(forward(original, to_device(example_inputs, model_device(original)))).cpu()
+        raise PlanError(f"the pruned model no longer runs ({type(exc).__name__}: {exc}); this architecture is "
+                        "mis-modelled by the tracer, try --coupled protect or a smaller sigma") from None
+    ref = transform(forward(original, example_inputs)).cpu()
     if out.shape != ref.shape:
         raise PlanError(f"pruning changed the output shape from {tuple(ref.shape)} to {tuple(out.shape)}")
     if not torch.isfinite(out).all():
@@ -262,7 +265,7 @@ def verify(pruned: nn.Module, original: nn.Module, plan: PrunePlan, example_inpu
     if plan.mode == "physical" and pruned_decisions and all(d.exact for d in pruned_decisions):
         mask_model = copy.deepcopy(original)
         replace(plan, mode="mask").apply(mask_model, example_inputs)
-        masked = transform(forward(mask_model, to_device(example_inputs, model_device(mask_model)))).cpu()
+        masked = transform(forward(mask_model, example_inputs)).cpu()
         diff = float((out - masked).abs().max())
         scale = float(masked.abs().max()) or 1.0
         result.update(mask_max_abs_diff=diff, mask_rel_diff=diff / scale)
@@ -272,30 +275,13 @@ def verify(pruned: nn.Module, original: nn.Module, plan: PrunePlan, example_inpu
     return result
 
 
-def _check_args(forget: list[int], delta: float, retain_delta: float | None, sigma: int, mode: str,
-                coupled: str, retain_tolerance: int) -> None:
-    if not forget:
-        raise UsageError("forget needs at least one target")
-    for name, value in (("delta", delta), ("retain_delta", retain_delta)):
-        if value is not None and not 0.0 < float(value) <= 1.0:
-            raise UsageError(f"{name} must lie in (0, 1], got {value}")
-    if int(sigma) < 1:
-        raise UsageError(f"sigma must be >= 1, got {sigma}")
-    if mode not in MODES:
-        raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    if coupled not in COUPLED:
-        raise UsageError(f"unknown coupled policy {coupled!r}; choose one of {', '.join(COUPLED)}")
-    if int(retain_tolerance) < 0:
-        raise UsageError(f"retain_tolerance must be >= 0, got {retain_tolerance}")
-
-
-def _peek(samples: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[Iterable[Any], int]:
+def _peek(samples: Samples) -> tuple[Samples, int]:
     samples, first = _peek_batch(samples)
     multi_hot = torch.as_tensor(first[1])
     return samples, int(multi_hot.shape[1]) if multi_hot.ndim == 2 else 0
 
 
-def _peek_batch(samples: Iterable[Any]) -> tuple[Iterable[Any], Any]:
+def _peek_batch(samples: Samples) -> tuple[Samples, Any]:
     iterator = iter(samples)
     try:
         first = next(iterator)
@@ -308,17 +294,18 @@ def _peek_batch(samples: Iterable[Any]) -> tuple[Iterable[Any], Any]:
     return samples, first
 
 
-def _ignored_names(work: nn.Module, original: nn.Module, ignored: Sequence[nn.Module | str] | None) -> list[str]:
+def _ignored_names(model: nn.Module, ignored: Sequence[nn.Module | str] | None) -> list[str]:
+    """Qualified names of the ignored layers, given as names or as modules of ``model``."""
     if not ignored:
         return []
     names = [i for i in ignored if isinstance(i, str)]
     modules = [i for i in ignored if isinstance(i, nn.Module)]
-    return names + names_of(original, modules)
+    return names + names_of(model, modules)
 
 
 def _check_cached(scores: ChannelScores, model: nn.Module, layers: list[str], targets: list[int]) -> ChannelScores:
     """Cached scores cut down to ``layers``; they must cover them, and the requested targets."""
-    absent = [l for l in layers if l not in scores.channels]
+    absent = [layer for layer in layers if layer not in scores.channels]
     if absent:
         raise PlanError(f"the cached scores hold no layer {absent[0]!r} (another model, or a smaller sigma); "
                         "rebuild the cache with this model and at least this sigma")
@@ -332,12 +319,3 @@ def _check_cached(scores: ChannelScores, model: nn.Module, layers: list[str], ta
         raise PlanError(f"the cached scores hold no target(s) {missing}")
     return scores.subset(layers)
 
-
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _main_tensor(output: Any) -> torch.Tensor:
-    from tpunlearn.targets import _as_tensor
-
-    return _as_tensor(output)

@@ -9,12 +9,14 @@ evaluates. Channel scores are computed once per ``sigma`` and reused for every `
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
 from tpunlearn.api import UnlearnResult, unlearn
+from tpunlearn.distributed import world
 from tpunlearn.errors import UsageError
 
 SIGMAS = (1, 2, 4, 8)
@@ -53,6 +55,8 @@ def auto_unlearn(model: nn.Module, samples: Iterable[Any] | None, forget: Sequen
         raise UsageError(f"auto_unlearn chooses {', '.join(sorted(clash))} itself; do not pass them")
     if not sigmas or not deltas:
         raise UsageError("auto_unlearn needs at least one sigma and one delta to try")
+    if world()[1] > 1:
+        raise UsageError("auto_unlearn evaluates every setting it tries on one process; call it outside torchrun")
     forget = [int(forget)] if isinstance(forget, int) else [int(t) for t in forget]
     base = dict(baseline) if baseline is not None else dict(evaluate(model))
     tried: list[dict[str, Any]] = []
@@ -62,6 +66,7 @@ def auto_unlearn(model: nn.Module, samples: Iterable[Any] | None, forget: Sequen
         for delta in sorted(set(float(d) for d in deltas)):
             res = unlearn(model, samples if scores is None else None, forget, sigma=sigma, delta=delta, scores=scores,
                           **unlearn_kwargs)
+            assert res is not None  # one process: unlearn always returns its result
             scores = res.scores
             row = _judge(base, evaluate(res.model), forget, forget_bound, retain_budget)
             row.update(sigma=sigma, delta=delta, removed_channels=res.report["removed_channels"])
@@ -79,7 +84,7 @@ def _judge(base: Mapping[int, float], after: Mapping[int, float], forget: list[i
            budget: float) -> dict[str, Any]:
     forget_value = max(float(after[t]) for t in forget)
     drops = {t: float(base[t]) - float(after[t]) for t in base if t not in forget and not math.isnan(base[t])}
-    worst = max(drops, key=drops.get) if drops else None
+    worst = max(drops, key=lambda t: drops[t]) if drops else None
     worst_drop = drops[worst] if worst is not None else 0.0
     miss = max(0.0, forget_value - bound) + max(0.0, worst_drop - budget)
     return {"forget_metric": round(forget_value, 4), "worst_retained": worst,

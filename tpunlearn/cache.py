@@ -7,32 +7,40 @@ its layer signature and the sha256 of its weights. Loading checks both.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 
 from tpunlearn.errors import DataError, PlanError
-from tpunlearn.io import read_json, write_json
+from tpunlearn.io import JsonFormat
 from tpunlearn.plan import check_signature, signature
 from tpunlearn.scoring import ChannelScores
 
-FORMAT = "tpunlearn-cache/1"
+CACHE_FORMAT = JsonFormat("tpunlearn-cache/1", "tpunlearn graph cache", PlanError,
+                          hint="; make one with `tpunlearn graph`")
+FORMAT = CACHE_FORMAT.tag
 
 
 def save_cache(path: str | os.PathLike[str], scores: ChannelScores, model: nn.Module,
                meta: Mapping[str, Any] | None = None) -> None:
     """Write ``scores`` for ``model`` to ``path`` (JSON, atomically)."""
-    write_json(path, {"format": FORMAT, "signature": signature(model), "meta": dict(meta or {}),
-                      "scores": scores.to_dict()})
+    CACHE_FORMAT.write(path, {"signature": signature(model), "meta": dict(meta or {}), "scores": scores.to_dict()})
 
 
 def load_cache(path: str | os.PathLike[str], model: nn.Module,
                weights_sha256: str | None = None) -> tuple[ChannelScores, dict[str, Any]]:
     """Scores and metadata from a cache, refused when it was made for another model."""
-    data = read_json(path)
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        what = f" but a {data['format']} file" if isinstance(data, dict) and isinstance(data.get("format"), str) else ""
-        raise PlanError(f"{path} is not a tpunlearn graph cache ({FORMAT}){what}; make one with `tpunlearn graph`")
+    scores, meta = CACHE_FORMAT.read(path, lambda data: _parse(data, model))
+    cached = meta.get("weights_sha256")
+    if weights_sha256 and cached and cached != weights_sha256:
+        raise PlanError(f"{path} was made from other weights (sha256 {cached[:12]}..., "
+                        f"these are {weights_sha256[:12]}...)")
+    return scores, meta
+
+
+def _parse(data: Mapping[str, Any], model: nn.Module) -> tuple[ChannelScores, dict[str, Any]]:
+    """A cache's scores, checked against ``model``, and its metadata."""
     try:
         expected = data["signature"]
         if not isinstance(expected, dict):
@@ -46,12 +54,9 @@ def load_cache(path: str | os.PathLike[str], model: nn.Module,
                 raise PlanError(f"its scores give {layer} {scores.channels[layer]} channels, the model has "
                                 f"{expected[layer][0]}")
     except (PlanError, DataError) as exc:
-        raise PlanError(f"{path}: {exc}; rebuild it with `tpunlearn graph` for this model") from None
+        raise PlanError(f"{exc}; rebuild it with `tpunlearn graph` for this model") from None
     except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise PlanError(f"{path} is a damaged graph cache ({type(exc).__name__}: {exc}); rebuild it with "
+        raise PlanError(f"a damaged graph cache ({type(exc).__name__}: {exc}); rebuild it with "
                         "`tpunlearn graph`") from None
-    meta = data.get("meta", {}) if isinstance(data.get("meta"), dict) else {}
-    cached = meta.get("weights_sha256")
-    if weights_sha256 and cached and cached != weights_sha256:
-        raise PlanError(f"{path} was made from other weights (sha256 {cached[:12]}..., these are {weights_sha256[:12]}...)")
-    return scores, meta
+    meta = data.get("meta")
+    return scores, dict(meta) if isinstance(meta, dict) else {}

@@ -8,14 +8,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import sys
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from tpunlearn.errors import TpunlearnError, TrustedCheckpointWarning, UsageError
+from tpunlearn.settings import CLI_FLAGS, COUPLED, DEFAULTS, MODES, UnlearnSettings, check_device
 
 DEBUG_ENV = "TPUNLEARN_DEBUG"  # set to 1 to see the traceback of an unexpected error
 
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - a bug: one line unless debugging
             if os.environ.get(DEBUG_ENV):
                 raise
-            line = next((l.strip() for l in str(exc).splitlines() if l.strip()), "")
+            line = next((text.strip() for text in str(exc).splitlines() if text.strip()), "")
             return _fail(f"unexpected {type(exc).__name__}{': ' + line[:200] if line else ''}; no output was "
                          f"written (set {DEBUG_ENV}=1 for the traceback, and please report it)", 1)
 
@@ -125,16 +126,22 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(prune)
     prune.add_argument("--forget", nargs="+", required=True, metavar="NAME", help="class names (or indices) to forget")
     prune.add_argument("--retain", nargs="+", metavar="NAME", help="targets to keep (default: every other class)")
+    # The settings' flags default to None: the family's defaults, then the library's, fill them (see _settings).
     prune.add_argument("--sigma", type=_int_at_least(1), default=None,
-                       help="number of last prunable convs to consider (default 4, or the model family's)")
+                       help=f"number of last prunable convs to consider (default {DEFAULTS.sigma}, or the model "
+                            "family's)")
     prune.add_argument("--delta", type=_fraction, default=None,
-                       help="top fraction of channels per layer and target (default 0.05, or the family's)")
-    prune.add_argument("--retain-delta", type=_fraction, default=None, help="top fraction each retained target protects (default: --delta)")
+                       help=f"top fraction of channels per layer and target (default {DEFAULTS.delta}, or the "
+                            "family's)")
+    prune.add_argument("--retain-delta", type=_fraction, default=None,
+                       help="top fraction each retained target protects (default: --delta)")
     prune.add_argument("--retain-tolerance", type=_int_at_least(0), default=None,
-                       help="retained targets that may share a flagged channel (default 0, or the family's)")
-    prune.add_argument("--samples", type=_int_at_least(1), default=32, help="instances scored per target (default 32)")
-    prune.add_argument("--mode", choices=("physical", "mask"), default="physical")
-    prune.add_argument("--coupled", choices=("protect", "prune", "zero"), default="protect")
+                       help=f"retained targets that may share a flagged channel (default {DEFAULTS.retain_tolerance}, "
+                            "or the family's)")
+    prune.add_argument("--samples", type=_int_at_least(1), default=None,
+                       help=f"instances scored per target (default {DEFAULTS.n_per_target})")
+    prune.add_argument("--mode", choices=MODES, default=None, help=f"(default {DEFAULTS.mode})")
+    prune.add_argument("--coupled", choices=COUPLED, default=None, help=f"(default {DEFAULTS.coupled})")
     prune.add_argument("--out", type=_path, default="tpunlearn-out", help="output folder (default ./tpunlearn-out)")
     prune.add_argument("--force", action="store_true", help="write into a non-empty output folder")
     prune.add_argument("--onnx", action="store_true", help="also export model.onnx with a parity check")
@@ -142,12 +149,13 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
     prune.add_argument("--graph", type=_path, metavar="CACHE", help="use the scores of `tpunlearn graph` (no scoring)")
     prune.add_argument("--align", type=_int_at_least(1), default=None, metavar="N",
-                       help="keep pruned widths at multiples of N (default 8, which ONNX Runtime's CPU "
-                            "convolutions need to stay fast, or the family's; 1 turns it off)")
+                       help=f"keep pruned widths at multiples of N (default {DEFAULTS.align}, which ONNX Runtime's "
+                            "CPU convolutions need to stay fast, or the family's; 1 turns it off)")
     prune.add_argument("--repair-epochs", type=_int_at_least(0), default=0, metavar="N",
                        help="fine-tune the pruned model for N epochs on data without the forget targets "
                             "(default 0: no fine-tuning)")
-    prune.add_argument("--repair-lr", type=_positive, default=1e-4, metavar="LR", help="repair learning rate (default 1e-4)")
+    prune.add_argument("--repair-lr", type=_positive, default=1e-4, metavar="LR",
+                       help="repair learning rate (default 1e-4)")
     prune.add_argument("--auto", action="store_true",
                        help="search the smallest sigma, then delta, that brings every forget target under "
                             "--auto-bound with no retained target losing more than --auto-budget, on the "
@@ -168,8 +176,9 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(graph)
     graph.add_argument("--out", type=_path, required=True, metavar="CACHE", help="cache file to write (JSON)")
     graph.add_argument("--sigma", type=_int_at_least(1), default=None,
-                       help="last prunable convs to score (default 4, or the model family's)")
-    graph.add_argument("--samples", type=_int_at_least(1), default=32, help="instances scored per target")
+                       help=f"last prunable convs to score (default {DEFAULTS.sigma}, or the model family's)")
+    graph.add_argument("--samples", type=_int_at_least(1), default=None,
+                       help=f"instances scored per target (default {DEFAULTS.n_per_target})")
     graph.add_argument("--seed", type=int, default=0)
     _device_arg(graph)
     graph.set_defaults(func=_cmd_graph, data_parallel=True)
@@ -185,7 +194,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--mia", action="store_true",
                     help="classifiers: also run the entropy membership-inference attack on the --forget "
                          "targets' training samples (members: retained training samples; non-members: test)")
-    ev.add_argument("--forget", nargs="+", metavar="NAME", help="with --mia: the targets whose training samples to attack")
+    ev.add_argument("--forget", nargs="+", metavar="NAME",
+                    help="with --mia: the targets whose training samples to attack")
     _device_arg(ev)
     ev.set_defaults(func=_cmd_eval)
 
@@ -197,7 +207,8 @@ def _parser() -> argparse.ArgumentParser:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", required=True, help="architecture or zoo name (see `tpunlearn zoo`)")
     p.add_argument("--weights", type=_path, help="checkpoint to load (never modified)")
-    p.add_argument("--data", type=_path, default=None, help="data spec (default: the model's own; `digits` = DigitScenes)")
+    p.add_argument("--data", type=_path, default=None,
+                   help="data spec (default: the model's own; `digits` = DigitScenes)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load a checkpoint that names code outside tpunlearn's allow-list of model classes "
                         "(full unpickling: it can run any code; only for files you trust)")
@@ -209,9 +220,10 @@ def _device_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _device_text(text: str) -> str:
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda or cuda:N")
-    return text
+    try:
+        return check_device(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _launched_rank() -> int:
@@ -238,14 +250,11 @@ def _build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     return load_model(args.arch, args.weights, trust_checkpoint=args.trust_checkpoint)
 
 
-LIBRARY_DEFAULTS = {"sigma": 4, "delta": 0.05, "retain_tolerance": 0, "align": 8}
-
-
-def _settings(args: argparse.Namespace, adapter: Any) -> None:
-    """Fill the settings the user left out: the family's defaults first, then the library's."""
-    for key, value in {**LIBRARY_DEFAULTS, **adapter.defaults}.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
+def _settings(args: argparse.Namespace, adapter: Any) -> UnlearnSettings:
+    """The request's settings: the library's defaults, over them the family's (``adapter.defaults``),
+    over those the flags the user gave (a flag left out is None)."""
+    given = {name: getattr(args, flag.lstrip("-").replace("-", "_"), None) for name, flag in CLI_FLAGS.items()}
+    return DEFAULTS.override(**{**adapter.defaults, **{k: v for k, v in given.items() if v is not None}})
 
 
 def resolve_targets(names: Sequence[str], class_names: Sequence[str]) -> list[int]:
@@ -257,7 +266,8 @@ def resolve_targets(names: Sequence[str], class_names: Sequence[str]) -> list[in
         elif name.isdigit() and int(name) < len(class_names):
             out.append(int(name))
         else:
-            shown = ", ".join(class_names[:12]) + (f", ... ({len(class_names)} in all)" if len(class_names) > 12 else "")
+            more = f", ... ({len(class_names)} in all)" if len(class_names) > 12 else ""
+            shown = ", ".join(class_names[:12]) + more
             raise UsageError(f"unknown target {name!r}; valid: {shown}")
     return out
 
@@ -271,8 +281,10 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
     """``tpunlearn prune`` on ``device``; under torchrun every rank scores, rank 0 alone does the rest."""
     import torch
 
-    from tpunlearn.distributed import is_main, to_device
+    from tpunlearn.distributed import is_main
     from tpunlearn.io import sha256
+    from tpunlearn.report import prune_report
+    from tpunlearn.torchutils import to_device
 
     if not is_main() and args.graph:
         return 0  # cached scores: nothing to share
@@ -282,12 +294,7 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
         _check_out(out, args)
     adapter, model, info = _build(args)
     model.to(device)
-    _settings(args, adapter)
-    forget = list(dict.fromkeys(resolve_targets(args.forget, info.class_names)))
-    retain = list(dict.fromkeys(resolve_targets(args.retain, info.class_names))) if args.retain else None
-    both = [info.class_names[t] for t in forget if retain and t in retain]
-    if both:
-        raise UsageError(f"target(s) {', '.join(both)} are in both --forget and --retain; drop them from one")
+    forget, retain = _targets(args, info)
     example = to_device(adapter.example_inputs(info), device)
     t0 = time.perf_counter()
     scores, samples = None, None
@@ -304,23 +311,37 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
     print(res.plan.dry_run())
     if args.dry_run:
         return 0
-    if args.repair_epochs:
-        from tpunlearn.repair import repair
-
-        repaired = repair(res.model, adapter.repair_data(res.model, info, args.data, forget),
-                          adapter.repair_loss(info), epochs=args.repair_epochs, lr=args.repair_lr,
-                          plan=res.plan, seed=args.seed, progress=_progress())
-    report = _prune_report(args, adapter, model, info, res, example, forget, t0)
+    repaired = _repair(args, adapter, info, res, forget) if args.repair_epochs else None
+    report = prune_report(res, model, example, args, info.class_names, adapter.library, t0)
     if auto is not None:
         report["auto"] = auto
-    if args.repair_epochs:
+    if repaired is not None:
         report["repair"] = repaired
     # a pruned checkpoint carries its own history: the new pruning replays after it
     info.extra["history"] = [list(h) for h in info.extra.get("history") or []] + res.plan.history
     _write_outputs(args, out, adapter, model, info, res, example, report)
     _summary(report)
-    print(f"wrote {out}/ (model.pt, plan.json, graph.json, graph.png, report.json{', model.onnx' if args.onnx else ''})")
+    onnx = ", model.onnx" if args.onnx else ""
+    print(f"wrote {out}/ (model.pt, plan.json, graph.json, graph.png, report.json{onnx})")
     return 0
+
+
+def _targets(args: argparse.Namespace, info: Any) -> tuple[list[int], list[int] | None]:
+    """The ``--forget`` and ``--retain`` indices (None: retain every other target)."""
+    forget = list(dict.fromkeys(resolve_targets(args.forget, info.class_names)))
+    retain = list(dict.fromkeys(resolve_targets(args.retain, info.class_names))) if args.retain else None
+    both = [info.class_names[t] for t in forget if retain and t in retain]
+    if both:
+        raise UsageError(f"target(s) {', '.join(both)} are in both --forget and --retain; drop them from one")
+    return forget, retain
+
+
+def _repair(args: argparse.Namespace, adapter: Any, info: Any, res: Any, forget: list[int]) -> dict[str, Any]:
+    """``--repair-epochs``: fine-tune the pruned model in place on data without the forget targets."""
+    from tpunlearn.repair import repair
+
+    return repair(res.model, adapter.repair_data(res.model, info, args.data, forget), adapter.repair_loss(info),
+                  epochs=args.repair_epochs, lr=args.repair_lr, plan=res.plan, seed=args.seed, progress=_progress())
 
 
 def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samples: Any, scores: Any,
@@ -334,13 +355,10 @@ def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samp
     from tpunlearn.distributed import world
 
     common = dict(retain=retain, target=adapter.target_factory(info), example_inputs=example, device=device,
-                  retain_delta=args.retain_delta, retain_tolerance=args.retain_tolerance, n_per_target=args.samples,
-                  mode=args.mode, coupled=args.coupled, align=args.align,
-                  ignored_layers=adapter.ignored_layers(model, info), num_targets=len(info.class_names),
-                  output_transform=adapter.output_transform, progress=_progress())
+                  settings=_settings(args, adapter), ignored_layers=adapter.ignored_layers(model, info),
+                  num_targets=len(info.class_names), output_transform=adapter.output_transform, progress=_progress())
     if not args.auto:
-        return tu.unlearn(model, samples, forget=forget, scores=scores, sigma=args.sigma, delta=args.delta,
-                          **common), None
+        return tu.unlearn(model, samples, forget=forget, scores=scores, **common), None
     if scores is not None:
         raise UsageError("--auto scores the model for every sigma it tries; drop --graph")
     if world()[1] > 1:
@@ -361,7 +379,6 @@ def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samp
     if not found.met:
         print(f"auto: no setting tried met the goal; the closest is sigma {found.sigma}, delta {found.delta}",
               file=sys.stderr)
-    args.sigma, args.delta = found.sigma, found.delta
     return found.result, {**found.to_dict(), "bound": args.auto_bound, "budget": args.auto_budget,
                           "split": "validation"}
 
@@ -373,17 +390,17 @@ def _write_outputs(args: argparse.Namespace, out: Path, adapter: Any, model: Any
     A run that fails or is interrupted here leaves ``out`` as it was: no half-written
     model.pt and no report claiming success.
     """
-    from tpunlearn.io import sha256, staged_folder, write_json
+    from tpunlearn.io import staged_folder, write_json
+    from tpunlearn.report import draw_graph, metrics_entry, onnx_entry, output_hashes
 
     with staged_folder(out) as stage:
         if args.eval:
-            before = adapter.evaluate(model, info, args.data)
-            after = adapter.evaluate(res.model, info, args.data)
-            report["metrics"] = {"name": adapter.metric_name, "before": before, "after": after}
+            report["metrics"] = metrics_entry(adapter.metric_name, adapter.evaluate(model, info, args.data),
+                                              adapter.evaluate(res.model, info, args.data))
         adapter.save(res.model, info, stage / "model.pt")
         res.plan.save(stage / "plan.json")
         res.graph.save(stage / "graph.json")
-        res.graph.draw(stage / "graph.png", title=f"{args.arch}: forget {', '.join(args.forget)}")
+        draw_graph(res.graph, stage / "graph.png", title=f"{args.arch}: forget {', '.join(args.forget)}")
         if args.onnx:
             from tpunlearn.export import compare_latency, to_onnx
 
@@ -393,53 +410,9 @@ def _write_outputs(args: argparse.Namespace, out: Path, adapter: Any, model: Any
             to_onnx(model, original, example_inputs=example, output_transform=adapter.output_transform)
             before, after = compare_latency([original, stage / "model.onnx"], example)
             original.unlink()
-            report["onnx"] = {"path": str(out / "model.onnx"), "max_abs_diff": diff,
-                              "latency_ms": {"before": before, "after": after}}
-        report["sha256"] = {"input_weights": sha256(info.weights) if info.weights else None,
-                            "output_weights": sha256(stage / "model.pt"), "data": data_sha256(args.data),
-                            "graph_cache": sha256(args.graph) if args.graph else None}
+            report["onnx"] = onnx_entry(out / "model.onnx", diff, (before, after))
+        report["sha256"] = output_hashes(info.weights, stage / "model.pt", args.data, args.graph)
         write_json(stage / "report.json", report)
-
-
-def _prune_report(args: argparse.Namespace, adapter: Any, model: Any, info: Any, res: Any, example: Any,
-                  forget: list[int], t0: float) -> dict[str, Any]:
-    """unlearn()'s report plus what the CLI knows: inputs, names, the command that reproduces the run."""
-    import torch
-
-    from tpunlearn.report import count_macs, versions
-
-    report = dict(res.report)
-    report.update(arch=args.arch, forget=[info.class_names[t] for t in forget],
-                  retain=[info.class_names[t] for t in res.report["settings"]["retain"]], seed=args.seed,
-                  inputs={"arch": args.arch, "weights": args.weights, "data": args.data, "graph_cache": args.graph,
-                          "trust_checkpoint": bool(args.trust_checkpoint)},
-                  command=["tpunlearn", *args.argv], reproduce=reproduce_command(args),
-                  runtime={"device": str(next(res.model.parameters()).device), "torch_threads": torch.get_num_threads()},
-                  macs={"before": count_macs(model, example), "after": count_macs(res.model, example)},
-                  versions=versions(adapter.library), total_s=round(time.perf_counter() - t0, 3))
-    report["settings"] = {**report["settings"], "seed": args.seed, "data": args.data}
-    return report
-
-
-def reproduce_command(args: argparse.Namespace) -> list[str]:
-    """A ``tpunlearn prune`` command line with every setting explicit (defaults resolved)."""
-    cmd = ["tpunlearn", "prune", "--arch", args.arch]
-    for flag, value in (("--weights", args.weights), ("--data", args.data), ("--graph", args.graph)):
-        if value:
-            cmd += [flag, str(value)]
-    cmd += ["--forget", *args.forget]
-    if args.retain:
-        cmd += ["--retain", *args.retain]
-    retain_delta = args.retain_delta if args.retain_delta is not None else args.delta
-    for flag, value in (("--sigma", args.sigma), ("--delta", args.delta), ("--retain-delta", retain_delta),
-                        ("--retain-tolerance", args.retain_tolerance), ("--samples", args.samples),
-                        ("--mode", args.mode), ("--coupled", args.coupled), ("--align", args.align),
-                        ("--seed", args.seed)):
-        if value is not None:
-            cmd += [flag, str(value)]
-    if getattr(args, "repair_epochs", 0):
-        cmd += ["--repair-epochs", str(args.repair_epochs), "--repair-lr", str(args.repair_lr)]
-    return cmd + (["--trust-checkpoint"] if args.trust_checkpoint else [])
 
 
 @contextlib.contextmanager
@@ -463,24 +436,6 @@ def _progress() -> bool:
     return sys.stderr.isatty()
 
 
-def data_sha256(spec: str | None) -> str:
-    """sha256 of what a data spec reads: a file, every file of a folder, or the bundled scans."""
-    import hashlib
-
-    from tpunlearn.io import sha256
-
-    if spec and Path(spec).is_file():
-        return sha256(spec)
-    if spec and Path(spec).is_dir():
-        digest = hashlib.sha256()
-        for f in sorted(p for p in Path(spec).rglob("*") if p.is_file()):
-            digest.update(f"{f.relative_to(spec)} {sha256(f)}\n".encode())
-        return digest.hexdigest()
-    from sklearn.datasets import load_digits  # DigitScenes and the bundled pictures derive from package data
-
-    return hashlib.sha256(load_digits().data.tobytes()).hexdigest()
-
-
 def _cmd_graph(args: argparse.Namespace) -> int:
     with _ranks(args) as device:
         return _graph(args, device)
@@ -488,31 +443,32 @@ def _cmd_graph(args: argparse.Namespace) -> int:
 
 def _graph(args: argparse.Namespace, device: Any) -> int:
     """``tpunlearn graph`` on ``device``; under torchrun every rank scores, rank 0 alone writes."""
+    import torch
+
     from tpunlearn.api import score_targets
     from tpunlearn.cache import save_cache
-    from tpunlearn.distributed import is_main, to_device, world
+    from tpunlearn.distributed import is_main, world
     from tpunlearn.io import sha256
-
-    import torch
+    from tpunlearn.report import data_sha256
+    from tpunlearn.torchutils import to_device
 
     torch.manual_seed(args.seed)
     _check_output_file("--out", args.out, args)
     adapter, model, info = _build(args)
     model.to(device)
-    _settings(args, adapter)
+    settings = _settings(args, adapter)
     t0 = time.perf_counter()
     with _named_targets(info, args.data):
         scores = score_targets(model, adapter.samples(model, info, args.data), target=adapter.target_factory(info),
-                               example_inputs=to_device(adapter.example_inputs(info), device), sigma=args.sigma,
-                               n_per_target=args.samples, ignored_layers=adapter.ignored_layers(model, info),
-                               num_targets=len(info.class_names), output_transform=adapter.output_transform,
-                               progress=_progress(), device=device)
+                               example_inputs=to_device(adapter.example_inputs(info), device), settings=settings,
+                               ignored_layers=adapter.ignored_layers(model, info), num_targets=len(info.class_names),
+                               output_transform=adapter.output_transform, progress=_progress(), device=device)
     seconds = time.perf_counter() - t0
     if not is_main():
         return 0
     meta = {"arch": args.arch, "weights_sha256": sha256(info.weights) if info.weights else None,
-            "data": args.data, "data_sha256": data_sha256(args.data), "sigma": args.sigma,
-            "n_per_target": args.samples, "seed": args.seed, "seconds": round(seconds, 3),
+            "data": args.data, "data_sha256": data_sha256(args.data), "sigma": settings.sigma,
+            "n_per_target": settings.n_per_target, "seed": args.seed, "seconds": round(seconds, 3),
             "device": str(device), "ranks": world()[1],
             "targets": [info.class_names[t] for t in sorted(scores.targets)],
             "stability": {info.class_names[t]: round(v, 4) for t, v in scores.stability(0.05).items()}}
@@ -594,10 +550,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from tpunlearn.privacy import mia_score
 
         forget = list(dict.fromkeys(resolve_targets(args.forget, info.class_names)))
-        mia = mia_score(model, *adapter.mia_data(model, info, args.data, forget), seed=0)
+        retained, test, forgotten = adapter.mia_data(model, info, args.data, forget)
+        mia = mia_score(model, retained, test, forgotten, seed=0)
         result["mia"] = {"forget": [info.class_names[t] for t in forget], **mia.to_dict()}
         print(f"MIA: {100 * mia.score:.1f} % of the forget targets' {mia.n_forget} training samples look like "
-              f"members (retained members {100 * mia.retain_member_rate:.1f} %, test {100 * mia.test_member_rate:.1f} %)")
+              f"members (retained members {100 * mia.retain_member_rate:.1f} %, "
+              f"test {100 * mia.test_member_rate:.1f} %)")
     if args.json:
         write_json(args.json, result)
     return 0

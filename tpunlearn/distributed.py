@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-from typing import Any, Iterator
+from collections.abc import Iterator
 
 import torch
-from torch import nn
 from torch import distributed as dist
 
 from tpunlearn.errors import DistributedError, UsageError
-
-DEVICE_FORMS = "cpu, cuda or cuda:N"
-_DEVICE_RE = re.compile(r"cpu|cuda(:\d+)?")
+from tpunlearn.settings import check_device
 
 
 def world() -> tuple[int, int]:
@@ -40,9 +36,7 @@ def resolve_device(spec: str | torch.device) -> torch.device:
 
     ``cuda`` means the current CUDA device (under torchrun, the one set for the rank).
     """
-    text = str(spec)
-    if not _DEVICE_RE.fullmatch(text):
-        raise UsageError(f"unknown device {text!r}; use {DEVICE_FORMS}")
+    text = check_device(str(spec))
     device = torch.device(text)
     if device.type == "cpu":
         return device
@@ -56,24 +50,6 @@ def resolve_device(spec: str | torch.device) -> torch.device:
     if device.index >= count:
         raise UsageError(f"device {text!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return device
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of a model's first parameter (or buffer); CPU for a model with neither."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-def to_device(obj: Any, device: torch.device | str) -> Any:
-    """``obj`` with every tensor in it (nested in tuples, lists, dicts) moved to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(v, device) for v in obj)
-    return obj
 
 
 def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:

@@ -6,13 +6,12 @@ and stay put for retained ones.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
-from tpunlearn.distributed import model_device
-from tpunlearn.targets import _as_tensor
+from tpunlearn.torchutils import eval_mode, main_tensor, model_device
 
 
 @torch.no_grad()
@@ -21,18 +20,14 @@ def predict_multilabel(model: nn.Module, batches: Iterable[tuple[torch.Tensor, t
     """Logits and labels of every sample, concatenated on the CPU: ``(N, C)`` each.
 
     Batches go to ``device`` (default: the model's own). The model runs in eval mode inside
-    this call; its training flag is restored after.
+    this call; every module's training flag is restored after.
     """
     device = device if device is not None else model_device(model)
-    was_training = model.training
-    model.eval()
     logits, labels = [], []
-    try:
+    with eval_mode(model):
         for images, multi_hot in batches:
-            logits.append(_as_tensor(model(images.to(device))).float().cpu())
+            logits.append(main_tensor(model(images.to(device))).float().cpu())
             labels.append(torch.as_tensor(multi_hot).float().cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(logits), torch.cat(labels)
 
 
@@ -56,7 +51,7 @@ def recall_table(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.T
     logits, labels = predict_multilabel(model, batches)
     recall = multilabel_recall(logits, labels)
     names = names or [str(i) for i in range(recall.numel())]
-    return {n: float(r) for n, r in zip(names, recall)}
+    return {n: float(r) for n, r in zip(names, recall, strict=False)}
 
 
 # ---- segmentation: per-class IoU from one confusion matrix ------------------------------------

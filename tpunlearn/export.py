@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from tpunlearn.distributed import model_device, to_device
 from tpunlearn.io import atomic_path
-from tpunlearn.targets import _as_tensor
+from tpunlearn.torchutils import eval_mode, main_tensor, model_device, to_device
 
 
 def to_onnx(
@@ -26,15 +26,13 @@ def to_onnx(
     """Export ``model`` to one ONNX file and return the max abs diff vs torch (onnxruntime).
 
     Uses the TorchScript exporter (``dynamo=False``), which handles pruned convolutions of any
-    width at opset 17 and writes a single file. The model is exported in eval mode; its
+    width at opset 17 and writes a single file. The model is exported in eval mode; every module's
     training flag is restored afterwards. The file is written atomically.
     """
-    transform = output_transform or _as_tensor
+    transform = output_transform or main_tensor
     example_inputs = to_device(example_inputs, model_device(model))
     wrapped = _Wrapped(model, transform)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             reference = transform(model(example_inputs)).float()
         with atomic_path(path) as tmp, warnings.catch_warnings():
@@ -44,8 +42,6 @@ def to_onnx(
                 input_names=[input_name], output_names=[output_name],
                 dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None,
             )
-    finally:
-        model.train(was_training)
     return parity(path, example_inputs, reference)
 
 
@@ -79,12 +75,12 @@ def compare_latency(paths: list[str | os.PathLike[str]], example_inputs: torch.T
     options.intra_op_num_threads = 1
     sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in paths]
     feeds = [{s.get_inputs()[0].name: example_inputs.detach().cpu().numpy()} for s in sessions]
-    for session, feed in zip(sessions, feeds):
+    for session, feed in zip(sessions, feeds, strict=True):
         for _ in range(warmup):
             session.run(None, feed)
     times: list[list[float]] = [[] for _ in sessions]
     for _ in range(runs):
-        for i, (session, feed) in enumerate(zip(sessions, feeds)):
+        for i, (session, feed) in enumerate(zip(sessions, feeds, strict=True)):
             t0 = time.perf_counter()
             session.run(None, feed)
             times[i].append((time.perf_counter() - t0) * 1000)

@@ -14,16 +14,18 @@ when any of them selects it and at most ``retain_tolerance`` retained targets do
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from tpunlearn.errors import PlanError, UsageError
-from tpunlearn.io import read_json, write_json
+from tpunlearn.io import JsonFormat
 from tpunlearn.scoring import ChannelScores, top_count
 
+GRAPH_FORMAT = JsonFormat("tpunlearn-graph/1", "tpunlearn graph file")
 Edge = tuple[str, int, str, int, float | None]  # (layer, channel, next layer, channel, weight)
 
 
@@ -45,17 +47,17 @@ class EssentialGraph:
             "target": self.target,
             "delta": self.delta,
             "layers": self.layers,
-            "nodes": {l: {str(c): v for c, v in n.items()} for l, n in self.nodes.items()},
+            "nodes": {layer: {str(c): v for c, v in n.items()} for layer, n in self.nodes.items()},
             "edges": [list(e) for e in self.edges],
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "EssentialGraph":
+    def from_dict(cls, data: Mapping[str, Any]) -> EssentialGraph:
         return cls(
             target=int(data["target"]),
             delta=float(data["delta"]),
             layers=list(data["layers"]),
-            nodes={l: {int(c): float(v) for c, v in n.items()} for l, n in data["nodes"].items()},
+            nodes={layer: {int(c): float(v) for c, v in n.items()} for layer, n in data["nodes"].items()},
             edges=[(a, int(b), c, int(d), None if w is None else float(w)) for a, b, c, d, w in data["edges"]],
         )
 
@@ -69,7 +71,7 @@ def layer_links(model: nn.Module, dependency_graph: Any, layers: Sequence[str]) 
     """
     links: dict[tuple[str, str], torch.Tensor] = {}
     modules = dict(model.named_modules())
-    for name, nxt in zip(layers, layers[1:]):
+    for name, nxt in zip(layers, layers[1:], strict=False):
         src, dst = modules[name], modules[nxt]
         if getattr(dst, "groups", 1) != 1:
             continue
@@ -99,7 +101,7 @@ def essential_graph(scores: ChannelScores, target: int, delta: float,
         nodes[layer] = {int(c): float(alpha[c]) for c in sorted(top)}
     edges: list[Edge] = []
     links = links or {}
-    for layer, nxt in zip(scores.layers, scores.layers[1:]):
+    for layer, nxt in zip(scores.layers, scores.layers[1:], strict=False):
         matrix = links.get((layer, nxt))
         for i in nodes[layer]:
             for j in nodes[nxt]:
@@ -136,8 +138,9 @@ class BalancedGraph:
         forget target and many retained targets select (``2|Y| - r >= |Y|``); we keep the
         tolerance's meaning instead, so retained targets stay protected.
         """
-        return {l: ((self.forget_hits[l] > 0) & (self.retain_hits[l] <= self.retain_tolerance)).nonzero().flatten().tolist()
-                for l in self.layers}
+        keep = self.retain_tolerance
+        return {layer: ((self.forget_hits[layer] > 0) & (self.retain_hits[layer] <= keep)).nonzero().flatten().tolist()
+                for layer in self.layers}
 
     def protected(self) -> dict[str, list[int]]:
         """Nodes that retained targets need (selected by more than the tolerance), not flagged."""
@@ -154,33 +157,31 @@ class BalancedGraph:
         return {
             "n_targets": self.n_targets,
             "flagged": sum(len(v) for v in flagged.values()),
-            "flagged_per_layer": {l: len(v) for l, v in flagged.items()},
+            "flagged_per_layer": {layer: len(v) for layer, v in flagged.items()},
             "protected": sum(len(v) for v in self.protected().values()),
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": "tpunlearn-graph/1",
+        return GRAPH_FORMAT.stamp({
             "layers": self.layers,
             "channels": self.channels,
             "forget": self.forget,
             "retain": self.retain,
             "retain_tolerance": self.retain_tolerance,
-            "value": {l: self.value[l].tolist() for l in self.layers},
-            "forget_hits": {l: self.forget_hits[l].tolist() for l in self.layers},
-            "retain_hits": {l: self.retain_hits[l].tolist() for l in self.layers},
+            "value": {layer: self.value[layer].tolist() for layer in self.layers},
+            "forget_hits": {layer: self.forget_hits[layer].tolist() for layer in self.layers},
+            "retain_hits": {layer: self.retain_hits[layer].tolist() for layer in self.layers},
             "flagged": self.flagged(),
             "graphs": {str(t): g.to_dict() for t, g in self.graphs.items()},
-        }
+        })
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "BalancedGraph":
+    def from_dict(cls, data: Mapping[str, Any]) -> BalancedGraph:
         """A graph from its JSON form; every per-layer vector must have the layer's width."""
-        if not isinstance(data, Mapping) or data.get("format") != "tpunlearn-graph/1":
-            raise PlanError("not a tpunlearn graph file (format tpunlearn-graph/1 expected)")
+        GRAPH_FORMAT.check(data)
         try:
-            layers = [str(l) for l in data["layers"]]
-            as_t = lambda d: {l: torch.tensor(d[l], dtype=torch.long) for l in layers}  # noqa: E731
+            layers = [str(layer) for layer in data["layers"]]
+            as_t = lambda d: {layer: torch.tensor(d[layer], dtype=torch.long) for layer in layers}  # noqa: E731
             graph = cls(
                 layers=layers,
                 channels={str(k): int(v) for k, v in data["channels"].items()},
@@ -203,18 +204,18 @@ class BalancedGraph:
         return graph
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        write_json(path, self.to_dict())
+        GRAPH_FORMAT.write(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None) -> "BalancedGraph":
+    def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None) -> BalancedGraph:
         """Read a graph file; with ``model``, also check that its layers and widths are the model's."""
-        try:
-            graph = cls.from_dict(read_json(path))
+        def parse(data: Mapping[str, Any]) -> BalancedGraph:
+            graph = cls.from_dict(data)
             if model is not None:
                 graph.check(model)
-        except PlanError as exc:
-            raise PlanError(f"{path}: {exc}") from None
-        return graph
+            return graph
+
+        return GRAPH_FORMAT.read(path, parse)
 
     def check(self, model: nn.Module) -> None:
         """Raise PlanError unless every layer of the graph is a layer of ``model`` with the same width."""
@@ -227,12 +228,6 @@ class BalancedGraph:
             if width != self.channels[layer]:
                 raise PlanError(f"the graph was made for another model: {layer} has {width} channels, "
                                 f"the graph {self.channels[layer]}")
-
-    def draw(self, path: str | os.PathLike[str], max_nodes_per_layer: int = 40, title: str | None = None) -> None:
-        """Draw the balanced graph to PNG (see :func:`tpunlearn.report.draw_graph`)."""
-        from tpunlearn.report import draw_graph
-
-        draw_graph(self, path, max_nodes_per_layer=max_nodes_per_layer, title=title)
 
 
 def balance(graphs: Mapping[int, EssentialGraph], forget: Iterable[int], retain: Iterable[int],

@@ -1,4 +1,4 @@
-"""Small I/O helpers: atomic writes, JSON, hashes. Nothing here knows about models."""
+"""Small I/O helpers: atomic writes, JSON and versioned JSON files, hashes. Nothing here knows about models."""
 from __future__ import annotations
 
 import contextlib
@@ -7,10 +7,14 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, TypeVar
 
-from tpunlearn.errors import PlanError, UsageError
+from tpunlearn.errors import PlanError, TpunlearnError, UsageError
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -114,3 +118,41 @@ def sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class JsonFormat:
+    """One kind of versioned JSON file, such as ``{"format": "tpunlearn-plan/1", ...}``.
+
+    Plans, graphs, scores and caches are tagged on write and checked on read the same way,
+    and each refuses another file with the same one-line message: what it is not, what it is.
+    """
+
+    tag: str  # the value of the "format" key, e.g. "tpunlearn-plan/1"
+    what: str  # what to call it in errors, e.g. "tpunlearn plan"
+    error: type[TpunlearnError] = PlanError
+    hint: str = ""  # appended to a refusal: how to make the right file
+
+    def stamp(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``body`` with this format's tag as its first key."""
+        return {"format": self.tag, **{k: v for k, v in body.items() if k != "format"}}
+
+    def check(self, data: Any) -> Mapping[str, Any]:
+        """``data`` when it is a mapping tagged with this format; else a one-line ``error``."""
+        if isinstance(data, Mapping) and data.get("format") == self.tag:
+            return data
+        found = data.get("format") if isinstance(data, Mapping) else None
+        got = f", got {found}" if isinstance(found, str) else ""
+        raise self.error(f"not a {self.what} (format {self.tag} expected{got}){self.hint}")
+
+    def write(self, path: str | os.PathLike[str], body: Mapping[str, Any]) -> None:
+        """Write ``body``, tagged, to ``path`` atomically."""
+        write_json(path, self.stamp(body))
+
+    def read(self, path: str | os.PathLike[str], parse: Callable[[Mapping[str, Any]], T]) -> T:
+        """Read ``path``, check its format and ``parse`` it; an ``error`` raised on the way names the file."""
+        data = read_json(path)
+        try:
+            return parse(self.check(data))
+        except self.error as exc:
+            raise self.error(f"{path}: {exc}") from None

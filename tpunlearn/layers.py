@@ -5,15 +5,13 @@ two differ in models that define modules in one order and call them in another.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-import torch
 from torch import nn
 
-from tpunlearn.distributed import model_device, to_device
 from tpunlearn.errors import UsageError
-
-CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+from tpunlearn.torchutils import CONV_TYPES, forward
 
 
 def module_by_name(model: nn.Module, name: str) -> nn.Module:
@@ -24,7 +22,8 @@ def module_by_name(model: nn.Module, name: str) -> nn.Module:
         raise UsageError(f"the model has no layer named {name!r}") from None
 
 
-def execution_order(model: nn.Module, example_inputs: Any, types: tuple[type, ...] = CONV_TYPES) -> list[str]:
+def execution_order(model: nn.Module, example_inputs: Any,
+                    types: tuple[type[nn.Module], ...] = CONV_TYPES) -> list[str]:
     """Qualified names of the modules of ``types`` in the order a forward first calls them."""
     order: list[str] = []
     seen: set[str] = set()
@@ -40,15 +39,11 @@ def execution_order(model: nn.Module, example_inputs: Any, types: tuple[type, ..
     for name, module in model.named_modules():
         if isinstance(module, types):
             handles.append(module.register_forward_hook(hook(name)))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
-            _forward(model, example_inputs)
+        forward(model, example_inputs)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return order
 
 
@@ -90,12 +85,3 @@ def names_of(model: nn.Module, modules: Iterable[nn.Module]) -> list[str]:
     lookup = {id(m): n for n, m in model.named_modules()}
     return [lookup[id(m)] for m in modules if id(m) in lookup]
 
-
-def _forward(model: nn.Module, example_inputs: Any) -> Any:
-    """``model`` on ``example_inputs`` moved to its device (a model on any device traces alike)."""
-    example_inputs = to_device(example_inputs, model_device(model))
-    if isinstance(example_inputs, dict):
-        return model(**example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return model(*example_inputs)
-    return model(example_inputs)

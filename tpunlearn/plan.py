@@ -15,22 +15,30 @@ model through torch-pruning's pruning history.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from tpunlearn.distributed import model_device, to_device
-from tpunlearn.errors import PlanError, UsageError
-from tpunlearn.io import read_json, write_json
-from tpunlearn.layers import CONV_TYPES, _forward, module_by_name
+from tpunlearn.errors import PlanError
+from tpunlearn.io import JsonFormat
+from tpunlearn.layers import module_by_name
 from tpunlearn.scoring import scoring_mode
+from tpunlearn.settings import COUPLED, MODES, check_choice
+from tpunlearn.torchutils import (
+    CONV_TYPES,
+    LAYER_TYPES,
+    NORM_TYPES,
+    forward,
+    model_device,
+    norm_width,
+    out_width,
+    to_device,
+)
 
-MODES = ("physical", "mask")
-COUPLED = ("protect", "prune", "zero")
-_LAYER_TYPES = (*CONV_TYPES, nn.Linear)
-_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+PLAN_FORMAT = JsonFormat("tpunlearn-plan/1", "tpunlearn plan")
 
 
 @dataclass
@@ -100,8 +108,7 @@ class PrunePlan:
 
     # ---- persistence -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": "tpunlearn-plan/1",
+        return PLAN_FORMAT.stamp({
             "mode": self.mode,
             "coupled": self.coupled,
             "decisions": [d.to_dict() for d in self.decisions],
@@ -110,13 +117,12 @@ class PrunePlan:
             "removed": self.removed,
             "removed_channels": self.removed_channels,
             "notes": self.notes,
-        }
+        })
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "PrunePlan":
+    def from_dict(cls, data: Mapping[str, Any]) -> PrunePlan:
         """A plan from its JSON form, every field type-checked (a damaged file is a PlanError)."""
-        if not isinstance(data, Mapping) or data.get("format") != "tpunlearn-plan/1":
-            raise PlanError("not a tpunlearn plan (format tpunlearn-plan/1 expected)")
+        PLAN_FORMAT.check(data)
         try:
             plan = cls(
                 mode=str(data["mode"]), coupled=str(data["coupled"]),
@@ -134,18 +140,18 @@ class PrunePlan:
         return plan
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        write_json(path, self.to_dict())
+        PLAN_FORMAT.write(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None) -> "PrunePlan":
+    def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None) -> PrunePlan:
         """Read a plan file; with ``model``, also check that it was made for that model."""
-        try:
-            plan = cls.from_dict(read_json(path))
+        def parse(data: Mapping[str, Any]) -> PrunePlan:
+            plan = cls.from_dict(data)
             if model is not None:
                 plan.check(model)
-        except PlanError as exc:
-            raise PlanError(f"{path}: {exc}") from None
-        return plan
+            return plan
+
+        return PLAN_FORMAT.read(path, parse)
 
     def check(self, model: nn.Module) -> None:
         """Raise PlanError unless every layer and channel the plan names exists in ``model``.
@@ -178,7 +184,7 @@ class PrunePlan:
         plan so that :meth:`replay` can redo it on a fresh copy.
         """
         self.check(model)
-        _zero_channels(model, self.zero_ops(), example_inputs)
+        zero_channels(model, self.zero_ops(), example_inputs)
         if self.mode == "physical":
             prunes = [d for d in self.decisions if d.action == "prune"]
             if prunes:
@@ -193,12 +199,13 @@ class PrunePlan:
                 self.history = [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in dg.pruning_history()]
         return model
 
-    def replay(self, model: nn.Module, example_inputs: Any, output_transform: Callable[[Any], Any] | None = None) -> nn.Module:
+    def replay(self, model: nn.Module, example_inputs: Any,
+               output_transform: Callable[[Any], Any] | None = None) -> nn.Module:
         """Redo an applied plan on a fresh copy of the original model (in place)."""
         if self.mode == "physical" and not self.history and any(d.action == "prune" for d in self.decisions):
             return self.apply(model, example_inputs, output_transform)  # never applied: apply it now
         self.check(model)
-        _zero_channels(model, self.zero_ops(), example_inputs)
+        zero_channels(model, self.zero_ops(), example_inputs)
         if self.mode == "physical" and self.history:
             dg = build_dependency_graph(model, example_inputs, output_transform)
             try:
@@ -256,7 +263,7 @@ def close_groups(model: nn.Module, layers: Sequence[str], order: Sequence[str], 
 
 def signature(model: nn.Module) -> dict[str, list[int]]:
     """Channel counts of every conv and linear layer: identifies the model a plan is for."""
-    out = {}
+    out: dict[str, list[int]] = {}
     for name, m in model.named_modules():
         if isinstance(m, CONV_TYPES):
             out[name] = [m.out_channels, m.in_channels]
@@ -303,22 +310,20 @@ def make_plan(
     layers in ``flagged``); ``ignored_layers`` never lose output channels. ``priority``
     (per layer, higher = remove first) picks the channel to keep when a group would empty.
     """
-    if mode not in MODES:
-        raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    if coupled not in COUPLED:
-        raise UsageError(f"unknown coupled policy {coupled!r}; choose one of {', '.join(COUPLED)}")
+    check_choice("mode", mode, MODES)
+    check_choice("coupled policy", coupled, COUPLED)
     import torch_pruning as tp
 
     dg = dependency_graph or build_dependency_graph(model, example_inputs, output_transform)
     names = {m: n for n, m in model.named_modules()}
-    flagged = {l: set(int(c) for c in v) for l, v in flagged.items()}
-    protected = {l: set(int(c) for c in v) for l, v in protected.items()}
-    scored = set(candidates) if candidates is not None else set(flagged)
+    flag_sets = {layer: {int(c) for c in v} for layer, v in flagged.items()}
+    guard_sets = {layer: {int(c) for c in v} for layer, v in protected.items()}
+    scored = set(candidates) if candidates is not None else set(flag_sets)
     ignored = tuple(ignored_layers)
     decisions: list[GroupDecision] = []
     notes: list[str] = []
     seen: set[frozenset[str]] = set()
-    for root_name in [l for l in (candidates or list(flagged)) if flagged.get(l)]:
+    for root_name in [layer for layer in (candidates or list(flag_sets)) if flag_sets.get(layer)]:
         root = module_by_name(model, root_name)
         pruner = dg.get_pruner_of_module(root)
         group = dg.get_pruning_group(root, pruner.prune_out_channels, list(range(pruner.get_out_channels(root))))
@@ -327,8 +332,8 @@ def make_plan(
         if key in seen:
             continue
         seen.add(key)
-        decision = _decide(root_name, group, members, flagged, protected, scored, ignored, coupled, dg, tp, priority,
-                           align)
+        decision = _decide(root_name, group, members, flag_sets, guard_sets, scored, ignored, coupled, dg, tp,
+                           priority, align)
         if decision.action == "skip" and decision.channels:
             notes.append(f"{root_name}: {len(decision.channels)} flagged channel(s) left alone: {decision.reason}")
         if "kept one channel" in decision.reason:
@@ -342,7 +347,7 @@ def _out_members(dg: Any, group: Any, names: Mapping[nn.Module, str]) -> dict[st
     members: dict[str, tuple[list[int], list[int]]] = {}
     for item in group.items:
         module = item.dep.target.module
-        if isinstance(module, _LAYER_TYPES) and dg.is_out_channel_pruning_fn(item.dep.handler):
+        if isinstance(module, LAYER_TYPES) and dg.is_out_channel_pruning_fn(item.dep.handler):
             members[names[module]] = (list(item.idxs), list(item.root_idxs))
     return members
 
@@ -356,14 +361,14 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
     guard: set[int] = set()
     for layer, (idxs, root_idxs) in members.items():
         f, p = flagged.get(layer, set()), protected.get(layer, set())
-        for i, r in zip(idxs, root_idxs):
+        for i, r in zip(idxs, root_idxs, strict=False):
             if i in f:
                 hit.add(int(r))
             if i in p:
                 guard.add(int(r))
     wanted = sorted(hit - guard)
     by_layer = lambda chans: {  # noqa: E731
-        layer: sorted(int(i) for i, r in zip(idxs, root_idxs) if int(r) in chans)
+        layer: sorted(int(i) for i, r in zip(idxs, root_idxs, strict=False) if int(r) in chans)
         for layer, (idxs, root_idxs) in members.items()
     }
     local = set(members) == {root_name}
@@ -372,7 +377,7 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
     def skip(reason: str) -> GroupDecision:
         return GroupDecision(root_name, "skip", sorted(hit), {}, reason, local, exact)
 
-    heads = [l for l in members if any(l == i or l.startswith(i + ".") for i in ignored)]
+    heads = [layer for layer in members if any(layer == i or layer.startswith(i + ".") for i in ignored)]
     if heads:
         return skip(f"would remove output channels of protected layer {heads[0]}")
     unsupported = _unsupported(group, tp)
@@ -387,9 +392,10 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
                     "(coupled=protect)")
     if outside and coupled == "zero":
         keep = set(wanted)
-        zeroed = {l: sorted(int(i) for i, r in zip(idxs, root_idxs) if int(r) in keep and int(i) in flagged.get(l, set()))
-                  for l, (idxs, root_idxs) in members.items() if l in scored}
-        zeroed = {l: v for l, v in zeroed.items() if v}
+        zeroed = {layer: sorted(int(i) for i, r in zip(idxs, root_idxs, strict=False)
+                                if int(r) in keep and int(i) in flagged.get(layer, set()))
+                  for layer, (idxs, root_idxs) in members.items() if layer in scored}
+        zeroed = {layer: v for layer, v in zeroed.items() if v}
         return GroupDecision(root_name, "zero", wanted, zeroed, reason + "; coupled=zero keeps shapes", local, exact)
     n_root = len(members[root_name][0])
     if align and align > 1 and n_root % align == 0 and len(wanted) % align:
@@ -398,9 +404,9 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
         if not wanted:
             return skip(f"fewer flagged channels than one block of {align}, and too few unprotected ones to fill it")
     if len(wanted) >= n_root:
-        keep = _keep_one(wanted, priority.get(root_name) if priority else None)
-        wanted = [c for c in wanted if c != keep]
-        reason += f"; kept one channel ({keep}) so the group is not emptied"
+        kept = _keep_one(wanted, priority.get(root_name) if priority else None)
+        wanted = [c for c in wanted if c != kept]
+        reason += f"; kept one channel ({kept}) so the group is not emptied"
     group_to_check = dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, wanted)
     if not dg.check_pruning_group(group_to_check):
         return skip("removing these channels would empty a coupled layer")
@@ -428,7 +434,8 @@ def _align(wanted: list[int], guard: set[int], width: int, align: int,
     rank = (lambda c: -float(priority[c])) if priority is not None else (lambda c: c)  # noqa: E731
     spare = sorted((c for c in range(width) if c not in guard and c not in set(wanted)), key=rank)
     if len(spare) >= need and len(wanted) + need < width:
-        return sorted(wanted + spare[:need]), f"; +{need} unprotected channel(s) to keep the width a multiple of {align}"
+        note = f"; +{need} unprotected channel(s) to keep the width a multiple of {align}"
+        return sorted(wanted + spare[:need]), note
     cut = len(wanted) % align
     kept = sorted(sorted(wanted, key=rank)[:len(wanted) - cut])
     return kept, f"; {cut} flagged channel(s) kept to hold the width at a multiple of {align}"
@@ -440,7 +447,7 @@ def _keep_one(channels: Sequence[int], priority: torch.Tensor | None) -> int:
     return min(channels, key=lambda c: float(priority[c]))
 
 
-def _zero_channels(model: nn.Module, ops: Mapping[str, Sequence[int]], example_inputs: Any = None) -> None:
+def zero_channels(model: nn.Module, ops: Mapping[str, Sequence[int]], example_inputs: Any = None) -> None:
     """Zero the filters, biases and following norm affine of ``ops`` (mask mode).
 
     The norm that follows a layer is the one that reads its output in a forward of
@@ -455,15 +462,18 @@ def _zero_channels(model: nn.Module, ops: Mapping[str, Sequence[int]], example_i
     with torch.no_grad():
         for layer, idxs in ops.items():
             module = module_by_name(model, layer)
-            idx = torch.as_tensor(list(idxs), dtype=torch.long, device=module.weight.device)
-            module.weight[idx] = 0
-            if getattr(module, "bias", None) is not None:
-                module.bias[idx] = 0
+            _zero_rows(module, idxs)
             norm = (readers or {}).get(layer) or _following_norm(modules, position[layer], module)
-            if norm is not None and getattr(norm, "weight", None) is not None:
-                norm.weight[idx] = 0
-                if norm.bias is not None:
-                    norm.bias[idx] = 0
+            if norm is not None:
+                _zero_rows(norm, idxs)
+
+
+def _zero_rows(module: nn.Module, idxs: Sequence[int]) -> None:
+    """Zero the entries ``idxs`` (output channels) of a layer's or a norm's weight and bias, where it has them."""
+    for name in ("weight", "bias"):
+        param = getattr(module, name, None)
+        if isinstance(param, torch.Tensor):
+            param[torch.as_tensor(list(idxs), dtype=torch.long, device=param.device)] = 0
 
 
 def _norm_readers(model: nn.Module, layers: Sequence[str], example_inputs: Any) -> dict[str, nn.Module]:
@@ -480,27 +490,17 @@ def _norm_readers(model: nn.Module, layers: Sequence[str], example_inputs: Any) 
     def read(module: nn.Module, inputs: Any) -> None:
         if inputs and isinstance(inputs[0], torch.Tensor) and id(inputs[0]) in outputs:
             name = outputs[id(inputs[0])][0]
-            width = getattr(module_by_name(model, name), "out_channels",
-                            getattr(module_by_name(model, name), "out_features", None))
-            if name not in found and _norm_width(module) == width:
+            if name not in found and norm_width(module) == out_width(module_by_name(model, name)):
                 found[name] = module
 
     handles = [module_by_name(model, name).register_forward_hook(record(name)) for name in layers]
-    handles += [m.register_forward_pre_hook(read) for m in model.modules() if isinstance(m, _NORM_TYPES)]
+    handles += [m.register_forward_pre_hook(read) for m in model.modules() if isinstance(m, NORM_TYPES)]
     try:
-        with scoring_mode(model):
-            forward(model, example_inputs)
+        forward(model, example_inputs)
     finally:
         for handle in handles:
             handle.remove()
     return found
-
-
-def _norm_width(norm: nn.Module) -> int | None:
-    n = getattr(norm, "num_features", None) or getattr(norm, "num_channels", None)
-    if n is None and isinstance(norm, nn.LayerNorm):
-        n = norm.normalized_shape[0]
-    return n
 
 
 def _following_norm(modules: list[tuple[str, nn.Module]], start: int, layer: nn.Module) -> nn.Module | None:
@@ -509,16 +509,10 @@ def _following_norm(modules: list[tuple[str, nn.Module]], start: int, layer: nn.
     Most families register a conv's norm next to it (conv, bn, act); the zeroing is
     verified against the physical result by the tests for each architecture.
     """
-    out = getattr(layer, "out_channels", getattr(layer, "out_features", None))
     for _name, module in modules[start + 1:start + 4]:
-        if isinstance(module, _NORM_TYPES):
-            return module if _norm_width(module) == out else None
-        if isinstance(module, _LAYER_TYPES):
+        if isinstance(module, NORM_TYPES):
+            return module if norm_width(module) == out_width(layer) else None
+        if isinstance(module, LAYER_TYPES):
             return None
     return None
 
-
-def forward(model: nn.Module, example_inputs: Any) -> Any:
-    """Run ``model`` on ``example_inputs`` (tensor, tuple or dict) without gradients."""
-    with torch.no_grad():
-        return _forward(model, example_inputs)

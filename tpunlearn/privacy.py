@@ -12,15 +12,15 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
-from tpunlearn.distributed import model_device
 from tpunlearn.errors import DataError
-from tpunlearn.targets import _as_tensor
+from tpunlearn.torchutils import eval_mode, main_tensor, model_device
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -33,15 +33,11 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 def logits_of(model: nn.Module, batches: Iterable[Any], device: str | torch.device | None = None) -> torch.Tensor:
     """The model's ``(N, C)`` outputs over ``batches`` of ``(images, ...)``, in eval mode (restored after)."""
     device = device or model_device(model)
-    was_training = model.training
-    model.eval()
     out = []
-    try:
+    with eval_mode(model):
         for batch in batches:
             images = batch[0] if isinstance(batch, (tuple, list)) else batch
-            out.append(_as_tensor(model(images.to(device))).float().cpu())
-    finally:
-        model.train(was_training)
+            out.append(main_tensor(model(images.to(device))).float().cpu())
     if not out:
         raise DataError("no samples to score")
     return torch.cat(out)
@@ -94,7 +90,8 @@ def membership_attack(e_retain: torch.Tensor, e_test: torch.Tensor, e_forget: to
 # ---------------------------------------------------------------------------- feature probe
 def head_layer(model: nn.Module) -> nn.Module:
     """The classifier head whose input is the penultimate feature vector (the last Linear)."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    get_classifier = getattr(model, "get_classifier", None)  # timm's models say which module is the head
+    head = get_classifier() if callable(get_classifier) else None
     if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         if not linears:
@@ -125,16 +122,11 @@ def outputs_and_features(model: nn.Module, batches: Iterable[Any]) -> tuple[torc
     """``(outputs, features, labels)`` from one pass: the model's output, the head's input
     and the batches' label tensors, per sample (eval mode inside; the flag is restored)."""
     outputs, labels = [], []
-    was_training = model.training
-    model.eval()
     device = model_device(model)
-    try:
-        with _capture_input(head_layer(model)) as store:
-            for images, target, *_ in batches:
-                outputs.append(_as_tensor(model(images.to(device))).float().cpu())
-                labels.append(torch.as_tensor(target).float().cpu())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), _capture_input(head_layer(model)) as store:
+        for images, target, *_ in batches:
+            outputs.append(main_tensor(model(images.to(device))).float().cpu())
+            labels.append(torch.as_tensor(target).float().cpu())
     if not store:
         raise DataError("no samples to read features from")
     return torch.cat(outputs), torch.cat(store), torch.cat(labels)
@@ -150,7 +142,7 @@ class LinearProbe:
     std: torch.Tensor
 
     @classmethod
-    def fit(cls, features: torch.Tensor, labels: torch.Tensor, target: int, seed: int = 0) -> "LinearProbe":
+    def fit(cls, features: torch.Tensor, labels: torch.Tensor, target: int, seed: int = 0) -> LinearProbe:
         from sklearn.linear_model import LogisticRegression
 
         y = (labels[:, target] > 0.5).numpy()

@@ -8,16 +8,17 @@ the zeroed channels are zeroed again after every step, so training cannot regrow
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from tpunlearn.errors import DataError, UsageError
-from tpunlearn.plan import PrunePlan, _zero_channels
+from tpunlearn.plan import PrunePlan, zero_channels
+from tpunlearn.torchutils import NORM_TYPES, model_device
 
-_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 LossFn = Callable[[Any, Any], torch.Tensor]  # (model output, batch) -> scalar loss
 
 
@@ -38,7 +39,7 @@ def repair(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn, epochs: in
     if epochs == 0:
         return {"epochs": 0, "steps": 0, "loss_first": None, "loss_last": None}
     torch.manual_seed(seed)
-    device = next(model.parameters()).device
+    device = model_device(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     try:
@@ -52,7 +53,7 @@ def repair(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn, epochs: in
     model.train()
     if freeze_norms:
         for module in model.modules():
-            if isinstance(module, _NORMS):
+            if isinstance(module, NORM_TYPES):
                 module.eval()
     bar = tqdm(total=total, desc="repair", unit="batch", disable=not progress, leave=False)
     try:
@@ -67,7 +68,7 @@ def repair(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn, epochs: in
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                _zero_channels(model, zero_ops)
+                zero_channels(model, zero_ops)
                 losses.append(float(loss.detach()))
                 step += 1
                 seen += 1

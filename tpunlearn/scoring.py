@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,10 +22,13 @@ from tqdm.auto import tqdm
 
 from tpunlearn import distributed
 from tpunlearn.errors import DataError, DistributedError, TargetNotInDataError, UsageError
+from tpunlearn.io import JsonFormat
 from tpunlearn.layers import module_by_name
+from tpunlearn.settings import METHODS, check_choice
 from tpunlearn.targets import Target
+from tpunlearn.torchutils import eval_mode, model_device
 
-METHODS = ("gradcam", "abs", "taylor")
+SCORES_FORMAT = JsonFormat("tpunlearn-scores/1", "tpunlearn scores file", DataError)
 INSTANCE_ROWS = 64  # per-instance alpha rows kept per target and layer (for stability); the mean uses every instance
 
 
@@ -63,56 +67,56 @@ class ChannelScores:
     def stability(self, delta: float) -> dict[int, float]:
         return {t: s.stability(delta) for t, s in self.targets.items()}
 
-    def subset(self, layers: Sequence[str]) -> "ChannelScores":
+    def subset(self, layers: Sequence[str]) -> ChannelScores:
         """The scores of ``layers`` only (a cache scored over more layers serves a smaller sigma)."""
-        missing = [l for l in layers if l not in self.channels]
+        missing = [layer for layer in layers if layer not in self.channels]
         if missing:
             raise DataError(f"the scores hold no layer {missing[0]!r}; rebuild them with a larger sigma")
         layers = list(layers)
-        targets = {t: TargetScores(alpha={l: s.alpha[l] for l in layers}, count=s.count,
-                                   instances={l: s.instances[l] for l in layers if l in s.instances})
+        targets = {t: TargetScores(alpha={layer: s.alpha[layer] for layer in layers}, count=s.count,
+                                   instances={layer: s.instances[layer] for layer in layers if layer in s.instances})
                    for t, s in self.targets.items()}
-        return ChannelScores(layers=layers, channels={l: self.channels[l] for l in layers}, targets=targets,
+        return ChannelScores(layers=layers, channels={layer: self.channels[layer] for layer in layers}, targets=targets,
                              method=self.method)
 
     def to_dict(self, instances: bool = False) -> dict[str, Any]:
         """JSON-able form (per-instance alphas only when asked: they are the bulk)."""
-        out: dict[str, Any] = {
-            "format": "tpunlearn-scores/1",
+        out: dict[str, Any] = SCORES_FORMAT.stamp({
             "method": self.method,
             "layers": self.layers,
             "channels": self.channels,
             "targets": {},
-        }
+        })
         for t, s in self.targets.items():
-            entry: dict[str, Any] = {"count": s.count, "alpha": {l: s.alpha[l].tolist() for l in self.layers}}
+            entry: dict[str, Any] = {"count": s.count,
+                                     "alpha": {layer: s.alpha[layer].tolist() for layer in self.layers}}
             if instances:
-                entry["instances"] = {l: s.instances[l].tolist() for l in s.instances}
+                entry["instances"] = {layer: s.instances[layer].tolist() for layer in s.instances}
             out["targets"][str(t)] = entry
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ChannelScores":
+    def from_dict(cls, data: Mapping[str, Any]) -> ChannelScores:
         """Scores from their JSON form; every layer's alpha must have the layer's width."""
-        if not isinstance(data, Mapping) or data.get("format") != "tpunlearn-scores/1":
-            raise DataError("not a tpunlearn scores file (format tpunlearn-scores/1 expected)")
+        SCORES_FORMAT.check(data)
         try:
-            layers = [str(l) for l in data["layers"]]
+            layers = [str(layer) for layer in data["layers"]]
             channels = {str(k): int(v) for k, v in data["channels"].items()}
             targets = {}
             for t, entry in data["targets"].items():
-                alpha = {l: torch.tensor(entry["alpha"][l], dtype=torch.float32) for l in layers}
-                inst = {l: torch.tensor(v, dtype=torch.float32) for l, v in entry.get("instances", {}).items()}
+                alpha = {layer: torch.tensor(entry["alpha"][layer], dtype=torch.float32) for layer in layers}
+                inst = {layer: torch.tensor(v, dtype=torch.float32) for layer, v in entry.get("instances", {}).items()}
                 targets[int(t)] = TargetScores(alpha=alpha, count=int(entry["count"]), instances=inst)
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
             raise DataError(f"not a valid tpunlearn scores file ({type(exc).__name__}: {exc})") from None
         for t, s in targets.items():
-            for l in layers:
-                if l not in channels or tuple(s.alpha[l].shape) != (channels[l],):
-                    raise DataError(f"not a valid tpunlearn scores file: target {t}, layer {l} has "
-                                    f"{tuple(s.alpha[l].shape)} scores for {channels.get(l)} channels")
-                if not torch.isfinite(s.alpha[l]).all():
-                    raise DataError(f"not a valid tpunlearn scores file: target {t}, layer {l} has non-finite scores")
+            for layer in layers:
+                if layer not in channels or tuple(s.alpha[layer].shape) != (channels[layer],):
+                    raise DataError(f"not a valid tpunlearn scores file: target {t}, layer {layer} has "
+                                    f"{tuple(s.alpha[layer].shape)} scores for {channels.get(layer)} channels")
+                if not torch.isfinite(s.alpha[layer]).all():
+                    raise DataError(f"not a valid tpunlearn scores file: target {t}, layer {layer} has "
+                                    "non-finite scores")
         return cls(layers=layers, channels=channels, targets=targets, method=str(data.get("method", "gradcam")))
 
 
@@ -155,22 +159,21 @@ def capture_outputs(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[st
 
 @contextlib.contextmanager
 def scoring_mode(model: nn.Module, requires_grad: bool = False) -> Iterator[nn.Module]:
-    """Eval mode with every parameter's ``requires_grad`` set inside the block; both restored on exit.
+    """Eval mode with every parameter's ``requires_grad`` set inside the block; every module's
+    training flag and every parameter's ``requires_grad`` restored on exit.
 
     Scoring freezes the parameters (no parameter gradient, backward stops at the earliest
     candidate); tracing a dependency graph needs them on.
     """
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(requires_grad)
-        yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            for p, _ in flags:
+                p.requires_grad_(requires_grad)
+            yield model
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
 
 def score_channels(
@@ -205,8 +208,7 @@ def score_channels(
     sums plus the first ``keep_instances`` per-instance rows (for :meth:`TargetScores.stability`)
     are kept.
     """
-    if method not in METHODS:
-        raise UsageError(f"unknown scoring method {method!r}; choose one of {', '.join(METHODS)}")
+    check_choice("scoring method", method, METHODS)
     if n_per_target < 1:
         raise UsageError(f"n_per_target must be >= 1, got {n_per_target}")
     if keep_instances < 1:
@@ -215,7 +217,7 @@ def score_channels(
     if not layers:
         raise UsageError("no candidate layers to score")
     rank, size = distributed.world()
-    device = torch.device(device) if device is not None else distributed.model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     pool = _InstancePool(targets, layers, n_per_target, size, keep_instances)
     bar = tqdm(total=n_per_target * len(targets), desc="scoring", unit="inst", disable=not progress or rank != 0,
                leave=False)
@@ -304,13 +306,13 @@ class _InstancePool:
                 r = loads.index(min(loads))
                 counts[r] += 1
                 loads[r] += 1
-        self.load = [n + c for n, c in zip(self.load, counts)]
+        self.load = [n + c for n, c in zip(self.load, counts, strict=True)]
         return list(needed.split(counts))
 
     def add(self, target: int, per_layer: list[torch.Tensor], ordinals: torch.Tensor) -> None:
         """Record one target's per-instance scores ``(k, C_l)`` for the instances ``ordinals``."""
         sums = self.sums[target]
-        for layer, per in zip(self.layers, per_layer):
+        for layer, per in zip(self.layers, per_layer, strict=True):
             self.widths[layer] = per.shape[1]
             sums[layer] = sums.get(layer, 0) + per.float().sum(0).detach()
         kept = ordinals < self.keep
@@ -337,24 +339,24 @@ class _InstancePool:
             block = packed[at:at + (k + 1) * total].view(k + 1, total)
             at += (k + 1) * total
             result[t] = TargetScores(
-                alpha={l: block[0, bounds[i]:bounds[i + 1]] / n for i, l in enumerate(self.layers)},
+                alpha={layer: block[0, bounds[i]:bounds[i + 1]] / n for i, layer in enumerate(self.layers)},
                 count=n,
-                instances={l: block[1:, bounds[i]:bounds[i + 1]].clone() for i, l in enumerate(self.layers)})
-        return ChannelScores(layers=self.layers, channels=dict(zip(self.layers, widths)), targets=result,
+                instances={layer: block[1:, bounds[i]:bounds[i + 1]].clone() for i, layer in enumerate(self.layers)})
+        return ChannelScores(layers=self.layers, channels=dict(zip(self.layers, widths, strict=True)), targets=result,
                              method=method)
 
     def _pack(self, target: int, total: int) -> torch.Tensor:
         """One target's sums (first row) and its instance rows at their ordinals, this rank's share filled."""
         block = torch.zeros(min(self.taken[target], self.keep) + 1, total)
         if self.sums[target]:
-            block[0] = torch.cat([self.sums[target][l].detach().float().cpu() for l in self.layers])
+            block[0] = torch.cat([self.sums[target][layer].detach().float().cpu() for layer in self.layers])
         for ordinals, rows in self.rows[target]:
             block[1 + ordinals] = rows
         return block.flatten()
 
     def _agree(self) -> list[int]:
         """Layer widths; with several ranks, first check that they all read the same labels."""
-        widths = torch.tensor([float(self.widths.get(l, 0)) for l in self.layers], dtype=torch.float64)
+        widths = torch.tensor([float(self.widths.get(layer, 0)) for layer in self.layers], dtype=torch.float64)
         if distributed.world()[1] == 1:
             return [int(w) for w in widths]
         seen = torch.tensor([self.batches, self.labels, *(self.taken[t] for t in self.targets)], dtype=torch.float64)
@@ -380,12 +382,12 @@ def _score_batch(model: nn.Module, images: torch.Tensor, chosen: _Choice, mine: 
             active.append((t, select, chosen.first[t] + index))
     with torch.enable_grad():
         output = model((images if whole else images[mine]).to(device))
-        feat_list = [feats[l] for l in layers]
+        feat_list = [feats[layer] for layer in layers]
         for i, (t, select, ordinals) in enumerate(active):
             select = select.to(device)
             y = targets[t](output, select)
             grads = torch.autograd.grad(y, feat_list, retain_graph=i < len(active) - 1, allow_unused=True)
-            pool.add(t, [_per_instance(g, f, select, method) for g, f in zip(grads, feat_list)], ordinals)
+            pool.add(t, [_per_instance(g, f, select, method) for g, f in zip(grads, feat_list, strict=True)], ordinals)
     del output
 
 

@@ -7,9 +7,12 @@ the target), so one ``torch.autograd.grad`` per target serves the whole batch.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
+
+from tpunlearn.torchutils import main_tensor
 
 
 class Target(ABC):
@@ -46,7 +49,7 @@ class ClassLogit(Target):
         self.multilabel = multilabel
 
     def per_sample(self, output: Any) -> torch.Tensor:
-        logits = _as_tensor(output)
+        logits = main_tensor(output)
         if logits.ndim != 2:
             raise ValueError(f"ClassLogit expects a (batch, classes) output, got shape {tuple(logits.shape)}")
         if not self.probability:
@@ -68,15 +71,16 @@ class SegmentationLogit(Target):
         self.index = int(index)
         self.masks: torch.Tensor | None = None
 
-    def with_masks(self, masks: torch.Tensor | None) -> "SegmentationLogit":
+    def with_masks(self, masks: torch.Tensor | None) -> SegmentationLogit:
         """Use these ``(B, H, W)`` class-index masks for the next batch."""
         self.masks = masks
         return self
 
     def per_sample(self, output: Any) -> torch.Tensor:
-        logits = _as_tensor(output)
+        logits = main_tensor(output)
         if logits.ndim != 4:
-            raise ValueError(f"SegmentationLogit expects a (batch, classes, H, W) output, got shape {tuple(logits.shape)}")
+            raise ValueError("SegmentationLogit expects a (batch, classes, H, W) output, "
+                             f"got shape {tuple(logits.shape)}")
         if self.masks is not None:
             region = self.masks.to(logits.device) == self.index
         else:
@@ -98,9 +102,10 @@ class DetectionScore(Target):
         self.box_channels = int(box_channels)
 
     def per_sample(self, output: Any) -> torch.Tensor:
-        pred = _as_tensor(output)
+        pred = main_tensor(output)
         if pred.ndim != 3:
-            raise ValueError(f"DetectionScore expects a (batch, 4 + classes, anchors) output, got shape {tuple(pred.shape)}")
+            raise ValueError("DetectionScore expects a (batch, 4 + classes, anchors) output, "
+                             f"got shape {tuple(pred.shape)}")
         scores = pred[:, self.box_channels + self.index, :]  # (B, A)
         confident = scores.detach() > self.conf
         k = min(self.top_k, scores.shape[1])
@@ -112,13 +117,3 @@ class DetectionScore(Target):
 
 TargetFactory = Callable[[int], Target]
 
-
-def _as_tensor(output: Any) -> torch.Tensor:
-    """The main tensor of a model output (dict ``out`` key, or first element of a tuple)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict):
-        return output["out"]
-    if isinstance(output, (tuple, list)):
-        return _as_tensor(output[0])
-    raise TypeError(f"cannot read a tensor from a model output of type {type(output).__name__}")

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-LAYER_TYPES: tuple[type[nn.Module], ...] = (*CONV_TYPES, nn.Linear)
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)  # unannotated: isinstance narrows to the conv classes
+LAYER_TYPES = (*CONV_TYPES, nn.Linear)
 NORM_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
                                            nn.modules.instancenorm._InstanceNorm)
 
