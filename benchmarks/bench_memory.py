@@ -34,13 +34,12 @@ def measure(samples: int, threads: int) -> dict:
 
     import torch
 
-    from tpunlearn import adapters
+    from tpunlearn import zoo
     from tpunlearn.api import score_targets
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    adapter = adapters.get("timm")
-    model, info = adapter.build("digitscenes-resnet")
+    adapter, model, info = zoo.build_model("digitscenes-resnet")
     batches = adapter.samples(model, info, "digits")
     kwargs = dict(target=adapter.target_factory(info), example_inputs=adapter.example_inputs(info), sigma=4,
                   ignored_layers=adapter.ignored_layers(model, info), num_targets=10, progress=False)

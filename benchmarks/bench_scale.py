@@ -36,12 +36,11 @@ RESULTS = Path(__file__).parent / "results"
 
 def setup(device: str, sigma: int = 4) -> tuple[Any, Any, list[str], list, Any]:
     """The zoo model on ``device``, its candidate layers (with closure), its batches and Target factory."""
-    from tpunlearn import adapters
+    from tpunlearn import zoo
     from tpunlearn.layers import candidate_layers, names_of, prunable_layers
     from tpunlearn.plan import build_dependency_graph, close_groups
 
-    adapter = adapters.for_arch(ZOO)
-    model, info = adapter.build(ZOO)
+    adapter, model, info = zoo.build_model(ZOO)
     model.to(device)
     x = adapter.example_inputs(info).to(device)
     ignored = names_of(model, adapter.ignored_layers(model, info))

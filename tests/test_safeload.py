@@ -161,7 +161,7 @@ def test_trust_checkpoint_loads_with_a_warning_and_runs_the_payload(evil, tmp_pa
 
     sentinel.unlink()
     with pytest.warns(TrustedCheckpointWarning, match="builtins.exec"):
-        model, _info = adapters.get("timm").build(ZOO, weights=path, trust_checkpoint=True)
+        zoo.build_model(ZOO, weights=path, trust_checkpoint=True)
     assert sentinel.read_text() == "ran"  # loaded once: the zoo path reuses the checkpoint it read
 
 
