@@ -116,7 +116,9 @@ class TimmAdapter(Adapter):
         model = timm.create_model(state.builder, pretrained=False, **state.kwargs)
         if state.input_size is None:
             in_ch = int(state.kwargs.get("in_chans", 3))
-            state.input_size = (in_ch, *model.pretrained_cfg.get("input_size", (3, 224, 224))[1:])
+            cfg: dict[str, Any] = getattr(model, "pretrained_cfg", None) or {}
+            _, h, w = cfg.get("input_size", (3, 224, 224))
+            state.input_size = (in_ch, int(h), int(w))
         return model
 
     def describe(self, model: nn.Module, state: BuildState) -> ModelInfo:
@@ -135,7 +137,8 @@ class TimmAdapter(Adapter):
         return ClassLogit(index, multilabel=info.task == "multilabel")
 
     def ignored_layers(self, model: nn.Module, info: ModelInfo) -> list[nn.Module]:
-        head = model.get_classifier() if hasattr(model, "get_classifier") else None
+        get_classifier = getattr(model, "get_classifier", None)
+        head = get_classifier() if callable(get_classifier) else None
         return [head] if isinstance(head, nn.Module) else []
 
     def samples(self, model: nn.Module, info: ModelInfo, spec: str | None,

@@ -71,7 +71,7 @@ def _show_warning(message: Warning | str, category: type[Warning], *_args: Any, 
 class _Parser(argparse.ArgumentParser):
     """argparse with tpunlearn's error style: one line, ``tpunlearn: error: ...``, exit code 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> None:  # type: ignore[override]  # argparse types it NoReturn; we raise too
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 

@@ -181,7 +181,9 @@ class BalancedGraph:
         GRAPH_FORMAT.check(data)
         try:
             layers = [str(layer) for layer in data["layers"]]
-            as_t = lambda d: {layer: torch.tensor(d[layer], dtype=torch.long) for layer in layers}  # noqa: E731
+            def as_t(d: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+                return {layer: torch.tensor(d[layer], dtype=torch.long) for layer in layers}
+
             graph = cls(
                 layers=layers,
                 channels={str(k): int(v) for k, v in data["channels"].items()},

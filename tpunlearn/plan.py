@@ -367,10 +367,11 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
             if i in p:
                 guard.add(int(r))
     wanted = sorted(hit - guard)
-    by_layer = lambda chans: {  # noqa: E731
-        layer: sorted(int(i) for i, r in zip(idxs, root_idxs, strict=False) if int(r) in chans)
-        for layer, (idxs, root_idxs) in members.items()
-    }
+
+    def by_layer(chans: set[int]) -> dict[str, list[int]]:
+        return {layer: sorted(int(i) for i, r in zip(idxs, root_idxs, strict=False) if int(r) in chans)
+                for layer, (idxs, root_idxs) in members.items()}
+
     local = set(members) == {root_name}
     exact = not any(isinstance(item.dep.target.module, (nn.LayerNorm, nn.GroupNorm)) for item in group.items)
 
@@ -431,7 +432,10 @@ def _align(wanted: list[int], guard: set[int], width: int, align: int,
            priority: torch.Tensor | None) -> tuple[list[int], str]:
     """``wanted`` grown (or cut) to a multiple of ``align`` channels; and what was done."""
     need = align - len(wanted) % align
-    rank = (lambda c: -float(priority[c])) if priority is not None else (lambda c: c)  # noqa: E731
+
+    def rank(c: int) -> float:
+        return -float(priority[c]) if priority is not None else float(c)
+
     spare = sorted((c for c in range(width) if c not in guard and c not in set(wanted)), key=rank)
     if len(spare) >= need and len(wanted) + need < width:
         note = f"; +{need} unprotected channel(s) to keep the width a multiple of {align}"

@@ -8,7 +8,7 @@ the zeroed channels are zeroed again after every step, so training cannot regrow
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from typing import Any
 
 import torch
@@ -42,10 +42,7 @@ def repair(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn, epochs: in
     device = model_device(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    try:
-        steps_per_epoch = len(batches)  # type: ignore[arg-type]
-    except TypeError:
-        steps_per_epoch = None
+    steps_per_epoch = len(batches) if isinstance(batches, Sized) else None
     total = epochs * steps_per_epoch if steps_per_epoch else None
     zero_ops = plan.zero_ops() if plan is not None else {}
     losses: list[float] = []

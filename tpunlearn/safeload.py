@@ -44,8 +44,9 @@ import sys
 import types
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tpunlearn.errors import TrustedCheckpointWarning, UnsafeCheckpointError, WeightsError
 
@@ -93,7 +94,7 @@ def load_checkpoint(path: str | os.PathLike[str], trust: bool = False,
         raise
     except ModuleNotFoundError as exc:
         raise WeightsError(f"cannot load {path}: it needs module {exc.name!r}, which is not installed") from None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails in any of pickle's or zipfile's ways
         raise _corrupt(path, exc) from None
 
 
@@ -110,7 +111,7 @@ def restricted_load(path: str | os.PathLike[str]) -> Any:
         result = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickle)
     except _Refused as exc:
         raise UnsafeCheckpointError(path, [exc.name], exc.why) from None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails in any of pickle's or zipfile's ways
         raise _corrupt(path, exc) from None
     _check_no_hooks(result, path)
     return result
@@ -135,7 +136,7 @@ def checkpoint_globals(path: str | os.PathLike[str]) -> list[str]:
     try:
         for op, arg, _pos in pickletools.genops(raw):
             if op.name == "PROTO":
-                proto = int(arg)
+                proto = int(arg or 0)
             elif op.name in ("GLOBAL", "INST"):
                 module, name = str(arg).split(" ", 1)
                 found[_full_name(module, name, proto)] = None
@@ -224,7 +225,7 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> An
     return torch._tensor._rebuild_from_type_v2(func, new_type, args, state)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _helpers() -> dict[str, Any]:
     """Globals outside the model classes: ``name -> object``; all of them are safe to call."""
     import numpy as np
@@ -259,7 +260,7 @@ def _helpers() -> dict[str, Any]:
     return helpers
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _callables() -> frozenset[int]:
     """ids of the objects a pickle may call (REDUCE, INST, OBJ)."""
     return frozenset(id(v) for v in _helpers().values() if callable(v))
@@ -275,7 +276,8 @@ def _resolve(module: str, name: str) -> Any:
     helpers = _helpers()
     if full in helpers:
         return helpers[full]
-    if module.split(".")[0] not in MODEL_PACKAGES or any(p.startswith("_") and p.endswith("_") for p in name.split(".")):
+    dunder = any(p.startswith("_") and p.endswith("_") for p in name.split("."))
+    if module.split(".")[0] not in MODEL_PACKAGES or dunder:
         raise _Refused(full)
     mod = sys.modules.get(module)
     if mod is None:
@@ -303,10 +305,15 @@ def _is_safe_call(func: Any) -> bool:
 # ---- the unpickler --------------------------------------------------------------------------
 
 
-class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+# pickle's pure-Python unpickler: its opcode handlers and stacks are what we override, and
+# typeshed does not describe those internals, so the type checker sees the base as Any
+_PythonUnpickler: Any = pickle._Unpickler
+
+
+class _RestrictedUnpickler(_PythonUnpickler):
     """pickle's Python unpickler with every opcode that resolves or calls something checked."""
 
-    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    dispatch = dict(_PythonUnpickler.dispatch)
 
     def find_class(self, module: str, name: str) -> Any:
         module, _, name = _full_name(module, name, self.proto if self.fix_imports else 3).rpartition(".")
@@ -395,10 +402,10 @@ def _load_legacy(file: Any, **kwargs: Any) -> Any:
 
 
 # the ``pickle_module`` torch.load uses: the restricted unpickler, nothing else
-_RestrictedPickle = types.ModuleType("tpunlearn_restricted_pickle")
-_RestrictedPickle.Unpickler = _RestrictedUnpickler  # type: ignore[attr-defined]
-_RestrictedPickle.UnpicklingError = pickle.UnpicklingError  # type: ignore[attr-defined]
-_RestrictedPickle.load = _load_legacy  # type: ignore[attr-defined]
+_RestrictedPickle: Any = types.ModuleType("tpunlearn_restricted_pickle")  # Any: a module whose attributes we set
+_RestrictedPickle.Unpickler = _RestrictedUnpickler
+_RestrictedPickle.UnpicklingError = pickle.UnpicklingError
+_RestrictedPickle.load = _load_legacy
 
 
 def _is_model_class(cls: type) -> bool:

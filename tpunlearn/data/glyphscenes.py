@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from PIL import ImageDraw
 from torch.utils.data import Dataset
 
 from tpunlearn.data.digitscenes import Scene, scene_seed
@@ -94,13 +95,13 @@ def _draw(name: str, variant: int) -> torch.Tensor:
     return _fit(alpha)
 
 
-def _draw_shape(draw: object, name: str, side: int, aspect: float) -> None:
+def _draw_shape(draw: ImageDraw.ImageDraw, name: str, side: int, aspect: float) -> None:
     """Draw shape ``name`` filled (255) into a ``side``-pixel PIL canvas, stretched by ``aspect``."""
     c, r = side / 2, side * 0.45
     rx, ry = r * aspect, r / aspect
 
     def poly(points: list[tuple[float, float]]) -> None:
-        draw.polygon([(c + x * rx, c + y * ry) for x, y in points], fill=255)  # type: ignore[attr-defined]
+        draw.polygon([(c + x * rx, c + y * ry) for x, y in points], fill=255)
 
     def regular(n: int, start: float = -90.0, inner: float | None = None) -> list[tuple[float, float]]:
         pts = []
@@ -112,13 +113,13 @@ def _draw_shape(draw: object, name: str, side: int, aspect: float) -> None:
 
     box = (c - rx, c - ry, c + rx, c + ry)
     if name == "circle":
-        draw.ellipse(box, fill=255)  # type: ignore[attr-defined]
+        draw.ellipse(box, fill=255)
     elif name == "ring":
-        draw.ellipse(box, fill=255)  # type: ignore[attr-defined]
-        draw.ellipse((c - 0.55 * rx, c - 0.55 * ry, c + 0.55 * rx, c + 0.55 * ry), fill=0)  # type: ignore[attr-defined]
+        draw.ellipse(box, fill=255)
+        draw.ellipse((c - 0.55 * rx, c - 0.55 * ry, c + 0.55 * rx, c + 0.55 * ry), fill=0)
     elif name == "crescent":
-        draw.ellipse(box, fill=255)  # type: ignore[attr-defined]
-        draw.ellipse((c - 0.55 * rx, c - 1.05 * ry, c + 1.45 * rx, c + 0.95 * ry), fill=0)  # type: ignore[attr-defined]
+        draw.ellipse(box, fill=255)
+        draw.ellipse((c - 0.55 * rx, c - 1.05 * ry, c + 1.45 * rx, c + 0.95 * ry), fill=0)
     elif name == "square":
         poly([(-0.85, -0.85), (0.85, -0.85), (0.85, 0.85), (-0.85, 0.85)])
     elif name == "diamond":
@@ -136,8 +137,8 @@ def _draw_shape(draw: object, name: str, side: int, aspect: float) -> None:
         poly([(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t),
               (-t, -t)])
     elif name == "heart":
-        draw.ellipse((c - rx, c - 0.8 * ry, c + 0.05 * rx, c + 0.2 * ry), fill=255)  # type: ignore[attr-defined]
-        draw.ellipse((c - 0.05 * rx, c - 0.8 * ry, c + rx, c + 0.2 * ry), fill=255)  # type: ignore[attr-defined]
+        draw.ellipse((c - rx, c - 0.8 * ry, c + 0.05 * rx, c + 0.2 * ry), fill=255)
+        draw.ellipse((c - 0.05 * rx, c - 0.8 * ry, c + rx, c + 0.2 * ry), fill=255)
         poly([(-0.97, -0.15), (0.97, -0.15), (0, 1)])
     elif name == "arrow":
         poly([(-1, -0.28), (0.2, -0.28), (0.2, -0.75), (1, 0), (0.2, 0.75), (0.2, 0.28), (-1, 0.28)])

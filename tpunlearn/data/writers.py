@@ -36,7 +36,10 @@ def _save_rgb(image: torch.Tensor, path: Path, quality: int | None = None) -> No
         pixels = pixels.repeat(3, 1, 1)
     img = Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy())
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, **({"quality": quality} if quality else {}))
+    if quality:
+        img.save(path, quality=quality)
+    else:
+        img.save(path)
 
 
 def write_image_folder(root: str | Path, splits: Mapping[str, Any], names: Sequence[str] | None = None) -> Path:
@@ -110,7 +113,7 @@ def write_yolo_dataset(root: str | Path, splits: Mapping[str, Any], names_as: st
             _save_rgb(scene.image, root / "images" / split / f"{stem}.png")
             h, w = scene.image.shape[-2:]
             lines = [f"{c} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}"
-                     for c, (x1, y1, x2, y2) in zip(scene.labels, scene.boxes.tolist())]
+                     for c, (x1, y1, x2, y2) in zip(scene.labels, scene.boxes.tolist(), strict=True)]
             label = root / "labels" / split / f"{stem}.txt"
             label.parent.mkdir(parents=True, exist_ok=True)
             label.write_text("\n".join(lines) + ("\n" if lines else ""))
@@ -146,6 +149,6 @@ def write_voc_folder(root: str | Path, splits: Mapping[str, Any], labelmap: bool
     if labelmap:
         colours = [voc_palette()[3 * k:3 * k + 3] for k in range(len(names) + 1)]
         lines = ["# label:color_rgb:parts:actions"] + [f"{n}:{','.join(map(str, c))}::" for n, c in
-                                                         zip(["background", *names], colours)]
+                                                         zip(["background", *names], colours, strict=True)]
         (root / "labelmap.txt").write_text("\n".join(lines) + "\n")
     return root
