@@ -15,7 +15,7 @@ from torch import distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from conftest import build_tiny_resnet, make_batches  # noqa: E402
+from helpers import build_tiny_resnet, forwards, make_batches  # noqa: E402
 
 import tpunlearn as tu  # noqa: E402
 from tpunlearn.api import score_targets  # noqa: E402
@@ -37,16 +37,6 @@ def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def example() -> torch.Tensor:
     return torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-
-def forwards(model: torch.nn.Module, run) -> tuple[object, list[int]]:
-    """``run()``'s result and the batch size of each forward the model ran during it."""
-    seen: list[int] = []
-    handle = model.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
-    try:
-        return run(), seen
-    finally:
-        handle.remove()
 
 
 def main(out: Path) -> None:

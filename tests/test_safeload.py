@@ -21,6 +21,8 @@ import torch
 from tpunlearn import adapters, cli, safeload, zoo
 from tpunlearn.errors import TrustedCheckpointWarning, UnsafeCheckpointError, WeightsError
 
+from helpers import assert_error, run
+
 ZOO = "digitscenes-resnet"
 
 
@@ -110,11 +112,9 @@ def test_payload_never_runs_through_the_cli(evil, capsys, command, family, arch)
     root, sentinel, files = evil
     extra = {"prune": ["--forget", "3", "--out", root / "out"], "eval": [], "export": ["--onnx", root / "m.onnx"],
              "graph": ["--out", root / "cache.json"]}[command]
-    code = cli.main([command, "--arch", arch, "--weights", str(files[(family, "builtins.exec")]), *map(str, extra)])
-    err = capsys.readouterr().err.strip()
-    assert code == 1
-    assert err.startswith("tpunlearn: error: checkpoint ") and "refers to builtins.exec" in err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    line = assert_error(run(capsys, command, "--arch", arch, "--weights", files[(family, "builtins.exec")], *extra),
+                        1, "refers to builtins.exec")
+    assert line.startswith("tpunlearn: error: checkpoint ")
     assert not sentinel.exists()
     assert not any((root / n).exists() for n in ("out", "m.onnx", "cache.json"))
 
