@@ -284,8 +284,7 @@ def test_graph_cache_then_prune_without_scoring(tmp_path, capsys):
     assert cli.main(["prune", "--arch", "digitscenes-resnet", "--forget", "3", "--graph", str(cache),
                  "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert "scoring" not in report["timings_s"]  # the cache replaced scoring
-    assert report["timings_s"]["planning"] + report["timings_s"]["pruning"] < 1.0
+    assert "scoring" not in report["timings_s"]  # the cache replaced scoring (bench_cost.py times the request)
     assert report["removed_channels"] > 0
     assert report["sha256"]["graph_cache"] == hashlib.sha256(cache.read_bytes()).hexdigest()
     assert len(report["sha256"]["data"]) == 64
