@@ -235,6 +235,7 @@ def test_evaluate_per_class_ap50(adapter, built, data_yaml):
     labelled = set()
     for f in (data_yaml.parent / "labels" / "val").glob("*.txt"):
         labelled |= {int(line.split()[0]) for line in f.read_text().splitlines() if line.strip()}
+    assert labelled  # the split holds labelled digits to score
     # classes with labels in the split, by name (absent ones left out), plus the overall mAP50
     assert set(result) == {info.class_names[c] for c in labelled} | {"mAP50"}
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in result.values())
@@ -254,6 +255,7 @@ def test_samples_from_dataset_yaml_use_the_labels(adapter, built, data_yaml):
     assert images.shape == (8, 3, IMGSZ, IMGSZ) and multi_hot.shape == (8, NC)
     assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
     labels = sorted((data_yaml.parent / "labels" / "train").glob("*.txt"))
+    assert len(labels) == len(multi_hot)  # one label file per image, read in the same order
     for row, f in zip(multi_hot, labels):
         expected = {int(line.split()[0]) for line in f.read_text().splitlines() if line.strip()}
         assert set(row.nonzero().flatten().tolist()) == expected
