@@ -115,6 +115,14 @@ def tally_plan(tally: Counter, plan: PrunePlan) -> None:
     tally.update(f"groups {d.action}" for d in plan.decisions)
 
 
+def planned(request, tally: Counter) -> tuple[nn.Module, PrunePlan, dict[str, list[int]]]:
+    """The model, the plan for a drawn request (counted in ``tally``) and its protected channels."""
+    model, flagged, protected, policy = request
+    plan = plan_for(model, flagged, protected, **policy)
+    tally_plan(tally, plan)
+    return model, plan, protected
+
+
 def assert_exercised(tally: Counter, examples: int, removing: int, **groups: int) -> None:
     """At least ``examples`` examples ran, ``removing`` of them removed channels, and at least
     ``groups[action]`` groups took each action: the floors sit below the counts measured."""
@@ -127,9 +135,10 @@ def assert_exercised(tally: Counter, examples: int, removing: int, **groups: int
 # Over 200 random draws of ``requests()``, 58 % of the plans remove or zero channels (0.8 groups
 # pruned and 0.9 skipped per example), 29 % shrink the model physically, and 49 % of the
 # local-only plans of the third property prune. The derandomized 20 examples of each property
-# measured 8-16 removing plans. A floor of 5 in 20 (4 for the local-only plans) sits 2.5 to 3
-# standard deviations below those rates, so a source edit (which redraws the examples) keeps it,
-# while a change that empties every plan fails.
+# gave 8 to 16 removing plans over the edits of this file (hypothesis seeds them from the test's
+# source, so an edit redraws them). A floor of 5 in 20 (4 for the local-only plans) sits 2.5 to 3
+# standard deviations below those rates, so it survives a redraw, while a change that empties
+# every plan fails.
 FLOORS = dict(examples=20, removing=5, prune=5, skip=5)
 
 
@@ -139,9 +148,7 @@ def test_random_flags_never_empty_a_layer_nor_crash():
     @SETTINGS
     @given(requests())
     def check(request):
-        model, flagged, protected, policy = request
-        plan = plan_for(model, flagged, protected, **policy)
-        tally_plan(tally, plan)
+        model, plan, protected = planned(request, tally)
         pruned = plan.apply(copy.deepcopy(model), example())
         for name in conv_names(model):
             assert pruned.get_submodule(name).out_channels >= 1, name
@@ -166,9 +173,7 @@ def test_replayed_plan_equals_the_applied_plan():
     @SETTINGS
     @given(requests())
     def check(request):
-        model, flagged, protected, policy = request
-        plan = plan_for(model, flagged, protected, **policy)
-        tally_plan(tally, plan)
+        model, plan, _protected = planned(request, tally)
         applied = plan.apply(copy.deepcopy(model), example())
         loaded = PrunePlan.from_dict(json.loads(json.dumps(plan.to_dict())))
         replayed = loaded.replay(copy.deepcopy(model), example())
