@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402 - after YOLO_OFFLINE
-import torch  # noqa: E402
+from helpers import TinyCNN, TinyResNet, build_tiny_cnn, build_tiny_resnet, make_batches, randomize_norms
 
-from helpers import TinyCNN, TinyResNet, build_tiny_cnn, build_tiny_resnet, make_batches, randomize_norms  # noqa: E402
-
+os.environ.setdefault("YOLO_OFFLINE", "1")  # none of the imports above loads ultralytics
 torch.set_num_threads(2)
 
 

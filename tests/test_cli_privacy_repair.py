@@ -39,8 +39,9 @@ def test_auto_picks_settings_on_the_validation_split(tmp_path, capsys):
 
 
 def test_auto_and_a_graph_cache_do_not_mix(tmp_path, capsys):
-    cache = tmp_path / "c.json"
-    cache.write_text("{}")
+    cache = tmp_path / "c.json"  # a valid cache: the refusal is about --auto, not a bad file
+    assert run(capsys, "graph", "--arch", ZOO, "--data", "digits:40", "--sigma", "1", "--samples", "1",
+               "--out", cache)[0] == 0
     assert_error(run(capsys, "prune", "--arch", ZOO, "--forget", "3", "--auto", "--graph", cache, "--out",
                      tmp_path / "o"), 2, "--auto", "--graph")
     assert not (tmp_path / "o").exists()
