@@ -1,4 +1,10 @@
-"""The CLI's issue-4 options on the zoo classifier: --repair-epochs, --auto and eval --mia."""
+"""The CLI's issue-4 options on the zoo classifier: --repair-epochs, --auto and eval --mia.
+
+Each run reads a few hundred DigitScenes scenes (``--data digits:N``) instead of the 6000
+training scenes: the repair epoch, the searched requests and the membership attack cost in
+proportion, and what the tests assert holds on that many (tests/test_repair.py checks the
+repair itself on tiny models).
+"""
 from __future__ import annotations
 
 import json
@@ -13,7 +19,7 @@ ZOO = "digitscenes-resnet"
 def test_repair_epochs_fine_tunes_the_pruned_model_and_reports_it(tmp_path, capsys):
     out = tmp_path / "o"
     code, text, err = run(capsys, "prune", "--arch", ZOO, "--forget", "3", "--samples", "8", "--repair-epochs", "1",
-                          "--eval", "--out", out)
+                          "--data", "digits:500", "--eval", "--out", out)
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     repair = report["repair"]
@@ -26,7 +32,7 @@ def test_repair_epochs_fine_tunes_the_pruned_model_and_reports_it(tmp_path, caps
 def test_auto_picks_settings_on_the_validation_split(tmp_path, capsys):
     out = tmp_path / "o"
     code, text, err = run(capsys, "prune", "--arch", ZOO, "--forget", "7", "--samples", "8", "--auto",
-                          "--auto-sigmas", "1", "4", "--auto-deltas", "0.02", "0.05", "--out", out)
+                          "--auto-sigmas", "1", "4", "--auto-deltas", "0.02", "0.05", "--data", "digits:500", "--out", out)
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     auto = report["auto"]
@@ -49,7 +55,7 @@ def test_auto_and_a_graph_cache_do_not_mix(tmp_path, capsys):
 
 def test_eval_mia_scores_the_forget_targets_training_samples(tmp_path, capsys):
     out = tmp_path / "m.json"
-    code, text, err = run(capsys, "eval", "--arch", ZOO, "--mia", "--forget", "3", "--json", out)
+    code, text, err = run(capsys, "eval", "--arch", ZOO, "--mia", "--forget", "3", "--data", "digits:1000", "--json", out)
     assert code == 0, err
     mia = json.loads(out.read_text())["mia"]
     assert mia["forget"] == ["3"] and 0.0 <= mia["score"] <= 1.0
