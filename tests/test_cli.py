@@ -291,8 +291,9 @@ def test_graph_cache_then_prune_without_scoring(tmp_path, capsys):
 
 
 def test_graph_cache_from_another_model_is_refused(tmp_path, capsys):
-    cache = tmp_path / "cache.json"
-    assert cli.main(["graph", "--arch", "digitscenes-resnet", "--out", str(cache)]) == 0
+    cache = tmp_path / "cache.json"  # any valid cache will do: its signature is then damaged
+    assert cli.main(["graph", "--arch", "digitscenes-resnet", "--data", "digits:40", "--sigma", "1", "--samples", "1",
+                     "--out", str(cache)]) == 0
     data = json.loads(cache.read_text())
     first = next(iter(data["signature"]))
     data["signature"][first] = [999, 999]
