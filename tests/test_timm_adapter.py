@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import tpunlearn as tu
 from tpunlearn import adapters
 from tpunlearn.adapters import ModelInfo, register
 from tpunlearn.adapters.timm import SAVE_FORMAT, TimmAdapter
