@@ -13,15 +13,14 @@ from pathlib import Path
 import torch
 from torch import distributed as dist
 
-sys.path.insert(0, str(Path(__file__).parent))
+import tpunlearn as tu
+from tpunlearn.api import score_targets
+from tpunlearn.errors import DistributedError
+from tpunlearn.scoring import score_channels
+from tpunlearn.targets import ClassLogit
 
-from conftest import build_tiny_resnet, make_batches  # noqa: E402
-
-import tpunlearn as tu  # noqa: E402
-from tpunlearn.api import score_targets  # noqa: E402
-from tpunlearn.errors import DistributedError  # noqa: E402
-from tpunlearn.scoring import score_channels  # noqa: E402
-from tpunlearn.targets import ClassLogit  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent))  # torchrun starts this file as a script, outside pytest
+from helpers import build_tiny_resnet, forwards, make_batches  # noqa: E402 - needs the path above
 
 # shared with test_distributed.py, which runs the same requests in one process
 CAP = 6  # instances per target
@@ -37,16 +36,6 @@ def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def example() -> torch.Tensor:
     return torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-
-def forwards(model: torch.nn.Module, run) -> tuple[object, list[int]]:
-    """``run()``'s result and the batch size of each forward the model ran during it."""
-    seen: list[int] = []
-    handle = model.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
-    try:
-        return run(), seen
-    finally:
-        handle.remove()
 
 
 def main(out: Path) -> None:

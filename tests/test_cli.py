@@ -6,9 +6,7 @@ that ``tpunlearn --help`` works and that importing the CLI loads neither torch n
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import shutil
 import subprocess
@@ -24,40 +22,11 @@ import tpunlearn as tu
 from tpunlearn import adapters, cli, zoo
 from tpunlearn.io import sha256
 
+from helpers import assert_error, listing, n_params, run, run_captured
+
 ZOO = "digitscenes-resnet"
 DIGITS = [str(d) for d in range(10)]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_captured(*argv) -> tuple[int, str, str]:
-    """``cli.main`` with stdout and stderr captured, for module-scoped fixtures (no capsys)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
-
-def assert_error(result: tuple[int, str, str], code: int, *fragments: str) -> str:
-    """One line on stderr, ``tpunlearn: error: ...``, no traceback, exit ``code``."""
-    got, _, err = result
-    lines = err.strip().splitlines()
-    assert got == code, err
-    assert len(lines) == 1, err
-    assert lines[0].startswith("tpunlearn: error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
-def listing(folder: Path) -> dict[str, str]:
-    return {p.name: sha256(p) for p in sorted(folder.iterdir())}
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +142,7 @@ def test_saved_model_reloads_with_its_pruning(pruned):
     adapter = adapters.get("timm")
     model, info = adapter.build("resnet18", weights=path)  # architecture from the checkpoint itself
     assert info.input_size == (3, 64, 64) and info.class_names == DIGITS
-    assert sum(p.numel() for p in model.parameters()) == pruned.report["params"]["after"]
+    assert n_params(model) == pruned.report["params"]["after"]
     state = model.state_dict()
     assert state.keys() == ckpt["state_dict"].keys()
     assert all(torch.equal(state[k], v) for k, v in ckpt["state_dict"].items())
@@ -227,7 +196,7 @@ def test_prune_of_a_pruned_checkpoint_keeps_both_prunings(pruned, tmp_path, caps
     second = torch.load(out / "model.pt", weights_only=True)["history"]
     assert second[:len(first)] == first and len(second) >= len(first)
     model, _ = adapters.get("timm").build("resnet18", weights=out / "model.pt")
-    assert sum(p.numel() for p in model.parameters()) == report["params"]["after"]
+    assert n_params(model) == report["params"]["after"]
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypatch):
@@ -319,26 +288,24 @@ def test_graph_cache_then_prune_without_scoring(tmp_path, capsys):
     assert cli.main(["prune", "--arch", "digitscenes-resnet", "--forget", "3", "--graph", str(cache),
                  "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert "scoring" not in report["timings_s"]  # the cache replaced scoring
-    assert report["timings_s"]["planning"] + report["timings_s"]["pruning"] < 1.0
+    assert "scoring" not in report["timings_s"]  # the cache replaced scoring (bench_cost.py times the request)
     assert report["removed_channels"] > 0
     assert report["sha256"]["graph_cache"] == hashlib.sha256(cache.read_bytes()).hexdigest()
     assert len(report["sha256"]["data"]) == 64
 
 
 def test_graph_cache_from_another_model_is_refused(tmp_path, capsys):
-    cache = tmp_path / "cache.json"
-    assert cli.main(["graph", "--arch", "digitscenes-resnet", "--out", str(cache)]) == 0
+    cache = tmp_path / "cache.json"  # any valid cache will do: its signature is then damaged
+    assert cli.main(["graph", "--arch", "digitscenes-resnet", "--data", "digits:40", "--sigma", "1", "--samples", "1",
+                     "--out", str(cache)]) == 0
     data = json.loads(cache.read_text())
     first = next(iter(data["signature"]))
     data["signature"][first] = [999, 999]
     cache.write_text(json.dumps(data))
     capsys.readouterr()  # drop the graph command's progress output
-    code = cli.main(["prune", "--arch", "digitscenes-resnet", "--forget", "3", "--graph", str(cache),
-                 "--out", str(tmp_path / "out")])
-    err = capsys.readouterr().err.strip()
-    assert code != 0 and err.startswith("tpunlearn: error:") and "another model" in err
-    assert len(err.splitlines()) == 1
+    assert_error(run(capsys, "prune", "--arch", "digitscenes-resnet", "--forget", "3", "--graph", cache,
+                     "--out", tmp_path / "out"), 1, "another model")
+    assert not (tmp_path / "out").exists()
 
 
 def test_export_command_checks_parity(tmp_path, capsys):

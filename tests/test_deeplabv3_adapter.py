@@ -15,13 +15,14 @@ import pytest
 import torch
 from torch import nn
 
-import tpunlearn as tu
 from tpunlearn import adapters
 from tpunlearn.adapters.deeplabv3 import DIGIT_CLASSES, IMAGENET, SAVE_FORMAT, VOC_CLASSES, DeepLabV3Adapter
 from tpunlearn.errors import DataError, UsageError, WeightsError
 from tpunlearn.export import to_onnx
 from tpunlearn.plan import build_dependency_graph
 from tpunlearn.targets import SegmentationLogit
+
+from helpers import n_params, unlearn_family
 
 MOBILE = "deeplabv3_mobilenet_v3_large"
 SIZE = 64
@@ -77,10 +78,8 @@ def mobile(adapter):
     present = torch.stack([b[1] for b in batches]).flatten(0, 1).amax(0)
     assert all(present[c] for c in KEEP)
     x = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
-    res = tu.unlearn(model, batches, forget=[PERSON], retain=[BACKGROUND, BUS], target=adapter.target_factory(info),
-                     example_inputs=x, sigma=6, delta=0.2, n_per_target=2,
-                     ignored_layers=adapter.ignored_layers(model, info), output_transform=adapter.output_transform,
-                     num_targets=21, progress=False)
+    res = unlearn_family(adapter, model, info, batches, [PERSON], retain=[BACKGROUND, BUS], example_inputs=x, sigma=6,
+                         delta=0.2, n_per_target=2)
     info.extra["history"] = list(res.plan.history)
     return model, info, x, res
 
@@ -147,7 +146,7 @@ def test_unlearn_removes_channels_and_keeps_the_head(adapter, mobile):
     assert pruned.classifier[1].in_channels == pruned.classifier[0].project[0].out_channels
     out = pruned(torch.rand(2, 3, SIZE, SIZE))
     assert out["out"].shape == (2, 21, SIZE, SIZE) and out["aux"].shape == (2, 21, SIZE, SIZE)
-    assert sum(p.numel() for p in model.parameters()) == res.report["params"]["before"]  # input untouched
+    assert n_params(model) == res.report["params"]["before"]  # input untouched
 
 
 def test_onnx_parity_of_the_pruned_model(adapter, mobile, tmp_path):
@@ -193,9 +192,8 @@ def test_resnet50_unlearns_into_the_backbone(adapter):
     make_segmenting(model)
     batches = predicted_batches(model, n_batches=1, batch=4)
     x = batches[0][0][:1]
-    res = tu.unlearn(model, batches, forget=[PERSON], retain=[BACKGROUND, BUS], target=adapter.target_factory(info),
-                     example_inputs=x, sigma=9, delta=0.2, n_per_target=2, ignored_layers=ignored,
-                     output_transform=adapter.output_transform, num_targets=21, progress=False)
+    res = unlearn_family(adapter, model, info, batches, [PERSON], retain=[BACKGROUND, BUS], example_inputs=x, sigma=9,
+                         delta=0.2, n_per_target=2)
     assert any(l.startswith("backbone.layer4") for l in res.report["layers"])
     assert res.report["removed_channels"] > 0
     assert res.model.classifier[4].out_channels == 21 and res.model.classifier[1].out_channels == 256
@@ -215,7 +213,7 @@ def test_save_then_build_reproduces_the_pruned_model(adapter, mobile, tmp_path):
     reloaded, info2 = adapter.build(MOBILE, weights=path)
     assert info2.input_size == info.input_size and info2.class_names == info.class_names
     assert info2.extra["history"] == info.extra["history"] and info2.weights == str(path)
-    assert sum(p.numel() for p in reloaded.parameters()) == res.report["params"]["after"]
+    assert n_params(reloaded) == res.report["params"]["after"]
     with torch.no_grad():
         a, b = res.model.eval()(x), reloaded(x)
     assert torch.equal(a["out"], b["out"]) and torch.equal(a["aux"], b["aux"])

@@ -12,6 +12,8 @@ import torch
 import tpunlearn as tu
 from tpunlearn import cli
 
+from helpers import assert_same_state
+
 
 def test_api_runs_are_bit_identical(make_tiny_resnet, make_samples):
     runs = []
@@ -24,8 +26,7 @@ def test_api_runs_are_bit_identical(make_tiny_resnet, make_samples):
     assert a.plan.removed_channels > 0
     assert json.dumps(a.plan.to_dict()) == json.dumps(b.plan.to_dict())
     assert json.dumps(a.graph.to_dict()) == json.dumps(b.graph.to_dict())
-    sa, sb = a.model.state_dict(), b.model.state_dict()
-    assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert_same_state(a.model.state_dict(), b.model.state_dict())
     for t in a.scores.targets:
         for layer in a.scores.layers:
             assert torch.equal(a.scores.alpha(t, layer), b.scores.alpha(t, layer))
@@ -52,8 +53,7 @@ def test_cli_rerun_from_the_reports_command_is_bit_identical(tmp_path, capsys):
     a = torch.load(first / "model.pt", weights_only=True)
     b = torch.load(second / "model.pt", weights_only=True)
     assert a["history"] == b["history"] and a["history"]
-    assert list(a["state_dict"]) == list(b["state_dict"])
-    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert_same_state(a["state_dict"], b["state_dict"])
     again = json.loads((second / "report.json").read_text())
     assert again["sha256"]["output_weights"] == report["sha256"]["output_weights"]
     assert again["settings"] == report["settings"] and again["removed"] == report["removed"]

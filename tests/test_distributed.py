@@ -23,8 +23,8 @@ from tpunlearn.errors import UsageError
 from tpunlearn.scoring import ChannelScores, score_channels
 from tpunlearn.targets import ClassLogit
 
-sys.path.insert(0, str(Path(__file__).parent))
-import dist_worker  # noqa: E402
+import dist_worker
+from helpers import assert_error, forwards, run
 
 TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                 "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
@@ -89,7 +89,7 @@ def test_two_ranks_score_targets_like_one_process_on_every_rank(ranks):
 def test_ranks_split_the_images_one_process_forwards(ranks):
     model = dist_worker.build_tiny_resnet()
     targets = {t: ClassLogit(t) for t in range(10)}
-    one, sizes = dist_worker.forwards(model, lambda: score_channels(
+    one, sizes = forwards(model, lambda: score_channels(
         model, dist_worker.batches(), dist_worker.LAYERS, targets, n_per_target=dist_worker.CAP, progress=False))
     shares = [rank["share"]["forwards"] for rank in ranks]
     assert all(shares) and sum(map(sum, shares)) == sum(sizes)  # every image once, on one rank
@@ -157,10 +157,9 @@ def test_cli_outside_a_reachable_group_is_one_line(tmp_path, capsys, monkeypatch
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    code = cli.main(["graph", "--arch", "digitscenes-resnet", "--out", str(tmp_path / "c.json")])
-    err = capsys.readouterr().err.strip()
-    assert code == 1 and err.startswith("tpunlearn: error: cannot join the torchrun process group (gloo)")
-    assert len(err.splitlines()) == 1 and "MASTER_ADDR" in err
+    line = assert_error(run(capsys, "graph", "--arch", "digitscenes-resnet", "--out", tmp_path / "c.json"), 1,
+                        "MASTER_ADDR")
+    assert line.startswith("tpunlearn: error: cannot join the torchrun process group (gloo)")
     assert not (tmp_path / "c.json").exists()
 
 
@@ -196,10 +195,7 @@ def test_cuda_without_cuda_is_a_usage_error(spec, tiny_cnn, samples):
 @pytest.mark.parametrize("device", ["tpu", "cuda:one"] + ([] if torch.cuda.is_available() else ["cuda", "cuda:1"]))
 def test_cli_bad_device_is_one_line_exit_2(argv, device, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = cli.main([*argv, "--device", device])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("tpunlearn: error: ")
-    assert repr(device) in err and "Traceback" not in err
+    assert_error(run(capsys, *argv, "--device", device), 2, repr(device))
     assert list(tmp_path.iterdir()) == []
 
 

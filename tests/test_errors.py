@@ -20,6 +20,8 @@ from tpunlearn.cache import save_cache
 from tpunlearn.errors import DataError, PlanError, TpunlearnError, UsageError, WeightsError
 from tpunlearn.scoring import ChannelScores, TargetScores
 
+from helpers import assert_error, run
+
 ZOO = "digitscenes-resnet"
 YOLO = "digitscenes-yolov5"
 DEEPLAB = "digitscenes-deeplabv3"
@@ -159,14 +161,8 @@ def _fill(text: str, files: SimpleNamespace, absent: str) -> str:
 def test_bad_input_gives_one_line(files, capsys, argv, code, fragments):
     absent = absent_digit() if any("{absent}" in a for a in argv) else ""
     before = {p.name for p in files.root.iterdir()}
-    got = cli.main([_fill(a, files, absent) for a in argv])
-    out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert got == code, err
-    assert len(lines) == 1 and lines[0].startswith("tpunlearn: error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert _fill(fragment, files, absent) in lines[0], lines[0]
+    result = run(capsys, *(_fill(a, files, absent) for a in argv))
+    assert_error(result, code, *(_fill(f, files, absent) for f in fragments))
     assert {p.name for p in files.root.iterdir()} == before  # nothing written beside the inputs (no out/)
 
 
@@ -182,10 +178,8 @@ def test_unexpected_errors_are_one_line_without_traceback(monkeypatch, capsys):
         raise ZeroDivisionError("deep inside")
 
     monkeypatch.setattr(adapters.get("timm"), "build", boom)
-    assert cli.main(["eval", "--arch", ZOO]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("tpunlearn: error: unexpected ZeroDivisionError: deep inside")
-    assert "TPUNLEARN_DEBUG=1" in err and len(err.splitlines()) == 1
+    line = assert_error(run(capsys, "eval", "--arch", ZOO), 1, "TPUNLEARN_DEBUG=1")
+    assert line.startswith("tpunlearn: error: unexpected ZeroDivisionError: deep inside")
     monkeypatch.setenv(cli.DEBUG_ENV, "1")
     with pytest.raises(ZeroDivisionError):
         cli.main(["eval", "--arch", ZOO])

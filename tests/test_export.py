@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -35,7 +37,6 @@ def test_pruned_model_exports_with_parity(pruned_resnet, tmp_path):
 
 
 def test_export_is_one_self_contained_file(pruned_resnet, tmp_path):
-    onnx = pytest.importorskip("onnx")
     path = tmp_path / "model.onnx"
     tu.export.to_onnx(pruned_resnet, path, example_inputs=torch.rand(1, 3, 32, 32))
     proto = onnx.load(str(path), load_external_data=False)

@@ -16,13 +16,10 @@ import pytest
 from tpunlearn import cli, zoo
 from tpunlearn.io import sha256, staged_folder
 
+from helpers import listing
+
 ZOO = "digitscenes-resnet"
 FAST = ["--samples", "2", "--sigma", "1", "--data", "digits:40"]
-
-
-def listing(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (relative path -> sha256)."""
-    return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def leftovers(parent: Path) -> list[str]:

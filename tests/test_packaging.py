@@ -36,6 +36,6 @@ def test_wheel_contains_the_adapters_under_tpunlearn(tmp_path):
     assert "tpunlearn/adapters/base.py" in names
     assert "tpunlearn/adapters/registry.py" in names
     assert not [n for n in names if n.startswith("adapters/")]
-    for top_level in [n for n in names if n.endswith(".dist-info/top_level.txt")]:
-        assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["tpunlearn"]
+    (top_level,) = [n for n in names if n.endswith(".dist-info/top_level.txt")]
+    assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["tpunlearn"]
     assert not [n for n in names if n.startswith("tests/")]

@@ -5,6 +5,7 @@ import copy
 import json
 
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -12,32 +13,9 @@ import tpunlearn as tu
 from tpunlearn.errors import PlanError, UsageError
 from tpunlearn.plan import PrunePlan, make_plan, signature
 
+from helpers import assert_same_state, n_params, norm_after, snapshot
+
 RUN = dict(forget=[0], retain=[1, 2], sigma=8, delta=0.3, retain_delta=0.05, n_per_target=4, progress=False)
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert list(a) == list(b)
-    for key in a:
-        assert a[key].shape == b[key].shape, key
-        assert torch.equal(a[key], b[key]), key
-
-
-def norm_after(model: nn.Module, layer: str) -> nn.Module:
-    """The BatchNorm registered right after ``layer`` (conv, bn pairs in these models)."""
-    names = [n for n, _ in model.named_modules()]
-    for name in names[names.index(layer) + 1:]:
-        module = model.get_submodule(name)
-        if isinstance(module, nn.BatchNorm2d):
-            return module
-    raise AssertionError(f"no norm after {layer}")
 
 
 # ---- resnet18 (timm), 64x64, random init with non-trivial BN statistics -------------------------
@@ -45,7 +23,6 @@ def norm_after(model: nn.Module, layer: str) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def resnet(make_samples, randomize_bn):
-    timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     model = randomize_bn(timm.create_model("resnet18", num_classes=10), seed=1).eval()
     samples = make_samples(n_batches=2, batch=6, size=64, seed=1)
@@ -85,6 +62,7 @@ def test_physical_shapes_match_the_plan(resnet):
     original = signature(resnet["model"])
     after = signature(result.model)
     removed = result.plan.removed
+    assert removed  # some layer lost channels: the loop below checks a shrunken width
     for layer, (out_ch, _in_ch) in original.items():
         assert after[layer][0] == out_ch - len(removed.get(layer, [])), layer
     assert result.report["removed_channels"] == result.plan.removed_channels == sum(map(len, removed.values()))
@@ -94,6 +72,7 @@ def test_mask_mode_zeroes_filters_and_norm_affine(resnet):
     result = resnet["run"]("mask")
     model = result.model
     assert result.plan.zero_ops() == result.plan.removed
+    assert result.plan.removed
     for layer, idxs in result.plan.removed.items():
         conv = model.get_submodule(layer)
         assert (conv.weight[idxs] == 0).all(), layer
@@ -145,9 +124,10 @@ def test_coupled_protect_skips_groups_reaching_unscored_layers(resnet):
     skipped = [d for d in result.plan.decisions if d.action == "skip" and "unscored" in d.reason]
     assert skipped
     scored = set(result.report["layers"])
-    for d in result.plan.decisions:
-        if d.action == "prune":
-            assert set(d.members) <= scored
+    pruned = [d for d in result.plan.decisions if d.action == "prune"]
+    assert pruned  # the groups that stay within the scored layers still go
+    for d in pruned:
+        assert set(d.members) <= scored
     assert signature(result.model)["layer3.0.conv2"] == signature(resnet["model"])["layer3.0.conv2"]
     assert any("left alone" in n for n in result.plan.notes)
 
@@ -198,7 +178,6 @@ def test_dry_run_mentions_each_pruned_root(resnet):
 
 
 def test_plan_onto_another_model_raises(resnet, tiny_resnet):
-    timm = pytest.importorskip("timm")
     plan = resnet["run"]("physical").plan
     with pytest.raises(PlanError):
         plan.replay(tiny_resnet, torch.rand(1, 3, 32, 32))
@@ -378,17 +357,18 @@ def test_make_plan_rejects_unknown_policies(tiny_resnet, kwargs):
         make_plan(tiny_resnet, {"layer1.conv1": [0]}, {}, X32, **kwargs)
 
 
-def test_replaying_an_unapplied_plan_prunes_or_refuses(tiny_resnet, tmp_path):
+def test_replaying_an_unapplied_plan_applies_it(tiny_resnet, tmp_path):
     plan = make_plan(tiny_resnet, {"layer1.conv1": [0, 1, 2]}, {}, X32, candidates=["layer1.conv1"])
     path = tmp_path / "plan.json"
-    plan.save(path)
+    plan.save(path)  # before apply(): the saved plan has no pruning history
     expected = plan.apply(copy.deepcopy(tiny_resnet), X32)
+    loaded = PrunePlan.load(path)
+    assert not loaded.history
     fresh = copy.deepcopy(tiny_resnet)
-    try:
-        PrunePlan.load(path).replay(fresh, X32)
-    except PlanError:
-        return
+    assert loaded.replay(fresh, X32) is fresh
     assert fresh.layer1.conv1.out_channels == expected.layer1.conv1.out_channels == 5
+    assert_same_state(fresh.state_dict(), expected.state_dict())
+    assert loaded.history == plan.history  # replay recorded the history it made
 
 
 def test_unlearn_accepts_class_index_labels(tiny_resnet):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from helpers import n_params
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -32,8 +34,7 @@ def test_readme_compression_pipeline_runs(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(pipeline[0], "README.md", "exec"), namespace)  # noqa: S102 - our own README
     model, slim, x = namespace["model"], namespace["slim"], namespace["x"]
-    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert n(slim) < namespace["res"].report["params"]["after"] < n(model)  # both steps slimmed it
+    assert n_params(slim) < namespace["res"].report["params"]["after"] < n_params(model)  # both steps slimmed it
     assert slim(x).shape == model(x).shape
     assert namespace["diff"] <= 1e-4
     assert (tmp_path / "slim.onnx").is_file()

@@ -9,7 +9,10 @@ import torch.nn.functional as F
 
 import tpunlearn as tu
 from tpunlearn.errors import UsageError
+from tpunlearn.plan import signature
 from tpunlearn.repair import repair
+
+from helpers import norm_after, snapshot
 
 
 def _bce(out, batch):
@@ -42,15 +45,28 @@ def test_repair_keeps_the_unlearned_channels_gone(tiny_resnet, samples, mode):
     x = samples[0][0][:1]
     res = tu.unlearn(tiny_resnet, samples, forget=[3], example_inputs=x, mode=mode, delta=0.3, balanced=False,
                      ignored_layers=[tiny_resnet.head], align=None, progress=False)
-    assert res.plan.removed_channels > 0
-    shapes = {k: v.shape for k, v in res.model.state_dict().items()}
-    repair(res.model, samples, _bce, epochs=3, lr=1e-2, plan=res.plan, progress=False)
-    assert {k: v.shape for k, v in res.model.state_dict().items()} == shapes
-    for layer, idxs in res.plan.zero_ops().items():
-        weight = dict(res.model.named_modules())[layer].weight
-        assert weight[idxs].abs().max() == 0, layer
-    if mode == "mask":
-        assert res.plan.zero_ops()
+    removed = res.plan.removed
+    assert removed and res.plan.removed_channels > 0
+    before = snapshot(res.model)
+    info = repair(res.model, samples, _bce, epochs=3, lr=1e-2, plan=res.plan, progress=False)
+    assert info["steps"] == 6
+    after = res.model.state_dict()
+    assert {k: v.shape for k, v in after.items()} == {k: v.shape for k, v in before.items()}
+    assert any(not torch.equal(after[k], before[k]) for k in before)  # the repair did train
+    widths = signature(res.model)
+    if mode == "physical":
+        # the pruned channels stay removed: every pruned layer keeps its pruned width, and nothing zeroes
+        assert res.plan.zero_ops() == {}
+        for layer, channels in removed.items():
+            assert widths[layer][0] == res.plan.signature[layer][0] - len(channels), layer
+    else:
+        # the zeroed channels stay zero, filters and the norm's affine after them; the shapes stay the original's
+        assert res.plan.zero_ops() == removed
+        assert widths == res.plan.signature
+        for layer, channels in removed.items():
+            assert (res.model.get_submodule(layer).weight[channels] == 0).all(), layer
+            norm = norm_after(res.model, layer)
+            assert (norm.weight[channels] == 0).all() and (norm.bias[channels] == 0).all(), layer
 
 
 def test_zero_epochs_is_a_no_op_and_bad_settings_are_refused(tiny_cnn, samples):

@@ -12,6 +12,8 @@ from tpunlearn.errors import DataError, UsageError
 from tpunlearn.scoring import ChannelScores, TargetScores, score_channels, top_count
 from tpunlearn.targets import ClassLogit
 
+from helpers import forwards
+
 LAYERS = ["conv2", "conv3"]
 
 
@@ -88,25 +90,17 @@ def test_multiclass_index_labels_are_accepted(tiny_cnn):
 
 
 def test_one_forward_per_batch_for_any_number_of_targets(tiny_cnn, samples):
-    calls = []
-    handle = tiny_cnn.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
-    try:
-        targets = {t: ClassLogit(t) for t in range(10)}
-        score_channels(tiny_cnn, samples, LAYERS, targets, n_per_target=100, progress=False)
-    finally:
-        handle.remove()
-    assert calls == [6, 6]
+    targets = {t: ClassLogit(t) for t in range(10)}
+    _, sizes = forwards(tiny_cnn, lambda: score_channels(tiny_cnn, samples, LAYERS, targets, n_per_target=100,
+                                                         progress=False))
+    assert sizes == [6, 6]
 
 
 def test_no_forward_once_every_target_is_full(tiny_cnn, make_samples):
     batches = make_samples(n_batches=4, batch=6)
-    calls = []
-    handle = tiny_cnn.register_forward_hook(lambda m, i, o: calls.append(1))
-    try:
-        score_channels(tiny_cnn, batches, LAYERS, {0: ClassLogit(0)}, n_per_target=1, progress=False)
-    finally:
-        handle.remove()
-    assert len(calls) == 1
+    _, sizes = forwards(tiny_cnn, lambda: score_channels(tiny_cnn, batches, LAYERS, {0: ClassLogit(0)},
+                                                         n_per_target=1, progress=False))
+    assert len(sizes) == 1
 
 
 def test_hooks_are_removed(tiny_resnet, samples):
@@ -325,12 +319,8 @@ def test_only_images_some_target_uses_are_forwarded(tiny_cnn):
     multi_hot = torch.zeros(6, 10)
     multi_hot[[1, 4], 2] = 1  # images 0, 2, 3, 5 hold no scored target
     multi_hot[[0, 3], 7] = 1  # ... only an unscored one
-    sizes = []
-    handle = tiny_cnn.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[0]))
-    try:
-        scores = score_channels(tiny_cnn, [(images, multi_hot)], LAYERS, {2: ClassLogit(2)}, progress=False)
-    finally:
-        handle.remove()
+    scores, sizes = forwards(tiny_cnn, lambda: score_channels(tiny_cnn, [(images, multi_hot)], LAYERS,
+                                                              {2: ClassLogit(2)}, progress=False))
     assert sizes == [2]
     expected = torch.stack([hand_alpha(tiny_cnn, images[i], 2, LAYERS)["conv3"] for i in (1, 4)])
     assert torch.allclose(scores.targets[2].instances["conv3"], expected, atol=1e-6, rtol=1e-5)

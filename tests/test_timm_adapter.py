@@ -17,6 +17,8 @@ from tpunlearn.adapters.timm import SAVE_FORMAT, TimmAdapter
 from tpunlearn.errors import UsageError, WeightsError
 from tpunlearn.targets import ClassLogit
 
+from helpers import n_params, unlearn_family
+
 SIZE = (3, 64, 64)
 # the round trip uses a slim resnet18 (timm kwargs), which also checks that the checkpoint's
 # own timm_kwargs rebuild the architecture: ``build("resnet18", weights=path)`` passes none
@@ -104,10 +106,8 @@ def saved(adapter, make_samples, tmp_path_factory):
     """A random (slim) resnet18 pruned by ``tpunlearn.unlearn`` and saved by the adapter."""
     torch.manual_seed(0)
     model, info = adapter.build("resnet18", input_size=SIZE, **SLIM)
-    res = tu.unlearn(model, make_samples(n_batches=1, batch=6, size=SIZE[-1]), forget=[3], retain=[4],
-                     target=adapter.target_factory(info), example_inputs=adapter.example_inputs(info),
-                     sigma=2, delta=0.2, n_per_target=2, ignored_layers=adapter.ignored_layers(model, info),
-                     num_targets=10, progress=False)
+    res = unlearn_family(adapter, model, info, make_samples(n_batches=1, batch=6, size=SIZE[-1]), [3], retain=[4],
+                         sigma=2, delta=0.2, n_per_target=2)
     assert res.plan.removed_channels > 0 and res.plan.history
     info.extra["history"] = res.plan.history
     folder = tmp_path_factory.mktemp("timm-save")
@@ -144,7 +144,7 @@ def test_round_trip_gives_the_pruned_model(adapter, saved, input_size):
     for key, value in expected.items():
         assert state[key].shape == value.shape, key
         assert torch.equal(state[key], value), key
-    assert sum(p.numel() for p in model.parameters()) == res.report["params"]["after"]
+    assert n_params(model) == res.report["params"]["after"]
     assert res.report["params"]["after"] < res.report["params"]["before"]
 
     x = torch.rand(4, *SIZE, generator=torch.Generator().manual_seed(1))

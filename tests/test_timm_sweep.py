@@ -6,15 +6,17 @@ import pytest
 import torch
 
 import tpunlearn as tu
+from tpunlearn import adapters
 
-pytest.importorskip("timm")
-from tpunlearn import adapters  # noqa: E402
+from helpers import n_params
 
 # (arch, input side, timm kwargs): 64x64 where cheap, 32x32 for the heavier families. The full
 # densenet121 takes ~30 s here, so it runs with -m slow; a shallow DenseNet (same blocks, same
-# concatenations, two layers per dense block) stands in for it in the default run.
+# concatenations, two layers per dense block) stands in for it in the default run. resnet18 runs
+# with -m slow too: the default suite prunes it already (the zoo classifier in test_cli.py, with
+# ONNX parity and the mask check; timm's resnet18 under every coupled policy in test_plan.py).
 ARCHS = [
-    pytest.param("resnet18", 64, {}, id="resnet18"),
+    pytest.param("resnet18", 64, {}, id="resnet18", marks=pytest.mark.slow),
     pytest.param("resnext26ts", 32, {}, id="resnext26ts"),
     pytest.param("mobilenetv3_small_100", 64, {}, id="mobilenetv3_small_100"),
     pytest.param("efficientnet_b0", 32, {}, id="efficientnet_b0"),
@@ -25,10 +27,8 @@ ARCHS = [
     pytest.param("ghostnet_100", 32, {}, id="ghostnet_100"),
 ]
 GROUPED = {"resnext26ts", "regnetx_002"}
-
-
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+# LayerNorm mixes channels: zeroing is not removal there, so no mask-mode cross-check is made
+LAYER_NORMED = {"convnext_atto"}
 
 
 @pytest.mark.parametrize("arch,size,kwargs", ARCHS)
@@ -65,8 +65,9 @@ def test_unlearn_prunes_and_exports(arch, size, kwargs, tmp_path):
         after = pruned(x)
     assert after.shape == before.shape == (6, 10)
     assert torch.isfinite(after).all()
-    if "mask_rel_diff" in result.report["check"]:
-        assert result.report["check"]["mask_rel_diff"] <= 1e-3
+    check = result.report["check"]
+    assert ("mask_rel_diff" in check) == (arch not in LAYER_NORMED), check
+    assert check.get("mask_rel_diff", 0.0) <= 1e-3
 
     diff = tu.export.to_onnx(pruned, tmp_path / f"{arch}.onnx", example_inputs=x[:2])
     with torch.no_grad():

@@ -6,23 +6,24 @@ Everything runs on a randomly initialised yolov5n at 128x128 (no weights exist o
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import torch_pruning as tp
+import ultralytics
+from ultralytics import YOLO
+from ultralytics.nn.tasks import DetectionModel
 
-pytest.importorskip("ultralytics")
-os.environ.setdefault("YOLO_OFFLINE", "1")  # never reach for the network (read by ultralytics at import)
+from tpunlearn import adapters
+from tpunlearn.adapters.yolov5 import YOLOv5Adapter
+from tpunlearn.data import write_yolo
+from tpunlearn.errors import DataError, UsageError, WeightsError
+from tpunlearn.export import to_onnx
+from tpunlearn.targets import DetectionScore
 
-import tpunlearn as tu  # noqa: E402
-from tpunlearn import adapters  # noqa: E402
-from tpunlearn.adapters.yolov5 import YOLOv5Adapter  # noqa: E402
-from tpunlearn.data import write_yolo  # noqa: E402
-from tpunlearn.errors import DataError, UsageError, WeightsError  # noqa: E402
-from tpunlearn.export import to_onnx  # noqa: E402
-from tpunlearn.targets import DetectionScore  # noqa: E402
+from helpers import n_params, unlearn_family
 
 IMGSZ = 128
 NC = 10  # DigitScenes' ten digits, so the tiny YOLO dataset validates against the model
@@ -65,15 +66,9 @@ def pruned(adapter, built):
     model, info = built
     torch.manual_seed(0)
     x = adapter.example_inputs(info)
-    res = tu.unlearn(model, synthetic_batches(), forget=[0], retain=[1, 2], target=adapter.target_factory(info),
-                     example_inputs=x, sigma=6, delta=0.1, n_per_target=4,
-                     ignored_layers=adapter.ignored_layers(model, info), output_transform=adapter.output_transform,
-                     num_targets=NC, progress=False)
+    res = unlearn_family(adapter, model, info, synthetic_batches(), [0], retain=[1, 2], example_inputs=x, sigma=6,
+                         delta=0.1, n_per_target=4)
     return res, x
-
-
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def head_out_channels(model: torch.nn.Module) -> list[int]:
@@ -93,8 +88,6 @@ def test_registry_and_handles(adapter, tmp_path):
     other = tmp_path / "other.pt"
     torch.save({"state_dict": {"w": torch.zeros(1)}}, other)
     assert not adapter.handles(str(other))  # a torch file, but not an ultralytics detection model
-    import ultralytics
-
     cfg = tmp_path / "my_detector.yaml"
     shutil.copy(Path(ultralytics.__file__).parent / "cfg/models/v5/yolov5.yaml", cfg)
     assert adapter.handles(str(cfg))
@@ -102,8 +95,6 @@ def test_registry_and_handles(adapter, tmp_path):
 
 # ---- build and output --------------------------------------------------------------------
 def test_build_random_and_output_transform(adapter, built):
-    from ultralytics.nn.tasks import DetectionModel
-
     model, info = built
     assert isinstance(model, DetectionModel) and not model.training
     assert (info.task, info.family, info.weights) == ("detection", "yolov5", None)
@@ -163,8 +154,6 @@ def test_zoo_entry_without_weights_is_a_random_model_of_its_yaml(adapter):
 
 def test_no_prunable_group_reaches_the_detect_head(adapter, built):
     """Tracing through the decoded output (DFL, anchor concat) couples no channel of a prunable layer."""
-    import torch_pruning as tp
-
     from tpunlearn.layers import prunable_layers
     from tpunlearn.plan import _out_members, _unsupported, build_dependency_graph
 
@@ -210,10 +199,7 @@ def test_unlearn_from_dataset_yaml_samples(adapter, built, data_yaml):
     batches = adapter.samples(model, info, str(data_yaml), batch_size=4)
     present = torch.cat([mh for _, mh in batches]).sum(0)
     forget = int(present.argmax())
-    res = tu.unlearn(model, batches, forget=[forget], target=adapter.target_factory(info),
-                     example_inputs=adapter.example_inputs(info), sigma=6, delta=0.1, n_per_target=2,
-                     ignored_layers=adapter.ignored_layers(model, info), output_transform=adapter.output_transform,
-                     num_targets=NC, progress=False)
+    res = unlearn_family(adapter, model, info, batches, [forget], sigma=6, delta=0.1, n_per_target=2)
     assert res.report["check"]["output_shape"] == [1, 4 + NC, ANCHORS]
     assert res.report["instances"][str(forget)] == 2
 
@@ -228,7 +214,6 @@ def test_onnx_parity(adapter, pruned, tmp_path):
 
 # ---- ultralytics checkpoint round trip ----------------------------------------------------
 def test_save_loads_in_ultralytics_predicts_and_validates(adapter, built, pruned, data_yaml, tmp_path):
-    from ultralytics import YOLO
     from ultralytics.nn.tasks import torch_safe_load
     from ultralytics.utils import ASSETS
 
@@ -273,6 +258,7 @@ def test_evaluate_per_class_ap50(adapter, built, data_yaml):
     labelled = set()
     for f in (data_yaml.parent / "labels" / "val").glob("*.txt"):
         labelled |= {int(line.split()[0]) for line in f.read_text().splitlines() if line.strip()}
+    assert labelled  # the split holds labelled digits to score
     # classes with labels in the split, by name (absent ones left out), plus the overall mAP50
     assert set(result) == {info.class_names[c] for c in labelled} | {"mAP50"}
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in result.values())
@@ -292,6 +278,7 @@ def test_samples_from_dataset_yaml_use_the_labels(adapter, built, data_yaml):
     assert images.shape == (8, 3, IMGSZ, IMGSZ) and multi_hot.shape == (8, NC)
     assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
     labels = sorted((data_yaml.parent / "labels" / "train").glob("*.txt"))
+    assert len(labels) == len(multi_hot)  # one label file per image, read in the same order
     for row, f in zip(multi_hot, labels):
         expected = {int(line.split()[0]) for line in f.read_text().splitlines() if line.strip()}
         assert set(row.nonzero().flatten().tolist()) == expected

@@ -1,21 +1,22 @@
 """The zoo's segmentation model ``digitscenes-deeplabv3`` (torchvision DeepLabV3, 11 classes).
 
-The architecture, registry and checkpoint round trip are tested always. The tests that read
-the trained checkpoint (``tpunlearn/weights/digitscenes-deeplabv3.pt``, written by
-``python scripts/train_zoo.py digitscenes-deeplabv3 --device cuda``) skip when it is absent.
+The architecture, registry and checkpoint round trip need no trained weights; the other tests
+read the committed checkpoint (``tpunlearn/weights/digitscenes-deeplabv3.pt``, written by
+``python scripts/train_zoo.py digitscenes-deeplabv3 --device cuda``). The request's time is
+measured by ``benchmarks/bench_forget_deeplabv3.py`` (``seconds`` per digit), not here.
 """
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
 
-import tpunlearn as tu
 from tpunlearn import adapters, zoo
 from tpunlearn.adapters.deeplabv3 import DIGIT_CLASSES, SAVE_FORMAT
 from tpunlearn.errors import WeightsError
+
+from helpers import n_params, unlearn_family
 
 NAME = "digitscenes-deeplabv3"
 DIGIT3 = 4  # class index of digit 3 (index 0 is background)
@@ -44,7 +45,7 @@ def test_architecture_is_torchvision_deeplabv3():
     model = zoo.build(NAME).eval()
     assert isinstance(model, DeepLabV3) and isinstance(model.classifier[0], ASPP)
     assert model.aux_classifier is None
-    assert sum(p.numel() for p in model.parameters()) <= 1_500_000  # <= 3 MB in fp16
+    assert n_params(model) <= 1_500_000  # <= 3 MB in fp16
     with torch.no_grad():
         out = model(torch.rand(2, 3, 64, 64))
     assert out["out"].shape == (2, 11, 64, 64)
@@ -86,9 +87,6 @@ def test_fp16_checkpoint_round_trip(tmp_path):
 # ---------------------------------------------------------------- the trained checkpoint
 @pytest.fixture(scope="module")
 def trained():
-    if not zoo.weights_path(NAME).is_file():
-        pytest.skip(f"{zoo.weights_path(NAME)} is absent: train it with "
-                    f"`python scripts/train_zoo.py {NAME} --device cuda`")
     adapter, model, info = zoo.build_model(NAME)
     base = adapter.segmentation_metrics(model, info, "digits:100")["iou"]
     return adapter, model, info, base
@@ -116,19 +114,13 @@ def test_trained_checkpoint_segments_digits(trained):
 @pytest.fixture(scope="module")
 def unlearned_3(trained):
     adapter, model, info, base = trained
-    t0 = time.perf_counter()
-    res = tu.unlearn(model, adapter.samples(model, info, "digits"), forget=[DIGIT3],
-                     target=adapter.target_factory(info), example_inputs=adapter.example_inputs(info),
-                     ignored_layers=adapter.ignored_layers(model, info), output_transform=adapter.output_transform,
-                     num_targets=11, progress=False)
-    seconds = time.perf_counter() - t0
-    return res, adapter.segmentation_metrics(res.model, info, "digits:100")["iou"], seconds
+    res = unlearn_family(adapter, model, info, adapter.samples(model, info, "digits"), [DIGIT3])
+    return res, adapter.segmentation_metrics(res.model, info, "digits:100")["iou"]
 
 
 def test_unlearning_digit_3_runs_and_keeps_the_other_digits(trained, unlearned_3):
     base = trained[3]
-    res, after, seconds = unlearned_3
-    assert seconds < 60
+    res, after = unlearned_3
     assert res.report["removed_channels"] > 0
     assert res.report["params"]["after"] < res.report["params"]["before"]
     assert after["3"] <= base["3"] + 1e-6  # never helps the forgotten digit
@@ -139,5 +131,5 @@ def test_unlearning_digit_3_runs_and_keeps_the_other_digits(trained, unlearned_3
                    "loses only ~0.3 IoU points on the forgotten digit; digits share their top channels in the "
                    "last layers (see benchmarks/bench_forget_deeplabv3.py)")
 def test_unlearning_digit_3_reaches_the_issue_goal(unlearned_3):
-    _res, after, _seconds = unlearned_3
+    _res, after = unlearned_3
     assert after["3"] <= 0.05

@@ -13,13 +13,12 @@ import os
 
 import pytest
 import torch
+from ultralytics import YOLO
 
-pytest.importorskip("ultralytics")
-os.environ.setdefault("YOLO_OFFLINE", "1")  # never reach for the network (read by ultralytics at import)
+from tpunlearn import adapters, zoo
+from tpunlearn.errors import UsageError, WeightsError
 
-import tpunlearn as tu  # noqa: E402
-from tpunlearn import adapters, zoo  # noqa: E402
-from tpunlearn.errors import UsageError, WeightsError  # noqa: E402
+from helpers import n_params, unlearn_family
 
 NAME = "digitscenes-yolov5"
 DIGITS = [str(d) for d in range(10)]
@@ -27,10 +26,6 @@ TEST_DATA = "digits:300"
 FORGET = [3, 7]
 # the benchmark's chosen settings (see benchmarks/results/forget_yolov5.md)
 SETTINGS = dict(sigma=12, delta=0.2, retain_tolerance=5, align=None)  # the yolov5 family defaults
-
-pytestmark = pytest.mark.skipif(not zoo.weights_path(NAME).is_file(),
-                                reason=f"{NAME} not trained (python scripts/train_zoo.py {NAME})")
-
 
 def head_outputs(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The Detect head's output convs (box and class 1x1 convs) and its fixed DFL conv.
@@ -111,8 +106,6 @@ def test_zoo_weights_missing_say_how_to_train(adapter, tmp_path):
 
 
 def test_ultralytics_loads_the_checkpoint():
-    from ultralytics import YOLO
-
     yolo = YOLO(str(zoo.weights_path(NAME)))
     assert yolo.task == "detect" and yolo.names == {i: str(i) for i in range(10)}
 
@@ -131,10 +124,8 @@ def test_digits_data_is_the_default(adapter, built, before):
 @pytest.mark.parametrize("digit", FORGET)
 def test_unlearning_forgets_one_digit(adapter, built, before, digit):
     model, info = built
-    res = tu.unlearn(model, adapter.samples(model, info, "digits"), forget=[digit],
-                     target=adapter.target_factory(info), example_inputs=adapter.example_inputs(info),
-                     ignored_layers=head_outputs(model), output_transform=adapter.output_transform,
-                     num_targets=10, progress=False, **SETTINGS)
+    res = unlearn_family(adapter, model, info, adapter.samples(model, info, "digits"), [digit],
+                         ignored_layers=head_outputs(model), **SETTINGS)
     after = evaluate(adapter, res.model, info)
     f = str(digit)
     kept = [d for d in DIGITS if d != f]
@@ -142,8 +133,6 @@ def test_unlearning_forgets_one_digit(adapter, built, before, digit):
     retained_after = sum(after[d] for d in kept) / len(kept)
     assert res.report["removed_channels"] > 0
     assert res.report["params"]["after"] < res.report["params"]["before"]
-    print(f"forget {f}: AP50 {before[f]:.4f} -> {after[f]:.4f}; retained mAP50 {retained_before:.4f} -> "
-          f"{retained_after:.4f}; -{res.report['removed_channels']} channels")
     assert after[f] <= 0.05 * before[f], (f, before[f], after[f])
     assert abs(retained_after - retained_before) <= 0.03, (retained_before, retained_after)
     head = res.model.model[-1]
@@ -151,18 +140,14 @@ def test_unlearning_forgets_one_digit(adapter, built, before, digit):
 
 
 def test_pruned_zoo_model_saves_for_ultralytics(adapter, built, tmp_path):
-    from ultralytics import YOLO
-
     model, info = built
-    res = tu.unlearn(model, adapter.samples(model, info, "digits"), forget=[FORGET[0]],
-                     target=adapter.target_factory(info), example_inputs=adapter.example_inputs(info),
-                     ignored_layers=head_outputs(model), output_transform=adapter.output_transform,
-                     num_targets=10, progress=False, **SETTINGS)
+    res = unlearn_family(adapter, model, info, adapter.samples(model, info, "digits"), [FORGET[0]],
+                         ignored_layers=head_outputs(model), **SETTINGS)
     path = tmp_path / "forgot.pt"
     adapter.save(res.model, info, path)
     _, again, info2 = tu.models.load_model(NAME, weights=path)  # a pruned copy of the zoo model, under its name
     assert info2.extra["data"] == "digits" and info2.input_size == (3, 64, 64)
-    assert sum(p.numel() for p in again.parameters()) == res.report["params"]["after"]
+    assert n_params(again) == res.report["params"]["after"]
     yolo = YOLO(str(path))
     result = yolo.predict(torch.rand(1, 3, 64, 64), imgsz=64, device="cpu", verbose=False)[0]
     assert result.names == {i: str(i) for i in range(10)}
