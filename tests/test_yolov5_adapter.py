@@ -155,7 +155,7 @@ def test_zoo_entry_without_weights_is_a_random_model_of_its_yaml(adapter):
 def test_no_prunable_group_reaches_the_detect_head(adapter, built):
     """Tracing through the decoded output (DFL, anchor concat) couples no channel of a prunable layer."""
     from tpunlearn.layers import prunable_layers
-    from tpunlearn.plan import _out_members, _unsupported, build_dependency_graph
+    from tpunlearn.plan import out_members, unsupported_reason, build_dependency_graph
 
     model, info = built
     x = adapter.example_inputs(info)
@@ -167,9 +167,9 @@ def test_no_prunable_group_reaches_the_detect_head(adapter, built):
         root = model.get_submodule(name)
         pruner = dg.get_pruner_of_module(root)
         group = dg.get_pruning_group(root, pruner.prune_out_channels, list(range(pruner.get_out_channels(root))))
-        members = _out_members(dg, group, names)
+        members = out_members(dg, group, names)
         assert not [m for m in members if m.startswith("model.24.")], name
-        assert _unsupported(group, tp) == "", name
+        assert unsupported_reason(group, tp) == "", name
 
 
 # ---- unlearning ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+import tpunlearn as tu
 from tpunlearn import adapters, zoo
 from tpunlearn.adapters.deeplabv3 import DIGIT_CLASSES, SAVE_FORMAT
 from tpunlearn.errors import WeightsError
@@ -127,7 +128,7 @@ def test_unlearning_digit_3_runs_and_keeps_the_other_digits(trained, unlearned_3
     assert _digits_miou(after, skip=("3",)) >= _digits_miou(base, skip=("3",)) - 0.02
 
 
-@pytest.mark.xfail(strict=True, reason="open (issue 3): with the library defaults the GPU-trained zoo DeepLab "
+@pytest.mark.xfail(strict=True, reason="open: with the library defaults the GPU-trained zoo DeepLab "
                    "loses only ~0.3 IoU points on the forgotten digit; digits share their top channels in the "
                    "last layers (see benchmarks/bench_forget_deeplabv3.py)")
 def test_unlearning_digit_3_reaches_the_issue_goal(unlearned_3):

@@ -15,6 +15,7 @@ import pytest
 import torch
 from ultralytics import YOLO
 
+import tpunlearn as tu
 from tpunlearn import adapters, zoo
 from tpunlearn.errors import UsageError, WeightsError
 

@@ -1,8 +1,9 @@
-"""Per-target metrics for classifiers (segmentation and detection metrics live in adapters).
+"""Per-class metrics, family-neutral: classifier recall and precision, segmentation IoU.
 
-Multi-label recall of target ``t``: the fraction of images holding ``t`` whose sigmoid
-score passes the threshold. It is the number that must fall to zero for a forgotten target
-and stay put for retained ones.
+The adapters feed these functions from their own data (detection metrics come from
+ultralytics' validator in the yolov5 adapter). Multi-label recall of target ``t``: the
+fraction of images holding ``t`` whose sigmoid score passes the threshold: the number that
+must fall to zero for a forgotten target and stay put for retained ones.
 """
 from __future__ import annotations
 

@@ -257,7 +257,7 @@ def close_groups(model: nn.Module, layers: Sequence[str], order: Sequence[str], 
         root = module_by_name(model, name)
         pruner = dg.get_pruner_of_module(root)
         group = dg.get_pruning_group(root, pruner.prune_out_channels, list(range(pruner.get_out_channels(root))))
-        out.update(n for n in _out_members(dg, group, names) if n in allowed)
+        out.update(n for n in out_members(dg, group, names) if n in allowed)
     return [n for n in order if n in out]
 
 
@@ -327,7 +327,7 @@ def make_plan(
         root = module_by_name(model, root_name)
         pruner = dg.get_pruner_of_module(root)
         group = dg.get_pruning_group(root, pruner.prune_out_channels, list(range(pruner.get_out_channels(root))))
-        members = _out_members(dg, group, names)
+        members = out_members(dg, group, names)
         key = frozenset(members)
         if key in seen:
             continue
@@ -342,7 +342,7 @@ def make_plan(
     return PrunePlan(mode=mode, coupled=coupled, decisions=decisions, signature=signature(model), notes=notes)
 
 
-def _out_members(dg: Any, group: Any, names: Mapping[nn.Module, str]) -> dict[str, tuple[list[int], list[int]]]:
+def out_members(dg: Any, group: Any, names: Mapping[nn.Module, str]) -> dict[str, tuple[list[int], list[int]]]:
     """Layers (conv/linear) whose output channels the group removes: name -> (idxs, root_idxs)."""
     members: dict[str, tuple[list[int], list[int]]] = {}
     for item in group.items:
@@ -381,7 +381,7 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
     heads = [layer for layer in members if any(layer == i or layer.startswith(i + ".") for i in ignored)]
     if heads:
         return skip(f"would remove output channels of protected layer {heads[0]}")
-    unsupported = _unsupported(group, tp)
+    unsupported = unsupported_reason(group, tp)
     if unsupported:
         return skip(unsupported)
     if not wanted:
@@ -414,7 +414,7 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
     return GroupDecision(root_name, "prune", wanted, by_layer(set(wanted)), reason, local, exact)
 
 
-def _unsupported(group: Any, tp: Any) -> str:
+def unsupported_reason(group: Any, tp: Any) -> str:
     """Why torch-pruning can't remove arbitrary channels of this group, or ''."""
     bad = (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.UNBIND, tp.ops.OPTYPE.SLICE)
     for item in group.items:

@@ -4,6 +4,12 @@
   with multi-label, box and mask labels (see :mod:`tpunlearn.data.digitscenes`).
 * :func:`write_yolo` / :func:`write_voc`: export them as an ultralytics YOLO dataset or a
   VOC-style segmentation folder.
+* :class:`~tpunlearn.data.glyphscenes.GlyphScenes`: a second benchmark unlike it (colour,
+  24 classes, photographic backgrounds), with the same three label kinds.
+* Readers of the formats users have, family-neutral: :mod:`tpunlearn.data.voc` (VOC-style
+  segmentation folders), :mod:`tpunlearn.data.yolo` (ultralytics dataset YAMLs and YOLO txt
+  labels), :mod:`tpunlearn.data.folder` (image folders); :mod:`tpunlearn.data.writers`
+  writes generated scenes in those formats (and ImageFolder, tags CSV, CelebA's files).
 * :func:`loader`: a plain, deterministic DataLoader over any of them.
 """
 from __future__ import annotations
