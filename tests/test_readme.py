@@ -26,7 +26,7 @@ def test_readme_python_quick_start_runs(tmp_path, monkeypatch):
     assert (tmp_path / "m.onnx").is_file()
 
 
-def test_readme_compression_pipeline_runs(tmp_path, monkeypatch):
+def test_readme_compression_pipeline_runs(tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     pipeline = [b for b in blocks if "MagnitudePruner" in b]
     assert pipeline, "README shows no compression pipeline"
@@ -38,6 +38,9 @@ def test_readme_compression_pipeline_runs(tmp_path, monkeypatch):
     assert slim(x).shape == model(x).shape
     assert namespace["diff"] <= 1e-4
     assert (tmp_path / "slim.onnx").is_file()
+    printed = [line for line in capsys.readouterr().out.splitlines() if " 3:" in line]
+    assert [line.split()[0] for line in printed] == ["original", "forget", "25"]  # recall after every step
+    assert " 3:0.00" in printed[1] and " 3:0.00" not in printed[0]
 
 
 def test_readme_torchrun_script_runs_on_two_cpu_ranks(tmp_path):
