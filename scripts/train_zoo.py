@@ -46,7 +46,8 @@ except ModuleNotFoundError:
     tpunlearn.__path__.append(str(Path(__file__).resolve().parents[1]))
     import tpunlearn.adapters  # noqa: F401
 
-TRAINERS = {"digitscenes-resnet", "digitscenes-yolov5", "digitscenes-deeplabv3"}
+TRAINERS = {"digitscenes-resnet", "digitscenes-yolov5", "digitscenes-deeplabv3", "glyphscenes-mobilenet",
+            "glyphscenes-yolov5"}
 
 # digitscenes-yolov5: defaults chosen so that training takes about 10 minutes on 2 shared CPU cores
 YOLO_DEFAULTS = {"epochs": 20, "n_train": 6000, "batch_size": 64, "lr": None}
@@ -119,19 +120,17 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (x * contrast + brightness).clamp_(0, 1)
 
 
-def train_digitscenes_resnet(name: str, epochs: int, seed: int, n_train: int, lr: float, batch_size: int,
-                             exclude: tuple[int, ...] = ()):
-    """The zoo classifier's recipe; ``exclude`` drops every scene holding one of those digits
-    (the retrain-from-scratch baseline of benchmarks/bench_compare.py)."""
-    torch.manual_seed(seed)
-    e = zoo.entry(name)
+def _digit_scenes(split: str, n: int, size: int, channels: int) -> list[DigitScenes]:
+    """``n`` scenes of ``split``, built in 6000-scene chunks with seeds 0, 1, ..."""
+    return [DigitScenes(split, size=size, n_scenes=min(6000, n - k), seed=k // 6000, channels=channels)
+            for k in range(0, n, 6000)]
+
+
+def _classifier_data(e: zoo.ZooEntry, n_train: int, exclude: tuple[int, ...]):
+    """Training images and multi-hot labels (scenes holding an ``exclude`` digit dropped), val and test."""
     channels, size = e.input_size[0], e.input_size[1]
     t0 = time.time()
-    # n_train scenes from the train scans, built in 6000-scene chunks with seeds 0, 1, ...
-    chunks = [
-        DigitScenes("train", size=size, n_scenes=min(6000, n_train - k), seed=k // 6000, channels=channels)
-        for k in range(0, n_train, 6000)
-    ]
+    chunks = _digit_scenes("train", n_train, size, channels)
     x_train = torch.cat([c.images for c in chunks])
     y_train = torch.cat([c.multi_hot for c in chunks])
     if exclude:
@@ -139,19 +138,16 @@ def train_digitscenes_resnet(name: str, epochs: int, seed: int, n_train: int, lr
         x_train, y_train = x_train[keep], y_train[keep]
     val = DigitScenes("val", size=size, channels=channels)
     test = DigitScenes("test", size=size, channels=channels)
-    print(f"data: {len(x_train)} train / {len(val)} val / {len(test)} test scenes in {time.time() - t0:.1f}s", flush=True)
+    print(f"data: {len(x_train)} train / {len(val)} val / {len(test)} test scenes in {time.time() - t0:.1f}s",
+          flush=True)
+    return x_train, y_train, val, test
 
-    model = zoo.build(name)
-    # timm zero-initialises each block's last BN (zero_init_last); with one block per stage
-    # that stalls the first epochs, so start those BNs at 1 like the others
-    for m in model.modules():
-        if hasattr(m, "bn2") and hasattr(m, "conv2"):
-            torch.nn.init.ones_(m.bn2.weight)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: timm.create_model({e.arch!r}, **{e.kwargs}) -> {n_params:,} params", flush=True)
+
+def _fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, val: DigitScenes,
+                    channels: int, epochs: int, seed: int, lr: float, batch_size: int) -> None:
+    """AdamW with warm-up and cosine LR on augmented scenes, BCE per digit; val numbers per epoch."""
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
     opt, lr_at = _adamw_warmup_cosine(model, lr, steps_per_epoch, epochs)
-
     gen = torch.Generator().manual_seed(seed)
     step = 0
     for epoch in range(epochs):
@@ -161,8 +157,7 @@ def train_digitscenes_resnet(name: str, epochs: int, seed: int, n_train: int, lr
         run = 0.0
         for b in range(steps_per_epoch):
             idx = order[b * batch_size : (b + 1) * batch_size]
-            x = x_train[idx]
-            x = _augment(x, gen).expand(-1, channels, -1, -1)
+            x = _augment(x_train[idx], gen).expand(-1, channels, -1, -1)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
             loss = F.binary_cross_entropy_with_logits(model(x), y_train[idx])
@@ -179,6 +174,26 @@ def train_digitscenes_resnet(name: str, epochs: int, seed: int, n_train: int, lr
             flush=True,
         )
 
+
+def train_digitscenes_resnet(name: str, epochs: int, seed: int, n_train: int, lr: float, batch_size: int,
+                             exclude: tuple[int, ...] = ()):
+    """The zoo classifier's recipe; ``exclude`` drops every scene holding one of those digits
+    (the retrain-from-scratch baseline of benchmarks/bench_compare.py)."""
+    torch.manual_seed(seed)
+    e = zoo.entry(name)
+    channels = e.input_size[0]
+    t0 = time.time()
+    x_train, y_train, val, test = _classifier_data(e, n_train, exclude)
+    model = zoo.build(name)
+    # timm zero-initialises each block's last BN (zero_init_last); with one block per stage
+    # that stalls the first epochs, so start those BNs at 1 like the others
+    for m in model.modules():
+        if hasattr(m, "bn2") and hasattr(m, "conv2"):
+            torch.nn.init.ones_(m.bn2.weight)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: timm.create_model({e.arch!r}, **{e.kwargs}) -> {n_params:,} params", flush=True)
+    _fit_classifier(model, x_train, y_train, val, channels, epochs, seed, lr, batch_size)
+
     recall, precision, tloss, exact = _eval(model, test.images, test.multi_hot, channels)
     seconds = time.time() - t0
     print(f"\ntest ({len(test)} scenes): loss {tloss:.4f}, exact-set accuracy {exact:.3f}")
@@ -186,38 +201,41 @@ def train_digitscenes_resnet(name: str, epochs: int, seed: int, n_train: int, lr
     for d in range(10):
         print(f"{d:5d}  {int(test.multi_hot[:, d].sum()):9d}  {float(recall[d]):.4f}  {float(precision[d]):.4f}")
     print(f"trained in {seconds:.0f}s")
-
-    ckpt = {
-        "format": zoo.FORMAT,
-        "name": name,
-        "timm_name": e.arch,
-        "timm_kwargs": dict(e.kwargs),
-        "state_dict": {
-            k: (v.detach().half() if torch.is_floating_point(v) else v.detach()).contiguous()
-            for k, v in model.state_dict().items()
-        },
-        "class_names": list(e.class_names),
-        "input_size": list(e.input_size),
-        "task": e.task,
-        "train": {
-            "data": "DigitScenes",
-            "epochs": epochs,
-            "seed": seed,
-            "lr": lr,
-            "batch_size": batch_size,
-            "optimizer": "AdamW(weight_decay=0.05, none on norms/biases), cosine LR, 1-epoch warmup",
-            "augment": "rotation +-12 deg, shear +-0.15, zoom 0.9-1.05, contrast 0.75-1.25, brightness +-0.08",
-            "n_train": len(x_train),
-            "n_params": n_params,
-            "n_test": len(test),
-            "test_recall": [round(float(v), 4) for v in recall],
-            "test_precision": [round(float(v), 4) for v in precision],
-            "test_exact": round(exact, 4),
-            "seconds": round(seconds, 1),
-            "torch": str(torch.__version__),
-        },
+    record = {
+        "data": "DigitScenes", "epochs": epochs, "seed": seed, "lr": lr, "batch_size": batch_size,
+        "optimizer": "AdamW(weight_decay=0.05, none on norms/biases), cosine LR, 1-epoch warmup",
+        "augment": "rotation +-12 deg, shear +-0.15, zoom 0.9-1.05, contrast 0.75-1.25, brightness +-0.08",
+        "n_train": len(x_train), "n_params": n_params, "n_test": len(test),
+        "test_recall": [round(float(v), 4) for v in recall],
+        "test_precision": [round(float(v), 4) for v in precision],
+        "test_exact": round(exact, 4), "seconds": round(seconds, 1), "torch": str(torch.__version__),
     }
-    return ckpt
+    return zoo.checkpoint(name, model, record)
+
+
+def _test_ap50(adapter, model: torch.nn.Module, info, spec: str) -> dict[str, float]:
+    """Per-digit AP50 and ``"mAP50"`` of a detector on ``spec`` (ultralytics' validator)."""
+    return adapter.evaluate(model, info, spec)
+
+
+def _ultralytics_run(e: zoo.ZooEntry, data: Path, imgsz: int, epochs: int, seed: int, lr: float | None,
+                     batch_size: int, tmp: Path) -> tuple[Path, dict]:
+    """Train ``e.arch`` with ultralytics' own trainer; its best (else last) checkpoint and the settings."""
+    from ultralytics import YOLO
+
+    # ultralytics' augmentation defaults, except: no left-right flip (a mirrored digit is another
+    # glyph or none), and no colour jitter of hue/saturation (the scenes are grey)
+    hyp = {"fliplr": 0.0, "hsv_h": 0.0, "hsv_s": 0.0}
+    kwargs = dict(data=str(data), imgsz=imgsz, epochs=epochs, batch=batch_size, device="cpu", workers=0,
+                  seed=seed, deterministic=True, project=str(tmp / "runs"), name="train", exist_ok=True,
+                  plots=False, val=True, amp=False, pretrained=False, cache=False, verbose=False, **hyp)
+    if lr is not None:
+        kwargs.update(optimizer="AdamW", lr0=lr)
+    yolo = YOLO(e.arch)
+    yolo.train(**kwargs)
+    weights = Path(yolo.trainer.save_dir) / "weights"
+    best = weights / "best.pt" if (weights / "best.pt").is_file() else weights / "last.pt"
+    return best, {"optimizer": kwargs.get("optimizer", "auto"), **hyp}
 
 
 def train_digitscenes_yolov5(name: str, epochs: int, seed: int, n_train: int, lr: float | None, batch_size: int,
@@ -229,7 +247,6 @@ def train_digitscenes_yolov5(name: str, epochs: int, seed: int, n_train: int, lr
     """
     import shutil
 
-    from ultralytics import YOLO
     from ultralytics import __version__ as ul_version
 
     from tpunlearn.adapters import get
@@ -243,71 +260,38 @@ def train_digitscenes_yolov5(name: str, epochs: int, seed: int, n_train: int, lr
     tmp = Path(tempfile.mkdtemp(prefix="tpunlearn-train-yolov5-", dir=workdir))
     try:
         data = write_yolo(tmp / "data", size=imgsz, seed=seed, n_scenes=counts)
-        print(f"data: {counts} DigitScenes at {imgsz}px written to {data.parent} in {time.time() - t0:.1f}s", flush=True)
-        # ultralytics' augmentation defaults, except: no left-right flip (a mirrored digit is another
-        # glyph or none), and no colour jitter of hue/saturation (the scenes are grey)
-        hyp = {"fliplr": 0.0, "hsv_h": 0.0, "hsv_s": 0.0}
-        train_kwargs = dict(data=str(data), imgsz=imgsz, epochs=epochs, batch=batch_size, device="cpu", workers=0,
-                            seed=seed, deterministic=True, project=str(tmp / "runs"), name="train", exist_ok=True,
-                            plots=False, val=True, amp=False, pretrained=False, cache=False, verbose=False, **hyp)
-        if lr is not None:
-            train_kwargs.update(optimizer="AdamW", lr0=lr)
+        print(f"data: {counts} DigitScenes at {imgsz}px written to {data.parent} in {time.time() - t0:.1f}s",
+              flush=True)
         t1 = time.time()
-        yolo = YOLO(e.arch)
-        yolo.train(**train_kwargs)
+        best, settings = _ultralytics_run(e, data, imgsz, epochs, seed, lr, batch_size, tmp)
         train_seconds = time.time() - t1
-        save_dir = Path(yolo.trainer.save_dir)
-        best = save_dir / "weights" / "best.pt"
-        if not best.is_file():
-            best = save_dir / "weights" / "last.pt"
         model, _ = adapter.build(str(best))
-        n_params = sum(p.numel() for p in model.parameters())
         # the checkpoint's train_args describe the run without the temp paths; data "digits" makes
         # the yolov5 adapter default to DigitScenes for this model and its pruned copies
         model.args = {"task": "detect", "mode": "train", "model": e.arch, "data": "digits", "imgsz": imgsz,
                       "epochs": epochs, "batch": batch_size, "seed": seed, "deterministic": True,
-                      "optimizer": train_kwargs.get("optimizer", "auto"), "pretrained": False, **hyp}
+                      "optimizer": settings["optimizer"], "pretrained": False,
+                      **{k: v for k, v in settings.items() if k != "optimizer"}}
         # fp16 round trip first: the recorded test AP is that of the weights that ship
         _, _, info = zoo.build_model(name, weights=best)
         probe = tmp / "probe.pt"
         adapter.save(model, info, probe)
         _, shipped, info = zoo.build_model(name, weights=probe)
-        t2 = time.time()
-        test = adapter.evaluate(shipped, info, f"digits:{counts['test']}")
-        print(f"test AP50 ({counts['test']} scenes, {time.time() - t2:.1f}s):")
-        for d in e.class_names:
-            print(f"  {d}: {test[d]:.4f}")
-        print(f"  mAP50: {test['mAP50']:.4f}")
-        seconds = time.time() - t0
-        meta = {
-            "zoo": {
-                "name": name,
-                "train": {
-                    "data": "DigitScenes (tpunlearn.data.write_yolo)",
-                    "data_seed": seed,
-                    "scenes": counts,
-                    "imgsz": imgsz,
-                    "epochs": epochs,
-                    "batch_size": batch_size,
-                    "seed": seed,
-                    "optimizer": train_kwargs.get("optimizer", "auto"),
-                    "lr0": lr,
-                    "augment": "ultralytics defaults (mosaic, scale 0.5, translate 0.1, hsv_v 0.4), "
-                               "fliplr 0, hsv_h 0, hsv_s 0",
-                    "checkpoint": best.name,
-                    "n_params": n_params,
-                    "test_ap50": {d: round(float(test[d]), 4) for d in e.class_names},
-                    "test_map50": round(float(test["mAP50"]), 4),
-                    "n_test": counts["test"],
-                    "train_seconds": round(train_seconds, 1),
-                    "seconds": round(seconds, 1),
-                    "torch": str(torch.__version__),
-                    "ultralytics": ul_version,
-                },
-            }
+        test = _test_ap50(adapter, shipped, info, f"digits:{counts['test']}")
+        print(f"test AP50 ({counts['test']} scenes): " + ", ".join(f"{d}: {test[d]:.4f}" for d in e.class_names)
+              + f"; mAP50 {test['mAP50']:.4f}")
+        record = {
+            "data": "DigitScenes (tpunlearn.data.write_yolo)", "data_seed": seed, "scenes": counts, "imgsz": imgsz,
+            "epochs": epochs, "batch_size": batch_size, "seed": seed, "optimizer": settings["optimizer"], "lr0": lr,
+            "augment": "ultralytics defaults (mosaic, scale 0.5, translate 0.1, hsv_v 0.4), fliplr 0, hsv_h 0, hsv_s 0",
+            "checkpoint": best.name, "n_params": sum(p.numel() for p in model.parameters()),
+            "test_ap50": {d: round(float(test[d]), 4) for d in e.class_names},
+            "test_map50": round(float(test["mAP50"]), 4), "n_test": counts["test"],
+            "train_seconds": round(train_seconds, 1), "seconds": round(time.time() - t0, 1),
+            "torch": str(torch.__version__), "ultralytics": ul_version,
         }
-        print(f"trained in {train_seconds:.0f}s ({seconds:.0f}s in all)")
-        return shipped, info, meta
+        print(f"trained in {train_seconds:.0f}s ({time.time() - t0:.0f}s in all)")
+        return shipped, info, {"zoo": {"name": name, "train": record}}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -351,41 +335,16 @@ def _segmentation_iou(model: torch.nn.Module, images: torch.Tensor, masks: torch
     return iou_from_confusion(cm.reshape(C, C).cpu())
 
 
-def train_digitscenes_deeplabv3(name: str, epochs: int, seed: int, n_train: int, lr: float, batch_size: int,
-                                device: str = "cpu", n_val: int = 500, n_test: int = 1000):
-    """Train the deeplabv3-family zoo model ``name``; return ``(model, info)`` ready for
-    ``get("deeplabv3").save(model, info, path, half=True)`` (``info.extra["zoo"]`` holds the record,
-    with the test-split IoU of the fp16 weights that ship)."""
-    from tpunlearn.adapters import get
-
-    torch.manual_seed(seed)
-    e = zoo.entry(name)
-    adapter = get("deeplabv3")
-    size, C = int(e.input_size[-1]), len(e.class_names)
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    t0 = time.time()
-    # n_train scenes from the train scans, built in 6000-scene chunks with seeds 0, 1, ...
-    chunks = [DigitScenes("train", size=size, n_scenes=min(6000, n_train - k), seed=k // 6000, channels=1)
-              for k in range(0, n_train, 6000)]
-    x_train = torch.cat([c.images for c in chunks]).to(dev)
-    m_train = torch.cat([c.masks for c in chunks]).to(dev)
-    del chunks
-    val = DigitScenes("val", size=size, n_scenes=n_val, channels=1)
-    x_val, m_val = val.images.to(dev), val.masks.to(dev)
-    print(f"data: {len(x_train)} train / {len(val)} val scenes at {size}px in {time.time() - t0:.1f}s", flush=True)
-
-    model, info = adapter.build(e.arch, zoo=e)  # a random model of the entry's configuration
-    model.to(dev)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {e.arch} {e.kwargs} (torchvision DeepLabV3) -> {n_params:,} params, device {dev}", flush=True)
+def _fit_segmenter(model: torch.nn.Module, x_train: torch.Tensor, m_train: torch.Tensor, x_val: torch.Tensor,
+                   m_val: torch.Tensor, C: int, epochs: int, seed: int, lr: float, batch_size: int,
+                   aux_weight: float) -> None:
+    """AdamW with warm-up and cosine LR, per-pixel cross-entropy (+ aux head); a time estimate after a
+    few steps of the first epoch, val IoU per epoch."""
+    dev = x_train.device
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
     opt, lr_at = _adamw_warmup_cosine(model, lr, steps_per_epoch, epochs)
-
     gen = torch.Generator().manual_seed(seed)
-    step, t_train = 0, time.time()
-    aux_weight = 0.4 if e.kwargs.get("aux_loss") else 0.0
+    step = 0
     for epoch in range(epochs):
         model.train()
         t = time.time()
@@ -412,109 +371,129 @@ def train_digitscenes_deeplabv3(name: str, epochs: int, seed: int, n_train: int,
             if epoch == 0 and b == min(11, steps_per_epoch - 1) and b > 1:
                 per_step = (time.time() - t_probe) / (b - 1)
                 print(f"timing: {per_step:.3f}s per step of {batch_size} on {dev} -> about "
-                      f"{per_step * epochs * steps_per_epoch / 60:.1f} min for {epochs} epochs of {len(x_train)} scenes "
+                      f"{per_step * epochs * steps_per_epoch / 60:.1f} min for {epochs} epochs of "
+                      f"{len(x_train)} scenes "
                       "(plus evaluation)", flush=True)
-        iou = _segmentation_iou(model, x_val, m_val, C)
-        digits = iou[1:]
+        digits = _segmentation_iou(model, x_val, m_val, C)
         print(f"epoch {epoch + 1:2d}/{epochs}  train loss {run / len(x_train):.4f}  "
-              f"val mIoU(digits) {float(digits.nanmean()):.3f}  min digit IoU {float(digits.nan_to_num(1).min()):.3f}  "
-              f"bg IoU {float(iou[0]):.3f}  ({time.time() - t:.1f}s)", flush=True)
-    train_seconds = time.time() - t_train
+              f"val mIoU(digits) {float(digits[1:].nanmean()):.3f}  min digit IoU "
+              f"{float(digits[1:].nan_to_num(1).min()):.3f}  bg IoU {float(digits[0]):.3f}  ({time.time() - t:.1f}s)",
+              flush=True)
 
-    # the recorded test IoU is that of the fp16 weights that ship: round-trip them first
+
+def _shipped_iou(adapter, model: torch.nn.Module, info, e: zoo.ZooEntry, n_test: int, dev: torch.device):
+    """The fp16 weights that ship (saved and rebuilt) and their per-class test IoU."""
     model.cpu().eval()
     with tempfile.TemporaryDirectory(prefix="tpunlearn-train-deeplabv3-") as tmp:
         probe = Path(tmp) / "probe.pt"
         adapter.save(model, info, probe, half=True)
         shipped, info = adapter.build(e.arch, weights=probe, zoo=e)
     shipped.to(dev)
-    test = DigitScenes("test", size=size, n_scenes=n_test, channels=1)
-    iou = _segmentation_iou(shipped, test.images.to(dev), test.masks.to(dev), C)
+    test = DigitScenes("test", size=int(e.input_size[-1]), n_scenes=n_test, channels=1)
+    iou = _segmentation_iou(shipped, test.images.to(dev), test.masks.to(dev), len(e.class_names))
     shipped.cpu().eval()
-    test_iou = {n: round(float(v), 4) for n, v in zip(e.class_names, iou)}
-    miou = float(iou[1:].nanmean())
-    miou_all = float(iou.nanmean())
+    return shipped, info, iou
+
+
+def train_digitscenes_deeplabv3(name: str, epochs: int, seed: int, n_train: int, lr: float, batch_size: int,
+                                device: str = "cpu", n_val: int = 500, n_test: int = 1000):
+    """Train the deeplabv3-family zoo model ``name``; return ``(model, info)`` ready for
+    ``get("deeplabv3").save(model, info, path, half=True)`` (``info.extra["zoo"]`` holds the record,
+    with the test-split IoU of the fp16 weights that ship)."""
+    from tpunlearn.adapters import get
+
+    torch.manual_seed(seed)
+    e = zoo.entry(name)
+    adapter = get("deeplabv3")
+    size, C = int(e.input_size[-1]), len(e.class_names)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    t0 = time.time()
+    chunks = _digit_scenes("train", n_train, size, 1)
+    x_train = torch.cat([c.images for c in chunks]).to(dev)
+    m_train = torch.cat([c.masks for c in chunks]).to(dev)
+    del chunks
+    val = DigitScenes("val", size=size, n_scenes=n_val, channels=1)
+    print(f"data: {len(x_train)} train / {len(val)} val scenes at {size}px in {time.time() - t0:.1f}s", flush=True)
+
+    model, info = adapter.build(e.arch, zoo=e)  # a random model of the entry's configuration
+    model.to(dev)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {e.arch} {e.kwargs} (torchvision DeepLabV3) -> {n_params:,} params, device {dev}", flush=True)
+    aux_weight = 0.4 if e.kwargs.get("aux_loss") else 0.0
+    t_train = time.time()
+    _fit_segmenter(model, x_train, m_train, val.images.to(dev), val.masks.to(dev), C, epochs, seed, lr, batch_size,
+                   aux_weight)
+    train_seconds = time.time() - t_train
+
+    shipped, info, iou = _shipped_iou(adapter, model, info, e, n_test, dev)
+    test_iou = {n: round(float(v), 4) for n, v in zip(e.class_names, iou, strict=True)}
+    miou, miou_all = float(iou[1:].nanmean()), float(iou.nanmean())
     print(f"\ntest ({n_test} scenes, fp16 weights): mIoU over the 10 digits {miou:.4f}, "
           f"over all 11 classes {miou_all:.4f}")
-    print("class       IoU")
-    for n in e.class_names:
-        print(f"{n:10s}  {test_iou[n]:.4f}")
-    seconds = time.time() - t0
-    print(f"trained in {train_seconds:.0f}s ({seconds:.0f}s in all)")
-    info.extra["zoo"] = {
-        "name": name,
-        "train": {
-            "data": "DigitScenes (masks: 0 background, d + 1 for digit d)",
-            "epochs": epochs,
-            "seed": seed,
-            "lr": lr,
-            "batch_size": batch_size,
-            "loss": "per-pixel cross-entropy" + (" + 0.4 x aux head" if aux_weight else ""),
-            "optimizer": "AdamW(weight_decay=0.05, none on norms/biases), cosine LR, 1-epoch warmup",
-            "augment": "same affine for image and mask: rotation +-10 deg, shear +-0.1, zoom 0.9-1.1; "
-                       "contrast 0.75-1.25, brightness +-0.08",
-            "n_train": len(x_train),
-            "n_val": n_val,
-            "n_test": n_test,
-            "n_params": n_params,
-            "device": str(dev),
-            "test_iou": test_iou,
-            "test_miou": round(miou, 4),
-            "test_miou_all": round(miou_all, 4),
-            "train_seconds": round(train_seconds, 1),
-            "seconds": round(seconds, 1),
-            "torch": str(torch.__version__),
-        },
-    }
+    print("class       IoU\n" + "\n".join(f"{n:10s}  {test_iou[n]:.4f}" for n in e.class_names))
+    print(f"trained in {train_seconds:.0f}s ({time.time() - t0:.0f}s in all)")
+    info.extra["zoo"] = {"name": name, "train": {
+        "data": "DigitScenes (masks: 0 background, d + 1 for digit d)", "epochs": epochs, "seed": seed, "lr": lr,
+        "batch_size": batch_size, "loss": "per-pixel cross-entropy" + (" + 0.4 x aux head" if aux_weight else ""),
+        "optimizer": "AdamW(weight_decay=0.05, none on norms/biases), cosine LR, 1-epoch warmup",
+        "augment": "same affine for image and mask: rotation +-10 deg, shear +-0.1, zoom 0.9-1.1; "
+                   "contrast 0.75-1.25, brightness +-0.08",
+        "n_train": len(x_train), "n_val": n_val, "n_test": n_test, "n_params": n_params, "device": str(dev),
+        "test_iou": test_iou, "test_miou": round(miou, 4), "test_miou_all": round(miou_all, 4),
+        "train_seconds": round(train_seconds, 1), "seconds": round(time.time() - t0, 1),
+        "torch": str(torch.__version__),
+    }}
     return shipped, info
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("name", choices=sorted(TRAINERS))
-    p.add_argument("--epochs", type=int, default=None, help="default 10 (resnet), 20 (yolov5), 20 (deeplabv3)")
-    p.add_argument("--out", type=Path, default=None, help="checkpoint path (default tpunlearn/weights/NAME.pt)")
-    p.add_argument("--n-train", type=int, default=None, help="training scenes (default 24000 (resnet), 6000 (yolov5), 24000 (deeplabv3))")
-    p.add_argument("--lr", type=float, default=None,
-                   help="default 3e-3 (resnet), 2e-3 (deeplabv3); yolov5: ultralytics' optimizer=auto unless given (then AdamW lr0)")
-    p.add_argument("--batch-size", type=int, default=None, help="default 128 (resnet), 64 (yolov5), 64 (deeplabv3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--workdir", type=Path, default=None, help="yolov5: where the temp dataset and run go")
-    p.add_argument("--device", default="cpu", help="deeplabv3: cpu (default) or cuda")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+def _run_deeplabv3(args: argparse.Namespace, out: Path) -> str:
+    from tpunlearn.adapters import get
 
-    out = (args.out or zoo.weights_path(args.name)).resolve()
-    if args.name == "digitscenes-deeplabv3":
-        from tpunlearn.adapters import get
+    d = DEEPLAB_DEFAULTS
+    model, info = train_digitscenes_deeplabv3(
+        args.name, args.epochs or d["epochs"], args.seed, args.n_train or d["n_train"],
+        args.lr if args.lr is not None else d["lr"], args.batch_size or d["batch_size"], args.device)
+    get("deeplabv3").save(model, info, out, half=True)  # atomic
+    _, check = zoo.load(args.name, weights=out)  # the zoo loads what was written
+    return f"sha256 {check['sha256'][:12]}, test mIoU over the digits {check['test_miou']}"
 
-        d = DEEPLAB_DEFAULTS
-        model, info = train_digitscenes_deeplabv3(
-            args.name, args.epochs or d["epochs"], args.seed, args.n_train or d["n_train"],
-            args.lr if args.lr is not None else d["lr"], args.batch_size or d["batch_size"], args.device)
-        get("deeplabv3").save(model, info, out, half=True)  # atomic
-        _, check = zoo.load(args.name, weights=out)  # the zoo loads what was written
-        print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, sha256 {check['sha256'][:12]}, "
-              f"test mIoU over the digits {check['test_miou']})")
-        return 0
-    if args.name == "digitscenes-yolov5":
-        os.environ.setdefault("YOLO_OFFLINE", "1")
+
+def _run_yolov5(args: argparse.Namespace, out: Path) -> str:
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from tpunlearn.adapters import get
+
+    if args.name == "glyphscenes-yolov5":
+        from zoo_glyphs import YOLO_DEFAULTS as d
+        from zoo_glyphs import train_glyphscenes_yolov5
+
+        model, info, meta = train_glyphscenes_yolov5(args.name, args.epochs or d["epochs"], args.seed,
+                                                     args.n_train or d["n_train"], args.batch_size or d["batch_size"],
+                                                     args.workdir)
+    else:
         d = YOLO_DEFAULTS
         model, info, meta = train_digitscenes_yolov5(
             args.name, args.epochs or d["epochs"], args.seed, args.n_train or d["n_train"],
             args.lr if args.lr is not None else d["lr"], args.batch_size or d["batch_size"], args.workdir)
-        from tpunlearn.adapters import get
+    get("yolov5").save(model, info, out, meta=meta)  # atomic
+    os.chmod(out, 0o644)  # the atomic write makes 0600 files
+    torch.set_num_threads(args.threads)  # ultralytics changes it
+    _, check = zoo.load(args.name, weights=out)  # the zoo loads what was written
+    return f"sha256 {check['sha256'][:12]}, test mAP50 {check.get('test_map50')}"
 
-        get("yolov5").save(model, info, out, meta=meta)  # atomic
-        os.chmod(out, 0o644)  # the atomic write makes 0600 files
-        torch.set_num_threads(args.threads)  # ultralytics changes it
-        _, check = zoo.load(args.name, weights=out)  # the zoo loads what was written
-        print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, sha256 {check['sha256'][:12]}, "
-              f"test mAP50 {check['test_map50']})")
-        return 0
-    ckpt = train_digitscenes_resnet(args.name, args.epochs or 10, args.seed, args.n_train or 24000,
-                                    args.lr if args.lr is not None else 3e-3, args.batch_size or 128)
+
+def _run_timm(args: argparse.Namespace, out: Path) -> str:
+    if args.name == "glyphscenes-mobilenet":
+        from zoo_glyphs import TIMM_DEFAULTS as g
+        from zoo_glyphs import train_glyphscenes_mobilenet
+
+        ckpt = train_glyphscenes_mobilenet(args.name, args.epochs or g["epochs"], args.seed,
+                                           args.n_train or g["n_train"], args.lr if args.lr is not None else g["lr"],
+                                           args.batch_size or g["batch_size"])
+    else:
+        ckpt = train_digitscenes_resnet(args.name, args.epochs or 10, args.seed, args.n_train or 24000,
+                                        args.lr if args.lr is not None else 3e-3, args.batch_size or 128)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
@@ -527,7 +506,35 @@ def main(argv: list[str] | None = None) -> int:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return "timm zoo checkpoint"
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("name", choices=sorted(TRAINERS))
+    p.add_argument("--epochs", type=int, default=None, help="default 10 (resnet), 20 (yolov5), 20 (deeplabv3)")
+    p.add_argument("--out", type=Path, default=None, help="checkpoint path (default tpunlearn/weights/NAME.pt)")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="training scenes (default 24000 (resnet), 6000 (yolov5), 24000 (deeplabv3))")
+    p.add_argument("--lr", type=float, default=None,
+                   help="default 3e-3 (resnet), 2e-3 (deeplabv3); yolov5: ultralytics' optimizer=auto unless given "
+                        "(then AdamW lr0)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 128 (resnet), 64 (yolov5), 64 (deeplabv3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, the initialisation and the order")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--workdir", type=Path, default=None, help="yolov5: where the temp dataset and run go")
+    p.add_argument("--device", default="cpu", help="deeplabv3: cpu (default) or cuda")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    torch.set_num_threads(args.threads)
+    out = (args.out or zoo.weights_path(args.name)).resolve()
+    family = zoo.entry(args.name).family
+    runner = {"deeplabv3": _run_deeplabv3, "yolov5": _run_yolov5}.get(family, _run_timm)
+    said = runner(args, out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {said})")
     return 0
 
 

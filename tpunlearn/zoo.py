@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tpunlearn.data.glyphscenes import GLYPH_CLASSES
 from tpunlearn.errors import UsageError, WeightsError
 
-__all__ = ["FORMAT", "WEIGHTS_DIR", "ZOO", "ZooEntry", "adapter_of", "build", "build_model", "entry", "load", "names",
-           "weights_path"]
+__all__ = ["FORMAT", "WEIGHTS_DIR", "ZOO", "ZooEntry", "adapter_of", "build", "build_model", "checkpoint", "entry",
+           "load", "names", "weights_path"]
 
 FORMAT = "tpunlearn-zoo/1"  # the timm family's zoo checkpoints (the adapter reads them)
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -80,6 +81,33 @@ ZOO: dict[str, ZooEntry] = {
             description=(
                 "ultralytics YOLOv5n (yolov5n.yaml, anchor-free Detect head, 2.5M params), "
                 "10 classes: boxes around the digits of a 64x64 DigitScenes scene"
+            ),
+        ),
+        ZooEntry(
+            name="glyphscenes-mobilenet",
+            arch="mobilenetv2_050",
+            kwargs={"num_classes": len(GLYPH_CLASSES)},
+            weights="glyphscenes-mobilenet.pt",
+            task="multilabel",
+            data="glyphs",
+            class_names=list(GLYPH_CLASSES),
+            description=(
+                "timm MobileNetV2 (width 0.5), 24 sigmoid outputs: which shapes and letters a 64x64 GlyphScenes "
+                "scene holds; trained with timm's own recipe"
+            ),
+        ),
+        ZooEntry(
+            name="glyphscenes-yolov5",
+            arch="yolov5n.yaml",
+            kwargs={"nc": len(GLYPH_CLASSES)},
+            weights="glyphscenes-yolov5.pt",
+            task="detection",
+            family="yolov5",
+            data="glyphs",
+            class_names=list(GLYPH_CLASSES),
+            description=(
+                "ultralytics YOLOv5n (yolov5n.yaml), 24 classes: boxes around the shapes and letters of a 64x64 "
+                "GlyphScenes scene; trained by ultralytics' own trainer"
             ),
         ),
         ZooEntry(
@@ -142,6 +170,19 @@ def build_model(name: str, weights: str | Path | None = None, trust_checkpoint: 
     model, info = adapter.build(entry(name).arch, weights=path, zoo=entry(name), trust_checkpoint=trust_checkpoint,
                                 **options)
     return adapter, model, info
+
+
+def checkpoint(name: str, model: Any, train: dict[str, Any]) -> dict[str, Any]:
+    """The ``tpunlearn-zoo/1`` checkpoint of timm zoo model ``name``: its fp16 state, names, input size
+    and ``train`` (the training record), as scripts/train_zoo.py writes it."""
+    import torch
+
+    e = entry(name)
+    state = {k: (v.detach().half() if torch.is_floating_point(v) else v.detach()).contiguous()
+             for k, v in model.state_dict().items()}
+    return {"format": FORMAT, "name": name, "timm_name": e.arch, "timm_kwargs": dict(e.kwargs),
+            "state_dict": state, "class_names": list(e.class_names), "input_size": list(e.input_size),
+            "task": e.task, "train": train}
 
 
 def load(name: str, weights: str | Path | None = None, trust_checkpoint: bool = False) -> tuple[Any, dict[str, Any]]:

@@ -1,0 +1,178 @@
+"""Zoo models on GlyphScenes, each trained by its family's own recipe (used by train_zoo.py).
+
+DigitScenes' zoo models were trained by tpunlearn's own loops; these are trained the way a
+user of each library would train them, so that tpunlearn's defaults meet models it did not
+shape:
+
+* ``glyphscenes-mobilenet``: timm ``mobilenetv2_050``, multi-label over the 24 classes, with
+  timm's training recipe: ``create_transform`` (random-resized crop, RandAugment, random
+  erasing), ``create_optimizer_v2`` (AdamW, no decay on norms and biases),
+  ``CosineLRScheduler`` with warm-up, timm's binary cross-entropy (its --bce-loss) and an EMA of the
+  weights (the EMA is what ships, as timm's train script keeps it).
+* ``glyphscenes-yolov5``: ultralytics' own trainer (``YOLO("yolov5n.yaml").train``) on the
+  scenes written as an ultralytics dataset, ultralytics' default hyper-parameters except
+  left-right flips (a mirrored letter is another glyph).
+* ``glyphscenes-deeplabv3``: torchvision's segmentation reference recipe (SGD, momentum 0.9,
+  weight decay 1e-4, polynomial LR decay, cross-entropy plus 0.5 x the auxiliary head's).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from tpunlearn import zoo
+from tpunlearn.data.glyphscenes import GlyphScenes
+
+TIMM_DEFAULTS = {"epochs": 12, "n_train": 8000, "batch_size": 64, "lr": 3e-3}
+
+
+class _PilScenes(torch.utils.data.Dataset):
+    """GlyphScenes images as PIL images through a (timm) transform, with their multi-hot labels."""
+
+    def __init__(self, scenes: GlyphScenes, transform: Any) -> None:
+        self.scenes, self.transform = scenes, transform
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image
+
+        pixels = self.scenes.pixels[i].permute(1, 2, 0).contiguous().numpy()
+        return self.transform(Image.fromarray(pixels)), self.scenes.multi_hot[i]
+
+
+def _timm_transforms(size: int) -> tuple[Any, Any]:
+    """timm's train and eval transforms, without normalisation (the adapter feeds [0, 1] images)."""
+    from timm.data import create_transform
+
+    common = dict(input_size=(3, size, size), interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    train = create_transform(**common, is_training=True, scale=(0.75, 1.0), ratio=(0.9, 1.1), hflip=0.0,
+                             auto_augment="rand-m6-mstd0.5", re_prob=0.1)
+    return train, create_transform(**common, is_training=False, crop_pct=1.0)
+
+
+@torch.no_grad()
+def _multilabel_test(model: torch.nn.Module, test: GlyphScenes) -> tuple[torch.Tensor, torch.Tensor]:
+    from tpunlearn.evaluate import multilabel_precision, multilabel_recall, predict_multilabel
+
+    images, labels = test.tensors()
+    batches = [(images[i:i + 250], labels[i:i + 250]) for i in range(0, len(images), 250)]
+    logits, labels = predict_multilabel(model, batches)
+    return multilabel_recall(logits, labels), multilabel_precision(logits, labels)
+
+
+def train_glyphscenes_mobilenet(name: str, epochs: int, seed: int, n_train: int, lr: float,
+                                batch_size: int) -> dict[str, Any]:
+    """timm's recipe on GlyphScenes; returns the ``tpunlearn-zoo/1`` checkpoint dict (EMA weights, fp16)."""
+    from timm.loss import BinaryCrossEntropy
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+    from timm.utils import ModelEmaV3
+
+    torch.manual_seed(seed)
+    e = zoo.entry(name)
+    size = e.input_size[-1]
+    t0 = time.time()
+    train_tf, _ = _timm_transforms(size)
+    train = GlyphScenes("train", size=size, n_scenes=n_train, seed=seed)
+    test = GlyphScenes("test", size=size)
+    loader = torch.utils.data.DataLoader(_PilScenes(train, train_tf), batch_size=batch_size, shuffle=True,
+                                         num_workers=0, generator=torch.Generator().manual_seed(seed), drop_last=True)
+    print(f"data: {len(train)} train / {len(test)} test scenes in {time.time() - t0:.1f}s", flush=True)
+    model = zoo.build(name)
+    ema = ModelEmaV3(model, decay=0.998)
+    optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=0.05)
+    scheduler = CosineLRScheduler(optimizer, t_initial=epochs * len(loader), warmup_t=len(loader),
+                                  warmup_lr_init=lr / 20, lr_min=lr / 100, t_in_epochs=False)
+    loss_fn = BinaryCrossEntropy(smoothing=0.0)  # timm's --bce-loss
+    step = 0
+    for epoch in range(epochs):
+        model.train()
+        t, run = time.time(), 0.0
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            ema.update(model, step=step)
+            step += 1
+            scheduler.step_update(step)
+            run += loss.item()
+        recall, precision = _multilabel_test(ema.module, GlyphScenes("val", size=size, n_scenes=500))
+        print(f"epoch {epoch + 1:2d}/{epochs}  loss {run / len(loader):.4f}  EMA val recall min "
+              f"{float(recall.min()):.3f} mean {float(recall.mean()):.3f}  precision min {float(precision.min()):.3f}"
+              f"  ({time.time() - t:.0f}s)", flush=True)
+    recall, precision = _multilabel_test(ema.module, test)
+    seconds = time.time() - t0
+    print(f"test recall min {float(recall.min()):.4f} mean {float(recall.mean()):.4f}; "
+          f"precision min {float(precision.min()):.4f}; {seconds:.0f}s")
+    return zoo.checkpoint(name, ema.module, {
+        "data": "GlyphScenes", "epochs": epochs, "seed": seed, "lr": lr, "batch_size": batch_size,
+        "recipe": "timm: create_transform (RandomResizedCrop 0.75-1, rand-m6-mstd0.5, random erasing 0.1, "
+                  "no flip), create_optimizer_v2 adamw wd 0.05, CosineLRScheduler 1-epoch warm-up, "
+                  "timm BinaryCrossEntropy (--bce-loss), ModelEmaV3 0.998 (shipped)",
+        "n_train": len(train), "n_test": len(test), "n_params": sum(p.numel() for p in model.parameters()),
+        "test_recall": [round(float(v), 4) for v in recall],
+        "test_precision": [round(float(v), 4) for v in precision],
+        "seconds": round(seconds, 1), "torch": str(torch.__version__),
+    })
+
+
+def poly_lr(step: int, total: int, power: float = 0.9) -> float:
+    """torchvision's segmentation reference schedule: ``(1 - step / total) ** 0.9``."""
+    return (1 - min(step, total) / total) ** power if total else 1.0
+
+
+
+YOLO_DEFAULTS = {"epochs": 30, "n_train": 6000, "batch_size": 64}
+
+
+def train_glyphscenes_yolov5(name: str, epochs: int, seed: int, n_train: int, batch_size: int,
+                             workdir: Any = None) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """ultralytics' own trainer on GlyphScenes; returns ``(model, info, meta)`` for the yolov5 adapter's save."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from ultralytics import YOLO
+    from ultralytics import __version__ as ul_version
+
+    from tpunlearn.data.writers import write_yolo_dataset
+
+    e = zoo.entry(name)
+    imgsz, counts = int(e.input_size[-1]), {"train": n_train, "val": 500, "test": 1000}
+    t0 = time.time()
+    tmp = Path(tempfile.mkdtemp(prefix="tpunlearn-train-glyphs-", dir=workdir))
+    try:
+        splits = {split: GlyphScenes(split, size=imgsz, n_scenes=n, seed=seed) for split, n in counts.items()}
+        data = write_yolo_dataset(tmp / "data", splits)
+        hyp = {"fliplr": 0.0}  # ultralytics' defaults otherwise (mosaic, hsv, scale, translate)
+        yolo = YOLO(e.arch)
+        t1 = time.time()
+        yolo.train(data=str(data), imgsz=imgsz, epochs=epochs, batch=batch_size, device="cpu", workers=0, seed=seed,
+                   deterministic=True, project=str(tmp / "runs"), name="train", exist_ok=True, plots=False,
+                   amp=False, pretrained=False, verbose=False, **hyp)
+        train_seconds = time.time() - t1
+        best = Path(yolo.trainer.save_dir) / "weights" / "best.pt"
+        test = YOLO(str(best)).val(data=str(data), split="test", imgsz=imgsz, batch=32, device="cpu", workers=0,
+                                   plots=False, verbose=False, project=str(tmp / "runs"), name="test")
+        box = test.box
+        ap50 = {e.class_names[int(c)]: round(float(box.ap50[i]), 4) for i, c in enumerate(box.ap_class_index)}
+        print(f"test mAP50 {float(box.map50):.4f}  mAP50-95 {float(box.map):.4f}  min AP50 {min(ap50.values()):.4f}")
+        _adapter, model, info = zoo.build_model(name, weights=best)
+        model.args = {"task": "detect", "mode": "train", "model": e.arch, "data": "glyphs", "imgsz": imgsz,
+                      "epochs": epochs, "batch": batch_size, "seed": seed, "deterministic": True, **hyp}
+        meta = {"zoo": {"name": name, "train": {
+            "data": "GlyphScenes (tpunlearn.data.writers.write_yolo_dataset)", "scenes": counts, "imgsz": imgsz,
+            "epochs": epochs, "batch_size": batch_size, "seed": seed,
+            "recipe": "ultralytics YOLO.train defaults (optimizer auto, mosaic, hsv, scale 0.5), fliplr 0",
+            "n_params": sum(p.numel() for p in model.parameters()), "test_ap50": ap50,
+            "test_map50": round(float(box.map50), 4), "test_map50_95": round(float(box.map), 4),
+            "n_test": counts["test"], "train_seconds": round(train_seconds, 1),
+            "seconds": round(time.time() - t0, 1), "torch": str(torch.__version__), "ultralytics": ul_version}}}
+        return model, info, meta
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
