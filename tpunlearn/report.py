@@ -64,6 +64,7 @@ def unlearn_report(original: nn.Module, pruned: nn.Module, settings: UnlearnSett
         "graph": graph.summary(),
         "removed_channels": plan.removed_channels,
         "removed": plan.removed,
+        "removal": plan.explain(),
         "params": {"before": count_params(original), "after": count_params(pruned)},
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "check": check,
