@@ -84,7 +84,7 @@ def test_zoo_lists_the_bundled_model_as_ready(capsys):
 # ---- prune -----------------------------------------------------------------------------------
 def test_prune_writes_every_output(pruned):
     names = sorted(p.name for p in pruned.out.iterdir())
-    assert names == ["graph.json", "graph.png", "model.onnx", "model.pt", "plan.json", "report.json"]
+    assert names == ["graph.json", "graph.png", "model.onnx", "model.pt", "plan.json", "report.html", "report.json"]
     assert (pruned.out / "graph.png").read_bytes()[:8] == PNG_MAGIC
     plan = json.loads((pruned.out / "plan.json").read_text())
     assert plan["history"]

@@ -138,7 +138,7 @@ class PrunePlan:
         rows = [(layer, *(str(r[k]) for k in keys)) for layer, r in info["layers"].items()]
         rows.append(("total", *(str(info["total"][k]) for k in keys)))
         width = max([len(head[0])] + [len(r[0]) for r in rows])
-        fmt = "  {:<%d}" % width + " {:>9}" * (len(head) - 1)
+        fmt = "  {:<" + str(width) + "}" + " {:>9}" * (len(head) - 1)
         return "\n".join([fmt.format(*head)] + [fmt.format(*r) for r in rows])
 
     def dry_run(self) -> str:
