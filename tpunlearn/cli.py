@@ -405,7 +405,7 @@ def _write_outputs(args: argparse.Namespace, out: Path, adapter: Any, model: Any
                            title=f"{args.arch}: forget {', '.join(args.forget)}")
         report["pictures"] = {"graph.png": {"removed": drawn["removed"], "caption": drawn["caption"]}}
         if report.get("metrics"):
-            charted = draw_metrics(report["metrics"], stage / "metrics.png")
+            charted = draw_metrics(report["metrics"], stage / "metrics.png", report["forget"])
             report["pictures"]["metrics.png"] = {"caption": charted["caption"], "worst": charted["worst"]}
         if args.onnx:
             from tpunlearn.export import compare_latency, to_onnx

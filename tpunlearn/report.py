@@ -257,7 +257,7 @@ def draw_graph(graph: BalancedGraph, path: str | os.PathLike[str], plan: PrunePl
     row_h = min(0.45, 11.0 / n)
     fig_w, fig_h = 11.0, 1.9 + row_h * n
     fig, ax = plt.subplots(figsize=(fig_w, fig_h))
-    fig.subplots_adjust(left=2.3 / fig_w, right=1 - 2.9 / fig_w, top=1 - 1.05 / fig_h, bottom=0.75 / fig_h)
+    fig.subplots_adjust(left=2.3 / fig_w, right=1 - 2.2 / fig_w, top=1 - 1.05 / fig_h, bottom=0.75 / fig_h)
     font = max(5.5, min(8.5, row_h * 19))
     drawn: dict[str, dict[str, int]] = {}
     for y, (layer, cells) in enumerate(rows.items()):
@@ -265,11 +265,8 @@ def draw_graph(graph: BalancedGraph, path: str | os.PathLike[str], plan: PrunePl
         counts = {key: len(v) for key, v in states[layer].items()}
         width = sum(counts.values())
         drawn[layer] = {"channels": width, "shown": len(cells), **counts}
-        gone = counts["removed"] + counts["align"] + counts["coupled"]
-        extra = f" (+{counts['align']} align)" if counts["align"] else ""
-        extra += f" (+{counts['coupled']} coupled)" if counts["coupled"] else ""
-        ax.text(1.01, y, f"{gone} removed{extra}, {counts['kept']} flagged kept, {counts['protected']} protected",
-                transform=ax.get_yaxis_transform(), va="center", fontsize=font)
+        ax.text(1.01, y, _row_text(counts), transform=ax.get_yaxis_transform(), va="center", fontsize=font,
+                linespacing=1.1)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([f"{short_label(layer)}  [{drawn[layer]['channels']}]" for layer in rows], fontsize=font)
     ax.set_ylim(len(rows) - 0.5, -0.5)
@@ -282,7 +279,8 @@ def draw_graph(graph: BalancedGraph, path: str | os.PathLike[str], plan: PrunePl
                ncol=min(3, max(1, len(present))), fontsize=8, frameon=False)
     removed = sum(d["removed"] + d["align"] + d["coupled"] for d in drawn.values())
     caption = _graph_caption(drawn, removed, max_cells, plan)
-    fig.suptitle(title or f"forget {graph.forget}: channels per scored layer", fontsize=11, y=1 - 0.2 / fig_h)
+    heading = f"{title or f'forget {graph.forget}'}: what the plan did to each scored layer's channels"
+    fig.suptitle(heading, fontsize=11, y=1 - 0.2 / fig_h)
     fig.text(0.5, 1 - 0.62 / fig_h, caption, ha="center", va="center", fontsize=8, wrap=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
@@ -290,6 +288,14 @@ def draw_graph(graph: BalancedGraph, path: str | os.PathLike[str], plan: PrunePl
     plt.close(fig)
     return {"layers": drawn, "removed": removed, "legend": [label for _, label in present], "caption": caption,
             "size_px": size}
+
+
+def _row_text(counts: dict[str, int]) -> str:
+    """A layer's counts beside its strip: removed (with alignment's and coupling's part), then what was kept."""
+    gone = counts["removed"] + counts["align"] + counts["coupled"]
+    why = [f"{counts[k]} {k}" for k in ("align", "coupled") if counts[k]]
+    kept = ([f"{counts['kept']} flagged kept"] if counts["kept"] else []) + [f"{counts['protected']} protected"]
+    return f"{gone} removed" + (f" ({', '.join(why)})" if why else "") + "\n" + ", ".join(kept)
 
 
 def _draw_row(ax: Any, y: int, cells: list[str], colours: dict[str, str]) -> None:
@@ -332,7 +338,8 @@ def operating_point_text(point: Any) -> str:
     return ", ".join(f"{'IoU' if k == 'iou' else k} {v}" for k, v in point.items())
 
 
-def draw_metrics(metrics: dict[str, Any], path: str | os.PathLike[str], max_targets: int = 40) -> dict[str, Any]:
+def draw_metrics(metrics: dict[str, Any], path: str | os.PathLike[str], forgotten: list[str] | None = None,
+                 max_targets: int = 40) -> dict[str, Any]:
     """Per-target before/after bars of the primary metric of ``report["metrics"]``.
 
     Forgotten targets are drawn red and labelled, the worst retained target (largest drop)
@@ -348,7 +355,7 @@ def draw_metrics(metrics: dict[str, Any], path: str | os.PathLike[str], max_targ
 
     primary = str(metrics.get("primary") or metrics.get("name") or "metric")
     before, after = metrics.get("before", {}), metrics.get("after", {})
-    forgotten = [str(t) for t in metrics.get("forgotten", [])]
+    forgotten = [str(t) for t in metrics.get("forgotten", forgotten or [])]
     values = {str(t): (metric_value(before[t], primary), metric_value(after.get(t), primary)) for t in before}
     drops = {t: (b or 0.0) - (a or 0.0) for t, (b, a) in values.items() if t not in forgotten}
     worst = max(drops, key=lambda t: drops[t]) if drops else None
@@ -370,28 +377,37 @@ def draw_metrics(metrics: dict[str, Any], path: str | os.PathLike[str], max_targ
     font = max(6.0, min(9.0, bar * 28))
     labels = [f"{t}  (forgotten)" if t in forgotten else f"{t}  (worst retained)" if t == worst else t
               for t in targets]
+    for v, t in zip(y, targets, strict=False):
+        if t in forgotten:
+            ax.axhspan(v - 0.48, v + 0.48, color="#fde0e0", zorder=0)
     ax.set_yticks(y)
     ax.set_yticklabels(labels, fontsize=font)
     for tick, t in zip(ax.get_yticklabels(), targets, strict=False):
         if t in forgotten:
             tick.set_color("#d62728")
+    for tick, t in zip(ax.get_yticklabels(), targets, strict=False):
+        if t == worst:
+            tick.set_fontweight("bold")
+    top = max([1.0, *b_vals, *a_vals])
     for v in y:
-        ax.text(a_vals[v] + 0.01, v + 0.2, f"{a_vals[v]:.2f}", va="center", fontsize=font * 0.85)
-    ax.set_ylim(len(targets) - 0.5, -0.7)
-    ax.set_xlim(0, max([1.0, *b_vals, *a_vals]) * 1.12)
+        ax.text(top * 1.03, v, f"{b_vals[v]:.3f} -> {a_vals[v]:.3f}", va="center", fontsize=font * 0.9)
+    ax.set_ylim(len(targets) - 0.5, -0.6)
+    ax.set_xlim(0, top * 1.3)
+    ax.set_xticks([t / 5 * top for t in range(6)])
+    ax.spines["right"].set_visible(False)
     ax.set_xlabel(primary)
     from matplotlib.patches import Patch
 
     handles = [Patch(color="#bbbbbb", label="before"), Patch(color="#2ca02c", label="after (retained)")]
-    handles += [Patch(color="#d62728", label="after (forgotten)")] if forgotten else []
-    ax.legend(handles=handles, loc="lower right", fontsize=8)
+    handles += [Patch(color="#fde0e0", label="forgotten target (after bar red)")] if forgotten else []
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.04))
     point = operating_point_text(metrics.get("operating_point"))
     ax.set_title(f"{primary} per target, before and after" + (f" ({point})" if point else ""), fontsize=10)
     if worst is not None:
         b, a = values[worst]
         caption += f"; worst retained: {worst} {b or 0.0:.3f} -> {a or 0.0:.3f}"
     fig.text(0.5, 0.01, caption, ha="center", va="bottom", fontsize=8)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.tight_layout(rect=(0, 0.7 / (1.9 + bar * n), 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
