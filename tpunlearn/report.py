@@ -358,7 +358,9 @@ def draw_metrics(metrics: dict[str, Any], path: str | os.PathLike[str], forgotte
     forgotten = [str(t) for t in metrics.get("forgotten", forgotten or [])]
     values = {str(t): (metric_value(before[t], primary), metric_value(after.get(t), primary)) for t in before}
     drops = {t: (b or 0.0) - (a or 0.0) for t, (b, a) in values.items() if t not in forgotten}
-    worst = max(drops, key=lambda t: drops[t]) if drops else None
+    named = (metrics.get("retained") or {}).get("worst") or {}
+    worst = str(named["target"]) if named.get("target") is not None else \
+        max(drops, key=lambda t: (drops[t], -(values[t][1] or 0.0))) if drops else None
     targets = list(values)
     if len(targets) > max_targets:
         keep = set(forgotten) | set(sorted(drops, key=lambda t: -drops[t])[:max(0, max_targets - len(forgotten))])
@@ -402,8 +404,9 @@ def draw_metrics(metrics: dict[str, Any], path: str | os.PathLike[str], forgotte
     handles += [Patch(color="#fde0e0", label="forgotten target (after bar red)")] if forgotten else []
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.04))
     point = operating_point_text(metrics.get("operating_point"))
-    ax.set_title(f"{primary} per target, before and after" + (f" ({point})" if point else ""), fontsize=10)
-    if worst is not None:
+    title = f"{primary} per target, before and after" + (f" ({point})" if point else "")
+    ax.set_title(title, fontsize=10)
+    if worst is not None and worst in values:
         b, a = values[worst]
         caption += f"; worst retained: {worst} {b or 0.0:.3f} -> {a or 0.0:.3f}"
     fig.text(0.5, 0.01, caption, ha="center", va="bottom", fontsize=8)
@@ -411,7 +414,7 @@ def draw_metrics(metrics: dict[str, Any], path: str | os.PathLike[str], forgotte
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    return {"targets": targets, "forgotten": forgotten, "worst": worst, "caption": caption}
+    return {"targets": targets, "forgotten": forgotten, "worst": worst, "caption": caption, "title": title}
 
 
 def write_html(report: dict[str, Any], folder: str | os.PathLike[str], name: str = "report.html") -> Path:
@@ -431,9 +434,12 @@ def write_html(report: dict[str, Any], folder: str | os.PathLike[str], name: str
         parts += ["<h2>Metrics</h2>", _html_metrics(metrics), _html_image(folder / "metrics.png", "metrics per target")]
     parts += ["<h2>What was removed</h2>", _html_image(folder / "graph.png", "channels per layer"),
               _html_removal(report.get("removal"))]
+    if report.get("notes"):
+        parts += ["<h2>Notes</h2><ul>" + "".join(f"<li>{esc(str(n))}</li>" for n in report["notes"]) + "</ul>"]
     for title, key in (("Settings", "settings"), ("sha256", "sha256"), ("Versions", "versions")):
         if isinstance(report.get(key), dict):
-            parts += [f"<h2>{title}</h2>", _html_table(["key", "value"], [[k, v] for k, v in report[key].items()])]
+            rows = [[k, v] for k, v in report[key].items()]
+            parts += [f"<h2>{title}</h2>", _html_table(["key", "value"], rows).replace("<table>", '<table class="kv">')]
     parts += ["<h2>Reproduce</h2>", f"<pre>{esc(' '.join(str(a) for a in report.get('reproduce', [])))}</pre>",
               "<details><summary>report.json</summary><pre>"
               f"{esc(json.dumps(report, indent=1, default=str))}</pre></details>"]
@@ -447,7 +453,7 @@ def write_html(report: dict[str, Any], folder: str | os.PathLike[str], name: str
 
 _CSS = ("body{font-family:sans-serif;max-width:70em;margin:1em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+        "td:first-child,th:first-child,.kv td{text-align:left}img{max-width:100%}"
         ".met{color:#1a7f37}.notmet{color:#c62828}.forgotten{color:#c62828;font-weight:bold}pre{white-space:pre-wrap}")
 
 
@@ -466,7 +472,7 @@ def _html_verdict(verdict: Any) -> str:
     import html
 
     if not isinstance(verdict, dict):
-        return "<p id=\"verdict\"><b>verdict:</b> not evaluated (run with --eval)</p>"
+        return "<p id=\"verdict\"><b>verdict: not evaluated (run with --eval)</b></p>"
     status = str(verdict.get("status", "met" if verdict.get("met") else "not met"))
     warnings = "".join(f"<li>{html.escape(str(w))}</li>" for w in verdict.get("warnings", []))
     return (f"<p id=\"verdict\" class=\"{'met' if verdict.get('met') else 'notmet'}\"><b>verdict: "
