@@ -338,83 +338,94 @@ def operating_point_text(point: Any) -> str:
     return ", ".join(f"{'IoU' if k == 'iou' else k} {v}" for k, v in point.items())
 
 
+def metric_rows(metrics: dict[str, Any], forgotten: list[str] | None = None,
+                max_targets: int = 40) -> dict[str, Any]:
+    """What :func:`draw_metrics` draws: ``primary``, ``values`` (target -> (before, after)),
+    ``targets`` shown, ``forgotten``, ``worst`` retained target and ``caption``.
+
+    The worst retained target is the entry's own (``retained.worst.target``) when it names
+    one, else the largest drop (ties: the lowest after). With more than ``max_targets``
+    targets, the forgotten ones and the retained ones that dropped most are kept.
+    """
+    primary = str(metrics.get("primary") or metrics.get("name") or "metric")
+    before, after = metrics.get("before", {}), metrics.get("after", {})
+    forgotten = [str(t) for t in metrics.get("forgotten", forgotten or [])]
+    values = {str(t): (metric_value(before[t], primary) or 0.0, metric_value(after.get(t), primary) or 0.0)
+              for t in before}
+    drops = {t: b - a for t, (b, a) in values.items() if t not in forgotten}
+    named = (metrics.get("retained") or {}).get("worst") or {}
+    worst = str(named["target"]) if named.get("target") is not None else \
+        max(drops, key=lambda t: (drops[t], -values[t][1])) if drops else None
+    targets = list(values)
+    if len(targets) > max_targets:
+        keep = set(forgotten) | set(sorted(drops, key=lambda t: -drops[t])[:max(0, max_targets - len(forgotten))])
+        targets = [t for t in targets if t in keep]
+    caption = f"{len(targets)} of {len(values)} targets"
+    caption += " (forgotten and largest drops)" if len(targets) < len(values) else ""
+    if worst in values:
+        caption += f"; worst retained: {worst} {values[worst][0]:.3f} -> {values[worst][1]:.3f}"
+    return {"primary": primary, "values": values, "targets": targets, "forgotten": forgotten, "worst": worst,
+            "caption": caption}
+
+
 def draw_metrics(metrics: dict[str, Any], path: str | os.PathLike[str], forgotten: list[str] | None = None,
                  max_targets: int = 40) -> dict[str, Any]:
     """Per-target before/after bars of the primary metric of ``report["metrics"]``.
 
-    Forgotten targets are drawn red and labelled, the worst retained target (largest drop)
-    is named, and the operating point is in the title. With more than ``max_targets``
-    targets, the forgotten ones and the retained ones that dropped most are shown, and the
-    caption says so. Returns ``targets`` (drawn, top to bottom), ``forgotten``, ``worst`` and
-    ``caption``.
+    Forgotten targets are drawn red on a shaded row and labelled, the worst retained target
+    is named (bold, and in the caption), the operating point is in the title; see
+    :func:`metric_rows` for what is shown. ``forgotten`` names the forgotten targets where
+    the entry does not. Returns ``targets`` (top to bottom), ``forgotten``, ``worst``,
+    ``caption`` and ``title``.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    primary = str(metrics.get("primary") or metrics.get("name") or "metric")
-    before, after = metrics.get("before", {}), metrics.get("after", {})
-    forgotten = [str(t) for t in metrics.get("forgotten", forgotten or [])]
-    values = {str(t): (metric_value(before[t], primary), metric_value(after.get(t), primary)) for t in before}
-    drops = {t: (b or 0.0) - (a or 0.0) for t, (b, a) in values.items() if t not in forgotten}
-    named = (metrics.get("retained") or {}).get("worst") or {}
-    worst = str(named["target"]) if named.get("target") is not None else \
-        max(drops, key=lambda t: (drops[t], -(values[t][1] or 0.0))) if drops else None
-    targets = list(values)
-    if len(targets) > max_targets:
-        keep = set(forgotten) | set(sorted(drops, key=lambda t: -drops[t])[:max(0, max_targets - len(forgotten))])
-        targets = [t for t in targets if t in keep]
-    caption = f"{len(targets)} of {len(values)} targets" + (" (forgotten and largest drops)"
-                                                             if len(targets) < len(values) else "")
+    rows = metric_rows(metrics, forgotten, max_targets)
+    targets, values, worst, gone = rows["targets"], rows["values"], rows["worst"], rows["forgotten"]
     n = max(1, len(targets))
     bar = min(0.32, 12.0 / n)
     fig, ax = plt.subplots(figsize=(8.5, 1.9 + bar * n))
-    y = list(range(len(targets)))
-    b_vals = [values[t][0] or 0.0 for t in targets]
-    a_vals = [values[t][1] or 0.0 for t in targets]
-    ax.barh([v - 0.2 for v in y], b_vals, height=0.38, color="#bbbbbb", label="before")
-    colours = ["#d62728" if t in forgotten else "#2ca02c" for t in targets]
-    ax.barh([v + 0.2 for v in y], a_vals, height=0.38, color=colours, label="after")
-    font = max(6.0, min(9.0, bar * 28))
-    labels = [f"{t}  (forgotten)" if t in forgotten else f"{t}  (worst retained)" if t == worst else t
-              for t in targets]
-    for v, t in zip(y, targets, strict=False):
-        if t in forgotten:
-            ax.axhspan(v - 0.48, v + 0.48, color="#fde0e0", zorder=0)
-    ax.set_yticks(y)
-    ax.set_yticklabels(labels, fontsize=font)
+    _metric_bars(ax, [values[t] for t in targets], [t in gone for t in targets], max(6.0, min(9.0, bar * 28)))
+    ax.set_yticks(range(len(targets)))
+    ax.set_yticklabels([f"{t}  (forgotten)" if t in gone else f"{t}  (worst retained)" if t == worst else t
+                        for t in targets], fontsize=max(6.0, min(9.0, bar * 28)))
     for tick, t in zip(ax.get_yticklabels(), targets, strict=False):
-        if t in forgotten:
-            tick.set_color("#d62728")
-    for tick, t in zip(ax.get_yticklabels(), targets, strict=False):
-        if t == worst:
-            tick.set_fontweight("bold")
-    top = max([1.0, *b_vals, *a_vals])
-    for v in y:
-        ax.text(top * 1.03, v, f"{b_vals[v]:.3f} -> {a_vals[v]:.3f}", va="center", fontsize=font * 0.9)
-    ax.set_ylim(len(targets) - 0.5, -0.6)
-    ax.set_xlim(0, top * 1.3)
-    ax.set_xticks([t / 5 * top for t in range(6)])
-    ax.spines["right"].set_visible(False)
-    ax.set_xlabel(primary)
-    from matplotlib.patches import Patch
-
+        tick.set_color("#d62728" if t in gone else "black")
+        tick.set_fontweight("bold" if t == worst else "normal")
+    ax.set_xlabel(rows["primary"])
     handles = [Patch(color="#bbbbbb", label="before"), Patch(color="#2ca02c", label="after (retained)")]
-    handles += [Patch(color="#fde0e0", label="forgotten target (after bar red)")] if forgotten else []
+    handles += [Patch(color="#fde0e0", label="forgotten target (after bar red)")] if gone else []
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.04))
     point = operating_point_text(metrics.get("operating_point"))
-    title = f"{primary} per target, before and after" + (f" ({point})" if point else "")
+    title = f"{rows['primary']} per target, before and after" + (f" ({point})" if point else "")
     ax.set_title(title, fontsize=10)
-    if worst is not None and worst in values:
-        b, a = values[worst]
-        caption += f"; worst retained: {worst} {b or 0.0:.3f} -> {a or 0.0:.3f}"
-    fig.text(0.5, 0.01, caption, ha="center", va="bottom", fontsize=8)
+    fig.text(0.5, 0.01, rows["caption"], ha="center", va="bottom", fontsize=8)
     fig.tight_layout(rect=(0, 0.7 / (1.9 + bar * n), 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    return {"targets": targets, "forgotten": forgotten, "worst": worst, "caption": caption, "title": title}
+    return {"targets": targets, "forgotten": gone, "worst": worst, "caption": rows["caption"], "title": title}
+
+
+def _metric_bars(ax: Any, values: list[tuple[float, float]], forgotten: list[bool], font: float) -> None:
+    """Before (grey) and after (green, red when forgotten, on a shaded row) bars, values written beside."""
+    y = list(range(len(values)))
+    ax.barh([v - 0.2 for v in y], [b for b, _ in values], height=0.38, color="#bbbbbb")
+    ax.barh([v + 0.2 for v in y], [a for _, a in values], height=0.38,
+            color=["#d62728" if f else "#2ca02c" for f in forgotten])
+    top = max([1.0, *(x for pair in values for x in pair)])
+    for v, ((b, a), f) in enumerate(zip(values, forgotten, strict=False)):
+        if f:
+            ax.axhspan(v - 0.48, v + 0.48, color="#fde0e0", zorder=0)
+        ax.text(top * 1.03, v, f"{b:.3f} -> {a:.3f}", va="center", fontsize=font * 0.9)
+    ax.set_ylim(len(values) - 0.5, -0.6)
+    ax.set_xlim(0, top * 1.3)
+    ax.set_xticks([t / 5 * top for t in range(6)])
+    ax.spines["right"].set_visible(False)
 
 
 def write_html(report: dict[str, Any], folder: str | os.PathLike[str], name: str = "report.html") -> Path:
