@@ -152,6 +152,7 @@ def test_html_page_is_self_contained_and_escaped(tmp_path):
     assert "verdict: not met" in page and "&lt;b&gt;forget&lt;/b&gt;" in page and "<b>forget</b>" not in page
     assert "removed &lt;no&gt; channel" in page and "tiny&lt;net&gt;" in page and "&lt;3&gt;" in page
     assert "3 (forgotten)" in page and "kept by protection" in page and "a note &amp; more" in page
+    assert "<td>mAP50</td><td>0.99</td><td>0.9</td>" in page  # the summary, apart from the targets
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # written atomically
 
 

@@ -438,11 +438,14 @@ def write_html(report: dict[str, Any], folder: str | os.PathLike[str], name: str
 
     folder = Path(folder)
     esc = html.escape
-    parts = [f"<h1>tpunlearn: {esc(str(report.get('arch', 'model')))}, forget "
-             f"{esc(', '.join(str(t) for t in report.get('forget', [])))}</h1>", _html_verdict(report.get("verdict"))]
     metrics = report.get("metrics")
+    parts = [f"<h1>tpunlearn: {esc(str(report.get('arch', 'model')))}, forget "
+             f"{esc(', '.join(str(t) for t in report.get('forget', [])))}</h1>",
+             _html_verdict(report.get("verdict"), bool(metrics))]
     if metrics:
-        parts += ["<h2>Metrics</h2>", _html_metrics(metrics), _html_image(folder / "metrics.png", "metrics per target")]
+        forgotten = [str(t) for t in metrics.get("forgotten", report.get("forget", []))]
+        parts += ["<h2>Metrics</h2>", _html_image(folder / "metrics.png", "metrics per target"),
+                  _html_metrics(metrics, forgotten)]
     parts += ["<h2>What was removed</h2>", _html_image(folder / "graph.png", "channels per layer"),
               _html_removal(report.get("removal"))]
     if report.get("notes"):
@@ -479,11 +482,12 @@ def _html_table(head: list[str], rows: list[list[Any]], classes: list[str] | Non
     return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{body}</table>")
 
 
-def _html_verdict(verdict: Any) -> str:
+def _html_verdict(verdict: Any, evaluated: bool) -> str:
     import html
 
     if not isinstance(verdict, dict):
-        return "<p id=\"verdict\"><b>verdict: not evaluated (run with --eval)</b></p>"
+        what = "no verdict recorded" if evaluated else "not evaluated (run with --eval)"
+        return f"<p id=\"verdict\"><b>verdict: {what}</b></p>"
     status = str(verdict.get("status", "met" if verdict.get("met") else "not met"))
     warnings = "".join(f"<li>{html.escape(str(w))}</li>" for w in verdict.get("warnings", []))
     return (f"<p id=\"verdict\" class=\"{'met' if verdict.get('met') else 'notmet'}\"><b>verdict: "
@@ -491,11 +495,12 @@ def _html_verdict(verdict: Any) -> str:
             + (f"<ul>{warnings}</ul>" if warnings else ""))
 
 
-def _html_metrics(metrics: dict[str, Any]) -> str:
+def _html_metrics(metrics: dict[str, Any], forgotten_targets: list[str]) -> str:
+    """The per-target table (every metric the entry has, before and after), then the summary."""
     import html
 
     before, after = metrics.get("before", {}), metrics.get("after", {})
-    forgotten = {str(t) for t in metrics.get("forgotten", [])}
+    forgotten = set(forgotten_targets)
     keys = sorted({k for v in before.values() if isinstance(v, dict) for k in v}) or [str(metrics.get("name", ""))]
     rows, classes = [], []
     for t in before:
@@ -505,12 +510,17 @@ def _html_metrics(metrics: dict[str, Any]) -> str:
         classes.append("forgotten" if str(t) in forgotten else "")
     head = ["target", *[f"{k} {when}" for k in keys for when in ("before", "after")]]
     point = operating_point_text(metrics.get("operating_point"))
-    return (f"<p>{html.escape(str(metrics.get('primary', metrics.get('name', ''))))} judged"
-            + (f" at {html.escape(point)}" if point else "") + "</p>" + _html_table(head, rows, classes))
+    summary = metrics.get("summary") or {}
+    names = sorted({k for side in summary.values() if isinstance(side, dict) for k in side})
+    table = _html_table(["summary", "before", "after"], [[k, _pick(summary.get("before"), k),
+                                                          _pick(summary.get("after"), k)] for k in names])
+    return (f"<p>verdicts judge {html.escape(str(metrics.get('primary', metrics.get('name', ''))))}"
+            + (f" at {html.escape(point)}" if point else "") + "</p>" + _html_table(head, rows, classes)
+            + (table if names else ""))
 
 
 def _pick(value: Any, key: str) -> Any:
-    return value.get(key, "") if isinstance(value, dict) else value
+    return value.get(key, "") if isinstance(value, dict) else "" if value is None else value
 
 
 def _html_image(path: Path, alt: str) -> str:
