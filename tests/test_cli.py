@@ -84,12 +84,25 @@ def test_zoo_lists_the_bundled_model_as_ready(capsys):
 # ---- prune -----------------------------------------------------------------------------------
 def test_prune_writes_every_output(pruned):
     names = sorted(p.name for p in pruned.out.iterdir())
-    assert names == ["graph.json", "graph.png", "model.onnx", "model.pt", "plan.json", "report.json"]
+    assert names == ["graph.json", "graph.png", "metrics.png", "model.onnx", "model.pt", "plan.json", "report.html",
+                     "report.json"]
     assert (pruned.out / "graph.png").read_bytes()[:8] == PNG_MAGIC
     plan = json.loads((pruned.out / "plan.json").read_text())
     assert plan["history"]
     assert json.loads((pruned.out / "graph.json").read_text())
     assert "removed" in pruned.stdout and "<- forgotten" in pruned.stdout
+
+
+def test_prune_pictures_and_page_match_the_plan(pruned):
+    report = pruned.report
+    assert (pruned.out / "metrics.png").read_bytes()[:8] == PNG_MAGIC
+    assert report["pictures"]["graph.png"]["removed"] == report["removed_channels"] > 0
+    assert report["removal"]["total"]["removed"] == report["removed_channels"]
+    assert report["removal"]["total"]["align_added"] > 0  # the zoo resnet's width alignment adds channels
+    assert report["pictures"]["metrics.png"]["worst"] != "3"  # the forgotten digit is never the worst retained
+    page = (pruned.out / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 2 and "digitscenes-resnet" in page
+    assert "+align" in pruned.stdout and "metrics.png, report.html" in pruned.stdout
 
 
 def test_prune_report(pruned):

@@ -143,7 +143,7 @@ def test_torchrun_prune_writes_from_rank_zero_only(tmp_path):
                     cwd=run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in run_dir.iterdir()) == ["logs", "out"]
-    names = ["graph.json", "graph.png", "model.pt", "plan.json", "report.json"]
+    names = ["graph.json", "graph.png", "model.pt", "plan.json", "report.html", "report.json"]
     assert sorted(p.name for p in (run_dir / "out").iterdir()) == names
     logs = {p.parent.name + "/" + p.name: p.read_text() for p in (run_dir / "logs").rglob("*.log")}
     assert logs["1/stdout.log"] == "" and logs["1/stderr.log"] == ""  # rank 1 says nothing, writes nothing

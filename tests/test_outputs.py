@@ -128,7 +128,7 @@ def test_failed_prune_creates_no_output_folder(tmp_path, monkeypatch, capsys):
 def test_successful_prune_replaces_earlier_outputs_and_keeps_the_rest(previous_run, capsys):
     assert cli.main(["prune", "--arch", ZOO, "--forget", "3", *FAST, "--out", str(previous_run), "--force"]) == 0
     names = sorted(p.name for p in previous_run.iterdir())
-    assert names == ["graph.json", "graph.png", "model.pt", "notes.txt", "plan.json", "report.json"]
+    assert names == ["graph.json", "graph.png", "model.pt", "notes.txt", "plan.json", "report.html", "report.json"]
     assert (previous_run / "notes.txt").read_text() == "mine"
     report = json.loads((previous_run / "report.json").read_text())
     assert report["sha256"]["output_weights"] == sha256(previous_run / "model.pt")

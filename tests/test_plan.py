@@ -410,3 +410,60 @@ def test_align_cuts_back_when_protection_leaves_too_few(tiny_resnet):
     assert decision.action == "skip" and "block of 8" in decision.reason
     unaligned = make_plan(tiny_resnet, {"layer2.conv1": [0, 1, 2]}, protected, X32, candidates=["layer2.conv1"])
     assert unaligned.decisions[0].channels == [0, 1, 2]
+
+
+# ---- explain(): what was removed and why -------------------------------------------------------------
+
+
+def assert_explanation_adds_up(plan: PrunePlan) -> dict:
+    info = plan.explain()
+    for layer, row in info["layers"].items():
+        assert row["removed"] == (row["flagged"] - row["align_kept"] - row["protected_kept"] + row["align_added"]
+                                  + row["coupled_added"]), layer
+        assert row["removed"] == len(plan.removed.get(layer, []))
+        assert min(row.values()) >= 0, (layer, row)
+    assert info["total"]["removed"] == plan.removed_channels
+    return info
+
+
+def test_explain_counts_channels_alignment_adds(tiny_resnet):
+    priority = {"layer2.conv1": torch.arange(16, dtype=torch.float32)}
+    plan = make_plan(tiny_resnet, {"layer2.conv1": [0, 1, 2]}, {"layer2.conv1": [14]}, X32,
+                     candidates=["layer2.conv1"], priority=priority, align=8)
+    row = assert_explanation_adds_up(plan)["layers"]["layer2.conv1"]
+    assert row == {"channels": 16, "flagged": 3, "align_added": 5, "align_kept": 0, "protected_kept": 0,
+                   "coupled_added": 0, "removed": 8}
+    assert plan.removed_channels == 8
+    table = plan.dry_run()
+    assert "+align" in table and "layer2.conv1" in table.splitlines()[-2]
+    assert table.splitlines()[-1].split() == ["total", "16", "3", "5", "0", "0", "0", "8"]
+
+
+def test_explain_counts_channels_alignment_holds_back(tiny_resnet):
+    protected = {"layer2.conv1": list(range(3, 16))}
+    plan = make_plan(tiny_resnet, {"layer2.conv1": [0, 1, 2]}, protected, X32, candidates=["layer2.conv1"], align=8)
+    row = assert_explanation_adds_up(plan)["layers"]["layer2.conv1"]
+    assert (row["flagged"], row["align_kept"], row["protected_kept"], row["removed"]) == (3, 3, 0, 0)
+
+
+def test_explain_counts_channels_a_protected_group_keeps(tiny_resnet):
+    plan = make_plan(tiny_resnet, {"layer2.conv2": [0, 1, 2]}, {"layer2.shortcut.0": [1]}, X32,
+                     candidates=["layer2.conv2", "layer2.shortcut.0"], coupled="prune")
+    info = assert_explanation_adds_up(plan)
+    assert info["layers"]["layer2.conv2"] == {"channels": 16, "flagged": 3, "align_added": 0, "align_kept": 0,
+                                              "protected_kept": 1, "coupled_added": 0, "removed": 2}
+    # the shortcut loses the same channels without having been flagged: removed with its coupled conv
+    assert info["layers"]["layer2.shortcut.0"]["coupled_added"] == 2
+    assert info["total"]["removed"] == 4 == plan.removed_channels
+    skipped = make_plan(tiny_resnet, {"layer2.conv2": [0, 1, 2]}, {}, X32, candidates=["layer2.conv2"],
+                        ignored_layers=["layer2.shortcut"], coupled="prune")
+    row = assert_explanation_adds_up(skipped)["layers"]["layer2.conv2"]
+    assert (row["flagged"], row["protected_kept"], row["removed"]) == (3, 3, 0)
+
+
+def test_explain_on_a_real_request_adds_up(resnet):
+    for closure in (False, True):
+        result = resnet["run"]("physical", "protect", closure)
+        info = assert_explanation_adds_up(result.plan)
+        assert result.report["removal"] == info
+        assert info["total"]["flagged"] == result.report["graph"]["flagged"]

@@ -322,7 +322,8 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
     _write_outputs(args, out, adapter, model, info, res, example, report)
     _summary(report)
     onnx = ", model.onnx" if args.onnx else ""
-    print(f"wrote {out}/ (model.pt, plan.json, graph.json, graph.png, report.json{onnx})")
+    metrics = ", metrics.png" if "metrics" in report else ""
+    print(f"wrote {out}/ (model.pt, plan.json, graph.json, graph.png{metrics}, report.html, report.json{onnx})")
     return 0
 
 
@@ -391,7 +392,7 @@ def _write_outputs(args: argparse.Namespace, out: Path, adapter: Any, model: Any
     model.pt and no report claiming success.
     """
     from tpunlearn.io import staged_folder, write_json
-    from tpunlearn.report import draw_graph, metrics_entry, onnx_entry, output_hashes
+    from tpunlearn.report import draw_graph, draw_metrics, metrics_entry, onnx_entry, output_hashes, write_html
 
     with staged_folder(out) as stage:
         if args.eval:
@@ -400,7 +401,12 @@ def _write_outputs(args: argparse.Namespace, out: Path, adapter: Any, model: Any
         adapter.save(res.model, info, stage / "model.pt")
         res.plan.save(stage / "plan.json")
         res.graph.save(stage / "graph.json")
-        draw_graph(res.graph, stage / "graph.png", title=f"{args.arch}: forget {', '.join(args.forget)}")
+        drawn = draw_graph(res.graph, stage / "graph.png", plan=res.plan,
+                           title=f"{args.arch}: forget {', '.join(args.forget)}")
+        report["pictures"] = {"graph.png": {"removed": drawn["removed"], "caption": drawn["caption"]}}
+        if report.get("metrics"):
+            charted = draw_metrics(report["metrics"], stage / "metrics.png", report["forget"])
+            report["pictures"]["metrics.png"] = {"caption": charted["caption"], "worst": charted["worst"]}
         if args.onnx:
             from tpunlearn.export import compare_latency, to_onnx
 
@@ -412,6 +418,7 @@ def _write_outputs(args: argparse.Namespace, out: Path, adapter: Any, model: Any
             original.unlink()
             report["onnx"] = onnx_entry(out / "model.onnx", diff, (before, after))
         report["sha256"] = output_hashes(info.weights, stage / "model.pt", args.data, args.graph)
+        write_html(report, stage)
         write_json(stage / "report.json", report)
 
 

@@ -52,6 +52,10 @@ class GroupDecision:
     reason: str
     local: bool = True  # no other layer's output channels are coupled to the root's
     exact: bool = True  # zeroing every member equals removal (no channel-mixing norm in the group)
+    # Width alignment's part, per member layer (layer indices); kept out of the plan's JSON,
+    # which the golden tests pin: only the plan :func:`make_plan` returns can explain itself.
+    align_added: dict[str, list[int]] = field(default_factory=dict)  # unflagged channels added
+    align_kept: dict[str, list[int]] = field(default_factory=dict)  # flagged channels kept back
 
     def to_dict(self) -> dict[str, Any]:
         return {"root": self.root, "action": self.action, "channels": self.channels, "members": self.members,
@@ -68,6 +72,8 @@ class PrunePlan:
     signature: dict[str, list[int]]  # layer -> [out, in] channels of the original model
     history: list[list[Any]] = field(default_factory=list)  # torch-pruning history, set by apply()
     notes: list[str] = field(default_factory=list)
+    # The balanced graph's flagged channels per scored layer, as make_plan received them (not in the JSON).
+    flagged: dict[str, list[int]] = field(default_factory=dict)
 
     # ---- views -------------------------------------------------------------------------
     @property
@@ -94,14 +100,58 @@ class PrunePlan:
                     ops[layer] = sorted(set(ops.get(layer, [])) | set(idxs))
         return ops
 
+    def explain(self) -> dict[str, Any]:
+        """What was removed and why, per layer: ``{"layers": {layer: counts}, "total": counts}``.
+
+        Counts per layer (its own channel indices): ``channels`` (width), ``flagged`` (by the
+        balanced graph), ``align_added`` (unflagged channels width alignment added),
+        ``align_kept`` (flagged channels alignment held back), ``protected_kept`` (flagged
+        channels left because their group is protected, skipped or would be emptied),
+        ``coupled_added`` (unflagged channels removed because a coupled layer's channel was
+        flagged) and ``removed``. Always ``removed = flagged - align_kept - protected_kept +
+        align_added + coupled_added``, and the total removed is :attr:`removed_channels`.
+        """
+        removed = self.removed
+        layers = list(self.flagged) + [layer for layer in removed if layer not in self.flagged]
+        rows = {layer: self._explain_layer(layer, removed.get(layer, [])) for layer in layers}
+        keys = ("channels", "flagged", "align_added", "align_kept", "protected_kept", "coupled_added", "removed")
+        total = {k: sum(r[k] for r in rows.values()) for k in keys}
+        return {"layers": rows, "total": total}
+
+    def _explain_layer(self, layer: str, removed: Sequence[int]) -> dict[str, int]:
+        flagged, gone = set(self.flagged.get(layer, [])), set(removed)
+        added = {c for d in self.decisions for c in d.align_added.get(layer, [])}
+        held = {c for d in self.decisions for c in d.align_kept.get(layer, [])}
+        align_added = len((gone - flagged) & added)
+        align_kept = len((flagged - gone) & held)
+        return {"channels": self.signature.get(layer, [0])[0], "flagged": len(flagged),
+                "align_added": align_added, "align_kept": align_kept,
+                "protected_kept": len(flagged - gone) - align_kept,
+                "coupled_added": len(gone - flagged) - align_added, "removed": len(gone)}
+
+    def removal_table(self) -> str:
+        """:meth:`explain` as a fixed-width table (layer, channels, flagged, +align, -align,
+        kept by protection, +coupled, removed) with totals."""
+        info = self.explain()
+        head = ("layer", "channels", "flagged", "+align", "-align", "protected", "+coupled", "removed")
+        keys = ("channels", "flagged", "align_added", "align_kept", "protected_kept", "coupled_added", "removed")
+        rows = [(layer, *(str(r[k]) for k in keys)) for layer, r in info["layers"].items()]
+        rows.append(("total", *(str(info["total"][k]) for k in keys)))
+        width = max([len(head[0])] + [len(r[0]) for r in rows])
+        fmt = "  {:<" + str(width) + "}" + " {:>9}" * (len(head) - 1)
+        return "\n".join([fmt.format(*head)] + [fmt.format(*r) for r in rows])
+
     def dry_run(self) -> str:
-        """A human-readable listing of every decision, as a dry run prints it."""
+        """A human-readable listing of every decision, and the removal table, as a dry run prints it."""
         lines = [f"PrunePlan  mode={self.mode}  coupled={self.coupled}  "
                  f"channels={self.removed_channels} in {len(self.removed)} layer(s)"]
         for d in self.decisions:
             members = ", ".join(f"{k}[{len(v)}]" for k, v in d.members.items()) or "-"
             lines.append(f"  {d.action:5s} {d.root:40s} {len(d.channels):4d} ch  -> {members}  ({d.reason})")
         lines.extend(f"  note: {n}" for n in self.notes)
+        if self.flagged:
+            lines += ["removal per layer (protected: flagged but kept by a protected or skipped group; "
+                      "+coupled: removed with a flagged coupled channel):", self.removal_table()]
         return "\n".join(lines)
 
     __str__ = dry_run
@@ -323,7 +373,8 @@ def make_plan(
     decisions: list[GroupDecision] = []
     notes: list[str] = []
     seen: set[frozenset[str]] = set()
-    for root_name in [layer for layer in (candidates or list(flag_sets)) if flag_sets.get(layer)]:
+    scored_order = list(candidates or list(flag_sets))
+    for root_name in [layer for layer in scored_order if flag_sets.get(layer)]:
         root = module_by_name(model, root_name)
         pruner = dg.get_pruner_of_module(root)
         group = dg.get_pruning_group(root, pruner.prune_out_channels, list(range(pruner.get_out_channels(root))))
@@ -339,7 +390,8 @@ def make_plan(
         if "kept one channel" in decision.reason:
             notes.append(f"{root_name}: every channel was flagged; kept one channel so the layer is not emptied")
         decisions.append(decision)
-    return PrunePlan(mode=mode, coupled=coupled, decisions=decisions, signature=signature(model), notes=notes)
+    return PrunePlan(mode=mode, coupled=coupled, decisions=decisions, signature=signature(model), notes=notes,
+                     flagged={layer: sorted(flag_sets.get(layer, set())) for layer in scored_order})
 
 
 def out_members(dg: Any, group: Any, names: Mapping[nn.Module, str]) -> dict[str, tuple[list[int], list[int]]]:
@@ -399,11 +451,15 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
         zeroed = {layer: v for layer, v in zeroed.items() if v}
         return GroupDecision(root_name, "zero", wanted, zeroed, reason + "; coupled=zero keeps shapes", local, exact)
     n_root = len(members[root_name][0])
+    before_align = set(wanted)
     if align and align > 1 and n_root % align == 0 and len(wanted) % align:
         wanted, note = _align(wanted, guard, n_root, align, priority.get(root_name) if priority else None)
         reason += note
         if not wanted:
-            return skip(f"fewer flagged channels than one block of {align}, and too few unprotected ones to fill it")
+            held = skip(f"fewer flagged channels than one block of {align}, and too few unprotected ones to fill it")
+            held.align_kept = by_layer(before_align)
+            return held
+    aligned = set(wanted)
     if len(wanted) >= n_root:
         kept = _keep_one(wanted, priority.get(root_name) if priority else None)
         wanted = [c for c in wanted if c != kept]
@@ -411,7 +467,8 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
     group_to_check = dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, wanted)
     if not dg.check_pruning_group(group_to_check):
         return skip("removing these channels would empty a coupled layer")
-    return GroupDecision(root_name, "prune", wanted, by_layer(set(wanted)), reason, local, exact)
+    return GroupDecision(root_name, "prune", wanted, by_layer(set(wanted)), reason, local, exact,
+                         align_added=by_layer(aligned - before_align), align_kept=by_layer(before_align - aligned))
 
 
 def unsupported_reason(group: Any, tp: Any) -> str:

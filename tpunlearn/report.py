@@ -64,6 +64,7 @@ def unlearn_report(original: nn.Module, pruned: nn.Module, settings: UnlearnSett
         "graph": graph.summary(),
         "removed_channels": plan.removed_channels,
         "removed": plan.removed,
+        "removal": plan.explain(),
         "params": {"before": count_params(original), "after": count_params(pruned)},
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "check": check,
@@ -161,57 +162,385 @@ def versions(*packages: str) -> dict[str, str]:
     return out
 
 
-def draw_graph(graph: BalancedGraph, path: str | os.PathLike[str], max_nodes_per_layer: int = 40,
-               title: str | None = None, max_edges: int = 400) -> None:
-    """Draw the balanced graph: one column per layer, nodes coloured by their Eq. 4 role.
+# Channel states in the graph picture, in drawing order: (key, colour, legend label).
+CHANNEL_STATES = (
+    ("removed", "#d62728", "removed (flagged)"),
+    ("align", "#7f0000", "removed: added by width alignment"),
+    ("coupled", "#9467bd", "removed: coupled to a flagged channel"),
+    ("kept", "#ff9f1c", "flagged, kept (protected group or alignment)"),
+    ("protected", "#1f77b4", "protected by retained targets"),
+    ("other", "#dddddd", "other channels"),
+)
 
-    Red nodes are flagged (removed), blue ones protected by retained targets, grey ones
-    selected by nothing decisive. Edges of the forget targets' essential graphs are drawn
-    with their ``|W|`` weight as opacity. Only the most decisive nodes of wide layers are
-    shown (``max_nodes_per_layer``), sorted by their sum.
+
+def channel_states(graph: BalancedGraph, plan: PrunePlan | None = None) -> dict[str, dict[str, list[int]]]:
+    """Each drawn layer's channels by state (keys of :data:`CHANNEL_STATES`), as the plan decided.
+
+    Without a plan, flagged channels count as removed. Layers the plan removes channels from
+    outside the scored set are included, so the removed channels are exactly the plan's.
+    """
+    flagged = {layer: set(v) for layer, v in (plan.flagged if plan and plan.flagged else graph.flagged()).items()}
+    protected = {layer: set(v) for layer, v in graph.protected().items()}
+    removed = {layer: set(v) for layer, v in (plan.removed if plan else graph.flagged()).items()}
+    added: dict[str, set[int]] = {}
+    for d in plan.decisions if plan else []:
+        for layer, idxs in d.align_added.items():
+            added.setdefault(layer, set()).update(idxs)
+    widths = dict(graph.channels)
+    for layer in removed:
+        widths.setdefault(layer, plan.signature[layer][0] if plan else 0)
+    out: dict[str, dict[str, list[int]]] = {}
+    for layer in list(graph.layers) + [layer for layer in removed if layer not in graph.layers]:
+        f, r, a = flagged.get(layer, set()), removed.get(layer, set()), added.get(layer, set())
+        state: dict[str, list[int]] = {key: [] for key, _, _ in CHANNEL_STATES}
+        for c in range(widths[layer]):
+            key = ("removed" if c in f else "align" if c in a else "coupled") if c in r else \
+                "kept" if c in f else "protected" if c in protected.get(layer, set()) else "other"
+            state[key].append(c)
+        out[layer] = state
+    return out
+
+
+def short_label(name: str, width: int = 24) -> str:
+    """A layer name on at most two lines of about ``width`` characters, split at dots, the head elided."""
+    if len(name) <= width:
+        return name
+    parts, line = name.split("."), ""
+    lines: list[str] = []
+    for part in reversed(parts):
+        if line and len(line) + len(part) + 1 > width:
+            lines.insert(0, line)
+            line = part
+        else:
+            line = part + ("." + line if line else "")
+    lines.insert(0, line)
+    if len(lines) > 2:
+        lines = ["..." + lines[-2]] + lines[-1:]
+    return ".\n".join(lines)[: 2 * width + 6]
+
+
+def _shown(state: dict[str, list[int]], max_cells: int) -> list[str]:
+    """The states of the cells drawn for one layer: every removed and flagged channel, the rest
+    sampled in proportion when the layer is wider than ``max_cells``."""
+    must = ("removed", "align", "coupled", "kept")
+    cells = [key for key in must for _ in state[key]]
+    rest = [key for key in ("protected", "other") for _ in state[key]]
+    room = max(0, max_cells - len(cells))
+    if len(rest) > room:
+        step = len(rest) / room if room else float("inf")
+        rest = [rest[int(i * step)] for i in range(room)]
+    return cells + rest
+
+
+def draw_graph(graph: BalancedGraph, path: str | os.PathLike[str], plan: PrunePlan | None = None,
+               title: str | None = None, max_cells: int = 256) -> dict[str, Any]:
+    """Draw what the plan did to each scored layer: one row per layer, one cell per channel.
+
+    Cells are coloured by :func:`channel_states` (the plan's removal, with alignment and
+    coupling apart; flagged-but-kept and protected channels distinct) and sorted by state.
+    Layers wider than ``max_cells`` show every removed and flagged channel and a proportional
+    sample of the rest; the caption says so. The figure's size is capped whatever the model.
+    Returns what was drawn: per layer ``channels``, ``shown`` and counts per state, the total
+    ``removed`` (equal to ``plan.removed_channels``), the ``legend`` labels, ``caption`` and
+    ``size_px``.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    flagged = {layer: set(v) for layer, v in graph.flagged().items()}
-    protected = {layer: set(v) for layer, v in graph.protected().items()}
-    positions: dict[tuple[str, int], tuple[float, float]] = {}
-    fig, ax = plt.subplots(figsize=(2.2 * len(graph.layers) + 2, 7))
-    for x, layer in enumerate(graph.layers):
-        value = graph.value[layer].float()
-        half = max_nodes_per_layer // 2
-        red = sorted(flagged[layer])[:half]
-        blue = sorted(protected[layer], key=lambda c: float(value[c]))[:max_nodes_per_layer - len(red)]
-        shown = sorted(red + blue, key=lambda c: -float(value[c]))
-        for rank, c in enumerate(shown):
-            y = 1.0 - rank / max(1, len(shown) - 1) if len(shown) > 1 else 0.5
-            positions[(layer, c)] = (x, y)
-            colour = "#d62728" if c in flagged[layer] else "#1f77b4" if c in protected[layer] else "#aaaaaa"
-            ax.scatter([x], [y], s=28, color=colour, zorder=3)
-        ax.text(x, -0.08, f"{layer}\n{len(flagged[layer])} flagged / {graph.channels[layer]}",
-                ha="center", va="top", fontsize=7)
-    edges = [e for t in graph.forget if t in graph.graphs for e in graph.graphs[t].edges
-             if (e[0], e[1]) in positions and (e[2], e[3]) in positions]
-    edges.sort(key=lambda e: -(e[4] or 0.0))
-    edges = edges[:max_edges]
-    top = max((e[4] or 0.0 for e in edges), default=0.0) or 1.0
-    for a, i, b, j, w in edges:
-        (x0, y0), (x1, y1) = positions[(a, i)], positions[(b, j)]
-        ax.plot([x0, x1], [y0, y1], color="#d62728", alpha=0.08 + 0.5 * (w or 0.0) / top, lw=0.7, zorder=1)
-    ax.scatter([], [], color="#d62728", label="flagged (removed)")
-    ax.scatter([], [], color="#1f77b4", label="protected (retained targets)")
-    ax.scatter([], [], color="#aaaaaa", label="other selected")
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.02), ncol=3, fontsize=8, frameon=False)
-    ax.set_xlim(-0.7, len(graph.layers) - 0.3)
-    ax.set_ylim(-0.4, 1.05)
-    ax.axis("off")
-    ax.set_title(title or f"balanced essential graph: forget {graph.forget}, |Y| = {graph.n_targets}", fontsize=10)
-    fig.tight_layout()
+    states = channel_states(graph, plan)
+    colours = {key: colour for key, colour, _ in CHANNEL_STATES}
+    rows = {layer: _shown(state, max_cells) for layer, state in states.items()}
+    n = max(1, len(rows))
+    row_h = min(0.45, 11.0 / n)
+    fig_w, fig_h = 11.0, 1.9 + row_h * n
+    fig, ax = plt.subplots(figsize=(fig_w, fig_h))
+    fig.subplots_adjust(left=2.3 / fig_w, right=1 - 2.2 / fig_w, top=1 - 1.05 / fig_h, bottom=0.75 / fig_h)
+    font = max(5.5, min(8.5, row_h * 19))
+    drawn: dict[str, dict[str, int]] = {}
+    for y, (layer, cells) in enumerate(rows.items()):
+        _draw_row(ax, y, cells, colours)
+        counts = {key: len(v) for key, v in states[layer].items()}
+        width = sum(counts.values())
+        drawn[layer] = {"channels": width, "shown": len(cells), **counts}
+        ax.text(1.01, y, _row_text(counts), transform=ax.get_yaxis_transform(), va="center", fontsize=font,
+                linespacing=1.1)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{short_label(layer)}  [{drawn[layer]['channels']}]" for layer in rows], fontsize=font)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlim(0, 1)
+    ax.set_xticks([])
+    for side in ("top", "right", "bottom", "left"):
+        ax.spines[side].set_visible(False)
+    present = [(key, label) for key, _, label in CHANNEL_STATES if any(d[key] for d in drawn.values())]
+    fig.legend(handles=[Patch(color=colours[k], label=label) for k, label in present], loc="lower center",
+               ncol=min(3, max(1, len(present))), fontsize=8, frameon=False)
+    removed = sum(d["removed"] + d["align"] + d["coupled"] for d in drawn.values())
+    caption = _graph_caption(drawn, removed, max_cells, plan)
+    heading = f"{title or f'forget {graph.forget}'}: what the plan did to each scored layer's channels"
+    fig.suptitle(heading, fontsize=11, y=1 - 0.2 / fig_h)
+    fig.text(0.5, 1 - 0.62 / fig_h, caption, ha="center", va="center", fontsize=8, wrap=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    size = [int(fig_w * 110), int(fig_h * 110)]
+    plt.close(fig)
+    return {"layers": drawn, "removed": removed, "legend": [label for _, label in present], "caption": caption,
+            "size_px": size}
+
+
+def _row_text(counts: dict[str, int]) -> str:
+    """A layer's counts beside its strip: removed (with alignment's and coupling's part), then what was kept."""
+    gone = counts["removed"] + counts["align"] + counts["coupled"]
+    why = [f"{counts[k]} {k}" for k in ("align", "coupled") if counts[k]]
+    kept = ([f"{counts['kept']} flagged kept"] if counts["kept"] else []) + [f"{counts['protected']} protected"]
+    return f"{gone} removed" + (f" ({', '.join(why)})" if why else "") + "\n" + ", ".join(kept)
+
+
+def _draw_row(ax: Any, y: int, cells: list[str], colours: dict[str, str]) -> None:
+    """One layer's channel strip: runs of equal state as bars, cell borders when cells are wide enough."""
+    k = max(1, len(cells))
+    start = 0
+    for i in range(1, len(cells) + 1):
+        if i == len(cells) or cells[i] != cells[start]:
+            ax.barh(y, (i - start) / k, left=start / k, height=0.7, color=colours[cells[start]], linewidth=0)
+            start = i
+    if len(cells) <= 128:
+        ax.vlines([i / k for i in range(1, len(cells))], y - 0.35, y + 0.35, colors="white", linewidth=0.4)
+
+
+def _graph_caption(drawn: dict[str, dict[str, int]], removed: int, max_cells: int, plan: PrunePlan | None) -> str:
+    sampled = [d for d in drawn.values() if d["shown"] < d["channels"]]
+    if sampled:
+        shown = f"showing up to {max_cells} channels per layer ({len(sampled)} of {len(drawn)} layers sampled); " \
+                "every removed and flagged channel shown"
+    else:
+        shown = "showing every channel of each layer"
+    what = f"{removed} channel(s) removed" if plan else f"{removed} flagged (no plan given: flagged = removed)"
+    if plan and plan.mode == "mask":
+        what += " (mask mode: zeroed, shapes kept)"
+    return f"{shown}; {what}; [n] = layer width; cells sorted by state, not by channel index"
+
+
+def metric_value(entry: Any, primary: str) -> float | None:
+    """A target's primary metric from a metrics entry's value: a number, or a dict of metrics."""
+    value = entry.get(primary) if isinstance(entry, dict) else entry
+    return None if value is None else float(value)
+
+
+def operating_point_text(point: Any) -> str:
+    """``{"conf": 0.25, "iou": 0.5}`` as ``conf 0.25, IoU 0.5``; ``{"rule": ..}`` as the rule."""
+    if not isinstance(point, dict) or not point:
+        return ""
+    if "rule" in point:
+        return f"decision rule {point['rule']}"
+    return ", ".join(f"{'IoU' if k == 'iou' else k} {v}" for k, v in point.items())
+
+
+def metric_rows(metrics: dict[str, Any], forgotten: list[str] | None = None,
+                max_targets: int = 40) -> dict[str, Any]:
+    """What :func:`draw_metrics` draws: ``primary``, ``values`` (target -> (before, after)),
+    ``targets`` shown, ``forgotten``, ``worst`` retained target and ``caption``.
+
+    The worst retained target is the entry's own (``retained.worst.target``) when it names
+    one, else the largest drop (ties: the lowest after). With more than ``max_targets``
+    targets, the forgotten ones and the retained ones that dropped most are kept.
+    """
+    primary = str(metrics.get("primary") or metrics.get("name") or "metric")
+    before, after = metrics.get("before", {}), metrics.get("after", {})
+    forgotten = [str(t) for t in metrics.get("forgotten", forgotten or [])]
+    values = {str(t): (metric_value(before[t], primary) or 0.0, metric_value(after.get(t), primary) or 0.0)
+              for t in before}
+    drops = {t: b - a for t, (b, a) in values.items() if t not in forgotten}
+    named = (metrics.get("retained") or {}).get("worst") or {}
+    worst = str(named["target"]) if named.get("target") is not None else \
+        max(drops, key=lambda t: (drops[t], -values[t][1])) if drops else None
+    targets = list(values)
+    if len(targets) > max_targets:
+        keep = set(forgotten) | set(sorted(drops, key=lambda t: -drops[t])[:max(0, max_targets - len(forgotten))])
+        targets = [t for t in targets if t in keep]
+    caption = f"{len(targets)} of {len(values)} targets"
+    caption += " (forgotten and largest drops)" if len(targets) < len(values) else ""
+    if worst in values:
+        caption += f"; worst retained: {worst} {values[worst][0]:.3f} -> {values[worst][1]:.3f}"
+    return {"primary": primary, "values": values, "targets": targets, "forgotten": forgotten, "worst": worst,
+            "caption": caption}
+
+
+def draw_metrics(metrics: dict[str, Any], path: str | os.PathLike[str], forgotten: list[str] | None = None,
+                 max_targets: int = 40) -> dict[str, Any]:
+    """Per-target before/after bars of the primary metric of ``report["metrics"]``.
+
+    Forgotten targets are drawn red on a shaded row and labelled, the worst retained target
+    is named (bold, and in the caption), the operating point is in the title; see
+    :func:`metric_rows` for what is shown. ``forgotten`` names the forgotten targets where
+    the entry does not. Returns ``targets`` (top to bottom), ``forgotten``, ``worst``,
+    ``caption`` and ``title``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    rows = metric_rows(metrics, forgotten, max_targets)
+    targets, values, worst, gone = rows["targets"], rows["values"], rows["worst"], rows["forgotten"]
+    n = max(1, len(targets))
+    bar = min(0.32, 12.0 / n)
+    fig, ax = plt.subplots(figsize=(8.5, 1.9 + bar * n))
+    _metric_bars(ax, [values[t] for t in targets], [t in gone for t in targets], max(6.0, min(9.0, bar * 28)))
+    ax.set_yticks(range(len(targets)))
+    ax.set_yticklabels([f"{t}  (forgotten)" if t in gone else f"{t}  (worst retained)" if t == worst else t
+                        for t in targets], fontsize=max(6.0, min(9.0, bar * 28)))
+    for tick, t in zip(ax.get_yticklabels(), targets, strict=False):
+        tick.set_color("#d62728" if t in gone else "black")
+        tick.set_fontweight("bold" if t == worst else "normal")
+    ax.set_xlabel(rows["primary"])
+    handles = [Patch(color="#bbbbbb", label="before"), Patch(color="#2ca02c", label="after (retained)")]
+    handles += [Patch(color="#fde0e0", label="forgotten target (after bar red)")] if gone else []
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.04))
+    point = operating_point_text(metrics.get("operating_point"))
+    title = f"{rows['primary']} per target, before and after" + (f" ({point})" if point else "")
+    ax.set_title(title, fontsize=10)
+    fig.text(0.5, 0.01, rows["caption"], ha="center", va="bottom", fontsize=8)
+    fig.tight_layout(rect=(0, 0.7 / (1.9 + bar * n), 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    return {"targets": targets, "forgotten": gone, "worst": worst, "caption": rows["caption"], "title": title}
+
+
+def _metric_bars(ax: Any, values: list[tuple[float, float]], forgotten: list[bool], font: float) -> None:
+    """Before (grey) and after (green, red when forgotten, on a shaded row) bars, values written beside."""
+    y = list(range(len(values)))
+    ax.barh([v - 0.2 for v in y], [b for b, _ in values], height=0.38, color="#bbbbbb")
+    ax.barh([v + 0.2 for v in y], [a for _, a in values], height=0.38,
+            color=["#d62728" if f else "#2ca02c" for f in forgotten])
+    top = max([1.0, *(x for pair in values for x in pair)])
+    for v, ((b, a), f) in enumerate(zip(values, forgotten, strict=False)):
+        if f:
+            ax.axhspan(v - 0.48, v + 0.48, color="#fde0e0", zorder=0)
+        ax.text(top * 1.03, v, f"{b:.3f} -> {a:.3f}", va="center", fontsize=font * 0.9)
+    ax.set_ylim(len(values) - 0.5, -0.6)
+    ax.set_xlim(0, top * 1.3)
+    ax.set_xticks([t / 5 * top for t in range(6)])
+    ax.spines["right"].set_visible(False)
+
+
+def write_html(report: dict[str, Any], folder: str | os.PathLike[str], name: str = "report.html") -> Path:
+    """``report.html`` in ``folder``: one self-contained page (no network; the folder's
+    graph.png and metrics.png inlined as data URIs) with the verdict, the metrics, the
+    pictures, the removal table, the settings, the hashes, the reproduce command and versions.
+    """
+    import html
+    import json
+
+    folder = Path(folder)
+    esc = html.escape
+    metrics = report.get("metrics")
+    parts = [f"<h1>tpunlearn: {esc(str(report.get('arch', 'model')))}, forget "
+             f"{esc(', '.join(str(t) for t in report.get('forget', [])))}</h1>",
+             _html_verdict(report.get("verdict"), bool(metrics))]
+    if metrics:
+        forgotten = [str(t) for t in metrics.get("forgotten", report.get("forget", []))]
+        parts += ["<h2>Metrics</h2>", _html_image(folder / "metrics.png", "metrics per target"),
+                  _html_metrics(metrics, forgotten)]
+    parts += ["<h2>What was removed</h2>", _html_image(folder / "graph.png", "channels per layer"),
+              _html_removal(report.get("removal"))]
+    if report.get("notes"):
+        parts += ["<h2>Notes</h2><ul>" + "".join(f"<li>{esc(str(n))}</li>" for n in report["notes"]) + "</ul>"]
+    for title, key in (("Settings", "settings"), ("sha256", "sha256"), ("Versions", "versions")):
+        if isinstance(report.get(key), dict):
+            rows = [[k, v] for k, v in report[key].items()]
+            parts += [f"<h2>{title}</h2>", _html_table(["key", "value"], rows).replace("<table>", '<table class="kv">')]
+    parts += ["<h2>Reproduce</h2>", f"<pre>{esc(' '.join(str(a) for a in report.get('reproduce', [])))}</pre>",
+              "<details><summary>report.json</summary><pre>"
+              f"{esc(json.dumps(report, indent=1, default=str))}</pre></details>"]
+    page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>tpunlearn report</title>"
+            f"<style>{_CSS}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
+    path = folder / name
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(page, encoding="utf-8")
+    return path
+
+
+_CSS = ("body{font-family:sans-serif;max-width:70em;margin:1em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
+        "td:first-child,th:first-child,.kv td{text-align:left}img{max-width:100%}"
+        ".met{color:#1a7f37}.notmet{color:#c62828}.forgotten{color:#c62828;font-weight:bold}pre{white-space:pre-wrap}")
+
+
+def _html_table(head: list[str], rows: list[list[Any]], classes: list[str] | None = None) -> str:
+    import html
+
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    body = "".join(f"<tr{f' class={chr(34)}{classes[i]}{chr(34)}' if classes and classes[i] else ''}>"
+                   + "".join(f"<td>{html.escape(cell(v))}</td>" for v in row) + "</tr>" for i, row in enumerate(rows))
+    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{body}</table>")
+
+
+def _html_verdict(verdict: Any, evaluated: bool) -> str:
+    import html
+
+    if not isinstance(verdict, dict):
+        what = "no verdict recorded" if evaluated else "not evaluated (run with --eval)"
+        return f"<p id=\"verdict\"><b>verdict: {what}</b></p>"
+    status = str(verdict.get("status", "met" if verdict.get("met") else "not met"))
+    warnings = "".join(f"<li>{html.escape(str(w))}</li>" for w in verdict.get("warnings", []))
+    return (f"<p id=\"verdict\" class=\"{'met' if verdict.get('met') else 'notmet'}\"><b>verdict: "
+            f"{html.escape(status)}</b></p><pre>{html.escape(str(verdict.get('line', '')))}</pre>"
+            + (f"<ul>{warnings}</ul>" if warnings else ""))
+
+
+def _html_metrics(metrics: dict[str, Any], forgotten_targets: list[str]) -> str:
+    """The per-target table (every metric the entry has, before and after), then the summary."""
+    import html
+
+    before, after = metrics.get("before", {}), metrics.get("after", {})
+    forgotten = set(forgotten_targets)
+    keys = sorted({k for v in before.values() if isinstance(v, dict) for k in v}) or [str(metrics.get("name", ""))]
+    rows, classes = [], []
+    for t in before:
+        b, a = before[t], after.get(t, {})
+        rows.append([f"{t} (forgotten)" if str(t) in forgotten else t,
+                     *[x for k in keys for x in (_pick(b, k), _pick(a, k))]])
+        classes.append("forgotten" if str(t) in forgotten else "")
+    head = ["target", *[f"{k} {when}" for k in keys for when in ("before", "after")]]
+    point = operating_point_text(metrics.get("operating_point"))
+    summary = metrics.get("summary") or {}
+    names = sorted({k for side in summary.values() if isinstance(side, dict) for k in side})
+    table = _html_table(["summary", "before", "after"], [[k, _pick(summary.get("before"), k),
+                                                          _pick(summary.get("after"), k)] for k in names])
+    return (f"<p>verdicts judge {html.escape(str(metrics.get('primary', metrics.get('name', ''))))}"
+            + (f" at {html.escape(point)}" if point else "") + "</p>" + _html_table(head, rows, classes)
+            + (table if names else ""))
+
+
+def _pick(value: Any, key: str) -> Any:
+    return value.get(key, "") if isinstance(value, dict) else "" if value is None else value
+
+
+def _html_image(path: Path, alt: str) -> str:
+    import base64
+    import html
+
+    if not path.is_file():
+        return f"<p>({html.escape(path.name)} was not written)</p>"
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"<p><img alt=\"{html.escape(alt)}\" src=\"data:image/png;base64,{data}\"></p>"
+
+
+def _html_removal(removal: Any) -> str:
+    if not isinstance(removal, dict) or "layers" not in removal:
+        return "<p>(no removal explanation recorded)</p>"
+    keys = ("channels", "flagged", "align_added", "align_kept", "protected_kept", "coupled_added", "removed")
+    head = ["layer", "channels", "flagged", "+align", "-align", "kept by protection", "+coupled", "removed"]
+    rows = [[layer, *(r.get(k, "") for k in keys)] for layer, r in removal["layers"].items()]
+    rows.append(["total", *(removal.get("total", {}).get(k, "") for k in keys)])
+    return _html_table(head, rows)
 
 
 def count_macs(model: Any, example_inputs: Any) -> int:
