@@ -604,7 +604,7 @@ def metrics_table(before: dict[str, dict[str, float]], after: dict[str, dict[str
 
     keys = [k for k in METRIC_ORDER if any(k in m for m in before.values())]
     width = 14 if after is not None else 9
-    name_w = max([6, *(len(n) for n in before)])
+    name_w = max([13 if forgotten else 6, *(len(n) for n in before)])
     lines = [f"{'target':<{name_w}s} " + " ".join(f"{k:>{width}s}" for k in keys) + f" {'n':>6s}"]
 
     def cell(key: str, b: float | None, a: float | None) -> str:

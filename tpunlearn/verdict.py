@@ -89,13 +89,15 @@ def _warnings(v: Verdict, metrics: dict[str, Any]) -> list[str]:
             out.append(f"forget target {name}: {key} {_fmt(t['before'])} -> {_fmt(t['after'])}, not under the "
                        f"goal {v.forget['goal']:g}")
     forgotten = set(metrics["forgotten"])
+    collapsed = []
     for name, row in metrics["before"].items():
         after = _value(metrics["after"], name, key)
         before = row.get(key)
-        if name in forgotten or before is None or after is None:
-            continue
-        if before > 0 and after < before * (1 - COLLAPSE):
-            out.append(f"retained target {name} collapsed: {key} {before:.3f} -> {after:.3f}")
+        if name not in forgotten and before is not None and after is not None and before > 0 \
+                and after < before * (1 - COLLAPSE):
+            collapsed.append(f"{name} {before:.2f} -> {after:.2f}")
+    if collapsed:
+        out.append(f"{len(collapsed)} retained target(s) collapsed ({key} more than halved): {', '.join(collapsed)}")
     return out
 
 
