@@ -7,8 +7,15 @@ import json
 import pytest
 import torch
 
-from tpunlearn.evaluate import (Evaluation, classification_evaluation, compare, detection_evaluation, pixels_to,
-                                retained_summary, segmentation_evaluation)
+from tpunlearn.evaluate import (
+    Evaluation,
+    classification_evaluation,
+    compare,
+    detection_evaluation,
+    pixels_to,
+    retained_summary,
+    segmentation_evaluation,
+)
 
 
 def test_multilabel_recall_precision_and_ap_at_logit_zero():
