@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import assert_error, run
 
 ZOO = "digitscenes-resnet"
