@@ -89,7 +89,7 @@ def test_prune_writes_every_output(pruned):
     plan = json.loads((pruned.out / "plan.json").read_text())
     assert plan["history"]
     assert json.loads((pruned.out / "graph.json").read_text())
-    assert "removed" in pruned.stdout and "<- forgotten" in pruned.stdout
+    assert "removed" in pruned.stdout and "  forgotten" in pruned.stdout
 
 
 def test_prune_report(pruned):
