@@ -226,7 +226,7 @@ def _verdict_args(p: argparse.ArgumentParser) -> None:
 
 
 def _conf_arg(p: argparse.ArgumentParser) -> None:
-    from tpunlearn.evaluate import DEFAULT_CONF
+    from tpunlearn.settings import DEFAULT_CONF
 
     p.add_argument("--conf", type=_unit, default=None, metavar="F",
                    help="detectors: the deployment confidence at which recall and precision are counted "

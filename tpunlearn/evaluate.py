@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tpunlearn import settings
 from tpunlearn.torchutils import eval_mode, main_tensor, model_device
 
 
@@ -123,7 +124,7 @@ def segmentation_metrics(model: nn.Module, batches: Iterable[tuple[torch.Tensor,
 
 
 # ---- one result type for every family ------------------------------------------------------------
-DEFAULT_CONF = 0.25  # detection: ultralytics' own predict confidence, the threshold a deployment uses
+DEFAULT_CONF = settings.DEFAULT_CONF  # detection: the deployment confidence (settings keeps it torch-free)
 MATCH_IOU = 0.5  # detection: box IoU at which a prediction counts as a true positive
 METRIC_ORDER = ("recall", "precision", "ap50", "ap50_95", "ap", "iou")  # columns of every table
 

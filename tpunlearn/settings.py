@@ -137,3 +137,4 @@ DEFAULTS: Final = UnlearnSettings()
 # GOAL_DROP of it.
 GOAL_FORGET: Final = 0.02
 GOAL_DROP: Final = 0.02
+DEFAULT_CONF: Final = 0.25  # detection: ultralytics' own predict confidence, the threshold a deployment uses
