@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from tpunlearn.errors import UsageError, WeightsError
+from tpunlearn.evaluate import Evaluation
 from tpunlearn.targets import Target
 
 
@@ -106,7 +107,7 @@ class Adapter(ABC):
     # unlearn() settings that suit this family better than the library's own defaults; the CLI
     # uses them where the user gives none (say why in the adapter, with the measurement)
     defaults: dict[str, Any] = {}
-    metric_name: str = "recall"
+    metric_name: str = "recall"  # the primary per-target metric of its Evaluation
 
     @abstractmethod
     def handles(self, arch: str) -> bool:
@@ -191,16 +192,17 @@ class Adapter(ABC):
         """Batches ``(images, multi_hot)`` for scoring, read from a data spec."""
 
     @abstractmethod
-    def evaluate(self, model: nn.Module, info: ModelInfo, spec: str | None) -> dict[str, float]:
-        """Per-class metric on held-out data, keyed by class name."""
+    def evaluate(self, model: nn.Module, info: ModelInfo, spec: str | None, **kw: Any) -> Evaluation:
+        """Per-target metrics on held-out data (an :class:`~tpunlearn.evaluate.Evaluation` keyed by
+        class name). Detectors take ``conf``, the deployment confidence."""
 
-    def validate(self, model: nn.Module, info: ModelInfo, spec: str | None) -> dict[str, float]:
-        """Per-class metric on a validation split, for choosing settings (``--auto``).
+    def validate(self, model: nn.Module, info: ModelInfo, spec: str | None, **kw: Any) -> Evaluation:
+        """Per-target metrics on a validation split, for choosing settings (``--auto``).
 
         Families whose data has a validation split distinct from the test split that
         :meth:`evaluate` reports on override this; the default evaluates.
         """
-        return self.evaluate(model, info, spec)
+        return self.evaluate(model, info, spec, **kw)
 
     @abstractmethod
     def save(self, model: nn.Module, info: ModelInfo, path: str | Path) -> None:

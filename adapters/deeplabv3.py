@@ -30,6 +30,7 @@ from torch import nn
 
 from tpunlearn.data.voc import IGNORE_INDEX, VOC_CLASSES, MaskBatches, MaskFilter, mask_batches
 from tpunlearn.errors import UsageError, WeightsError
+from tpunlearn.evaluate import Evaluation
 from tpunlearn.targets import SegmentationLogit, Target
 
 from .base import Adapter, BuildState, ModelInfo, as_size, check_stored, pruning_history, read_checkpoint
@@ -195,13 +196,22 @@ class DeepLabV3Adapter(Adapter):
         """``(images (B, 3, H, W), multi_hot (B, C))`` batches of the training data; multi_hot from the masks."""
         return self.mask_batches(info, spec, "train", batch_size, with_masks=False)
 
-    def evaluate(self, model: nn.Module, info: ModelInfo, spec: str | None) -> dict[str, float]:
-        """Per-class IoU on DigitScenes ``test`` or the folder's ``val`` list, by class name."""
-        return self.segmentation_metrics(model, info, spec)["iou"]
+    def evaluate(self, model: nn.Module, info: ModelInfo, spec: str | None, **kw: Any) -> Evaluation:
+        """Per-class IoU (mIoU, pixel accuracy, the confusion matrix) on DigitScenes ``test`` or the
+        folder's ``val`` list, by class name."""
+        return self._evaluation(model, info, spec, "eval")
 
-    def validate(self, model: nn.Module, info: ModelInfo, spec: str | None) -> dict[str, float]:
-        """Per-class IoU on DigitScenes' ``val`` split or the folder's ``val`` list."""
-        return self.segmentation_metrics(model, info, spec, split="val")["iou"]
+    def validate(self, model: nn.Module, info: ModelInfo, spec: str | None, **kw: Any) -> Evaluation:
+        """The same on DigitScenes' ``val`` split or the folder's ``val`` list."""
+        return self._evaluation(model, info, spec, "val")
+
+    def _evaluation(self, model: nn.Module, info: ModelInfo, spec: str | None, split: str,
+                    batch_size: int = 16) -> Evaluation:
+        from tpunlearn import evaluate
+
+        cm = evaluate.confusion_matrix(model, self.mask_batches(info, spec, split, batch_size),
+                                       len(info.class_names), IGNORE_INDEX)
+        return evaluate.segmentation_evaluation(cm, list(info.class_names))
 
     def segmentation_metrics(self, model: nn.Module, info: ModelInfo, spec: str | None,
                              batch_size: int = 16, split: str = "eval") -> dict[str, Any]:

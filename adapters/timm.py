@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from tpunlearn.errors import UsageError, WeightsError
+from tpunlearn.evaluate import Evaluation
 from tpunlearn.targets import ClassLogit, Target
 
 from .base import Adapter, BuildState, ModelInfo, as_size, check_stored, describe_foreign, pruning_history
@@ -148,13 +149,14 @@ class TimmAdapter(Adapter):
         return data.loader(data.digitscenes("train", size=info.input_size[-1], n_scenes=_digits(spec, "read")),
                            batch_size=batch_size)
 
-    def evaluate(self, model: nn.Module, info: ModelInfo, spec: str | None) -> dict[str, float]:
-        """Per-class recall on DigitScenes' test split."""
-        return _recall(model, info, spec, "test", "evaluate on")
+    def evaluate(self, model: nn.Module, info: ModelInfo, spec: str | None, **kw: Any) -> Evaluation:
+        """Per-class recall and precision at the model's decision rule (and AP for multi-label) on
+        DigitScenes' test split."""
+        return _evaluation(model, info, spec, "test", "evaluate on")
 
-    def validate(self, model: nn.Module, info: ModelInfo, spec: str | None) -> dict[str, float]:
-        """Per-class recall on DigitScenes' validation split (its own scans, not the test split's)."""
-        return _recall(model, info, spec, "val", "validate on")
+    def validate(self, model: nn.Module, info: ModelInfo, spec: str | None, **kw: Any) -> Evaluation:
+        """The same on DigitScenes' validation split (its own scans, not the test split's)."""
+        return _evaluation(model, info, spec, "val", "validate on")
 
     def repair_data(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int],
                     batch_size: int = 32) -> Iterable[Any]:
@@ -227,14 +229,17 @@ def _size_from_imgsz(imgsz: int | Sequence[int], channels: int) -> tuple[int, in
     return (channels, dims[0], dims[1])
 
 
-def _recall(model: nn.Module, info: ModelInfo, spec: str | None, split: str, verb: str) -> dict[str, float]:
-    """Per-class recall on a DigitScenes split, keyed by class name."""
+def _evaluation(model: nn.Module, info: ModelInfo, spec: str | None, split: str, verb: str) -> Evaluation:
+    """:func:`tpunlearn.evaluate.classification_evaluation` on a DigitScenes split, at the decision rule
+    of ``info.task`` (multi-label: logit > 0; multi-class: argmax)."""
     from tpunlearn import data
-    from tpunlearn.evaluate import recall_table
+    from tpunlearn.evaluate import classification_evaluation, predict_multilabel
 
     batches = data.loader(data.digitscenes(split, size=info.input_size[-1], n_scenes=_digits(spec, verb)),
                           batch_size=128)
-    return recall_table(model, batches, info.class_names)
+    logits, labels = predict_multilabel(model, batches)
+    task = "multilabel" if info.task == "multilabel" else "multiclass"
+    return classification_evaluation(logits, labels, info.class_names, task)
 
 
 def _digits(spec: str | None, verb: str) -> int | None:

@@ -34,9 +34,11 @@ from tpunlearn.torchutils import model_device
 if TYPE_CHECKING:
     from ultralytics.nn.modules.head import Detect
 
+    from tpunlearn.evaluate import Evaluation
+
 __all__ = ["as_checkpoint", "checkpoint_model", "checkpoint_payload", "detect_head", "from_yaml", "hub_weights",
            "is_detection_pt", "is_detection_yaml", "names_dict", "names_list", "no_autoinstall", "prepare",
-           "train_arg", "unsafe_load", "validate_ap50"]
+           "train_arg", "unsafe_load", "validate_ap50", "evaluate_detection"]
 
 
 def detect_head(model: nn.Module) -> Detect:
@@ -284,20 +286,69 @@ def checkpoint_payload(model: nn.Module, imgsz: int, model_name: str, record: di
 def validate_ap50(model: nn.Module, data: str, imgsz: int, names: list[str]) -> dict[str, float]:
     """Per-class AP50 by class name from ultralytics' ``DetectionValidator`` on the ``val`` split of
     the dataset YAML ``data``, plus ``"mAP50"``. It runs on a copy (the validator fuses Conv+BN in place)."""
-    from ultralytics.models.yolo.detect import DetectionValidator
+    return _ap50_table(_run_validator(model, data, imgsz, VALIDATOR_CONF).metrics, names)
 
-    device = model_device(model)
+
+VALIDATOR_CONF = 0.001  # ultralytics' own validation confidence: AP ranks every detection above it
+
+
+def evaluate_detection(model: nn.Module, data: str, imgsz: int, names: list[str],
+                       conf: float) -> Evaluation:
+    """Per-class recall and precision at confidence ``conf`` and box IoU 0.5, and AP50 / AP50-95.
+
+    ultralytics' validator runs twice on the ``val`` split of ``data``: once at its own
+    confidence (0.001) for AP, whose ranking hides a model whose every score fell under a
+    usable threshold, and once at ``conf`` for the operating point, whose per-prediction
+    matches (``tp`` at IoU 0.5, each labelled box matched once, class-aware) and labelled
+    classes it keeps are counted per class.
+    """
+    from tpunlearn.evaluate import detection_evaluation
+
+    ranked = _run_validator(model, data, imgsz, VALIDATOR_CONF).metrics
+    box = ranked.box
+    ap = {int(c): (float(box.ap50[i]), float(box.ap[i])) for i, c in enumerate(box.ap_class_index)}
+    summary = {"mAP50": float(box.map50), "mAP50-95": float(box.map)}
+    kept = _run_validator(model, data, imgsz, conf).kept
+    matched = {"tp50": kept["tp"][:, 0] if kept["tp"].ndim == 2 else kept["tp"],
+               "pred_cls": kept["pred_cls"], "target_cls": kept["target_cls"]}
+    return detection_evaluation(names, matched, ap, summary, conf)
+
+
+def _run_validator(model: nn.Module, data: str, imgsz: int, conf: float) -> Any:
+    """ultralytics' ``DetectionValidator`` run on a copy of ``model`` at confidence ``conf``; its
+    ``kept`` attribute holds the per-prediction stats (numpy) it clears after computing metrics."""
     with tempfile.TemporaryDirectory(prefix="tpunlearn-val-") as tmp:
-        args = dict(task="detect", mode="val", data=data, imgsz=int(imgsz), batch=16,
-                    conf=0.001, iou=0.7, plots=False, save_json=False, save_txt=False,
-                    verbose=False, workers=0, project=tmp, name="val", exist_ok=True, split="val",
-                    device="cpu" if device.type == "cpu" else str(device.index or 0))
-        validator = DetectionValidator(args=args)
+        args = dict(task="detect", mode="val", data=data, imgsz=int(imgsz), batch=16, conf=float(conf), iou=0.7,
+                    plots=False, save_json=False, save_txt=False, verbose=False, workers=0, project=tmp, name="val",
+                    exist_ok=True, split="val", device=_device_arg(model))
+        validator = _keeping_validator()(args=args)
         try:
-            validator(model=copy.deepcopy(model).float())
+            with quiet():
+                validator(model=copy.deepcopy(model).float())
         except (FileNotFoundError, SyntaxError) as exc:
             raise DataError(f"cannot validate on {data}: {error_line(exc)}") from None
-    return _ap50_table(validator.metrics, names)
+    return validator
+
+
+def _device_arg(model: nn.Module) -> str:
+    device = model_device(model)
+    return "cpu" if device.type == "cpu" else str(device.index or 0)
+
+
+def _keeping_validator() -> type:
+    """A ``DetectionValidator`` that keeps a copy of its per-prediction stats before clearing them."""
+    import numpy as np
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    class KeepingValidator(DetectionValidator):
+        kept: dict[str, Any] = {}
+
+        def get_stats(self) -> dict[str, Any]:
+            stats = self.metrics.stats
+            self.kept = {k: np.concatenate(v, 0) if len(v) else np.zeros(0) for k, v in stats.items()}
+            return super().get_stats()
+
+    return KeepingValidator
 
 
 def _ap50_table(metrics: Any, names: list[str]) -> dict[str, float]:

@@ -46,6 +46,7 @@ from torch import nn
 from tpunlearn.data import digits_count
 from tpunlearn.data import yolo as yolo_data
 from tpunlearn.errors import UsageError, WeightsError
+from tpunlearn.evaluate import DEFAULT_CONF, Evaluation
 from tpunlearn.targets import DetectionScore, Target
 from tpunlearn.torchutils import forward, main_tensor
 
@@ -67,7 +68,7 @@ DIGITS_SCENES = {"train": 512, "test": 1000}  # default scene counts: scoring re
 class YOLOv5Adapter(Adapter):
     name = "yolov5"
     library = "ultralytics"
-    metric_name = "ap50"
+    metric_name = "recall"
     # On digitscenes-yolov5 the library defaults (sigma 4, delta 0.05, tolerance 0) leave every
     # digit's AP50 unchanged: a detector's neck channels serve every class. These settings took
     # every digit to AP50 0 with retained mAP50 within 2.5 points
@@ -242,14 +243,16 @@ class YOLOv5Adapter(Adapter):
             spec = str(yolo_data.digits_yaml(size, n_train=digits))
         return yolo_data.batches(spec, nc, size, batch_size, labeller)
 
-    def evaluate(self, model: nn.Module, info: ModelInfo, spec: str | None) -> dict[str, float]:
-        """Per-class AP50 (keyed by class name) from ultralytics' own validator, plus ``"mAP50"``.
+    def evaluate(self, model: nn.Module, info: ModelInfo, spec: str | None, conf: float = DEFAULT_CONF,
+                 **kw: Any) -> Evaluation:
+        """Per-class recall and precision at confidence ``conf`` (box IoU 0.5), AP50 and AP50-95, by
+        class name, from ultralytics' own validator (:func:`ultralytics_io.evaluate_detection`).
 
         Runs ``DetectionValidator`` on the ``val`` split of a dataset YAML (``spec``, or the
         ``data`` the checkpoint was trained on) on a copy of the model (the validator fuses
         Conv+BN in place). ``"digits"`` / ``"digits:N"`` (the default for DigitScenes models)
         validates on DigitScenes' *test* split (1000 scenes, or N) at the model's input size.
-        Classes with no labelled instance in the split are left out (not NaN, not mAP).
+        Classes with no labelled instance in the split are left out.
         """
         data = _default_spec(model, info, spec) or uio.train_arg(model, "data")
         digits = digits_count(data, DIGITS_SCENES["test"]) if data else None
@@ -261,7 +264,7 @@ class YOLOv5Adapter(Adapter):
         if Path(str(data)).suffix.lower() not in (".yaml", ".yml"):
             raise UsageError(f"evaluating a YOLO model needs a dataset YAML with labels, got {data!r}")
         yolo_data.read_dataset(Path(str(data)), split="val")  # fail fast, never download
-        return uio.validate_ap50(model, str(data), int(info.input_size[-1]), info.class_names)
+        return uio.evaluate_detection(model, str(data), int(info.input_size[-1]), info.class_names, float(conf))
 
     # ---- saving --------------------------------------------------------------------------
     def save(self, model: nn.Module, info: ModelInfo, path: str | Path, meta: dict[str, Any] | None = None) -> None:

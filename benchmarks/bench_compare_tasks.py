@@ -71,7 +71,7 @@ def detection() -> tuple[Task, Any, list[Any]]:
                                 **a.defaults})
 
     def evaluate(m):
-        return {k: v for k, v in a.evaluate(m, info, "digits").items() if k != "mAP50"}
+        return {k: v["ap50"] for k, v in a.evaluate(m, info, "digits").per_target.items()}
 
     methods = [Original(), Graph("Last layer only (sigma 1)", sigma=1), Graph("Graph without balance", balanced=False),
                Graph("Graph(beta), mask", mode="mask"), Graph("Graph(beta), physical (yolov5 family defaults)")]

@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import pytest
 
-from tpunlearn.auto import _judge, auto_unlearn
+from tpunlearn.auto import auto_unlearn, judge_setting
 from tpunlearn.errors import UsageError
 
 
 def test_judge_checks_the_forget_bound_and_the_retained_budget():
     base = {0: 0.9, 1: 0.8, 2: 0.7}
-    ok = _judge(base, {0: 0.01, 1: 0.79, 2: 0.7}, [0], bound=0.02, budget=0.02)
+    ok = judge_setting(base, {0: 0.01, 1: 0.79, 2: 0.7}, [0], bound=0.02, budget=0.02)
     assert ok["met"] and ok["worst_retained"] == 1 and ok["miss"] == 0
-    too_much = _judge(base, {0: 0.01, 1: 0.7, 2: 0.7}, [0], bound=0.02, budget=0.02)
+    too_much = judge_setting(base, {0: 0.01, 1: 0.7, 2: 0.7}, [0], bound=0.02, budget=0.02)
     assert not too_much["met"] and too_much["miss"] == pytest.approx(0.08)
-    not_forgotten = _judge(base, {0: 0.5, 1: 0.8, 2: 0.7}, [0], bound=0.02, budget=0.02)
+    not_forgotten = judge_setting(base, {0: 0.5, 1: 0.8, 2: 0.7}, [0], bound=0.02, budget=0.02)
     assert not not_forgotten["met"] and not_forgotten["forget_metric"] == 0.5
 
 

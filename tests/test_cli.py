@@ -90,7 +90,7 @@ def test_prune_writes_every_output(pruned):
     plan = json.loads((pruned.out / "plan.json").read_text())
     assert plan["history"]
     assert json.loads((pruned.out / "graph.json").read_text())
-    assert "removed" in pruned.stdout and "<- forgotten" in pruned.stdout
+    assert "removed" in pruned.stdout and "  forgotten" in pruned.stdout
 
 
 def test_prune_pictures_and_page_match_the_plan(pruned):
@@ -124,13 +124,32 @@ def test_prune_report(pruned):
 
 def test_prune_metrics_forget_only_the_target(pruned):
     m = pruned.report["metrics"]
-    assert m["name"] == "recall"
+    assert m["name"] == m["primary"] == "recall" and m["task"] == "multilabel"
+    assert m["operating_point"] == {"rule": "logit > 0"} and m["forgotten"] == ["3"]
     assert set(m["before"]) == set(m["after"]) == set(DIGITS)
-    assert m["before"]["3"] >= 0.9
-    assert m["after"]["3"] <= 0.02
+    assert set(m["before"]["0"]) == {"recall", "precision", "ap", "instances"}
+    assert m["before"]["3"]["recall"] >= 0.9
+    assert m["after"]["3"]["recall"] <= 0.02
     for digit in DIGITS:
         if digit != "3":
-            assert m["after"][digit] >= m["before"][digit] - 0.02, digit
+            assert m["after"][digit]["recall"] >= m["before"][digit]["recall"] - 0.02, digit
+    kept = [d for d in DIGITS if d != "3"]
+    retained = m["retained"]
+    assert retained["mean_after"] == pytest.approx(sum(m["after"][d]["recall"] for d in kept) / len(kept))
+    assert retained["worst"]["target"] in kept  # the forgotten digit never is the worst retained one
+
+
+def test_prune_verdict_is_met_for_digit_3(pruned):
+    v = pruned.report["verdict"]
+    assert v["status"] == "met" and v["met"] is True, v
+    assert v["forget"]["targets"]["3"]["after"] <= v["forget"]["goal"] == 0.02
+    assert v["removed_channels"] == pruned.report["removed_channels"] > 0
+    assert v["warnings"] == []
+    last = pruned.stdout.strip().splitlines()[-1]
+    assert last == v["line"] and last.startswith("verdict: met: forget 3 recall")
+    table = pruned.stdout[pruned.stdout.index("target"):]
+    assert "forgotten" in next(line for line in table.splitlines() if line.startswith("3 "))
+    assert "retained mean" in table and "worst retained: " in table
 
 
 def test_prune_onnx_parity(pruned):
@@ -184,11 +203,11 @@ def test_eval_of_the_saved_model_matches_the_report(pruned, tmp_path, capsys):
     before = sha256(weights)
     code, out, err = run(capsys, "eval", "--arch", "resnet18", "--weights", weights, "--json", tmp_path / "m.json")
     assert code == 0, err
-    metrics = json.loads((tmp_path / "m.json").read_text())["metrics"]
+    metrics = json.loads((tmp_path / "m.json").read_text())["metrics"]["per_target"]
     after = pruned.report["metrics"]["after"]
     assert set(metrics) == set(after)
     for digit in DIGITS:
-        assert metrics[digit] == pytest.approx(after[digit], abs=1e-6), digit
+        assert metrics[digit]["recall"] == pytest.approx(after[digit]["recall"], abs=1e-6), digit
     assert sha256(weights) == before
 
 
@@ -289,9 +308,17 @@ def test_eval_zoo_model_writes_json(tmp_path, capsys):
     assert code == 0, err
     data = json.loads(path.read_text())
     assert data["arch"] == ZOO and data["name"] == "recall"
-    assert set(data["metrics"]) == set(DIGITS)
-    assert all(v >= 0.9 for v in data["metrics"].values()), data["metrics"]
-    assert all(f"{d} recall" in out for d in DIGITS)
+    metrics = data["metrics"]
+    assert metrics["task"] == "multilabel" and metrics["primary"] == "recall"
+    assert set(metrics["per_target"]) == set(DIGITS)
+    assert all(m["recall"] >= 0.9 and m["precision"] >= 0.9 for m in metrics["per_target"].values()), metrics
+    rows = {line.split()[0]: line.split() for line in out.splitlines()}
+    assert rows["target"][:4] == ["target", "recall", "precision", "ap"]
+    assert all(float(rows[d][1]) == pytest.approx(metrics["per_target"][d]["recall"], abs=1e-3) for d in DIGITS)
+
+
+def test_eval_refuses_conf_for_a_classifier(capsys):
+    assert_error(run(capsys, "eval", "--arch", ZOO, "--conf", "0.3"), 2, "--conf")
 
 
 def test_graph_cache_then_prune_without_scoring(tmp_path, capsys):

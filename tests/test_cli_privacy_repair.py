@@ -24,7 +24,7 @@ def test_repair_epochs_fine_tunes_the_pruned_model_and_reports_it(tmp_path, caps
     report = json.loads((out / "report.json").read_text())
     repair = report["repair"]
     assert repair["epochs"] == 1 and repair["steps"] > 0 and repair["loss_last"] < 0.05
-    after = report["metrics"]["after"]
+    after = {k: v["recall"] for k, v in report["metrics"]["after"].items()}
     assert after["3"] <= 0.02  # the repair never brings the forgotten digit back
     assert min(v for k, v in after.items() if k != "3") >= 0.9
 

@@ -298,7 +298,7 @@ def test_digit_samples_mark_background_and_digits(adapter, digits_model, monkeyp
     images, multi_hot = next(iter(adapter.samples(model, wide, "digits:4", batch_size=4)))
     assert images.shape == (4, 3, 40, 64)
     assert torch.equal(multi_hot[:, 1:], DigitScenes("train", size=32, n_scenes=4).multi_hot)
-    assert list(adapter.evaluate(model, wide, "digits:4")) == DIGIT_CLASSES
+    assert adapter.evaluate(model, wide, "digits:4").extra["names"] == DIGIT_CLASSES
     with pytest.raises(UsageError, match="VOC-style"):
         adapter.samples(model, adapter.build(MOBILE, imgsz=SIZE)[1], "digits")
     with pytest.raises(UsageError, match="digits:N"):
@@ -309,12 +309,17 @@ def test_digit_samples_mark_background_and_digits(adapter, digits_model, monkeyp
 
 def test_evaluate_gives_per_class_iou(adapter, digits_model):
     model, info = digits_model
-    iou = adapter.evaluate(model, info, "digits:24")
-    assert list(iou) == DIGIT_CLASSES
-    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in iou.values()), iou
+    ev = adapter.evaluate(model, info, "digits:24")
+    assert ev.task == "segmentation" and ev.primary == "iou" and ev.operating_point == {"rule": "argmax"}
+    iou = ev.primary_values()
     full = adapter.segmentation_metrics(model, info, "digits:24")
-    assert full["iou"] == iou and 0.0 <= full["mIoU"] <= 1.0 and 0.0 <= full["pixel_accuracy"] <= 1.0
-    assert full["mIoU"] == pytest.approx(sum(iou.values()) / len(iou))
+    # the classes neither labelled nor predicted (NaN IoU) are left out; the others match
+    assert iou == {k: v for k, v in full["iou"].items() if v == v} and set(iou) <= set(DIGIT_CLASSES)
+    assert all(0.0 <= v <= 1.0 for v in iou.values()), iou
+    assert ev.summary == {"mIoU": pytest.approx(full["mIoU"]), "pixel_accuracy": pytest.approx(full["pixel_accuracy"])}
+    assert ev.extra["confusion"] == full["confusion"] and ev.extra["names"] == DIGIT_CLASSES
+    truth = {n: sum(row) for n, row in zip(DIGIT_CLASSES, full["confusion"], strict=True)}
+    assert {n: m["instances"] for n, m in ev.per_target.items()} == {n: truth[n] for n in ev.per_target}
 
 
 def test_voc_folder_matches_digits(adapter, digits_model, tmp_path):
@@ -326,9 +331,9 @@ def test_voc_folder_matches_digits(adapter, digits_model, tmp_path):
     digits = list(adapter.samples(model, info, "digits:6", batch_size=4))
     assert torch.equal(torch.cat([b[1] for b in voc]), torch.cat([b[1] for b in digits]))
     assert (torch.cat([b[0] for b in voc]) - torch.cat([b[0] for b in digits])).abs().max() <= 1 / 255
-    iou = adapter.evaluate(model, info, str(root))  # no val.txt: test.txt
-    assert list(iou) == DIGIT_CLASSES
-    assert all(v != v or 0.0 <= v <= 1.0 for v in iou.values())  # NaN only for a class absent in both
+    iou = adapter.evaluate(model, info, str(root)).primary_values()  # no val.txt: test.txt
+    assert iou and set(iou) <= set(DIGIT_CLASSES)
+    assert all(0.0 <= v <= 1.0 for v in iou.values())  # a class absent in both is left out, never NaN
     (root / "ImageSets" / "Segmentation" / "train.txt").unlink()
     with pytest.raises(DataError, match="train.txt"):
         adapter.samples(model, info, str(root))

@@ -78,7 +78,7 @@ def head_out_channels(model: torch.nn.Module) -> list[int]:
 
 # ---- registry and names ------------------------------------------------------------------
 def test_registry_and_handles(adapter, tmp_path):
-    assert isinstance(adapter, YOLOv5Adapter) and adapter.metric_name == "ap50"
+    assert isinstance(adapter, YOLOv5Adapter) and adapter.metric_name == "recall"
     for arch in ("yolov5n", "yolov5s", "yolov5m", "yolov5nu", "yolov5su", "yolov5mu", "yolov5s.yaml",
                  "yolov5su.pt"):
         assert adapter.handles(arch), arch
@@ -251,17 +251,29 @@ def test_save_loads_in_ultralytics_predicts_and_validates(adapter, built, pruned
 
 
 # ---- evaluation ----------------------------------------------------------------------------
-def test_evaluate_per_class_ap50(adapter, built, data_yaml):
+def test_evaluate_per_class_at_the_operating_point(adapter, built, data_yaml):
     model, info = built
     params = [p.detach().clone() for p in model.parameters()]
     result = adapter.evaluate(model, info, str(data_yaml))
-    labelled = set()
+    counts: dict[int, int] = {}
     for f in (data_yaml.parent / "labels" / "val").glob("*.txt"):
-        labelled |= {int(line.split()[0]) for line in f.read_text().splitlines() if line.strip()}
-    assert labelled  # the split holds labelled digits to score
-    # classes with labels in the split, by name (absent ones left out), plus the overall mAP50
-    assert set(result) == {info.class_names[c] for c in labelled} | {"mAP50"}
-    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in result.values())
+        for line in f.read_text().splitlines():
+            if line.strip():
+                counts[int(line.split()[0])] = counts.get(int(line.split()[0]), 0) + 1
+    assert counts  # the split holds labelled digits to score
+    assert result.task == "detection" and result.primary == "recall"
+    assert result.operating_point == {"conf": 0.25, "iou": 0.5}
+    # classes with labels in the split, by name (absent ones left out), each with its labelled box count
+    assert {n: int(m["instances"]) for n, m in result.per_target.items()} == {
+        info.class_names[c]: n for c, n in counts.items()}
+    for m in result.per_target.values():
+        assert set(m) == {"recall", "precision", "ap50", "ap50_95", "instances"}
+        assert all(0.0 <= m[k] <= 1.0 for k in ("recall", "precision", "ap50", "ap50_95"))
+    assert set(result.summary) == {"mAP50", "mAP50-95"}
+    low = adapter.evaluate(model, info, str(data_yaml), conf=0.0)
+    assert low.operating_point["conf"] == 0.0
+    # a lower threshold keeps every prediction the higher one kept: recall never falls
+    assert all(low.per_target[n]["recall"] >= m["recall"] for n, m in result.per_target.items())
     # the validator fuses Conv+BN of what it is given: the adapter hands it a copy
     assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
     assert len(list(model.parameters())) == len(params)

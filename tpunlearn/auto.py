@@ -8,7 +8,6 @@ evaluates. Channel scores are computed once per ``sigma`` and reused for every `
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,11 +17,16 @@ from torch import nn
 from tpunlearn.api import UnlearnResult, unlearn
 from tpunlearn.distributed import world
 from tpunlearn.errors import UsageError
+from tpunlearn.evaluate import retained_summary
+from tpunlearn.settings import GOAL_DROP, GOAL_FORGET
+from tpunlearn.verdict import missed_by
 
 SIGMAS = (1, 2, 4, 8)
 DELTAS = (0.02, 0.05, 0.1, 0.2, 0.3)
 
-Evaluate = Callable[[nn.Module], Mapping[int, float]]  # model -> {target index: metric, higher is better}
+# model -> {target index: primary metric, higher is better}; the CLI passes
+# ``adapter.validate(model, ...).primary_values()`` keyed by index
+Evaluate = Callable[[nn.Module], Mapping[int, float]]
 
 
 @dataclass
@@ -40,7 +44,7 @@ class AutoResult:
 
 
 def auto_unlearn(model: nn.Module, samples: Iterable[Any] | None, forget: Sequence[int] | int, evaluate: Evaluate,
-                 forget_bound: float = 0.02, retain_budget: float = 0.02, sigmas: Sequence[int] = SIGMAS,
+                 forget_bound: float = GOAL_FORGET, retain_budget: float = GOAL_DROP, sigmas: Sequence[int] = SIGMAS,
                  deltas: Sequence[float] = DELTAS, baseline: Mapping[int, float] | None = None,
                  **unlearn_kwargs: Any) -> AutoResult:
     """Search ``sigmas`` x ``deltas`` (both ascending) with :func:`tpunlearn.unlearn`.
@@ -68,7 +72,7 @@ def auto_unlearn(model: nn.Module, samples: Iterable[Any] | None, forget: Sequen
                           **unlearn_kwargs)
             assert res is not None  # one process: unlearn always returns its result
             scores = res.scores
-            row = _judge(base, evaluate(res.model), forget, forget_bound, retain_budget)
+            row = judge_setting(base, evaluate(res.model), forget, forget_bound, retain_budget)
             row.update(sigma=sigma, delta=delta, removed_channels=res.report["removed_channels"])
             tried.append(row)
             candidate = AutoResult(sigma=sigma, delta=delta, met=row["met"], result=res, tried=tried)
@@ -80,12 +84,14 @@ def auto_unlearn(model: nn.Module, samples: Iterable[Any] | None, forget: Sequen
     return best[1]
 
 
-def _judge(base: Mapping[int, float], after: Mapping[int, float], forget: list[int], bound: float,
-           budget: float) -> dict[str, Any]:
+def judge_setting(base: Mapping[int, float], after: Mapping[int, float], forget: list[int], bound: float,
+                  budget: float) -> dict[str, Any]:
+    """One tried setting against the goals (the verdict's test, :func:`tpunlearn.verdict.missed_by`):
+    the worst forget metric, the worst retained target and its drop, ``met`` and ``miss``."""
     forget_value = max(float(after[t]) for t in forget)
-    drops = {t: float(base[t]) - float(after[t]) for t in base if t not in forget and not math.isnan(base[t])}
-    worst = max(drops, key=lambda t: drops[t]) if drops else None
-    worst_drop = drops[worst] if worst is not None else 0.0
-    miss = max(0.0, forget_value - bound) + max(0.0, worst_drop - budget)
-    return {"forget_metric": round(forget_value, 4), "worst_retained": worst,
+    kept = retained_summary(base, after, forget)
+    worst = kept["worst"]
+    worst_drop = float(worst["drop"]) if worst else 0.0
+    miss = missed_by(forget_value, worst_drop, bound, budget)
+    return {"forget_metric": round(forget_value, 4), "worst_retained": worst["target"] if worst else None,
             "worst_retained_drop": round(worst_drop, 4), "met": miss == 0.0, "miss": round(miss, 4)}

@@ -170,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="--auto: the deltas to try, smallest first (default 0.02 0.05 0.1 0.2 0.3)")
     prune.add_argument("--seed", type=int, default=0)
     _device_arg(prune)
+    _verdict_args(prune)
     prune.set_defaults(func=_cmd_prune, data_parallel=True)
 
     graph = sub.add_parser("graph", help="score every target once and save the cache `prune --graph` reads")
@@ -197,11 +198,58 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--forget", nargs="+", metavar="NAME",
                     help="with --mia: the targets whose training samples to attack")
     _device_arg(ev)
+    _conf_arg(ev)
     ev.set_defaults(func=_cmd_eval)
 
     zoo = sub.add_parser("zoo", help="list the bundled models")
     zoo.set_defaults(func=_cmd_zoo)
     return p
+
+
+def _verdict_args(p: argparse.ArgumentParser) -> None:
+    """``prune``'s verdict flags: the detection confidence, the two goals, and ``--strict``.
+
+    The goals' defaults are ``--auto``'s bound and budget (one constant each, in settings).
+    """
+    from tpunlearn.settings import GOAL_DROP, GOAL_FORGET
+
+    _conf_arg(p)
+    p.add_argument("--goal-forget", type=_unit, default=GOAL_FORGET, metavar="F",
+                   help="--eval's verdict is met only when every forget target's metric (recall, or IoU for "
+                        f"segmentation) is at most F after (default {GOAL_FORGET})")
+    p.add_argument("--goal-drop", type=_unit, default=GOAL_DROP, metavar="F",
+                   help="... and no retained target's metric drops by more than F (default "
+                        f"{GOAL_DROP})")
+    p.add_argument("--strict", action="store_true",
+                   help="with --eval: exit with status 3 when the verdict is not met (outputs are still written)")
+    p.set_defaults(auto_bound=GOAL_FORGET, auto_budget=GOAL_DROP)  # --auto searches for the same goals
+
+
+def _conf_arg(p: argparse.ArgumentParser) -> None:
+    from tpunlearn.settings import DEFAULT_CONF
+
+    p.add_argument("--conf", type=_unit, default=None, metavar="F",
+                   help="detectors: the deployment confidence at which recall and precision are counted "
+                        f"(box IoU 0.5; default {DEFAULT_CONF}, ultralytics' predict default)")
+
+
+def _unit(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value
+
+
+def _eval_kwargs(args: argparse.Namespace, info: Any) -> dict[str, Any]:
+    """The keywords of ``adapter.evaluate``: ``conf`` for a detector; ``--conf`` elsewhere is refused."""
+    if args.conf is None:
+        return {}
+    if info.task != "detection":
+        raise UsageError(f"--conf is the confidence of a detector; {args.arch} is a {info.task} model: drop --conf")
+    return {"conf": args.conf}
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -288,11 +336,14 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
 
     if not is_main() and args.graph:
         return 0  # cached scores: nothing to share
+    if args.strict and not args.eval:
+        raise UsageError("--strict judges the verdict of --eval; add --eval")
     torch.manual_seed(args.seed)
     out = Path(args.out)
     if not args.dry_run and is_main():
         _check_out(out, args)
     adapter, model, info = _build(args)
+    _eval_kwargs(args, info)  # a --conf the model cannot use fails before any work
     model.to(device)
     forget, retain = _targets(args, info)
     example = to_device(adapter.example_inputs(info), device)
@@ -320,11 +371,12 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
     # a pruned checkpoint carries its own history: the new pruning replays after it
     info.extra["history"] = [list(h) for h in info.extra.get("history") or []] + res.plan.history
     _write_outputs(args, out, adapter, model, info, res, example, report)
-    _summary(report)
     onnx = ", model.onnx" if args.onnx else ""
     metrics = ", metrics.png" if "metrics" in report else ""
     print(f"wrote {out}/ (model.pt, plan.json, graph.json, graph.png{metrics}, report.html, report.json{onnx})")
-    return 0
+    _summary(report)
+    verdict = report.get("verdict")
+    return 3 if args.strict and verdict is not None and not verdict["met"] else 0
 
 
 def _targets(args: argparse.Namespace, info: Any) -> tuple[list[int], list[int] | None]:
@@ -367,8 +419,8 @@ def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samp
     from tpunlearn.auto import DELTAS, SIGMAS, auto_unlearn
 
     def evaluate(m: Any) -> dict[int, float]:
-        return {info.class_names.index(k): v for k, v in adapter.validate(m, info, args.data).items()
-                if k in info.class_names}
+        values = adapter.validate(m, info, args.data, **_eval_kwargs(args, info)).primary_values()
+        return {info.class_names.index(k): v for k, v in values.items() if k in info.class_names}
 
     found = auto_unlearn(model, samples, forget, evaluate, forget_bound=args.auto_bound,
                          retain_budget=args.auto_budget, sigmas=args.auto_sigmas or SIGMAS,
@@ -393,11 +445,15 @@ def _write_outputs(args: argparse.Namespace, out: Path, adapter: Any, model: Any
     """
     from tpunlearn.io import staged_folder, write_json
     from tpunlearn.report import draw_graph, draw_metrics, metrics_entry, onnx_entry, output_hashes, write_html
+    from tpunlearn.verdict import judge
 
     with staged_folder(out) as stage:
         if args.eval:
-            report["metrics"] = metrics_entry(adapter.metric_name, adapter.evaluate(model, info, args.data),
-                                              adapter.evaluate(res.model, info, args.data))
+            kw = _eval_kwargs(args, info)
+            report["metrics"] = metrics_entry(adapter.evaluate(model, info, args.data, **kw),
+                                              adapter.evaluate(res.model, info, args.data, **kw), report["forget"])
+            report["verdict"] = judge(report["metrics"], report["removed_channels"], report["params"],
+                                      report["macs"], args.goal_forget, args.goal_drop).to_dict()
         adapter.save(res.model, info, stage / "model.pt")
         res.plan.save(stage / "plan.json")
         res.graph.save(stage / "graph.json")
@@ -527,14 +583,77 @@ def _check_output_file(flag: str, path: str, args: argparse.Namespace) -> None:
 
 
 def _summary(report: dict[str, Any]) -> None:
+    """The run's result: channels and params, with --eval the per-target table, warnings on stderr, and
+    the verdict line last."""
     params = report["params"]
     print(f"removed {report['removed_channels']} channels; params {params['before']:,} -> {params['after']:,}")
-    metrics = report.get("metrics")
+    metrics, verdict = report.get("metrics"), report.get("verdict")
     if metrics:
-        print(f"{'target':>10s} {metrics['name'] + ' before':>16s} {'after':>8s}")
-        for name, before in metrics["before"].items():
-            mark = "  <- forgotten" if name in report["forget"] else ""
-            print(f"{name:>10s} {before:16.3f} {metrics['after'][name]:8.3f}{mark}")
+        for line in metrics_table(metrics["before"], metrics["after"], metrics["forgotten"]):
+            print(line)
+        for line in _metrics_notes(metrics):
+            print(line)
+    warnings_ = verdict["warnings"] if verdict else []
+    if not verdict and report["removed_channels"] == 0:
+        warnings_ = ["the run removed no channel: the model is unchanged, nothing was forgotten"]
+    for warning in warnings_:
+        print(f"tpunlearn: warning: {warning}", file=sys.stderr)
+    if verdict:
+        sys.stderr.flush()
+        print(verdict["line"])
+
+
+def metrics_table(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]] | None,
+                  forgotten: Sequence[str] = ()) -> list[str]:
+    """Rows of every per-target metric (``before -> after`` when ``after`` is given), forgotten rows
+    marked, and a ``retained mean`` row that leaves the forgotten targets out."""
+    from tpunlearn.evaluate import METRIC_ORDER
+
+    keys = [k for k in METRIC_ORDER if any(k in m for m in before.values())]
+    width = 14 if after is not None else 9
+    name_w = max([13 if forgotten else 6, *(len(n) for n in before)])
+    lines = [f"{'target':<{name_w}s} " + " ".join(f"{k:>{width}s}" for k in keys) + f" {'n':>6s}"]
+
+    def cell(key: str, b: float | None, a: float | None) -> str:
+        text = "" if b is None else f"{b:.3f}" if after is None else f"{b:.3f} -> {'-' if a is None else f'{a:.3f}'}"
+        return f"{text:>{width}s}"
+
+    for name, row in before.items():
+        arow = (after or {}).get(name, {})
+        mark = "  forgotten" if name in forgotten else ""
+        lines.append(f"{name:<{name_w}s} " + " ".join(cell(k, row.get(k), arow.get(k)) for k in keys)
+                     + f" {int(row.get('instances', 0)):>6d}{mark}")
+    kept = [n for n in before if n not in forgotten]
+    if forgotten and kept:
+        def mean(table: dict[str, dict[str, float]], key: str) -> float | None:
+            values = [table[n][key] for n in kept if n in table and key in table[n]]
+            return sum(values) / len(values) if values else None
+        lines.append(f"{'retained mean':<{name_w}s} " + " ".join(
+            cell(k, mean(before, k), mean(after, k) if after is not None else None) for k in keys))
+    return lines
+
+
+def _metrics_notes(metrics: dict[str, Any]) -> list[str]:
+    """The lines under the table: the operating point, the worst retained target, the all-class summary,
+    where the forgotten classes' pixels go."""
+    out = [f"({metrics['primary']} at {_operating_point(metrics['operating_point'])})"]
+    worst = (metrics.get("retained") or {}).get("worst")
+    if worst:
+        out.append(f"worst retained: {worst['target']} ({metrics['primary']} {worst['before']:.3f} -> "
+                   f"{worst['after']:.3f}, drop {worst['drop']:.3f})")
+    b, a = metrics["summary"]["before"], metrics["summary"]["after"]
+    if b:
+        out.append("all classes, forgotten included: " + ", ".join(
+            f"{k} {b[k]:.3f} -> {a.get(k, float('nan')):.3f}" for k in b))
+    for name, shares in (metrics.get("pixels_to") or {}).items():
+        out.append(f"pixels of {name} now predicted as: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items()))
+    return out
+
+
+def _operating_point(point: dict[str, Any]) -> str:
+    if "conf" in point:
+        return f"confidence {point['conf']:g}, box IoU {point['iou']:g}"
+    return str(point.get("rule", point))
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -549,10 +668,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         _check_output_file("--json", args.json, args)
     device = resolve_device(args.device)
     adapter, model, info = _build(args)
-    metrics = adapter.evaluate(model.to(device), info, args.data)
-    for name, value in metrics.items():
-        print(f"{name:>10s} {adapter.metric_name} {value:.4f}")
-    result: dict[str, Any] = {"arch": args.arch, "name": adapter.metric_name, "metrics": metrics}
+    evaluation = adapter.evaluate(model.to(device), info, args.data, **_eval_kwargs(args, info))
+    for line in metrics_table(evaluation.per_target, None):
+        print(line)
+    print(f"({evaluation.primary} at {_operating_point(evaluation.operating_point)}"
+          + "".join(f"; {k} {v:.3f}" for k, v in evaluation.summary.items()) + ")")
+    result: dict[str, Any] = {"arch": args.arch, "name": evaluation.primary, "metrics": evaluation.to_dict()}
     if args.mia:
         from tpunlearn.privacy import mia_score
 

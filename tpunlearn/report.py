@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from tpunlearn.api import UnlearnResult
+    from tpunlearn.evaluate import Evaluation
     from tpunlearn.graph import BalancedGraph
     from tpunlearn.plan import PrunePlan
     from tpunlearn.scoring import ChannelScores
@@ -118,9 +119,23 @@ def reproduce_command(args: argparse.Namespace, settings: UnlearnSettings) -> li
     return cmd + (["--trust-checkpoint"] if args.trust_checkpoint else [])
 
 
-def metrics_entry(name: str, before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
-    """``report["metrics"]``: the family's per-target metric before and after, by class name."""
-    return {"name": name, "before": before, "after": after}
+def metrics_entry(before: Evaluation, after: Evaluation, forget_names: list[str]) -> dict[str, Any]:
+    """``report["metrics"]``: every per-target metric before and after, by class name, with the
+    retained summary (forgotten targets left out; the worst retained target named) and, for
+    segmentation, where the forgotten classes' pixels go after."""
+    from tpunlearn.evaluate import compare, pixels_to
+
+    entry: dict[str, Any] = {
+        "name": before.primary, "task": before.task, "primary": before.primary,
+        "operating_point": before.operating_point, "forgotten": list(forget_names),
+        "before": before.per_target, "after": after.per_target,
+        "summary": {"before": before.summary, "after": after.summary},
+        "retained": compare(before, after, forget_names),
+    }
+    if "confusion" in after.extra:
+        names = list(after.extra.get("names") or [])
+        entry["pixels_to"] = pixels_to(after.extra["confusion"], names, forget_names)
+    return entry
 
 
 def onnx_entry(path: str | os.PathLike[str], max_abs_diff: float, latency_ms: tuple[float, float]) -> dict[str, Any]:

@@ -130,3 +130,11 @@ class UnlearnSettings:
 
 
 DEFAULTS: Final = UnlearnSettings()
+
+
+# The goals a run is judged against (`prune --eval`'s verdict) and `--auto` searches for: the
+# forget targets' primary metric at most GOAL_FORGET after, no retained target losing more than
+# GOAL_DROP of it.
+GOAL_FORGET: Final = 0.02
+GOAL_DROP: Final = 0.02
+DEFAULT_CONF: Final = 0.25  # detection: ultralytics' own predict confidence, the threshold a deployment uses
