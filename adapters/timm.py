@@ -157,7 +157,7 @@ class TimmAdapter(Adapter):
         if not _is_user_data(spec):
             return data.loader(data.digitscenes("train", size=info.input_size[-1],
                                                 n_scenes=_digits(spec, "read")), batch_size=batch_size)
-        return data.loader(_read(info, spec).split("train"), batch_size=batch_size)
+        return data.loader(_read(info, str(spec)).split("train"), batch_size=batch_size)
 
     def bind_data(self, model: nn.Module, info: ModelInfo, spec: str | None) -> ModelInfo:
         """Class names and task from a user's ``--data`` when the model has none of its own;
@@ -353,7 +353,8 @@ def _head_classes(name: str, kwargs: dict[str, Any], state: Any) -> int:
     default = int(kwargs.get("num_classes", 10))
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False, **kwargs)
-    head = model.get_classifier() if callable(getattr(model, "get_classifier", None)) else None
+    get_classifier = getattr(model, "get_classifier", None)
+    head = get_classifier() if callable(get_classifier) else None
     for mod_name, module in model.named_modules():
         if module is head and isinstance(state, dict):
             weight = state.get(f"{mod_name}.weight")
