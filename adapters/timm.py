@@ -6,7 +6,12 @@ torch-pruning history and the state dict, so it reloads with ``weights_only=True
 
 Checkpoints it reads: its own ``tpunlearn-timm/1`` (what :meth:`TimmAdapter.save` writes),
 the zoo's ``tpunlearn-zoo/1`` (fp16, with a training record), a plain state dict, a
-``{"state_dict": ...}`` dict, or a pickled timm module.
+``{"state_dict": ...}`` dict, timm's own training checkpoints (``state_dict_ema`` preferred, as
+timm's loader does, a ``module.`` prefix stripped), or a pickled timm module. A plain state dict's
+class count is read from its classifier weight when ``num_classes`` is not given.
+
+Data (``--data``): ``digits`` or a user's ImageFolder root, tags CSV or CelebA folder, read by
+:func:`tpunlearn.data.specs.read_classification` with timm's eval transform for the model.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tpunlearn.errors import UsageError, WeightsError
+from tpunlearn.errors import DataError, UsageError, WeightsError
 from tpunlearn.evaluate import Evaluation
 from tpunlearn.targets import ClassLogit, Target
 
@@ -71,6 +76,8 @@ class TimmAdapter(Adapter):
             state.state = _state_of(ckpt)
             if state.state is None:
                 raise WeightsError(f"{state.weights} holds no state dict")
+            if state.zoo is None and "num_classes" not in explicit:
+                state.kwargs["num_classes"] = _head_classes(state.builder, state.kwargs, state.state)
         state.class_names = state.options.get("class_names") or state.class_names
         state.task = state.options.get("task") or state.task
         state.input_size = as_size(state.options.get("input_size")) or state.input_size
@@ -131,7 +138,9 @@ class TimmAdapter(Adapter):
                          task=state.task or (zoo.task if zoo is not None else "multilabel"),
                          class_names=list(names), input_size=state.size(),
                          weights=weights, extra={"timm_name": state.builder, "timm_kwargs": state.kwargs,
-                                                 "history": state.history, **state.extra})
+                                                 "history": state.history, **state.extra,
+                                                 "own_names": bool(state.class_names or zoo),
+                                                 "own_task": bool(state.task or zoo)})
 
     # ---- what the core needs -------------------------------------------------------------------
     def target(self, info: ModelInfo, index: int) -> Target:
@@ -146,8 +155,30 @@ class TimmAdapter(Adapter):
                 batch_size: int = 32) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         from tpunlearn import data
 
-        return data.loader(data.digitscenes("train", size=info.input_size[-1], n_scenes=_digits(spec, "read")),
-                           batch_size=batch_size)
+        if not _is_user_data(spec):
+            return data.loader(data.digitscenes("train", size=info.input_size[-1],
+                                                n_scenes=_digits(spec, "read")), batch_size=batch_size)
+        return data.loader(_read(info, str(spec)).split("train"), batch_size=batch_size)
+
+    def bind_data(self, model: nn.Module, info: ModelInfo, spec: str | None) -> ModelInfo:
+        """Class names and task from a user's ``--data`` when the model has none of its own;
+        a class count that differs from the head is one line."""
+        if not _is_user_data(spec):
+            return info
+        found = _read(info, str(spec))
+        k, n = len(found.class_names), len(info.class_names)
+        if k != n:
+            raise DataError(f"--data {spec} has {k} classes but the model's head has {n} outputs; "
+                            f"pass --num-classes {k} (or data with {n} classes)")
+        if not info.extra.get("own_names"):
+            info.class_names = list(found.class_names)
+        elif list(info.class_names) != list(found.class_names):
+            raise DataError(f"--data {spec} names classes {', '.join(found.class_names[:12])}, the model "
+                            f"{', '.join(info.class_names[:12])}")
+        if not info.extra.get("own_task"):
+            info.task = found.task
+        info.extra["data_split"] = found.describe()
+        return info
 
     def evaluate(self, model: nn.Module, info: ModelInfo, spec: str | None, **kw: Any) -> Evaluation:
         """Per-class recall and precision at the model's decision rule (and AP for multi-label) on
@@ -160,28 +191,28 @@ class TimmAdapter(Adapter):
 
     def repair_data(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int],
                     batch_size: int = 32) -> Iterable[Any]:
-        """DigitScenes train scenes that hold none of ``forget``, shuffled with a fixed seed."""
+        """Training samples that hold none of ``forget``, shuffled with a fixed seed."""
         from torch.utils.data import Subset
 
         from tpunlearn import data
 
-        scenes = data.digitscenes("train", size=info.input_size[-1], n_scenes=_digits(spec, "repair on"))
-        keep = (scenes.multi_hot[:, [int(t) for t in forget]].sum(1) == 0).nonzero().flatten().tolist()
-        return data.loader(Subset(scenes, keep), batch_size=batch_size, shuffle=True, seed=0)
+        train = _train_split(info, spec, "repair on")
+        keep = (_labels(train)[:, [int(t) for t in forget]].sum(1) == 0).nonzero().flatten().tolist()
+        return data.loader(Subset(train, keep), batch_size=batch_size, shuffle=True, seed=0)
 
     def mia_data(self, model: nn.Module, info: ModelInfo, spec: str | None,
                  forget: Sequence[int]) -> tuple[Iterable[Any], Iterable[Any], Iterable[Any]]:
-        """DigitScenes train scenes without / with ``forget`` (members) and the test scenes."""
+        """Training samples without / with ``forget`` (members) and the test (or val) split."""
         from torch.utils.data import Subset
 
         from tpunlearn import data
-        from tpunlearn.errors import DataError
 
-        train = data.digitscenes("train", size=info.input_size[-1], n_scenes=_digits(spec, "run --mia on"))
-        holds = train.multi_hot[:, [int(t) for t in forget]].sum(1) > 0
+        train = _train_split(info, spec, "run --mia on")
+        holds = _labels(train)[:, [int(t) for t in forget]].sum(1) > 0
         if not holds.any():
-            raise DataError("no training scene holds the forget target(s)")
-        test = data.digitscenes("test", size=info.input_size[-1])
+            raise DataError("no training sample holds the forget target(s)")
+        test = (_read(info, str(spec)).split("test") if _is_user_data(spec)
+                else data.digitscenes("test", size=info.input_size[-1]))
         return (data.loader(Subset(train, (~holds).nonzero().flatten().tolist()), batch_size=128),
                 data.loader(test, batch_size=128),
                 data.loader(Subset(train, holds.nonzero().flatten().tolist()), batch_size=128))
@@ -212,12 +243,18 @@ class TimmAdapter(Adapter):
 
 
 def _state_of(ckpt: Any) -> Any:
-    """The state dict inside a plain checkpoint: itself, its ``state_dict``, or a pickled module's."""
+    """The state dict inside a plain checkpoint: itself, timm's training checkpoint's
+    ``state_dict_ema`` (timm's loader prefers it) or ``state_dict``, or a pickled module's;
+    a ``module.`` prefix (DataParallel / DDP) is stripped."""
     if isinstance(ckpt, nn.Module):  # torch.save(model) of a timm model
         return ckpt.state_dict()
-    if isinstance(ckpt, dict):
-        return ckpt.get("state_dict", ckpt)
-    return None
+    if not isinstance(ckpt, dict):
+        return None
+    inner = ckpt.get("state_dict_ema") or ckpt.get("state_dict") or ckpt
+    if not isinstance(inner, dict):
+        return None
+    return {(k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k): v
+            for k, v in inner.items()}
 
 
 def _size_from_imgsz(imgsz: int | Sequence[int], channels: int) -> tuple[int, int, int]:
@@ -230,16 +267,14 @@ def _size_from_imgsz(imgsz: int | Sequence[int], channels: int) -> tuple[int, in
 
 
 def _evaluation(model: nn.Module, info: ModelInfo, spec: str | None, split: str, verb: str) -> Evaluation:
-    """:func:`tpunlearn.evaluate.classification_evaluation` on a DigitScenes split, at the decision rule
-    of ``info.task`` (multi-label: logit > 0; multi-class: argmax)."""
-    from tpunlearn import data
+    """:func:`tpunlearn.evaluate.classification_evaluation` on ``split`` of the user's data or DigitScenes,
+    at the decision rule of the data's task (multi-label: logit > 0; multi-class: argmax)."""
     from tpunlearn.evaluate import classification_evaluation, predict_multilabel
 
-    batches = data.loader(data.digitscenes(split, size=info.input_size[-1], n_scenes=_digits(spec, verb)),
-                          batch_size=128)
+    batches, task = _eval_batches(info, spec, split)
     logits, labels = predict_multilabel(model, batches)
-    task = "multilabel" if info.task == "multilabel" else "multiclass"
-    return classification_evaluation(logits, labels, info.class_names, task)
+    return classification_evaluation(logits, labels, info.class_names,
+                                     "multilabel" if task == "multilabel" else "multiclass")
 
 
 def _digits(spec: str | None, verb: str) -> int | None:
@@ -252,3 +287,80 @@ def _digits(spec: str | None, verb: str) -> int | None:
     if n is None:
         raise UsageError(f"the timm adapter can only {verb} --data digits (or digits:N) for now, got {spec!r}")
     return n or None
+
+
+def _is_user_data(spec: str | None) -> bool:
+    """True for a ``--data`` that is not DigitScenes (a path the readers decide on)."""
+    from tpunlearn.data import digits_count
+
+    return spec is not None and digits_count(str(spec), 0) is None
+
+
+_READ: dict[tuple[Any, ...], Any] = {}  # (spec, timm name, input size) -> ClassData: one read per process
+
+
+def _transform(info: ModelInfo) -> Any:
+    """timm's eval transform for the model's architecture at its recorded input size."""
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    name = str(info.extra.get("timm_name", info.arch))
+    cfg = timm.models.get_pretrained_cfg(name)
+    config = resolve_data_config(args={"input_size": tuple(info.input_size)},
+                                 pretrained_cfg=cfg.to_dict() if cfg is not None else None)
+    return create_transform(**config, is_training=False)
+
+
+def _read(info: ModelInfo, spec: str) -> Any:
+    """The user's data ``spec`` (:func:`tpunlearn.data.specs.read_classification`), read once."""
+    from tpunlearn.data.specs import read_classification
+
+    key = (str(spec), info.extra.get("timm_name", info.arch), tuple(info.input_size))
+    if key not in _READ:
+        _READ[key] = read_classification(str(spec), _transform(info), size=info.input_size[-1])
+    return _READ[key]
+
+
+def _labels(dataset: Any) -> torch.Tensor:
+    from tpunlearn.data.specs import labels_of
+
+    return labels_of(dataset)
+
+
+def _train_split(info: ModelInfo, spec: str | None, verb: str) -> Any:
+    """The training split: the user's data, or DigitScenes' train scenes."""
+    from tpunlearn import data
+
+    if _is_user_data(spec):
+        return _read(info, str(spec)).split("train")
+    return data.digitscenes("train", size=info.input_size[-1], n_scenes=_digits(spec, verb))
+
+
+def _eval_batches(info: ModelInfo, spec: str | None, split: str,
+                  batch_size: int = 128) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor]], str]:
+    """``(batches of (images, labels), task)`` of ``split`` ("val" or "test"): the user's data
+    (test falls back to val) or DigitScenes; labels are one-hot (multi-class) or multi-hot."""
+    from tpunlearn import data
+
+    if _is_user_data(spec):
+        found = _read(info, str(spec))
+        return data.loader(found.split(split), batch_size=batch_size), found.task
+    scenes = data.digitscenes(split, size=info.input_size[-1], n_scenes=_digits(spec, f"evaluate ({split}) on"))
+    return data.loader(scenes, batch_size=batch_size), info.task
+
+
+def _head_classes(name: str, kwargs: dict[str, Any], state: Any) -> int:
+    """The class count of a plain state dict's classifier (``kwargs``' own when it has none)."""
+    import timm
+
+    default = int(kwargs.get("num_classes", 10))
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    get_classifier = getattr(model, "get_classifier", None)
+    head = get_classifier() if callable(get_classifier) else None
+    for mod_name, module in model.named_modules():
+        if module is head and isinstance(state, dict):
+            weight = state.get(f"{mod_name}.weight")
+            if isinstance(weight, torch.Tensor) and weight.ndim >= 1:
+                return int(weight.shape[0])
+    return default

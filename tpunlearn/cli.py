@@ -260,6 +260,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load a checkpoint that names code outside tpunlearn's allow-list of model classes "
                         "(full unpickling: it can run any code; only for files you trust)")
+    p.add_argument("--num-classes", type=_int_at_least(1), default=None, metavar="N",
+                   help="classes of the model's head, where the checkpoint does not say")
+    p.add_argument("--imgsz", type=_int_at_least(1), default=None, metavar="S",
+                   help="input size S x S, where the checkpoint does not say")
 
 
 def _device_arg(p: argparse.ArgumentParser) -> None:
@@ -295,7 +299,13 @@ def _ranks(args: argparse.Namespace) -> Iterator[Any]:
 def _build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from tpunlearn.models import load_model
 
-    return load_model(args.arch, args.weights, trust_checkpoint=args.trust_checkpoint)
+    options = {k: getattr(args, k, None) for k in ("num_classes", "imgsz")}
+    adapter, model, info = load_model(args.arch, args.weights, trust_checkpoint=args.trust_checkpoint,
+                                      **{k: v for k, v in options.items() if v is not None})
+    bind = getattr(adapter, "bind_data", None)  # class names and task from the user's data (timm)
+    if callable(bind):
+        info = bind(model, info, getattr(args, "data", None))
+    return adapter, model, info
 
 
 def _settings(args: argparse.Namespace, adapter: Any) -> UnlearnSettings:
