@@ -208,6 +208,10 @@ class Adapter(ABC):
     def save(self, model: nn.Module, info: ModelInfo, path: str | Path) -> None:
         """Save in the family's own format (atomically)."""
 
+    def onnx_metadata(self, model: nn.Module, info: ModelInfo) -> dict[str, Any]:
+        """What an ONNX export of ``model`` carries in its metadata (the family's runtime reads it back)."""
+        return {"description": f"{info.arch} exported by tpunlearn", "names": dict(enumerate(info.class_names))}
+
     # ---- repair fine-tune (optional; families without it refuse --repair-epochs) -------------
     def repair_data(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int],
                     batch_size: int = 32) -> Iterable[Any]:

@@ -2,11 +2,13 @@
 """Forget one digit from the zoo detector ``digitscenes-yolov5``, no fine-tuning.
 
 For each forget digit and each setting, ``tpunlearn.unlearn`` prunes a copy of the model
-(physical mode, the Detect head never loses an output) and ultralytics' validator measures
-per-digit AP50 on DigitScenes' test split (1000 scenes at the model's 64 px) before and
-after. The goal (from the issue): the forgotten digit's AP50 falls to at most 5 % of its
-value before, and the retained mAP50 (mean AP50 over the nine other digits) moves by at
-most 3 points.
+(physical mode, the Detect head never loses an output) and the adapter measures each digit
+on DigitScenes' test split (1000 scenes at the model's 64 px) before and after, where a
+deployed detector is used: recall and precision at confidence 0.25 (ultralytics' predict
+default, box IoU 0.5), with AP50 from ultralytics' validator beside them. The goal: the
+forgotten digit's recall at 0.25 falls to at most 2 %, and every retained digit's recall at
+0.25 stays within 3 points. (An earlier version judged AP50 at the validator's confidence
+0.001, which only ranks detections: a model whose scores were all damped below use passed.)
 
     python benchmarks/bench_forget_yolov5.py            # the chosen settings, all ten digits (~40 s)
     python benchmarks/bench_forget_yolov5.py --sweep    # plus the settings grid on digits 1, 3, 7 (~6 min)
@@ -45,8 +47,8 @@ from tpunlearn.io import write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "digitscenes-yolov5"
-FORGET_FRACTION = 0.05  # forget AP50 after <= 5 % of before
-RETAIN_POINTS = 0.03  # retained mAP50 within 3 points
+FORGET_RECALL = 0.02  # forget recall at conf 0.25 after <= 2 %
+RETAIN_POINTS = 0.03  # every retained digit's recall at conf 0.25 within 3 points
 DEFAULTS = {"ignored": "adapter", "sigma": 4, "delta": 0.05, "retain_delta": None, "retain_tolerance": 0,
             "group_closure": True, "align": None}  # measured before width alignment existed; kept off
 # the settings this benchmark recommends (see the markdown report for why)
@@ -70,6 +72,23 @@ SWEEP = (
     + _grid(ignored=("head-outputs",), sigma=(12,), delta=(0.1, 0.15, 0.2, 0.3), retain_tolerance=(0, 2, 4, 5, 6))
     + _grid(ignored=("head-outputs",), sigma=(4, 8, 18), delta=(0.2,), retain_tolerance=(5,))
 )
+FINDINGS = [  # written from the last run's numbers; rewrite them when the numbers change
+    "* **Pruning alone does not meet the goal on any digit.** The family's defaults (sigma 12, delta 0.2, "
+    "retain_tolerance 5, head-outputs) take every forgotten digit's recall at conf 0.25 to 0, but with it "
+    "the recall of most other digits: the worst retained digit is found in almost none of its boxes "
+    "(drop 98-100 points) for every forget digit. AP50 at conf 0.001 hides it: the retained mAP50 stays "
+    "within about 2.5 points, because damped scores still rank the boxes. An earlier version of this "
+    "benchmark judged AP50 and reported all ten digits as meeting the goal; that verdict was wrong.",
+    "* The damage comes from the head's class branch: the channels flagged for the forget digit "
+    "(`cv3[i][0]`, `cv3[i][1]`, 3x3 convs of 64 channels) are shared by the other digits, so removing "
+    "them lowers every class score, and most fall under 0.25. The sweep shows the trade-off: the strict "
+    "balance rule (retain_tolerance 0) keeps the other digits (worst drop <= 2 points) but leaves the "
+    "forget digit's recall at 0.83-1.00; tolerance 2 at delta 0.2 comes closest (digit 3: 0.077 left, "
+    "worst retained drop 2.7 points; digit 1: 0.109 and 7.9 points), tolerance 5 forgets and breaks "
+    "the rest. With the whole Detect head ignored (`adapter`) nothing changes at any setting.",
+    "* The fix needs more than removal: a short repair or recalibration of the pruned head on data "
+    "without the forget digit (the next issue, repair and calibration) is the way named for it.",
+]
 IGNORED = {
     "adapter": "the whole Detect head (what the adapter ignored before this benchmark)",
     "head-outputs": "adapter.ignored_layers(): the Detect head's output convs (cv2[i][-1], cv3[i][-1]) and DFL; "
@@ -99,32 +118,59 @@ def quiet():
 
 def evaluate(adapter, model, info, data):
     with quiet():
-        return adapter.evaluate(model, info, data)
+        return adapter.evaluate(model, info, data, conf=CONF)
 
 
-def retained_map(ap: dict[str, float], names: list[str], forget: str) -> float:
-    return sum(ap[n] for n in names if n != forget) / (len(names) - 1)
+CONF = 0.25  # ultralytics' predict default: where a deployed detector is judged
 
 
-def row_for(digit: int, settings: dict, before: dict, after: dict, res, names: list[str], seconds: float) -> dict:
+def per_target(ev, key: str) -> dict[str, float]:
+    """One metric of every class from an Evaluation (0 for a class the split does not hold)."""
+    return {n: float(m.get(key, 0.0)) for n, m in ev.per_target.items()}
+
+
+def retained_worst(before: dict[str, float], after: dict[str, float], forget: str) -> tuple[str, float]:
+    """The retained class that lost most, and its drop (before - after)."""
+    drops = {n: before[n] - after.get(n, 0.0) for n in before if n != forget}
+    worst = max(drops, key=lambda n: drops[n])
+    return worst, drops[worst]
+
+
+def mean_without(values: dict[str, float], forget: str) -> float:
+    kept = [v for n, v in values.items() if n != forget]
+    return sum(kept) / max(1, len(kept))
+
+
+def row_for(digit: int, settings: dict, before, after, res, names: list[str], seconds: float) -> dict:
+    """One request's numbers: recall and precision at CONF (the operating point) and AP50, per digit."""
     f = names[digit]
-    keep_before, keep_after = retained_map(before, names, f), retained_map(after, names, f)
-    ratio = after[f] / before[f] if before[f] > 0 else float("nan")
+    rb, ra = per_target(before, "recall"), per_target(after, "recall")
+    ab, aa = per_target(before, "ap50"), per_target(after, "ap50")
+    worst, drop = retained_worst(rb, ra, f)
     return {
         "forget": digit,
-        "settings": {k: v for k, v in settings.items()},
-        "forget_ap50_before": round(before[f], 4),
-        "forget_ap50_after": round(after[f], 4),
-        "forget_ratio": round(ratio, 4),
-        "retained_map50_before": round(keep_before, 4),
-        "retained_map50_after": round(keep_after, 4),
-        "retained_change_points": round(100 * (keep_after - keep_before), 2),
-        "ap50_after": {n: round(after[n], 4) for n in names},
+        "settings": dict(settings),
+        "forget_recall_before": round(rb[f], 4),
+        "forget_recall_after": round(ra[f], 4),
+        "forget_ap50_before": round(ab[f], 4),
+        "forget_ap50_after": round(aa[f], 4),
+        "retained_recall_before": round(mean_without(rb, f), 4),
+        "retained_recall_after": round(mean_without(ra, f), 4),
+        "worst_retained": worst,
+        "worst_retained_recall_before": round(rb[worst], 4),
+        "worst_retained_recall_after": round(ra[worst], 4),
+        "worst_retained_drop_points": round(100 * drop, 2),
+        "retained_map50_before": round(mean_without(ab, f), 4),
+        "retained_map50_after": round(mean_without(aa, f), 4),
+        "recall_after": {n: round(ra[n], 4) for n in names if n in ra},
+        "precision_after": {n: round(float(after.per_target[n].get("precision", 0.0)), 4)
+                            for n in names if n in after.per_target},
+        "ap50_after": {n: round(aa[n], 4) for n in names if n in aa},
         "channels_removed": int(res.report["removed_channels"]),
         "params_before": int(res.report["params"]["before"]),
         "params_after": int(res.report["params"]["after"]),
         "layers_scored": len(res.report["layers"]),
-        "meets_goal": bool(ratio <= FORGET_FRACTION and abs(keep_after - keep_before) <= RETAIN_POINTS),
+        "meets_goal": bool(ra[f] <= FORGET_RECALL and drop <= RETAIN_POINTS),
         "seconds": round(seconds, 2),
     }
 
@@ -140,8 +186,9 @@ def run(args: argparse.Namespace) -> dict:
                   n_per_target=args.n_per_target)
     t0 = time.time()
     before = evaluate(adapter, model, info, args.data)
-    print(f"before: mAP50 {before['mAP50']:.4f}  " + " ".join(f"{n}:{before[n]:.3f}" for n in names)
-          + f"  ({time.time() - t0:.1f}s)", flush=True)
+    rb = per_target(before, "recall")
+    print(f"before: recall@{CONF} " + " ".join(f"{n}:{rb[n]:.3f}" for n in names)
+          + f", mAP50 {before.summary.get('mAP50', float('nan')):.4f}  ({time.time() - t0:.1f}s)", flush=True)
 
     grid = SWEEP if args.sweep else []
     scores_cache: dict[tuple, object] = {}
@@ -161,23 +208,24 @@ def run(args: argparse.Namespace) -> dict:
             after = evaluate(adapter, res.model, info, args.data)
             row = row_for(d, settings, before, after, res, names, time.time() - t)
             sweep_rows.append(row)
-            print(f"{json.dumps(settings)} forget {d}: AP50 {row['forget_ap50_before']:.3f} -> "
-                  f"{row['forget_ap50_after']:.3f} ({100 * row['forget_ratio']:.1f}%), retained "
-                  f"{row['retained_map50_before']:.4f} -> {row['retained_map50_after']:.4f} "
-                  f"({row['retained_change_points']:+.2f} pts), -{row['channels_removed']} ch"
+            print(f"{json.dumps(settings)} forget {d}: recall {row['forget_recall_before']:.3f} -> "
+                  f"{row['forget_recall_after']:.3f}, worst retained {row['worst_retained']} "
+                  f"-{row['worst_retained_drop_points']:.1f} pts, -{row['channels_removed']} ch"
                   f"{'  OK' if row['meets_goal'] else ''}", flush=True)
 
     # the chosen settings, rerun as a user calls unlearn: from the samples, nothing cached
     final_rows = []
     for d in args.digits:
         t = time.time()
-        res = tu.unlearn(model, samples, forget=[d], ignored_layers=ignored_layers(adapter, model, info, CHOSEN["ignored"]),
+        ignored = ignored_layers(adapter, model, info, CHOSEN["ignored"])
+        res = tu.unlearn(model, samples, forget=[d], ignored_layers=ignored,
                          **unlearn_kwargs(CHOSEN), **common)
         after = evaluate(adapter, res.model, info, args.data)
         final_rows.append(row_for(d, CHOSEN, before, after, res, names, time.time() - t))
         r = final_rows[-1]
-        print(f"chosen, forget {d}: {r['forget_ap50_before']:.3f} -> {r['forget_ap50_after']:.3f}, retained "
-              f"{r['retained_change_points']:+.2f} pts ({r['seconds']:.1f}s)", flush=True)
+        print(f"chosen, forget {d}: recall {r['forget_recall_before']:.3f} -> {r['forget_recall_after']:.3f}, "
+              f"worst retained {r['worst_retained']} {r['worst_retained_recall_before']:.3f} -> "
+              f"{r['worst_retained_recall_after']:.3f} ({r['seconds']:.1f}s)", flush=True)
 
     summary = {
         "model": NAME,
@@ -186,9 +234,9 @@ def run(args: argparse.Namespace) -> dict:
         "samples": args.samples_data,
         "n_per_target": args.n_per_target,
         "sweep_digits": args.sweep_digits if args.sweep else [],
-        "goal": {"forget_ratio_max": FORGET_FRACTION, "retained_change_max_points": 100 * RETAIN_POINTS},
+        "goal": {"conf": CONF, "forget_recall_max": FORGET_RECALL, "retained_drop_max_points": 100 * RETAIN_POINTS},
         "ignored_variants": IGNORED,
-        "before": {k: round(v, 4) for k, v in before.items()},
+        "before": before.to_dict(),
         "chosen": CHOSEN,
         "results": final_rows,
         "all_meet_goal": all(r["meets_goal"] for r in final_rows),
@@ -211,12 +259,12 @@ def _sweep_summary(rows: list[dict]) -> list[dict]:
     out: dict[str, dict] = {}
     for r in rows:
         key = json.dumps(r["settings"], sort_keys=True)
-        s = out.setdefault(key, {"settings": r["settings"], "digits": 0, "meet_goal": 0, "max_forget_ratio": 0.0,
+        s = out.setdefault(key, {"settings": r["settings"], "digits": 0, "meet_goal": 0, "max_forget_recall": 0.0,
                                  "max_retained_drop_points": 0.0, "mean_channels_removed": 0.0})
         s["digits"] += 1
         s["meet_goal"] += int(r["meets_goal"])
-        s["max_forget_ratio"] = max(s["max_forget_ratio"], r["forget_ratio"])
-        s["max_retained_drop_points"] = max(s["max_retained_drop_points"], -r["retained_change_points"])
+        s["max_forget_recall"] = max(s["max_forget_recall"], r["forget_recall_after"])
+        s["max_retained_drop_points"] = max(s["max_retained_drop_points"], r["worst_retained_drop_points"])
         s["mean_channels_removed"] += r["channels_removed"]
     for s in out.values():
         s["mean_channels_removed"] = round(s["mean_channels_removed"] / s["digits"], 1)
@@ -229,61 +277,60 @@ def _settings_text(st: dict) -> str:
             f"group closure {'on' if st['group_closure'] else 'off'}")
 
 
+def _result_line(r: dict) -> str:
+    return (f"| {r['forget']} | {r['forget_recall_before']:.3f} | {r['forget_recall_after']:.3f} | "
+            f"{r['forget_ap50_before']:.3f} | {r['forget_ap50_after']:.3f} | {r['worst_retained']} | "
+            f"{r['worst_retained_recall_before']:.3f} | {r['worst_retained_recall_after']:.3f} | "
+            f"{r['retained_recall_before']:.3f} | {r['retained_recall_after']:.3f} | "
+            f"{r['retained_map50_before']:.3f} | {r['retained_map50_after']:.3f} | {r['channels_removed']} | "
+            f"{'yes' if r['meets_goal'] else '**no**'} |")
+
+
 def markdown(summary: dict) -> str:
-    c = summary["chosen"]
+    c, g = summary["chosen"], summary["goal"]
+    rows = summary["results"]
+    met = sum(r["meets_goal"] for r in rows)
     lines = [
         "# Forgetting one digit from `digitscenes-yolov5` (no fine-tuning)",
         "",
         f"Model: zoo `digitscenes-yolov5` (ultralytics YOLOv5n, 64 px, sha256 `{summary['weights_sha256'][:16]}...`). "
         f"Scoring samples: `{summary['samples']}` (DigitScenes train split, 512 scenes), {summary['n_per_target']} "
-        f"instances per digit. Evaluation: ultralytics' validator (conf 0.001, IoU 0.7) on `{summary['data']}` "
-        "(DigitScenes test split, 1000 scenes), AP50 per digit.",
+        f"instances per digit. Evaluation on `{summary['data']}` (DigitScenes test split, 1000 scenes): per digit, "
+        f"recall and precision at the deployment confidence {g['conf']} (box IoU 0.5), and AP50 from ultralytics' "
+        "validator (conf 0.001, which only ranks detections: it is shown, not judged).",
         "",
-        f"Goal: forget AP50 <= {100 * FORGET_FRACTION:.0f} % of before, retained mAP50 (mean AP50 of the nine "
-        f"other digits) within {100 * RETAIN_POINTS:.0f} points.",
+        f"Goal: the forgotten digit's recall at conf {g['conf']} <= {100 * g['forget_recall_max']:.0f} %, and "
+        f"every retained digit's recall at conf {g['conf']} within {g['retained_drop_max_points']:.0f} points.",
+        "",
+        f"**{met} of {len(rows)} digits meet the goal** with the chosen settings"
+        + (" (the family's defaults)." if met == len(rows) else
+           ": pruning alone damps the retained digits' scores below the deployment confidence; "
+           "AP50 hides it. Fixing it (repair and calibration) is the next issue's."),
         "",
         "Ignored-layer variants: " + "; ".join(f"`{k}` = {v}" for k, v in summary["ignored_variants"].items()) + ".",
         "",
         f"Chosen settings: {_settings_text(c)}; physical mode, coupled `protect`, balanced, gradcam scores.",
         "",
-        "| forget | AP50 before | AP50 after | after/before | retained mAP50 before | after | change (pts) "
-        "| channels removed | params after | goal |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        "| forget | recall before | recall after | AP50 before | AP50 after | worst retained | its recall before "
+        "| after | retained mean recall before | after | retained mAP50 before | after | channels removed | goal |",
+        "|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        *(_result_line(r) for r in rows),
     ]
-    for r in summary["results"]:
-        lines.append(
-            f"| {r['forget']} | {r['forget_ap50_before']:.3f} | {r['forget_ap50_after']:.3f} | "
-            f"{100 * r['forget_ratio']:.1f} % | {r['retained_map50_before']:.4f} | {r['retained_map50_after']:.4f} | "
-            f"{r['retained_change_points']:+.2f} | {r['channels_removed']} | {r['params_after']:,} | "
-            f"{'yes' if r['meets_goal'] else 'no'} |")
-    if summary["results"]:
-        lines.append(f"\nParams before: {summary['results'][0]['params_before']:,}.")
-    lines += ["", "## Findings", "",
-              "* With the adapter's ignored layers (the whole Detect head, so only backbone and neck convs are "
-              "candidates) no setting tried meets the goal. The library defaults (sigma 4, delta 0.05) and every "
-              "sigma up to 12 remove channels (up to 55 per request) whose loss leaves every AP50 unchanged: the neck's "
-              "channels serve all digits, the few the balance rule flags carry little of any one digit's score, "
-              "and AP50 (validator conf 0.001) only ranks detections, so damping a digit's scores without "
-              "reordering them costs it nothing. Letting "
-              "retained digits share flagged channels (retain_tolerance 2-4) or protect fewer (retain_delta 0.05) "
-              "at sigma 18 lowers the forget AP50 only together with the retained digits' AP50.",
-              "* The digit-specific channels sit in the head's class branch (`cv3[i][0]`, `cv3[i][1]`: two 3x3 "
-              "convs of 64 channels per scale). With only the head's output convs and DFL ignored, sigma 12 "
-              "(exactly the head's 12 inner convs) finds them. With ten digits, delta 0.2 and the strict rule "
-              "(retain_tolerance 0) almost every channel in the forget digit's top 20 % is in some retained "
-              "digit's top 20 % too, so retain_tolerance 4-6 is needed; 5 meets the goal for all ten digits.",
-              "* The pruned head keeps `nc` = 10 and its class outputs; only inner channels of the head go "
-              "(0.8-2.4 % of the parameters), and the forgotten digit's AP50 falls to 0.000 without fine-tuning."]
+    if rows:
+        lines.append(f"\nParams before: {rows[0]['params_before']:,}; after: "
+                     + ", ".join(f"{r['params_after']:,}" for r in rows) + ".")
+    lines += ["", "## Findings", "", *FINDINGS]
     if summary["sweep_summary"]:
-        lines += ["", f"## Sweep (forget digits {summary['sweep_digits']}; scores cached per sigma and ignored set)", "",
+        lines += ["", f"## Sweep (forget digits {summary['sweep_digits']}; scores cached per sigma and ignored set)",
+                  "",
                   "| ignored | sigma | delta | retain_delta | retain_tolerance | digits meeting goal "
-                  "| worst after/before | worst retained drop (pts) | mean channels removed |",
+                  "| worst forget recall after | worst retained recall drop (pts) | mean channels removed |",
                   "|:---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in summary["sweep_summary"]:
             st = r["settings"]
             lines.append(f"| {st['ignored']} | {st['sigma']} | {st['delta']} | {st['retain_delta'] or st['delta']} | "
                          f"{st['retain_tolerance']} | {r['meet_goal']}/{r['digits']} | "
-                         f"{100 * r['max_forget_ratio']:.1f} % | {r['max_retained_drop_points']:.2f} | "
+                         f"{r['max_forget_recall']:.3f} | {r['max_retained_drop_points']:.2f} | "
                          f"{r['mean_channels_removed']} |")
     lines += ["", f"Versions: {json.dumps(summary['versions'])}; {summary['threads']} CPU threads; "
               f"{summary['seconds']} s in all.", ""]
@@ -305,8 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out.with_suffix(".json"), summary)
     args.out.with_suffix(".md").write_text(markdown(summary))
     brief = {k: summary[k] for k in ("model", "chosen", "all_meet_goal")}
-    brief["results"] = [{k: r[k] for k in ("forget", "forget_ap50_before", "forget_ap50_after",
-                                          "retained_change_points", "channels_removed", "meets_goal")}
+    brief["results"] = [{k: r[k] for k in ("forget", "forget_recall_before", "forget_recall_after", "worst_retained",
+                                          "worst_retained_drop_points", "channels_removed", "meets_goal")}
                         for r in summary["results"]]
     print(json.dumps(brief))
     return 0

@@ -215,7 +215,8 @@ def train_digitscenes_resnet(name: str, epochs: int, seed: int, n_train: int, lr
 
 def _test_ap50(adapter, model: torch.nn.Module, info, spec: str) -> dict[str, float]:
     """Per-digit AP50 and ``"mAP50"`` of a detector on ``spec`` (ultralytics' validator)."""
-    return adapter.evaluate(model, info, spec)
+    ev = adapter.evaluate(model, info, spec)
+    return {**{n: m["ap50"] for n, m in ev.per_target.items()}, "mAP50": ev.summary["mAP50"]}
 
 
 def _ultralytics_run(e: zoo.ZooEntry, data: Path, imgsz: int, epochs: int, seed: int, lr: float | None,

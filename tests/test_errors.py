@@ -96,8 +96,8 @@ CASES = [
                          "--json", "{root}/holds_weights/model.pt"], 2, ["is the input checkpoint"]),
     ("onnx-is-folder", ["export", "--arch", ZOO, "--onnx", "{root}/empty_dir"], 2, ["is a folder"]),
     ("data-digits-0", [*P, "--arch", ZOO, "--forget", "3", "--data", "digits:0"], 2, ["digits:0", "N must be >= 1"]),
-    ("data-other-for-timm", [*P, "--arch", ZOO, "--forget", "3", "--data", "{root}/empty_dir"], 2,
-     ["--data digits", "got"]),
+    ("data-not-a-format-for-timm", [*P, "--arch", ZOO, "--forget", "3", "--data", "{root}/empty_dir"], 1,
+     ["is not an ImageFolder root", "tags CSV", "CelebA"]),
     ("graph-cache-missing", [*P, "--arch", ZOO, "--forget", "3", "--graph", "{root}/absent.json"], 2,
      ["no such file"]),
     # ---- weights (exit 1) ----------------------------------------------------------------------------------

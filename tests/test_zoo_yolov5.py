@@ -1,18 +1,21 @@
 """The zoo detector ``digitscenes-yolov5``: it loads (through the zoo, the adapter and
 ultralytics itself), it detects digits, and one unlearning request forgets a digit.
 
-The request uses the settings that ``benchmarks/bench_forget_yolov5.py`` found to meet the
-goal (forget AP50 <= 5 % of before, retained mAP50 within 3 points), evaluated here on the
-first 300 scenes of DigitScenes' test split (about 70 instances per digit).
+The request uses the family's defaults (``benchmarks/bench_forget_yolov5.py``), evaluated here
+on the first 300 scenes of DigitScenes' test split (about 70 instances per digit) at the
+deployment confidence 0.25: the forgotten digit goes, and so, without repair, does most
+retained digits' recall (the verdict says not met), while AP50 hides it.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 
 import pytest
 import torch
+import onnx
 from ultralytics import YOLO
 
 import tpunlearn as tu
@@ -38,11 +41,11 @@ def head_outputs(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [head.dfl, *(seq[-1] for seq in head.cv2), *(seq[-1] for seq in head.cv3)]
 
 
-def evaluate(adapter, model, info, data=TEST_DATA) -> dict[str, float]:
-    """Per-digit AP50 (the Evaluation's ``ap50``) plus the all-class ``mAP50``."""
+def evaluate(adapter, model, info, data=TEST_DATA, key="ap50") -> dict[str, float]:
+    """Per-digit ``key`` of the Evaluation (AP50, or recall at conf 0.25) plus the all-class ``mAP50``."""
     with contextlib.redirect_stdout(io.StringIO()):  # the validator prints its table
         ev = adapter.evaluate(model, info, data)
-    return {**{n: m["ap50"] for n, m in ev.per_target.items()}, "mAP50": ev.summary["mAP50"]}
+    return {**{n: m[key] for n, m in ev.per_target.items()}, "mAP50": ev.summary["mAP50"]}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -125,19 +128,27 @@ def test_digits_data_is_the_default(adapter, built, before):
 
 
 @pytest.mark.parametrize("digit", FORGET)
-def test_unlearning_forgets_one_digit(adapter, built, before, digit):
+def test_unlearning_forgets_one_digit_but_ap50_hides_the_retained_loss(adapter, built, digit):
+    """The family's defaults take the forgotten digit's recall at conf 0.25 to 0; the retained
+    digits' AP50 barely moves while their recall at 0.25 collapses, and the verdict says so
+    (results/forget_yolov5.md). When repair lands, this test flips to the goal."""
+    from tpunlearn.report import metrics_entry
+    from tpunlearn.verdict import judge
+
     model, info = built
     res = unlearn_family(adapter, model, info, adapter.samples(model, info, "digits"), [digit],
                          ignored_layers=head_outputs(model), **SETTINGS)
-    after = evaluate(adapter, res.model, info)
-    f = str(digit)
-    kept = [d for d in DIGITS if d != f]
-    retained_before = sum(before[d] for d in kept) / len(kept)
-    retained_after = sum(after[d] for d in kept) / len(kept)
-    assert res.report["removed_channels"] > 0
-    assert res.report["params"]["after"] < res.report["params"]["before"]
-    assert after[f] <= 0.05 * before[f], (f, before[f], after[f])
-    assert abs(retained_after - retained_before) <= 0.03, (retained_before, retained_after)
+    with contextlib.redirect_stdout(io.StringIO()):
+        before, after = adapter.evaluate(model, info, TEST_DATA), adapter.evaluate(res.model, info, TEST_DATA)
+    f, kept = str(digit), [d for d in DIGITS if d != str(digit)]
+    assert res.report["removed_channels"] > 0 and res.report["params"]["after"] < res.report["params"]["before"]
+    assert after.per_target[f]["recall"] <= 0.02 < before.per_target[f]["recall"]
+    ap_drop = max(before.per_target[d]["ap50"] - after.per_target[d]["ap50"] for d in kept)
+    recall_drop = max(before.per_target[d]["recall"] - after.per_target[d]["recall"] for d in kept)
+    assert ap_drop <= 0.05 < 0.5 <= recall_drop, (ap_drop, recall_drop)
+    verdict = judge(metrics_entry(before, after, [f]), res.report["removed_channels"], res.report["params"],
+                    {"before": 1, "after": 1})
+    assert not verdict.met and verdict.to_dict()["retained"]["drop"] >= 0.5
     head = res.model.model[-1]
     assert head.nc == 10 and [s[-1].out_channels for s in head.cv3] == [10, 10, 10]  # the class output stays
 
@@ -154,3 +165,21 @@ def test_pruned_zoo_model_saves_for_ultralytics(adapter, built, tmp_path):
     yolo = YOLO(str(path))
     result = yolo.predict(torch.rand(1, 3, 64, 64), imgsz=64, device="cpu", verbose=False)[0]
     assert result.names == {i: str(i) for i in range(10)}
+
+
+def test_onnx_exports_carry_ultralytics_metadata(tmp_path):
+    """`prune --onnx` and `export` write names, imgsz and stride as ultralytics' own export does, so
+    `YOLO("model.onnx")` names the classes; ONNX parity still holds."""
+    from tpunlearn.cli import main
+
+    out = tmp_path / "out"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["prune", "--arch", NAME, "--forget", "3", "--samples", "4", "--onnx", "--out", str(out)]) == 0
+        assert main(["export", "--arch", NAME, "--weights", str(out / "model.pt"),
+                     "--onnx", str(tmp_path / "e.onnx")]) == 0
+    for path in (out / "model.onnx", tmp_path / "e.onnx"):
+        assert YOLO(str(path), task="detect").names == dict(enumerate(DIGITS))
+        meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        assert meta["imgsz"] == "[64, 64]" and meta["stride"] == "32" and meta["task"] == "detect"
+    report = json.loads((out / "report.json").read_text())
+    assert report["onnx"]["max_abs_diff"] <= 1e-3

@@ -477,7 +477,7 @@ def _write_outputs(args: argparse.Namespace, out: Path, adapter: Any, model: Any
             from tpunlearn.export import compare_latency, to_onnx
 
             diff = to_onnx(res.model, stage / "model.onnx", example_inputs=example,
-                           output_transform=adapter.output_transform)
+                           output_transform=adapter.output_transform, metadata=adapter.onnx_metadata(res.model, info))
             original = stage / ".original.onnx"
             to_onnx(model, original, example_inputs=example, output_transform=adapter.output_transform)
             before, after = compare_latency([original, stage / "model.onnx"], example)
@@ -556,7 +556,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     _check_output_file("--onnx", args.onnx, args)
     adapter, model, info = _build(args)
     example = adapter.example_inputs(info)
-    diff = to_onnx(model, args.onnx, example_inputs=example, output_transform=adapter.output_transform)
+    diff = to_onnx(model, args.onnx, example_inputs=example, output_transform=adapter.output_transform,
+                   metadata=adapter.onnx_metadata(model, info))
     print(f"wrote {args.onnx}; max |onnxruntime - torch| = {diff:.2e}")
     return 0
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -22,12 +22,15 @@ def to_onnx(
     input_name: str = "images",
     output_name: str = "output0",
     dynamic_batch: bool = True,
+    metadata: Mapping[str, Any] | None = None,
 ) -> float:
     """Export ``model`` to one ONNX file and return the max abs diff vs torch (onnxruntime).
 
     Uses the TorchScript exporter (``dynamo=False``), which handles pruned convolutions of any
     width at opset 17 and writes a single file. The model is exported in eval mode; every module's
-    training flag is restored afterwards. The file is written atomically.
+    training flag is restored afterwards. The file is written atomically. ``metadata`` goes into
+    the file's ``metadata_props`` (values as ``str(value)``, as ultralytics' exporter writes them,
+    so that its ``AutoBackend`` reads ``names``, ``imgsz`` and ``stride`` back).
     """
     transform = output_transform or main_tensor
     example_inputs = to_device(example_inputs, model_device(model))
@@ -42,7 +45,22 @@ def to_onnx(
                 input_names=[input_name], output_names=[output_name],
                 dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None,
             )
+            if metadata:
+                _add_metadata(tmp, metadata)
     return parity(path, example_inputs, reference)
+
+
+def _add_metadata(path: str | os.PathLike[str], metadata: Mapping[str, Any]) -> None:
+    """Write ``metadata`` into the ONNX file's ``metadata_props`` (replacing keys already there)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    for key, value in [*keep, *((str(k), str(v)) for k, v in metadata.items())]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
 
 
 def parity(path: str | os.PathLike[str], example_inputs: torch.Tensor, reference: torch.Tensor) -> float:
