@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
     from tpunlearn.evaluate import Evaluation
 
-__all__ = ["as_checkpoint", "checkpoint_model", "checkpoint_payload", "detect_head", "from_yaml", "hub_weights",
+__all__ = ["as_checkpoint", "checkpoint_model", "checkpoint_payload", "coco_names", "default_names", "detect_head",
+           "from_yaml", "hub_weights",
            "is_detection_pt", "is_detection_yaml", "names_dict", "names_list", "no_autoinstall", "prepare",
            "train_arg", "unsafe_load", "validate_ap50", "evaluate_detection"]
 
@@ -72,6 +73,21 @@ def names_list(names: Any, nc: int) -> list[str]:
     """Class names in index order (see :func:`names_dict`)."""
     d = names_dict(names, nc)
     return [d[i] for i in range(nc)]
+
+
+COCO_NC = 80  # the class count of ultralytics' bundled model YAMLs (trained on COCO)
+
+
+def coco_names() -> dict[int, str]:
+    """The 80 COCO class names from ultralytics' bundled ``cfg/datasets/coco.yaml`` (read offline)."""
+    from ultralytics.utils import ROOT, YAML
+
+    return {int(k): str(v) for k, v in YAML.load(ROOT / "cfg" / "datasets" / "coco.yaml")["names"].items()}
+
+
+def default_names(nc: int) -> dict[int, str]:
+    """Names of a YAML-built model given none: COCO's for 80 classes (the bundled YAMLs' default), else indices."""
+    return coco_names() if nc == COCO_NC else names_dict(None, nc)
 
 
 def train_arg(model: nn.Module, key: str) -> Any:

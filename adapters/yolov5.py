@@ -160,8 +160,9 @@ class YOLOv5Adapter(Adapter):
         model: Any  # a DetectionModel; ultralytics sets attributes (names) that nn.Module's types lack
         if state.checkpoint is None:
             model = uio.from_yaml(state.kwargs["cfg"], state.kwargs["nc"])
-            if state.kwargs["names"] is not None:
-                model.names = uio.names_dict(state.kwargs["names"], uio.detect_head(model).nc)
+            nc = uio.detect_head(model).nc
+            names = state.kwargs["names"]
+            model.names = uio.names_dict(names, nc) if names is not None else uio.default_names(nc)
         else:
             model = uio.prepare(uio.checkpoint_model(state.checkpoint, state.weights), state.checkpoint,
                                 state.weights)
@@ -250,6 +251,7 @@ class YOLOv5Adapter(Adapter):
         nc, size = len(info.class_names), int(info.input_size[-1])
         labeller = functools.partial(_pseudo_labels, model, nc=nc)
         spec = _default_spec(model, info, spec)
+        _check_labels(info, spec)
         if spec is None:
             return yolo_data.Batches(yolo_data.bundled_images(), None, nc, size, batch_size, labeller)
         digits = digits_count(spec, DIGITS_SCENES["train"])
@@ -338,6 +340,19 @@ def _default_spec(model: nn.Module, info: ModelInfo, spec: str | None) -> str | 
         return str(spec)
     own = info.extra.get("data") or uio.train_arg(model, "data")
     return str(own) if digits_count(own, DIGITS_SCENES["test"]) is not None else None
+
+
+def _check_labels(info: ModelInfo, spec: str | None) -> None:
+    """A randomly initialised detector finds nothing, so its own detections cannot label unlabelled
+    data: refuse at once (before any forward) instead of failing after the scoring pass."""
+    if info.weights is not None or info.extra.get("zoo"):
+        return
+    labelled = spec is not None and (digits_count(spec, 1) is not None
+                                     or Path(str(spec)).suffix.lower() in (".yaml", ".yml"))
+    if not labelled:
+        raise UsageError(f"{info.arch} has random weights (no --weights): its own detections cannot label "
+                         f"{'the bundled images' if spec is None else spec}; pass --weights, or --data with labels "
+                         "(an ultralytics dataset YAML)")
 
 
 def _check_digits_model(info: ModelInfo) -> None:

@@ -93,6 +93,12 @@ def test_prune_writes_every_output(pruned):
     assert "removed" in pruned.stdout and "  forgotten" in pruned.stdout
 
 
+def test_report_settings_name_the_targets_and_label_indices(pruned):
+    settings = pruned.report["settings"]
+    assert settings["forget"] == pruned.report["forget"] == ["3"] and settings["forget_index"] == [3]
+    assert "3" not in settings["retain"] and len(settings["retain_index"]) == 9
+
+
 def test_prune_pictures_and_page_match_the_plan(pruned):
     report = pruned.report
     assert (pruned.out / "metrics.png").read_bytes()[:8] == PNG_MAGIC
@@ -367,3 +373,21 @@ def test_family_defaults_fill_only_what_the_user_left_out():
         yolo.defaults["sigma"], 0.1, yolo.defaults["retain_tolerance"], 7)
     timm_args = argparse.Namespace(sigma=None, delta=None, retain_tolerance=None, align=None)
     assert cli._settings(timm_args, adapters.get("timm")) == UnlearnSettings()
+
+
+def test_every_option_of_every_command_has_help():
+    """`tpunlearn CMD --help` explains every option (none is a bare flag name)."""
+    import argparse
+
+    from tpunlearn.cli import _parser
+
+    missing = []
+    for action in _parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                missing += [(name, a.option_strings) for a in sub._actions
+                            if a.option_strings and a.help in (None, "", argparse.SUPPRESS)]
+                short = [(name, a.option_strings) for a in sub._actions if a.help and len(a.help) < 12
+                         and a.option_strings != ["-h", "--help"]]
+                missing += short
+    assert missing == []

@@ -296,8 +296,11 @@ def test_samples_from_dataset_yaml_use_the_labels(adapter, built, data_yaml):
         assert set(row.nonzero().flatten().tolist()) == expected
 
 
-def test_samples_from_bundled_images_and_folders(adapter, built, data_yaml):
+def test_samples_from_bundled_images_and_folders(adapter, built, data_yaml, tmp_path):
+    import dataclasses
+
     model, info = built
+    info = dataclasses.replace(info, weights=tmp_path / "trained.pt")  # as if trained: its detections label
     ((images, multi_hot),) = list(adapter.samples(model, info, None, batch_size=8))  # bus.jpg, zidane.jpg
     assert images.shape == (2, 3, IMGSZ, IMGSZ) and multi_hot.shape == (2, NC)
     assert set(multi_hot.unique().tolist()) <= {0.0, 1.0}  # the model's own confident classes
@@ -350,3 +353,20 @@ def test_bad_weights_files_are_weights_errors(adapter, tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(1)}}, plain)
     with pytest.raises(WeightsError, match="no ultralytics model"):
         adapter.build("yolov5n", weights=plain)
+
+
+def test_yaml_models_get_coco_names_and_random_ones_refuse_unlabelled_data_at_once(adapter, tmp_path):
+    """An 80-class YAML model is named like COCO (`--forget person` resolves); its random detections
+    cannot label images, so samples() refuses before any forward; a labelled dataset YAML is accepted."""
+    model, info = adapter.build("yolov5n.yaml")
+    assert info.class_names[:3] == ["person", "bicycle", "car"] and len(info.class_names) == 80
+    _, small = adapter.build("yolov5n.yaml", nc=3)
+    assert small.class_names == ["0", "1", "2"]
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for spec in (None, str(folder)):
+        with pytest.raises(UsageError, match="random weights.*--data with labels"):
+            adapter.samples(model, info, spec)
+    assert calls == []

@@ -183,3 +183,17 @@ def test_onnx_exports_carry_ultralytics_metadata(tmp_path):
         assert meta["imgsz"] == "[64, 64]" and meta["stride"] == "32" and meta["task"] == "detect"
     report = json.loads((out / "report.json").read_text())
     assert report["onnx"]["max_abs_diff"] <= 1e-3
+
+
+def test_eval_output_is_tpunlearn_s_own():
+    """ultralytics' banners, tables, progress bars and colours stay out of `tpunlearn eval`'s output."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "tpunlearn", "eval", "--arch", NAME, "--data", "digits:60"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout + proc.stderr
+    assert "\x1b[" not in text and "Ultralytics" not in text and "Class     Images" not in text
+    assert text.splitlines()[0].split()[:3] == ["target", "recall", "precision"]

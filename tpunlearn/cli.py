@@ -116,6 +116,29 @@ def _int_at_least(low: int):
     return parse
 
 
+HELP = {  # the longer help texts, in plain words
+    "sigma": "how many of the model's last prunable convolutions are scored and may lose channels (default {}, or "
+             "the model family's); raise it when the target survives because its channels sit earlier",
+    "delta": "the top fraction of each scored layer's channels that counts as carrying a target (default {}, or "
+             "the family's); larger removes more and forgets harder, smaller removes less",
+    "retain_tolerance": "how many retained targets may also use a channel before it is protected (default {}, or "
+                        "the family's); 0 protects every channel any retained target relies on, a few more let "
+                        "shared channels go when the strict rule leaves the target",
+    "mode": "physical removes the channels for real (a smaller, faster model); mask keeps the shapes and zeroes "
+            "them (the paper's setting, for comparison); default {}",
+    "coupled": "what to do with a flagged channel whose group (a residual add or a concatenation) reaches layers "
+               "that were not scored (default {}): protect leaves it, prune removes the whole coupled channel "
+               "everywhere, zero only zeroes the scored layers' filters",
+    "seed": "seed of the sample order and every random choice; the same inputs and seed give the same plan and "
+            "bit-identical weights (default 0)",
+    "data": "data: the model's own when omitted. timm: digits[:N] (DigitScenes), an ImageFolder root "
+            "(train/ and val/ of class folders), a tags CSV (file column plus one 0/1 column per class, optional "
+            "split) or a CelebA folder (list_attr_celeba.txt). yolov5: digits[:N], an ultralytics dataset YAML "
+            "(labels), or an image folder or image (a trained model's own detections label it). deeplabv3: "
+            "digits[:N] or a VOC-style folder (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tpunlearn", description="Target-level machine unlearning by structural pruning.")
     sub = p.add_subparsers(metavar="COMMAND")
@@ -128,20 +151,17 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--retain", nargs="+", metavar="NAME", help="targets to keep (default: every other class)")
     # The settings' flags default to None: the family's defaults, then the library's, fill them (see _settings).
     prune.add_argument("--sigma", type=_int_at_least(1), default=None,
-                       help=f"number of last prunable convs to consider (default {DEFAULTS.sigma}, or the model "
-                            "family's)")
+                       help=HELP["sigma"].format(DEFAULTS.sigma))
     prune.add_argument("--delta", type=_fraction, default=None,
-                       help=f"top fraction of channels per layer and target (default {DEFAULTS.delta}, or the "
-                            "family's)")
+                       help=HELP["delta"].format(DEFAULTS.delta))
     prune.add_argument("--retain-delta", type=_fraction, default=None,
                        help="top fraction each retained target protects (default: --delta)")
     prune.add_argument("--retain-tolerance", type=_int_at_least(0), default=None,
-                       help=f"retained targets that may share a flagged channel (default {DEFAULTS.retain_tolerance}, "
-                            "or the family's)")
+                       help=HELP["retain_tolerance"].format(DEFAULTS.retain_tolerance))
     prune.add_argument("--samples", type=_int_at_least(1), default=None,
                        help=f"instances scored per target (default {DEFAULTS.n_per_target})")
-    prune.add_argument("--mode", choices=MODES, default=None, help=f"(default {DEFAULTS.mode})")
-    prune.add_argument("--coupled", choices=COUPLED, default=None, help=f"(default {DEFAULTS.coupled})")
+    prune.add_argument("--mode", choices=MODES, default=None, help=HELP["mode"].format(DEFAULTS.mode))
+    prune.add_argument("--coupled", choices=COUPLED, default=None, help=HELP["coupled"].format(DEFAULTS.coupled))
     prune.add_argument("--out", type=_path, default="tpunlearn-out", help="output folder (default ./tpunlearn-out)")
     prune.add_argument("--force", action="store_true", help="write into a non-empty output folder")
     prune.add_argument("--onnx", action="store_true", help="also export model.onnx with a parity check")
@@ -149,8 +169,9 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
     prune.add_argument("--graph", type=_path, metavar="CACHE", help="use the scores of `tpunlearn graph` (no scoring)")
     prune.add_argument("--align", type=_int_at_least(1), default=None, metavar="N",
-                       help=f"keep pruned widths at multiples of N (default {DEFAULTS.align}, which ONNX Runtime's "
-                            "CPU convolutions need to stay fast, or the family's; 1 turns it off)")
+                       help=f"keep pruned widths at multiples of N by removing a few more flagged-adjacent channels "
+                            f"or keeping a few back (default {DEFAULTS.align}, which ONNX Runtime's CPU convolutions "
+                            "need to stay fast, or the family's; 1 turns it off; report.json's removal says how many)")
     prune.add_argument("--repair-epochs", type=_int_at_least(0), default=0, metavar="N",
                        help="fine-tune the pruned model for N epochs on data without the forget targets "
                             "(default 0: no fine-tuning)")
@@ -168,7 +189,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="--auto: the sigmas to try, smallest first (default 1 2 4 8)")
     prune.add_argument("--auto-deltas", type=_fraction, nargs="+", default=None, metavar="F",
                        help="--auto: the deltas to try, smallest first (default 0.02 0.05 0.1 0.2 0.3)")
-    prune.add_argument("--seed", type=int, default=0)
+    prune.add_argument("--seed", type=int, default=0, help=HELP["seed"])
     _device_arg(prune)
     _verdict_args(prune)
     prune.set_defaults(func=_cmd_prune, data_parallel=True)
@@ -180,7 +201,7 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"last prunable convs to score (default {DEFAULTS.sigma}, or the model family's)")
     graph.add_argument("--samples", type=_int_at_least(1), default=None,
                        help=f"instances scored per target (default {DEFAULTS.n_per_target})")
-    graph.add_argument("--seed", type=int, default=0)
+    graph.add_argument("--seed", type=int, default=0, help=HELP["seed"])
     _device_arg(graph)
     graph.set_defaults(func=_cmd_graph, data_parallel=True)
 
@@ -256,7 +277,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", required=True, help="architecture or zoo name (see `tpunlearn zoo`)")
     p.add_argument("--weights", type=_path, help="checkpoint to load (never modified)")
     p.add_argument("--data", type=_path, default=None,
-                   help="data spec (default: the model's own; `digits` = DigitScenes)")
+                   help=HELP["data"])
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load a checkpoint that names code outside tpunlearn's allow-list of model classes "
                         "(full unpickling: it can run any code; only for files you trust)")

@@ -96,7 +96,10 @@ def prune_report(result: UnlearnResult, original: nn.Module, example_inputs: Any
                   macs={"before": count_macs(original, example_inputs),
                         "after": count_macs(result.model, example_inputs)},
                   versions=versions(library), total_s=round(time.perf_counter() - started, 3))
-    report["settings"] = {**settings, "seed": args.seed, "data": args.data}
+    # the command line speaks class names: the settings say so, and their indices say they are indices
+    named = {k: v for k, v in settings.items() if k not in ("forget", "retain")}
+    report["settings"] = {"forget": report["forget"], "retain": report["retain"], "forget_index": settings["forget"],
+                          "retain_index": settings["retain"], **named, "seed": args.seed, "data": args.data}
     return report
 
 
