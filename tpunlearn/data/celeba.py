@@ -17,7 +17,7 @@ import torch
 
 from tpunlearn.errors import DataError
 
-from .labelled import LabelledFiles
+from .labelled import LabelledFiles, by_split
 
 __all__ = ["ATTR_FILE", "is_celeba", "read_celeba"]
 
@@ -73,14 +73,5 @@ def read_celeba(root: str | Path, transform: Callable[[Any], Any] | None = None
     names, files, labels = _attributes(root / ATTR_FILE)
     splits = _partition(root / PARTITION_FILE, files)
     paths = [str(root / IMAGES / f) for f in files]
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        raise DataError(f"{root / ATTR_FILE} lists {len(missing)} image(s) that do not exist, first {missing[0]}")
-    out = {}
-    for split in ("train", "val", "test"):
-        idx = [i for i, s in enumerate(splits) if s == split]
-        if idx:
-            out[split] = LabelledFiles([paths[i] for i in idx], labels[idx], transform)
-    if "train" not in out:
-        raise DataError(f"{root / PARTITION_FILE} puts no image in the training split (0)")
+    out = by_split(paths, labels, splits, transform, str(root / ATTR_FILE))
     return names, out

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["LabelledFiles", "one_hot"]
+__all__ = ["LabelledFiles", "by_split", "one_hot"]
 
 
 class LabelledFiles(Dataset):
@@ -42,3 +42,24 @@ def one_hot(num_classes: int) -> Callable[[int], torch.Tensor]:
         return out
 
     return encode
+
+
+def by_split(files: Sequence[str], labels: torch.Tensor, splits: Sequence[str], transform: Callable[[Any], Any] | None,
+             source: str) -> dict[str, LabelledFiles]:
+    """The listed ``files`` grouped into one dataset per split (train, val, test), after checking every
+    file exists and the training split holds one; ``source`` names the listing in the one-line errors."""
+    from pathlib import Path
+
+    from tpunlearn.errors import DataError
+
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise DataError(f"{source} lists {len(missing)} image(s) that do not exist, first {missing[0]}")
+    out = {}
+    for split in ("train", "val", "test"):
+        idx = [i for i, s in enumerate(splits) if s == split]
+        if idx:
+            out[split] = LabelledFiles([files[i] for i in idx], labels[idx], transform)
+    if "train" not in out:
+        raise DataError(f"{source} puts no image in the training split")
+    return out

@@ -15,7 +15,7 @@ import torch
 
 from tpunlearn.errors import DataError
 
-from .labelled import LabelledFiles
+from .labelled import LabelledFiles, by_split
 
 __all__ = ["SPLITS", "read_tags_csv"]
 
@@ -74,14 +74,5 @@ def read_tags_csv(path: str | Path, transform: Callable[[Any], Any] | None = Non
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read tags CSV {path}: {exc}") from None
     names, files, labels, splits = _parse(path, rows)
-    missing = [f for f in files if not Path(f).is_file()]
-    if missing:
-        raise DataError(f"tags CSV {path} lists {len(missing)} image(s) that do not exist, first {missing[0]}")
-    out = {}
-    for split in SPLITS:
-        idx = [i for i, s in enumerate(splits) if s == split]
-        if idx:
-            out[split] = LabelledFiles([files[i] for i in idx], labels[idx], transform)
-    if "train" not in out:
-        raise DataError(f"tags CSV {path} has no 'train' rows")
+    out = by_split(files, labels, splits, transform, f"tags CSV {path}")
     return names, out
