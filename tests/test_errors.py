@@ -71,8 +71,10 @@ CASES = [
     # ---- usage errors (exit 2) ---------------------------------------------------------------------------
     ("unknown-arch", [*P, "--arch", "nope", "--forget", "1"], 2, ["unknown arch 'nope'", "tpunlearn zoo"]),
     ("unknown-target", [*P, "--arch", ZOO, "--forget", "cat"], 2, ["unknown target 'cat'", "valid: 0, 1, 2"]),
-    ("unknown-target-80", [*P, "--arch", "yolov5n.yaml", "--forget", "cat"], 2,
-     ["unknown target 'cat'", "(80 in all)"]),
+    ("unknown-target-80", [*P, "--arch", "yolov5n.yaml", "--forget", "unicorn"], 2,
+     ["unknown target 'unicorn'", "person, bicycle", "(80 in all)"]),
+    ("random-detector-unlabelled", [*P, "--arch", "yolov5n.yaml", "--forget", "person"], 2,
+     ["random weights", "--data with labels"]),
     ("forget-in-retain", [*P, "--arch", ZOO, "--forget", "3", "--retain", "4", "3"], 2,
      ["3", "both --forget and --retain"]),
     ("delta-0", [*P, "--arch", ZOO, "--forget", "3", "--delta", "0"], 2, ["--delta", "(0, 1]"]),
