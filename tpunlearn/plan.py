@@ -404,20 +404,26 @@ def out_members(dg: Any, group: Any, names: Mapping[nn.Module, str]) -> dict[str
     return members
 
 
+def _root_hits(members: Mapping[str, tuple[list[int], list[int]]], chosen: Mapping[str, set[int]]) -> set[int]:
+    """The group's root channels that are ``chosen`` (flagged or protected) in any of its coupled layers."""
+    return {int(r) for layer, (idxs, root_idxs) in members.items()
+            for i, r in zip(idxs, root_idxs, strict=False) if i in chosen.get(layer, set())}
+
+
+def _zeroed(members: Mapping[str, tuple[list[int], list[int]]], keep: set[int], flagged: Mapping[str, set[int]],
+            scored: set[str]) -> dict[str, list[int]]:
+    """coupled=zero: per scored layer, its own flagged channels among the root channels ``keep``."""
+    zeroed = {layer: sorted(int(i) for i, r in zip(idxs, root_idxs, strict=False)
+                            if int(r) in keep and int(i) in flagged.get(layer, set()))
+              for layer, (idxs, root_idxs) in members.items() if layer in scored}
+    return {layer: v for layer, v in zeroed.items() if v}
+
+
 def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], list[int]]],
             flagged: Mapping[str, set[int]], protected: Mapping[str, set[int]], scored: set[str],
             ignored: tuple[str, ...], coupled: str, dg: Any, tp: Any,
             priority: Mapping[str, torch.Tensor] | None, align: int | None = None) -> GroupDecision:
-    # Root channel -> is it flagged / protected anywhere in the coupled layers?
-    hit: set[int] = set()
-    guard: set[int] = set()
-    for layer, (idxs, root_idxs) in members.items():
-        f, p = flagged.get(layer, set()), protected.get(layer, set())
-        for i, r in zip(idxs, root_idxs, strict=False):
-            if i in f:
-                hit.add(int(r))
-            if i in p:
-                guard.add(int(r))
+    hit, guard = _root_hits(members, flagged), _root_hits(members, protected)
     wanted = sorted(hit - guard)
 
     def by_layer(chans: set[int]) -> dict[str, list[int]]:
@@ -444,12 +450,8 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
         return skip(f"coupled to unscored layer(s) {', '.join(outside[:2])}{'...' if len(outside) > 2 else ''} "
                     "(coupled=protect)")
     if outside and coupled == "zero":
-        keep = set(wanted)
-        zeroed = {layer: sorted(int(i) for i, r in zip(idxs, root_idxs, strict=False)
-                                if int(r) in keep and int(i) in flagged.get(layer, set()))
-                  for layer, (idxs, root_idxs) in members.items() if layer in scored}
-        zeroed = {layer: v for layer, v in zeroed.items() if v}
-        return GroupDecision(root_name, "zero", wanted, zeroed, reason + "; coupled=zero keeps shapes", local, exact)
+        return GroupDecision(root_name, "zero", wanted, _zeroed(members, set(wanted), flagged, scored),
+                             reason + "; coupled=zero keeps shapes", local, exact)
     n_root = len(members[root_name][0])
     before_align = set(wanted)
     if align and align > 1 and n_root % align == 0 and len(wanted) % align:
