@@ -221,3 +221,42 @@ def assert_error(result: Result, code: int, *fragments: str) -> str:
 def listing(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (relative path -> sha256): what a run must leave as it was."""
     return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---- README "Your own model" blocks --------------------------------------------------------------------------
+def readme_block(family: str) -> str:
+    """The bash block under ``<!-- own-model: FAMILY -->`` in README.md, as written."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    found = re.search(rf"<!-- own-model: {re.escape(family)} -->\n```bash\n(.*?)```", text, flags=re.S)
+    assert found, f"README.md has no own-model block for {family}"
+    return found.group(1)
+
+
+def run_readme_block(family: str, cwd: Path, timeout: float = 600) -> list[Any]:
+    """Run each command line of the README block in ``cwd`` (``set -e`` semantics); returns the processes.
+
+    ``tpunlearn`` and ``python`` resolve to this interpreter's environment, as for a user who
+    installed the package. A failing line fails with its output.
+    """
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), "OMP_NUM_THREADS": "1"}
+    lines, done = [], []
+    for raw in readme_block(family).replace("\\\n", " ").splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            lines.append(line)
+    assert lines, f"README own-model block {family} has no command"
+    for line in lines:
+        proc = subprocess.run(["bash", "-c", line], cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        assert proc.returncode == 0, f"README line failed ({proc.returncode}): {shlex.quote(line)}\n" \
+                                     f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        done.append(proc)
+    return done
