@@ -108,6 +108,9 @@ class Adapter(ABC):
     # uses them where the user gives none (say why in the adapter, with the measurement)
     defaults: dict[str, Any] = {}
     metric_name: str = "recall"  # the primary per-target metric of its Evaluation
+    # ``--auto``'s search space for this family, ``{"sigmas": (...), "deltas": (...)}``, smallest first;
+    # a key left out means tpunlearn.auto's own (SIGMAS, DELTAS)
+    auto_space: dict[str, tuple[Any, ...]] = {}
 
     @abstractmethod
     def handles(self, arch: str) -> bool:

@@ -211,7 +211,9 @@ class DeepLabV3Adapter(Adapter):
 
         cm = evaluate.confusion_matrix(model, self.mask_batches(info, spec, split, batch_size),
                                        len(info.class_names), IGNORE_INDEX)
-        return evaluate.segmentation_evaluation(cm, list(info.class_names))
+        result = evaluate.segmentation_evaluation(cm, list(info.class_names))
+        result.extra["split"] = f"{split} split of {spec or 'digits'}"
+        return result
 
     def segmentation_metrics(self, model: nn.Module, info: ModelInfo, spec: str | None,
                              batch_size: int = 16, split: str = "eval") -> dict[str, Any]:

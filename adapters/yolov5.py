@@ -61,7 +61,8 @@ _PSEUDO_IOU = 0.7
 _OPTIONS = ("nc", "names", "imgsz", "pretrained")
 _ALIASES = {"num_classes": "nc", "class_names": "names"}  # the other families' names for the same options
 DIGITS = "digits"  # the data spec of DigitScenes (``"digits:N"``: N scenes)
-DIGITS_SCENES = {"train": 512, "test": 1000}  # default scene counts: scoring reads train, evaluation test
+# default scene counts: scoring reads train, evaluation test, --auto val
+DIGITS_SCENES = {"train": 512, "test": 1000, "val": 500}
 
 
 @register
@@ -76,6 +77,8 @@ class YOLOv5Adapter(Adapter):
     # No setting swept meets both; they stay the defaults until repair/calibration lands. Width
     # alignment is off: topping the head's narrow convs up to multiples of 8 cost other digits more.
     defaults = {"sigma": 12, "delta": 0.2, "retain_tolerance": 5, "align": 1}
+    # --auto around those defaults: the head's class branch sits in the last ~12 prunable convs
+    auto_space = {"sigmas": (8, 12, 16), "deltas": (0.1, 0.2, 0.3)}
 
     def handles(self, arch: str) -> bool:
         path = Path(str(arch))
@@ -282,6 +285,23 @@ class YOLOv5Adapter(Adapter):
             raise UsageError(f"evaluating a YOLO model needs a dataset YAML with labels, got {data!r}")
         yolo_data.read_dataset(Path(str(data)), split="val")  # fail fast, never download
         return uio.evaluate_detection(model, str(data), int(info.input_size[-1]), info.class_names, float(conf))
+
+    def validate(self, model: nn.Module, info: ModelInfo, spec: str | None, conf: float = DEFAULT_CONF,
+                 **kw: Any) -> Evaluation:
+        """:meth:`evaluate` on the data that chooses settings (``--auto``): DigitScenes' own *val*
+        split for ``"digits"`` / ``"digits:N"`` (never the test scenes that evaluate reports on),
+        else the dataset YAML's ``val`` split. The split is recorded in ``extra["split"]``."""
+        data = _default_spec(model, info, spec)
+        digits = digits_count(data, DIGITS_SCENES["val"]) if data else None
+        if digits is None:
+            result = self.evaluate(model, info, spec, conf=conf, **kw)
+            result.extra["split"] = f"val of {spec or uio.train_arg(model, 'data')}"
+            return result
+        _check_digits_model(info)
+        val = str(yolo_data.digits_yaml(int(info.input_size[-1]), n_val=digits))
+        result = uio.evaluate_detection(model, val, int(info.input_size[-1]), info.class_names, float(conf))
+        result.extra["split"] = f"DigitScenes val ({digits} scenes)"
+        return result
 
     # ---- saving --------------------------------------------------------------------------
     def save(self, model: nn.Module, info: ModelInfo, path: str | Path, meta: dict[str, Any] | None = None) -> None:

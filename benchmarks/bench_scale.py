@@ -10,9 +10,14 @@
 2. ``targets`` / ``samples``: one process, scoring time against the number of targets (at
    ``--samples`` each) and against the instances per target (all 10 targets).
 3. ``--yolov5s``: the graph build (``score_targets``, sigma 12) for all 80 targets of a
-   random-initialised yolov5s at 640x640 on synthetic scenes; meant for ``--device cuda``.
+   random-initialised yolov5s at 640x640 on synthetic scenes; meant for ``--device cuda`` (on a
+   CPU-only machine the result says "not measured: no GPU").
+4. ``by_classes``: graph build and request time against the class count (10, 20, 40, 80 classes),
+   same model size: a random yolov5n at 128 and a random timm resnet18 at 32, ``--samples``
+   instances per class, the family's default settings (results/scale_classes.json and .md).
 
     python benchmarks/bench_scale.py [--samples 32] [--rounds 9] [--device cpu|cuda] [--yolov5s]
+    python benchmarks/bench_scale.py --classes-only
 
 Prints a JSON line (the last line of output); writes benchmarks/results/scale.json and scale.md.
 """
@@ -148,6 +153,64 @@ def sweep(device: str, samples: int, repeats: int = 3) -> tuple[list[dict], list
     return by_targets, by_samples
 
 
+def synthetic_batches(n: int, samples: int, size: int, batch: int, per_image: int = 4) -> list[tuple]:
+    """Random images whose multi-hot labels name every class in turn, ``per_image`` per image, so that
+    each of the ``n`` classes reaches ``samples`` instances (for timing only: the labels mean nothing)."""
+    g = torch.Generator().manual_seed(0)
+    per_image = min(per_image, n)
+    n_images = -(-n * samples // per_image)
+    batches = []
+    for start in range(0, n_images, batch):
+        b = min(batch, n_images - start)
+        multi_hot = torch.zeros(b, n)
+        for i in range(b):
+            multi_hot[i, [((start + i) * per_image + j) % n for j in range(per_image)]] = 1
+        batches.append((torch.rand(b, 3, size, size, generator=g), multi_hot))
+    return batches
+
+
+def timed_request(family: str, arch: str, n: int, size: int, samples: int, device: str,
+                  batch: int = 16, forget: int = 0, **options: Any) -> dict[str, Any]:
+    """Graph build (``score_targets`` over all ``n`` targets) and one forget request from those scores,
+    timed, for a random ``arch`` of ``family`` with ``n`` classes, at the family's default settings."""
+    from tpunlearn.adapters import get
+    from tpunlearn.api import score_targets, unlearn
+
+    adapter = get(family)
+    torch.manual_seed(0)
+    model, info = adapter.build(arch, **options)
+    model.to(device)
+    batches = synthetic_batches(n, samples, size, batch)
+    common = dict(target=adapter.target_factory(info), example_inputs=torch.rand(1, 3, size, size),
+                  ignored_layers=adapter.ignored_layers(model, info), output_transform=adapter.output_transform,
+                  num_targets=n, progress=False, device=device)
+    settings = dict(adapter.defaults)
+    t0 = time.perf_counter()
+    scores = score_targets(model, batches, n_per_target=samples, **common,
+                           **{k: v for k, v in settings.items() if k == "sigma"})
+    t1 = time.perf_counter()
+    res = unlearn(model, None, [forget], scores=scores, n_per_target=samples, **common, **settings)
+    t2 = time.perf_counter()
+    assert res is not None
+    params = sum(p.numel() for p in model.parameters())
+    return {"family": family, "arch": arch, "classes": n, "input": size, "samples_per_target": samples,
+            "images": sum(len(b[0]) for b in batches), "params": params, "layers": len(scores.layers),
+            "graph_build_s": round(t1 - t0, 3), "request_s": round(t2 - t1, 3),
+            "ms_per_target": round(1000 * (t1 - t0) / n, 1), "removed_channels": res.report["removed_channels"],
+            "device": device}
+
+
+def by_classes(device: str, samples: int, counts: tuple[int, ...] = (10, 20, 40, 80)) -> list[dict[str, Any]]:
+    """Graph build and request time against the class count, same model size: a random yolov5n at
+    128x128 and a random timm resnet18 at 32x32, each built with 10, 20, 40 and 80 classes."""
+    torch.set_num_threads(1)
+    rows = []
+    for n in counts:
+        rows.append(timed_request("yolov5", "yolov5n.yaml", n, 128, samples, device, imgsz=128, nc=n))
+        rows.append(timed_request("timm", "resnet18", n, 32, samples, device, num_classes=n, imgsz=32))
+    return rows
+
+
 def yolov5s(device: str, size: int = 640, samples: int = 32, batch: int = 16) -> dict[str, Any]:
     """Graph build (``score_targets``, sigma 12) for all 80 targets of a random yolov5s, synthetic scenes."""
     from tpunlearn.adapters import get
@@ -158,23 +221,15 @@ def yolov5s(device: str, size: int = 640, samples: int = 32, batch: int = 16) ->
     model, info = adapter.build("yolov5s.yaml", imgsz=size)
     model.to(device)
     n = len(info.class_names)
-    g = torch.Generator().manual_seed(0)
-    per_image = 4
-    n_images = -(-n * samples // per_image)
-    batches = []
-    for start in range(0, n_images, batch):
-        b = min(batch, n_images - start)
-        multi_hot = torch.zeros(b, n)
-        for i in range(b):  # every class in turn, per_image classes per image: each reaches `samples`
-            multi_hot[i, [(start + i) * per_image % n + j for j in range(per_image)]] = 1
-        batches.append((torch.rand(b, 3, size, size, generator=g), multi_hot))
+    batches = synthetic_batches(n, samples, size, batch)
     t0 = time.perf_counter()
     scores = score_targets(model, batches, target=adapter.target_factory(info), sigma=12, n_per_target=samples,
                            example_inputs=torch.rand(1, 3, size, size), ignored_layers=adapter.ignored_layers(model, info),
                            output_transform=adapter.output_transform, num_targets=n, progress=False, device=device)
     seconds = time.perf_counter() - t0
-    return {"input": size, "targets": len(scores.targets), "samples_per_target": samples, "images": n_images,
-            "batch": batch, "layers": len(scores.layers), "graph_build_s": round(seconds, 2), "device": device}
+    return {"input": size, "targets": len(scores.targets), "samples_per_target": samples,
+            "images": sum(len(b[0]) for b in batches), "batch": batch, "layers": len(scores.layers),
+            "graph_build_s": round(seconds, 2), "device": device}
 
 
 def _free_port() -> int:
@@ -214,10 +269,31 @@ def markdown(result: dict[str, Any]) -> str:
                       f"{result['by_samples'][0]['samples']} to {result['by_samples'][-1]['samples']}); sub-linear in "
                       f"the targets: 10 targets take {t[10] / t[1]:.1f}x the time of one, because one forward per "
                       "batch serves every target and only the gradients are per target."]
-    if result.get("yolov5s"):
+    if result.get("yolov5s", {}).get("skipped"):
+        lines += ["", f"yolov5s, 80 classes at 640: {result['yolov5s']['skipped']}."]
+    elif result.get("yolov5s"):
         y = result["yolov5s"]
         lines += ["", f"yolov5s (random, {y['input']}x{y['input']}), {y['targets']} targets x {y['samples_per_target']} "
                       f"instances, {y['layers']} layers: graph build {y['graph_build_s']} s on `{y['device']}`."]
+    return "\n".join(lines) + "\n"
+
+
+def classes_markdown(rows: list[dict[str, Any]]) -> str:
+    """The class-count table (``results/scale_classes.md``)."""
+    lines = ["# Time against the class count (`python benchmarks/bench_scale.py --classes-only`)", "",
+             f"Same model size per family (random weights, synthetic scenes, {rows[0]['samples_per_target']} "
+             f"instances per class, the family's default settings, one thread, device `{rows[0]['device']}`): the "
+             "graph build scores every class; the request forgets class 0 from those scores.", "",
+             "| family | model | classes | parameters | graph build (s) | ms per class | request (s) |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['family']} | {r['arch']} at {r['input']} | {r['classes']} | {r['params']:,} | "
+              f"{r['graph_build_s']} | {r['ms_per_target']} | {r['request_s']} |" for r in rows]
+    for fam in sorted({r["family"] for r in rows}):
+        mine = [r for r in rows if r["family"] == fam]
+        lo, hi = mine[0], mine[-1]
+        lines += ["", f"{fam}: {hi['classes']} classes take {hi['graph_build_s'] / lo['graph_build_s']:.1f}x the "
+                      f"graph build of {lo['classes']} ({hi['classes'] / lo['classes']:.0f}x the classes), and "
+                      f"{hi['request_s'] / max(lo['request_s'], 1e-9):.1f}x the request time."]
     return "\n".join(lines) + "\n"
 
 
@@ -228,11 +304,22 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (2 processes on cuda need 2 GPUs)")
     p.add_argument("--yolov5s", action="store_true", help="also time the 80-target graph build of a random yolov5s")
     p.add_argument("--no-sweep", action="store_true", help="skip the targets and samples sweep")
+    p.add_argument("--no-classes", action="store_true", help="skip the class-count sweep (10, 20, 40, 80 classes)")
+    p.add_argument("--classes-only", action="store_true",
+                   help="only the class-count sweep (writes results/scale_classes.json and .md)")
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from tpunlearn.distributed import resolve_device
 
     device = str(resolve_device(args.device))
+    RESULTS.mkdir(exist_ok=True)
+    if not args.no_classes:
+        rows = by_classes(device, args.samples)
+        (RESULTS / "scale_classes.json").write_text(json.dumps(rows, indent=1))
+        (RESULTS / "scale_classes.md").write_text(classes_markdown(rows))
+        print(json.dumps(rows))
+    if args.classes_only:
+        return
     result: dict[str, Any] = {"arch": ZOO, "samples": args.samples, "device": device}
     if device.startswith("cuda") and torch.cuda.device_count() < 2:
         result["processes"] = {"skipped": "two processes on cuda need two GPUs"}
@@ -241,7 +328,9 @@ def main() -> None:
     result["by_targets"], result["by_samples"] = ([], []) if args.no_sweep else sweep(device, args.samples)
     if args.yolov5s:
         result["yolov5s"] = yolov5s(device)
-    RESULTS.mkdir(exist_ok=True)
+    elif not device.startswith("cuda"):
+        result["yolov5s"] = {"skipped": "not measured: no GPU here (the 80-class yolov5s graph build at 640 is "
+                                        "for one GPU: python benchmarks/bench_scale.py --device cuda --yolov5s)"}
     (RESULTS / "scale.json").write_text(json.dumps(result, indent=1))
     if "ratio" in result["processes"]:
         (RESULTS / "scale.md").write_text(markdown(result))

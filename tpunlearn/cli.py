@@ -449,13 +449,18 @@ def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samp
         raise UsageError("--auto evaluates every setting it tries on one process; run it without torchrun")
     from tpunlearn.auto import DELTAS, SIGMAS, auto_unlearn
 
+    judged: dict[str, Any] = {}  # what the validation evaluations say about themselves
+
     def evaluate(m: Any) -> dict[int, float]:
-        values = adapter.validate(m, info, args.data, **_eval_kwargs(args, info)).primary_values()
+        result = adapter.validate(m, info, args.data, **_eval_kwargs(args, info))
+        judged.update(validation_data=result.extra.get("split"), operating_point=result.operating_point or None)
+        values = result.primary_values()
         return {info.class_names.index(k): v for k, v in values.items() if k in info.class_names}
 
+    space = adapter.auto_space
     found = auto_unlearn(model, samples, forget, evaluate, forget_bound=args.auto_bound,
-                         retain_budget=args.auto_budget, sigmas=args.auto_sigmas or SIGMAS,
-                         deltas=args.auto_deltas or DELTAS, **common)
+                         retain_budget=args.auto_budget, sigmas=args.auto_sigmas or space.get("sigmas", SIGMAS),
+                         deltas=args.auto_deltas or space.get("deltas", DELTAS), **common)
     for row in found.tried:
         mark = "  <- chosen" if (row["sigma"], row["delta"]) == (found.sigma, found.delta) else ""
         print(f"auto: sigma {row['sigma']:2d} delta {row['delta']:.2f}: forget {row['forget_metric']:.3f}, worst "
@@ -464,7 +469,7 @@ def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samp
         print(f"auto: no setting tried met the goal; the closest is sigma {found.sigma}, delta {found.delta}",
               file=sys.stderr)
     return found.result, {**found.to_dict(), "bound": args.auto_bound, "budget": args.auto_budget,
-                          "split": "validation"}
+                          "split": "validation", "metric": adapter.metric_name, **judged}
 
 
 def _write_outputs(args: argparse.Namespace, out: Path, adapter: Any, model: Any, info: Any, res: Any,

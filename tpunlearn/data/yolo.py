@@ -211,28 +211,30 @@ def cache_root() -> Path:
     raise DataError("no writable cache folder for DigitScenes; set TPUNLEARN_CACHE to one")
 
 
-def digits_yaml(size: int, n_train: int = 0, n_test: int = 0, seed: int = DIGITS_SEED) -> Path:
+def digits_yaml(size: int, n_train: int = 0, n_test: int = 0, seed: int = DIGITS_SEED, n_val: int = 0) -> Path:
     """An ultralytics dataset YAML of DigitScenes at ``size`` pixels, written once and cached.
 
     The folder (under :func:`cache_root`, keyed by size, seed and scene counts) holds
     ``images/{train,test}`` and their labels as :func:`tpunlearn.data.write_yolo` writes
     them; its ``data.yaml`` names the train split ``train`` and the *test* split both
     ``val`` and ``test``, so ultralytics' validator (which reads ``val``) scores the test
-    scenes. Scene ``i`` of a split depends only on ``(seed, split, i)``, so these are the
+    scenes. With ``n_val`` scenes of DigitScenes' own validation split, those are ``val``
+    instead (for choosing settings without touching the test scenes). Scene ``i`` of a split depends only on ``(seed, split, i)``, so these are the
     first scenes of the splits that the zoo model was trained and tested on. A split with
     0 scenes is written empty. Written to a temp folder and renamed into place: concurrent
     callers never see half a dataset.
     """
     import shutil
 
-    size, n_train, n_test = int(size), int(n_train), int(n_test)
-    root = cache_root() / f"digitscenes-yolo-{size}px-seed{int(seed)}-train{n_train}-test{n_test}"
+    size, n_train, n_test, n_val = int(size), int(n_train), int(n_test), int(n_val)
+    root = cache_root() / (f"digitscenes-yolo-{size}px-seed{int(seed)}-train{n_train}-test{n_test}"
+                           + (f"-val{n_val}" if n_val else ""))
     data_file = root / "data.yaml"
     if data_file.is_file():
         return data_file
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
-        _write_digits(tmp, root, size, seed, n_train, n_test)
+        _write_digits(tmp, root, size, seed, {"train": n_train, "test": n_test, "val": n_val})
         try:
             os.rename(tmp, root)
         except OSError:  # another process wrote it first
@@ -244,13 +246,16 @@ def digits_yaml(size: int, n_train: int = 0, n_test: int = 0, seed: int = DIGITS
     return data_file
 
 
-def _write_digits(dest: Path, root: Path, size: int, seed: int, n_train: int, n_test: int) -> None:
-    """DigitScenes' train and test splits into ``dest``, with a ``data.yaml`` that points at ``root``."""
+def _write_digits(dest: Path, root: Path, size: int, seed: int, counts: dict[str, int]) -> None:
+    """DigitScenes' splits (train, test and, when counted, val) into ``dest``, with a ``data.yaml``
+    that points at ``root``."""
     import yaml
 
     from .digitscenes import CLASS_NAMES, write_yolo
 
-    write_yolo(dest, size=size, seed=seed, splits=("train", "test"), n_scenes={"train": n_train, "test": n_test})
-    data = {"path": str(root), "train": "images/train", "val": "images/test", "test": "images/test",
+    splits = ("train", "test", "val") if counts.get("val") else ("train", "test")
+    write_yolo(dest, size=size, seed=seed, splits=splits, n_scenes={k: counts.get(k, 0) for k in splits})
+    val = "images/val" if counts.get("val") else "images/test"
+    data = {"path": str(root), "train": "images/train", "val": val, "test": "images/test",
             "names": {d: name for d, name in enumerate(CLASS_NAMES)}}
     (dest / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
