@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from tpunlearn.calibrate import Calibration
 from tpunlearn.errors import UsageError, WeightsError
 from tpunlearn.evaluate import Evaluation
 from tpunlearn.targets import Target
@@ -214,6 +215,14 @@ class Adapter(ABC):
     def onnx_metadata(self, model: nn.Module, info: ModelInfo) -> dict[str, Any]:
         """What an ONNX export of ``model`` carries in its metadata (the family's runtime reads it back)."""
         return {"description": f"{info.arch} exported by tpunlearn", "names": dict(enumerate(info.class_names))}
+
+    # ---- calibration (optional; tpunlearn.calibrate) -------------------------------------------
+    calibrates: bool = False  # whether prune calibrates by default (--calibrate / --no-calibrate choose)
+
+    def calibration(self, model: nn.Module, info: ModelInfo) -> Calibration | None:
+        """The output layers whose channel ``i`` is target ``i``'s score, for :mod:`tpunlearn.calibrate`
+        (None: this family cannot calibrate)."""
+        return None
 
     # ---- repair fine-tune (optional; families without it refuse --repair-epochs) -------------
     def repair_data(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int],

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tpunlearn.calibrate import Calibration
 from tpunlearn.data import digits_count
 from tpunlearn.data import yolo as yolo_data
 from tpunlearn.errors import UsageError, WeightsError
@@ -215,6 +216,17 @@ class YOLOv5Adapter(Adapter):
         outputs = [branch[-1] for branch in (*head.cv2, *head.cv3)]
         dfl = [head.dfl] if isinstance(getattr(head, "dfl", None), nn.Module) else []
         return [*outputs, *dfl]
+
+    # On by default: pruning the class branch damps every class at conf 0.25, and refitting the
+    # last 1x1 conv's retained rows brings them back (benchmarks/results/calibrate.md)
+    calibrates = True
+
+    def calibration(self, model: nn.Module, info: ModelInfo) -> Calibration:
+        """The class branch's last 1x1 conv at every scale (``cv3[i][-1]``: channel ``c`` is class ``c``'s
+        logit), weighted by sigmoid score as ultralytics reads it at a confidence threshold."""
+        head = uio.detect_head(model)
+        names = dict((id(m), n) for n, m in model.named_modules())
+        return Calibration(layers=tuple(names[id(branch[-1])] for branch in head.cv3), weighting="sigmoid")
 
     def onnx_metadata(self, model: nn.Module, info: ModelInfo) -> dict[str, Any]:
         """ultralytics' own export metadata (names, imgsz, stride, task, ...) so that

@@ -17,6 +17,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from tpunlearn.calibrate import Calibration
+from tpunlearn.calibrate import calibrate as calibrate_outputs
 from tpunlearn.distributed import is_main, resolve_device, world
 from tpunlearn.errors import DataError, PlanError, UsageError
 from tpunlearn.graph import BalancedGraph, balance, essential_graph, layer_links
@@ -51,7 +53,8 @@ def unlearn(model: nn.Module, samples: Samples | None, forget: Sequence[int] | i
             method: Method | Unset = UNSET, group_closure: bool | Unset = UNSET, balanced: bool | Unset = UNSET,
             align: int | None | Unset = UNSET, scores: ChannelScores | None = None, num_targets: int | None = None,
             output_transform: Callable[[Any], Any] | None = None, progress: bool = True,
-            device: str | torch.device | None = None, settings: UnlearnSettings | None = None) -> UnlearnResult | None:
+            device: str | torch.device | None = None, settings: UnlearnSettings | None = None,
+            calibrate: Calibration | None = None) -> UnlearnResult | None:
     """Forget ``forget`` targets from ``model``; return a new, pruned model.
 
     Args:
@@ -70,6 +73,8 @@ def unlearn(model: nn.Module, samples: Samples | None, forget: Sequence[int] | i
         device: ``cpu``, ``cuda`` or ``cuda:N``, where the copy is scored, planned, pruned and
             lives afterwards (default: the model's own); the input model stays where it is.
         settings: the algorithm's settings (default ``UnlearnSettings()``).
+        calibrate: refit the retained targets' rows of these output layers toward the original
+            after pruning (:mod:`tpunlearn.calibrate`; forward passes over ``samples``, no training).
         sigma, delta, retain_delta, retain_tolerance, n_per_target, mode, coupled, method,
             group_closure, balanced, align: the :class:`~tpunlearn.settings.UnlearnSettings` field
             of that name. A keyword given here overrides ``settings``; one left out keeps its value.
@@ -99,6 +104,8 @@ def unlearn(model: nn.Module, samples: Samples | None, forget: Sequence[int] | i
     else:
         scores = _check_cached(scores, run.work, run.layers, forget + ([] if implicit_retain else retain))
     graph, plan, report = run.prune(model, scores, forget, retain, {"device": str(device), "ranks": world()[1]})
+    if calibrate is not None:
+        report["calibration"] = _calibrated(model, run.work, samples, calibrate, retain, report)
     return UnlearnResult(model=run.work, plan=plan, graph=graph, scores=scores, report=report, settings=chosen)
 
 
@@ -193,6 +200,16 @@ class _Run:
         report = unlearn_report(original, work, s, forget, retain, self.layers, scores, graph, plan, self.timings,
                                 check, notes, execution)
         return graph, plan, report
+
+
+def _calibrated(original: nn.Module, work: nn.Module, samples: Samples | None, spec: Calibration,
+                retain: list[int], report: dict[str, Any]) -> dict[str, Any]:
+    """Run :func:`tpunlearn.calibrate.calibrate` on the pruned model; its time joins the report's timings."""
+    if samples is None:
+        raise UsageError("calibration runs both models on samples: pass samples as well as cached scores")
+    done = calibrate_outputs(original, work, samples, spec, retain)
+    report.setdefault("timings_s", {})["calibration"] = done["seconds"]
+    return done
 
 
 def _forget_list(forget: Sequence[int] | int) -> list[int]:

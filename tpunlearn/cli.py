@@ -172,6 +172,11 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"keep pruned widths at multiples of N by removing a few more flagged-adjacent channels "
                             f"or keeping a few back (default {DEFAULTS.align}, which ONNX Runtime's CPU convolutions "
                             "need to stay fast, or the family's; 1 turns it off; report.json's removal says how many)")
+    prune.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
+                       help="after pruning, refit the output layer's rows of the retained targets so their "
+                            "scores match the original's on the scoring samples (forward passes, no training; "
+                            "default: on for yolov5, whose retained classes fall below conf 0.25 without it, "
+                            "off for the others; the forget targets' rows stay as pruned)")
     prune.add_argument("--repair-epochs", type=_int_at_least(0), default=0, metavar="N",
                        help="fine-tune the pruned model for N epochs on data without the forget targets "
                             "(default 0: no fine-tuning)")
@@ -384,8 +389,8 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
         from tpunlearn.cache import load_cache
 
         scores, _meta = load_cache(args.graph, model, sha256(info.weights) if info.weights else None)
-    else:
-        samples = adapter.samples(model, info, args.data)
+    if not args.graph or _calibration(args, adapter, model, info) is not None:
+        samples = adapter.samples(model, info, args.data)  # calibration runs on them after cached scores too
     with _named_targets(info, args.data, forget):
         res, auto = _request(args, adapter, model, info, samples, scores, forget, retain, example, device)
     if res is None:
@@ -408,6 +413,19 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
     _summary(report)
     verdict = report.get("verdict")
     return 3 if args.strict and verdict is not None and not verdict["met"] else 0
+
+
+def _calibration(args: argparse.Namespace, adapter: Any, model: Any, info: Any) -> Any:
+    """The family's :class:`~tpunlearn.calibrate.Calibration` when ``--calibrate`` (or the family's
+    default) asks for one; a family that cannot calibrate refuses an explicit ``--calibrate``."""
+    given = getattr(args, "calibrate", None)
+    wanted = adapter.calibrates if given is None else given
+    if not wanted:
+        return None
+    spec = adapter.calibration(model, info)
+    if spec is None and given:
+        raise UsageError(f"the {adapter.name} adapter cannot calibrate {info.arch}; drop --calibrate")
+    return spec
 
 
 def _targets(args: argparse.Namespace, info: Any) -> tuple[list[int], list[int] | None]:
@@ -440,7 +458,8 @@ def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samp
 
     common = dict(retain=retain, target=adapter.target_factory(info), example_inputs=example, device=device,
                   settings=_settings(args, adapter), ignored_layers=adapter.ignored_layers(model, info),
-                  num_targets=len(info.class_names), output_transform=adapter.output_transform, progress=_progress())
+                  num_targets=len(info.class_names), output_transform=adapter.output_transform, progress=_progress(),
+                  calibrate=_calibration(args, adapter, model, info))
     if not args.auto:
         return tu.unlearn(model, samples, forget=forget, scores=scores, **common), None
     if scores is not None:

@@ -219,9 +219,10 @@ def digits_yaml(size: int, n_train: int = 0, n_test: int = 0, seed: int = DIGITS
     them; its ``data.yaml`` names the train split ``train`` and the *test* split both
     ``val`` and ``test``, so ultralytics' validator (which reads ``val``) scores the test
     scenes. With ``n_val`` scenes of DigitScenes' own validation split, those are ``val``
-    instead (for choosing settings without touching the test scenes). Scene ``i`` of a split depends only on ``(seed, split, i)``, so these are the
-    first scenes of the splits that the zoo model was trained and tested on. A split with
-    0 scenes is written empty. Written to a temp folder and renamed into place: concurrent
+    instead (for choosing settings without touching the test scenes). Scene ``i`` of a
+    split depends only on ``(seed, split, i)``, so these are the first scenes of the splits
+    that the zoo model was trained and tested on. A split with 0 scenes is written empty.
+    Written to a temp folder and renamed into place: concurrent
     callers never see half a dataset.
     """
     import shutil
