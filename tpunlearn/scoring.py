@@ -380,15 +380,38 @@ def _score_batch(model: nn.Module, images: torch.Tensor, chosen: _Choice, mine: 
             positions = mask.nonzero().flatten()
             index = torch.arange(positions.numel()) if whole else torch.isin(positions, mine).nonzero().flatten()
             active.append((t, select, chosen.first[t] + index))
+    passes = _disjoint_passes(active)
     with torch.enable_grad():
         output = model((images if whole else images[mine]).to(device))
         feat_list = [feats[layer] for layer in layers]
-        for i, (t, select, ordinals) in enumerate(active):
-            select = select.to(device)
-            y = targets[t](output, select)
-            grads = torch.autograd.grad(y, feat_list, retain_graph=i < len(active) - 1, allow_unused=True)
-            pool.add(t, [_per_instance(g, f, select, method) for g, f in zip(grads, feat_list, strict=True)], ordinals)
+        for i, group in enumerate(passes):
+            y = sum(targets[t](output, select.to(device)) for t, select, _ in group)
+            grads = torch.autograd.grad(y, feat_list, retain_graph=i < len(passes) - 1, allow_unused=True)
+            for t, select, ordinals in group:
+                pool.add(t, [_per_instance(g, f, select.to(device), method)
+                             for g, f in zip(grads, feat_list, strict=True)], ordinals)
     del output
+
+
+def _disjoint_passes(active: list[tuple[int, torch.Tensor, torch.Tensor]]) -> list[list[Any]]:
+    """Group the targets of a batch so that no image holds two targets of one group.
+
+    Samples do not interact in scoring mode (eval-mode norms), so one backward pass of the sum of
+    a group's targets gives every image the gradient of its own target alone: a batch costs as
+    many backward passes as the most targets one image holds, not as many as the targets in it
+    (a multi-class batch: one; an 80-class detection batch: a few, not 80).
+    """
+    passes: list[tuple[torch.Tensor, list[Any]]] = []
+    for entry in active:
+        select = entry[1]
+        for taken, group in passes:
+            if not (taken & select).any():
+                taken |= select
+                group.append(entry)
+                break
+        else:
+            passes.append((select.clone(), [entry]))
+    return [group for _, group in passes]
 
 
 def _per_instance(grad: torch.Tensor | None, feat: torch.Tensor, select: torch.Tensor, method: str) -> torch.Tensor:
