@@ -80,8 +80,9 @@ def read_dataset(path: Path, split: str = "") -> dict[str, Any]:
 @contextlib.contextmanager
 def resolved_yaml(path: Path) -> Iterator[Path]:
     """``path``, or inside the block a copy of it whose relative ``path:`` is made absolute when
-    only the YAML's own folder holds it (ultralytics reads it against the current folder or its
-    datasets folder, so a run from another folder would miss the user's dataset)."""
+    only the YAML's own folder holds the splits it names (ultralytics reads a relative root
+    against the current folder, then its datasets folder: a run from another folder would miss
+    the user's dataset)."""
     import yaml
 
     if not path.is_file():
@@ -91,11 +92,11 @@ def resolved_yaml(path: Path) -> Iterator[Path]:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read dataset {path}: YAML syntax error ({error_line(exc)})") from None
     root = data.get("path") if isinstance(data, dict) else None
-    if not isinstance(root, str) or not root or Path(root).is_absolute() or _ultralytics_finds(Path(root)):
+    if not isinstance(root, str) or not root or Path(root).is_absolute() or _ultralytics_finds(Path(root), data):
         yield path
         return
     beside = (path.resolve().parent / root).resolve()
-    if not beside.exists():
+    if not _holds_splits(beside, data):
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="tpunlearn-data-") as tmp:
@@ -104,11 +105,18 @@ def resolved_yaml(path: Path) -> Iterator[Path]:
         yield copy
 
 
-def _ultralytics_finds(root: Path) -> bool:
-    """Does ultralytics find a relative dataset root (the current folder, else its datasets folder)?"""
+def _ultralytics_finds(root: Path, data: dict[str, Any]) -> bool:
+    """Does ultralytics find the splits under a relative dataset root (the current folder, else its
+    datasets folder, the first that exists)?"""
     from ultralytics.utils import DATASETS_DIR
 
-    return root.exists() or (DATASETS_DIR / root).exists()
+    return _holds_splits(root if root.exists() else DATASETS_DIR / root, data)
+
+
+def _holds_splits(root: Path, data: dict[str, Any]) -> bool:
+    """Do the ``train`` and ``val`` entries of a dataset YAML all exist under ``root``?"""
+    entries = [e for k in ("train", "val") for e in ([data[k]] if isinstance(data.get(k), str) else data.get(k) or [])]
+    return bool(entries) and all(isinstance(e, str) and (root / e).exists() for e in entries)
 
 
 def split_images(data: dict[str, Any], split: str) -> list[str]:
@@ -279,6 +287,8 @@ def batches(spec: str, nc: int, size: int, batch_size: int, labeller: Labeller,
         elif int(data["nc"]) != nc:
             raise DataError(f"{spec} has {data['nc']} classes but the model has {nc}")
         images = split_images(data, "train" if data.get("train") else "val")
+        if data.get("train") and data.get("val"):
+            split_images(data, "val")  # a broken val split fails now, not after scoring (--eval, --auto)
         return Batches(images, label_files(images), nc, size, batch_size, names=names)
     if path.is_dir():
         images = image_files(path)
