@@ -121,6 +121,9 @@ def _variant(kind: str, root: Path) -> tuple[Path, int]:
     if kind == "names-dict-nc":
         return write_yaml(root / "v" / f"{kind}.yaml", path=str(ds), train="images/train", val="images/val",
                           nc=len(names), names=dict(enumerate(names))), len(train)
+    if kind == "names-dict":
+        return write_yaml(root / "v" / f"{kind}.yaml", path=str(ds), train="images/train", val="images/val",
+                          names={i: n for i, n in enumerate(names)}), len(train)
     if kind == "path-beside-yaml":  # relative to the YAML's folder, read from another working folder
         return write_yaml(ds / "cfg" / f"{kind}.yaml", path="..", train="images/train", val="images/val",
                           names=names), len(train)
@@ -136,7 +139,7 @@ def _variant(kind: str, root: Path) -> tuple[Path, int]:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["names-dict-nc", "path-beside-yaml", "path-absent", "txt-lists", "folder-lists"])
+@pytest.mark.parametrize("kind", ["names-dict-nc", "names-dict", "path-beside-yaml", "path-absent", "txt-lists", "folder-lists"])
 def test_dataset_yaml_variants(user, kind, tmp_path, monkeypatch, capsys):
     root, _, best = user
     spec, n_train = _variant(kind, root)
@@ -243,3 +246,23 @@ def test_trained_by_ultralytics_pruned_validated_and_readme_block(tmp_path):
     metrics = model.val(data=str(tmp_path / "data.yaml"), device="cpu", workers=0, plots=False, verbose=False,
                         project=str(tmp_path / "val"))
     assert metrics.box.map50 >= 0.0 and torch.tensor(list(metrics.box.ap50)).numel() > 0
+
+
+@pytest.mark.slow
+def test_a_yolov5s_from_the_trainer_keeps_its_scale(user, tmp_path, capsys):
+    """Another scale: ``--arch yolov5`` builds what the checkpoint's YAML says (s), and ``--arch yolov5n`` is refused."""
+    _, data, _ = user
+    best = train(data, tmp_path / "runs" / "detect", epochs=1, scale="s")
+    model, info = adapters.for_arch("yolov5").build("yolov5", best)
+    assert info.arch == "yolov5s" and info.extra["scale"] == "s" and info.class_names == GLYPH_CLASSES
+    out = tmp_path / "pruned"
+    code, stdout, err = run(capsys, "prune", "--arch", "yolov5", "--weights", best, "--data", data, "--forget",
+                            "square", "--out", out)
+    assert code == 0, err
+    from ultralytics import YOLO
+
+    pruned = YOLO(str(out / "model.pt"))
+    assert pruned.model.yaml["scale"] == "s"
+    assert sum(p.numel() for p in pruned.model.parameters()) < sum(p.numel() for p in model.parameters())
+    assert_error(run(capsys, "eval", "--arch", "yolov5n", "--weights", best, "--data", data), 1,
+                 "holds a yolov5s model, not yolov5n")

@@ -119,9 +119,10 @@ def _holds_splits(root: Path, data: dict[str, Any]) -> bool:
     return bool(entries) and all(isinstance(e, str) and (root / e).exists() for e in entries)
 
 
-def split_images(data: dict[str, Any], split: str) -> list[str]:
+def split_images(data: dict[str, Any], split: str, empty_ok: bool = False) -> list[str]:
     """The images of one split of a parsed dataset YAML; a one-line DataError when its folder or
-    list is missing, when a txt list names images that do not exist, or when it holds none."""
+    list is missing, when a txt list names images that do not exist, or (unless ``empty_ok``)
+    when it holds none."""
     from ultralytics.data.utils import IMG_FORMATS
 
     where = f"the {split} split of {data.get('yaml_file', 'the dataset')}"
@@ -135,7 +136,7 @@ def split_images(data: dict[str, Any], split: str) -> list[str]:
             if gone:
                 raise DataError(f"{entry} lists {len(gone)} image(s) that do not exist (first: {gone[0]})")
     images = image_files(entries)
-    if not images:
+    if not images and not empty_ok:
         raise DataError(f"no images in {where}")
     return images
 
@@ -288,7 +289,7 @@ def batches(spec: str, nc: int, size: int, batch_size: int, labeller: Labeller,
             raise DataError(f"{spec} has {data['nc']} classes but the model has {nc}")
         images = split_images(data, "train" if data.get("train") else "val")
         if data.get("train") and data.get("val"):
-            split_images(data, "val")  # a broken val split fails now, not after scoring (--eval, --auto)
+            split_images(data, "val", empty_ok=True)  # a broken val split fails now, not after scoring (--eval, --auto)
         return Batches(images, label_files(images), nc, size, batch_size, names=names)
     if path.is_dir():
         images = image_files(path)
