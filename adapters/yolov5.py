@@ -5,6 +5,10 @@ Architecture from ultralytics' bundled ``yolov5.yaml`` (scale letter from the na
 style, or a pruned model this adapter saved). The returned module is the ultralytics
 ``DetectionModel`` itself.
 
+* A user's own ``yolo train`` run: ``--arch yolov5 --weights runs/detect/train/weights/best.pt``
+  takes the scale, class names and image size from the checkpoint; a scale that contradicts
+  the checkpoint's (``--arch yolov5n`` with a yolov5s ``best.pt``) is a one-line error. Its
+  dataset YAML must name the model's classes (count and names, in order).
 * Names. ``yolov5s`` means the pretrained ``yolov5su.pt`` (as ``YOLO("yolov5s")``): a local
   file (cwd or ultralytics' ``weights_dir``) is used, a download is left to ultralytics only
   when it is online, and offline a one-line :class:`WeightsError` says to pass ``--weights``.

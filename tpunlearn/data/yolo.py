@@ -3,6 +3,10 @@
 * :func:`read_dataset`: a dataset YAML parsed by ultralytics' own ``check_det_dataset``
   (paths resolved, ``names`` as a list or a dict, splits as folders, txt lists or lists of
   them), never downloading.
+  A relative ``path:`` that ultralytics' own lookup misses is read beside the YAML
+  (:func:`resolved_yaml`, which also hands ultralytics' validator a readable copy).
+* :func:`split_images`: a split's images, with one-line errors for a missing folder or list and
+  for listed images that do not exist; :func:`check_names`: the dataset's classes are the model's.
 * :func:`image_files`, :func:`label_files`, :func:`read_labels`, :func:`load_image`: the
   images of a split, their YOLO txt labels as a multi-hot row, an image letterboxed as the
   detectors see it.
