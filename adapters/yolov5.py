@@ -5,6 +5,10 @@ Architecture from ultralytics' bundled ``yolov5.yaml`` (scale letter from the na
 style, or a pruned model this adapter saved). The returned module is the ultralytics
 ``DetectionModel`` itself.
 
+* A user's own ``yolo train`` run: ``--arch yolov5 --weights runs/detect/train/weights/best.pt``
+  takes the scale, class names and image size from the checkpoint; a scale that contradicts
+  the checkpoint's (``--arch yolov5n`` with a yolov5s ``best.pt``) is a one-line error. Its
+  dataset YAML must name the model's classes (count and names, in order).
 * Names. ``yolov5s`` means the pretrained ``yolov5su.pt`` (as ``YOLO("yolov5s")``): a local
   file (cwd or ultralytics' ``weights_dir``) is used, a download is left to ultralytics only
   when it is online, and offline a one-line :class:`WeightsError` says to pass ``--weights``.
@@ -61,6 +65,7 @@ _PSEUDO_CONF = 0.25  # a class counts as present in an unlabelled image when a b
 _PSEUDO_IOU = 0.7
 _OPTIONS = ("nc", "names", "imgsz", "pretrained")
 _ALIASES = {"num_classes": "nc", "class_names": "names"}  # the other families' names for the same options
+FAMILY = "yolov5"  # --arch yolov5 --weights best.pt: the checkpoint says its scale
 DIGITS = "digits"  # the data spec of DigitScenes (``"digits:N"``: N scenes)
 # default scene counts: scoring reads train, evaluation test, --auto val
 DIGITS_SCENES = {"train": 512, "test": 1000, "val": 500}
@@ -82,6 +87,8 @@ class YOLOv5Adapter(Adapter):
     auto_space = {"sigmas": (8, 12, 16), "deltas": (0.1, 0.2, 0.3)}
 
     def handles(self, arch: str) -> bool:
+        if str(arch).lower() == FAMILY:
+            return True
         path = Path(str(arch))
         if _NAME.match(path.name) and (path.name == str(arch) or path.exists()):
             return True
@@ -110,6 +117,9 @@ class YOLOv5Adapter(Adapter):
             if not state.weights.is_file():
                 raise WeightsError(f"weights file not found: {state.weights}")
             return
+        if state.arch.lower() == FAMILY and state.zoo is None:
+            raise UsageError("--arch yolov5 reads its scale from a checkpoint: pass --weights (a `yolo train` "
+                             "best.pt), or name a scale (yolov5n, yolov5s, ... or yolov5n.yaml for a random model)")
         arch = state.zoo.arch if state.zoo is not None else state.arch
         path, m = Path(arch), _NAME.match(Path(arch).name)
         suffix = path.suffix.lower()
@@ -148,6 +158,7 @@ class YOLOv5Adapter(Adapter):
             return
         model = uio.checkpoint_model(state.checkpoint, state.weights)
         head = uio.detect_head(model)
+        _check_scale(state.arch if zoo is None else "", model, state.weights)
         if nc is not None and int(nc) != head.nc:
             raise WeightsError(f"{state.weights} holds a model with {head.nc} classes, not nc={nc}")
         if names is not None and uio.names_dict(names, head.nc) != uio.names_dict(model.names, head.nc):
@@ -196,7 +207,7 @@ class YOLOv5Adapter(Adapter):
         elif uio.train_arg(model, "data") == DIGITS:  # a model trained (or pruned) from a DigitScenes checkpoint
             extra["data"] = DIGITS
         extra.update(state.extra)
-        return ModelInfo(arch=_label(state), family=self.name, task="detection",
+        return ModelInfo(arch=_label(state, model), family=self.name, task="detection",
                          class_names=uio.names_list(model.names, head.nc), input_size=state.size(),
                          weights=str(state.weights) if state.weights is not None else None, extra=extra)
 
@@ -273,7 +284,7 @@ class YOLOv5Adapter(Adapter):
         if digits is not None:
             _check_digits_model(info)
             spec = str(yolo_data.digits_yaml(size, n_train=digits))
-        return yolo_data.batches(spec, nc, size, batch_size, labeller)
+        return yolo_data.batches(spec, nc, size, batch_size, labeller, names=info.class_names)
 
     def evaluate(self, model: nn.Module, info: ModelInfo, spec: str | None, conf: float = DEFAULT_CONF,
                  **kw: Any) -> Evaluation:
@@ -295,8 +306,13 @@ class YOLOv5Adapter(Adapter):
             raise UsageError("evaluating a YOLO model needs --data (an ultralytics dataset YAML)")
         if Path(str(data)).suffix.lower() not in (".yaml", ".yml"):
             raise UsageError(f"evaluating a YOLO model needs a dataset YAML with labels, got {data!r}")
-        yolo_data.read_dataset(Path(str(data)), split="val")  # fail fast, never download
-        return uio.evaluate_detection(model, str(data), int(info.input_size[-1]), info.class_names, float(conf))
+        path = Path(str(data))
+        parsed = yolo_data.read_dataset(path, split="val")  # fail fast, never download
+        yolo_data.check_names(parsed, info.class_names)
+        yolo_data.split_images(parsed, "val")
+        with yolo_data.resolved_yaml(path) as readable:
+            return uio.evaluate_detection(model, str(readable), int(info.input_size[-1]), info.class_names,
+                                          float(conf))
 
     def validate(self, model: nn.Module, info: ModelInfo, spec: str | None, conf: float = DEFAULT_CONF,
                  **kw: Any) -> Evaluation:
@@ -341,9 +357,31 @@ def _merge_aliases(options: dict[str, Any]) -> None:
             options[name] = value
 
 
-def _label(state: BuildState) -> str:
-    """The name a built model goes by: its zoo name, else the arch as given."""
-    return state.zoo.name if state.zoo is not None else state.arch
+def _label(state: BuildState, model: nn.Module | None = None) -> str:
+    """The name a built model goes by: its zoo name, else the arch as given (``yolov5``: the checkpoint's scale)."""
+    if state.zoo is not None:
+        return state.zoo.name
+    scale = _scale(model) if model is not None and state.arch.lower() == FAMILY else None
+    return f"yolov5{scale}" if scale else state.arch
+
+
+def _check_scale(arch: str, model: nn.Module, path: Path | None) -> None:
+    """``--arch yolov5n`` with a checkpoint of another scale is refused (``--arch yolov5`` takes the checkpoint's)."""
+    want = _NAME.match(Path(arch).name) if arch and not Path(arch).is_file() else None
+    have = _scale(model)
+    if want and have and want.group(1).lower() != have:
+        raise WeightsError(f"{path} holds a yolov5{have} model, not {arch}; pass --arch yolov5{have} "
+                           "(or --arch yolov5: the checkpoint says its scale)")
+
+
+def _scale(model: nn.Module) -> str | None:
+    """The scale letter of a YOLOv5 model (its YAML's ``scale``, else its YAML file's name)."""
+    cfg = getattr(model, "yaml", None) or {}
+    scale = cfg.get("scale") if isinstance(cfg, dict) else None
+    if isinstance(scale, str) and scale:
+        return scale.lower()
+    m = _NAME.match(Path(str(cfg.get("yaml_file") or "")).name) if isinstance(cfg, dict) else None
+    return m.group(1).lower() if m else None
 
 
 def _train_imgsz(model: nn.Module) -> int | None:

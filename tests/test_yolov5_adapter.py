@@ -80,10 +80,10 @@ def head_out_channels(model: torch.nn.Module) -> list[int]:
 def test_registry_and_handles(adapter, tmp_path):
     assert isinstance(adapter, YOLOv5Adapter) and adapter.metric_name == "recall"
     for arch in ("yolov5n", "yolov5s", "yolov5m", "yolov5nu", "yolov5su", "yolov5mu", "yolov5s.yaml",
-                 "yolov5su.pt"):
+                 "yolov5su.pt", "yolov5"):  # "yolov5": the family, the scale read from --weights
         assert adapter.handles(arch), arch
         assert adapters.for_arch(arch) is adapter
-    for arch in ("resnet18", "yolov8n", "yolov5", "deeplabv3_resnet50", str(tmp_path / "missing.pt")):
+    for arch in ("resnet18", "yolov8n", "yolov5z", "deeplabv3_resnet50", str(tmp_path / "missing.pt")):
         assert not adapter.handles(arch), arch
     other = tmp_path / "other.pt"
     torch.save({"state_dict": {"w": torch.zeros(1)}}, other)

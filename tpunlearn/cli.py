@@ -391,7 +391,7 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
         scores, _meta = load_cache(args.graph, model, sha256(info.weights) if info.weights else None)
     if not args.graph or _calibration(args, adapter, model, info) is not None:
         samples = adapter.samples(model, info, args.data)  # calibration runs on them after cached scores too
-    with _named_targets(info, args.data, forget):
+    with _named_targets(info, args.data, forget, samples):
         res, auto = _request(args, adapter, model, info, samples, scores, forget, retain, example, device)
     if res is None:
         return 0  # another rank plans, prunes and writes
@@ -534,8 +534,9 @@ def _write_outputs(args: argparse.Namespace, out: Path, adapter: Any, model: Any
 
 
 @contextlib.contextmanager
-def _named_targets(info: Any, spec: str | None, forget: Sequence[int] = ()) -> Iterator[None]:
-    """Turn the core's "no sample holds target(s) [3]" into class names and a fix."""
+def _named_targets(info: Any, spec: str | None, forget: Sequence[int] = (), samples: Any = None) -> Iterator[None]:
+    """Turn the core's "no sample holds target(s) [3]" into class names, the classes the data
+    holds (when the samples can say: ``samples.classes_found()``) and a fix."""
     from tpunlearn.errors import DataError, TargetNotInDataError
 
     try:
@@ -545,8 +546,11 @@ def _named_targets(info: Any, spec: str | None, forget: Sequence[int] = ()) -> I
         where = f"--data {spec}" if spec else "the model's default data"
         retained = [repr(info.class_names[t]) for t in exc.targets if t not in forget]
         hint = f" (or leave {', '.join(retained)} out of --retain)" if retained else ""
-        raise DataError(f"no sample in {where} holds target(s) {names}: cannot score them; pass --data with "
-                        f"instances of them{hint}") from None
+        found = getattr(samples, "classes_found", None)
+        held = found() if callable(found) else None
+        holds = f"; its labels hold {', '.join(held) if held else 'no class'}" if held is not None else ""
+        raise DataError(f"no sample in {where} holds target(s) {names}: cannot score them{holds}; pass --data "
+                        f"with instances of them{hint}") from None
 
 
 def _progress() -> bool:

@@ -3,6 +3,10 @@
 * :func:`read_dataset`: a dataset YAML parsed by ultralytics' own ``check_det_dataset``
   (paths resolved, ``names`` as a list or a dict, splits as folders, txt lists or lists of
   them), never downloading.
+  A relative ``path:`` that ultralytics' own lookup misses is read beside the YAML
+  (:func:`resolved_yaml`, which also hands ultralytics' validator a readable copy).
+* :func:`split_images`: a split's images, with one-line errors for a missing folder or list and
+  for listed images that do not exist; :func:`check_names`: the dataset's classes are the model's.
 * :func:`image_files`, :func:`label_files`, :func:`read_labels`, :func:`load_image`: the
   images of a split, their YOLO txt labels as a multi-hot row, an image letterboxed as the
   detectors see it.
@@ -28,9 +32,9 @@ from tpunlearn.errors import DataError, UsageError
 
 from . import folder
 
-__all__ = ["DIGITS_SEED", "Batches", "Labeller", "batches", "bundled_images", "cache_root", "digits_yaml",
-           "error_line", "image_files", "is_image", "label_files", "load_image", "quiet", "read_dataset",
-           "read_labels"]
+__all__ = ["DIGITS_SEED", "Batches", "Labeller", "batches", "bundled_images", "cache_root", "check_names",
+           "digits_yaml", "error_line", "image_files", "is_image", "label_files", "load_image", "quiet",
+           "read_dataset", "read_labels", "resolved_yaml", "split_images"]
 
 DIGITS_SEED = 0  # the seed of the DigitScenes that digits_yaml writes (the zoo's own scenes)
 Labeller = Callable[[torch.Tensor], torch.Tensor]  # images (B, 3, H, W) -> multi_hot (B, nc)
@@ -60,16 +64,109 @@ def error_line(exc: BaseException) -> str:
 
 def read_dataset(path: Path, split: str = "") -> dict[str, Any]:
     """ultralytics' own parse of a dataset YAML (paths resolved, ``nc`` and ``names`` set), never
-    downloading; ``split`` names the split that must exist (``""``: none is checked)."""
+    downloading; ``split`` names the split that must exist (``""``: none is checked).
+
+    A relative ``path`` is looked up as ultralytics does (the current folder, then its datasets
+    folder), then beside the YAML (:func:`resolved_yaml`).
+    """
     from ultralytics.data.utils import check_det_dataset
+
+    with resolved_yaml(path) as readable:
+        try:
+            with quiet():
+                data = check_det_dataset(str(readable), autodownload=False, split=split)
+        except Exception as exc:  # noqa: BLE001 - FileNotFoundError, SyntaxError, TypeError from its checks
+            raise DataError(f"cannot read dataset {path}: {error_line(exc)}") from None
+    data["yaml_file"] = str(path)
+    return data
+
+
+@contextlib.contextmanager
+def resolved_yaml(path: Path) -> Iterator[Path]:
+    """``path``, or inside the block a copy of it whose relative ``path:`` is made absolute when
+    only the YAML's own folder holds the splits it names (ultralytics reads a relative root
+    against the current folder, then its datasets folder: a run from another folder would miss
+    the user's dataset)."""
+    import yaml
 
     if not path.is_file():
         raise DataError(f"no such dataset YAML: {path}")
     try:
-        with quiet():
-            return check_det_dataset(str(path), autodownload=False, split=split)
-    except Exception as exc:  # noqa: BLE001 - FileNotFoundError, SyntaxError, TypeError from its checks
-        raise DataError(f"cannot read dataset {path}: {error_line(exc)}") from None
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read dataset {path}: YAML syntax error ({error_line(exc)})") from None
+    root = data.get("path") if isinstance(data, dict) else None
+    if not isinstance(root, str) or not root or Path(root).is_absolute() or _ultralytics_finds(Path(root), data):
+        yield path
+        return
+    beside = (path.resolve().parent / root).resolve()
+    if not _holds_splits(beside, data):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="tpunlearn-data-") as tmp:
+        copy = Path(tmp) / path.name
+        copy.write_text(yaml.safe_dump({**data, "path": str(beside)}, sort_keys=False))
+        yield copy
+
+
+def _ultralytics_finds(root: Path, data: dict[str, Any]) -> bool:
+    """Does ultralytics find the splits under a relative dataset root (the current folder, else its
+    datasets folder, the first that exists)?"""
+    from ultralytics.utils import DATASETS_DIR
+
+    return _holds_splits(root if root.exists() else DATASETS_DIR / root, data)
+
+
+def _holds_splits(root: Path, data: dict[str, Any]) -> bool:
+    """Do the ``train`` and ``val`` entries of a dataset YAML all exist under ``root``?"""
+    entries = [e for k in ("train", "val") for e in ([data[k]] if isinstance(data.get(k), str) else data.get(k) or [])]
+    return bool(entries) and all(isinstance(e, str) and (root / e).exists() for e in entries)
+
+
+def split_images(data: dict[str, Any], split: str, empty_ok: bool = False) -> list[str]:
+    """The images of one split of a parsed dataset YAML; a one-line DataError when its folder or
+    list is missing, when a txt list names images that do not exist, or (unless ``empty_ok``)
+    when it holds none."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    where = f"the {split} split of {data.get('yaml_file', 'the dataset')}"
+    entries = data.get(split)
+    entries = [entries] if isinstance(entries, (str, Path)) else list(entries or [])
+    for entry in entries:
+        if not Path(entry).exists():
+            raise DataError(f"{where} is missing: no such folder or file {entry}")
+        if Path(entry).suffix.lower() == ".txt":
+            gone = [f for f in _listed_lines(Path(entry)) if folder.is_image(f, IMG_FORMATS) and not Path(f).is_file()]
+            if gone:
+                raise DataError(f"{entry} lists {len(gone)} image(s) that do not exist (first: {gone[0]})")
+    images = image_files(entries)
+    if not images and not empty_ok:
+        raise DataError(f"no images in {where}")
+    return images
+
+
+def _listed_lines(listing: Path) -> list[str]:
+    """The paths a txt image list names, relative ones resolved against its folder."""
+    lines = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    return [str(Path(line) if Path(line).is_absolute() else (listing.parent / line).resolve()) for line in lines]
+
+
+def check_names(data: dict[str, Any], names: Sequence[str]) -> None:
+    """A dataset's classes must be the model's: the same count, and the same names in order."""
+    theirs = [str(data["names"][i]) for i in range(int(data["nc"]))]
+    where = data.get("yaml_file", "the dataset")
+    if len(theirs) != len(names):
+        raise DataError(f"{where} has {len(theirs)} classes ({_shown(theirs)}) but the model has {len(names)} "
+                        f"({_shown(names)}); pass the dataset YAML the model was trained on")
+    differ = [i for i, (a, b) in enumerate(zip(theirs, names, strict=True)) if a != b]
+    if differ:
+        i = differ[0]
+        raise DataError(f"{where} names class {i} {theirs[i]!r} but the model calls it {names[i]!r} "
+                        f"({len(differ)} class(es) differ); pass the dataset YAML the model was trained on")
+
+
+def _shown(names: Sequence[str], most: int = 12) -> str:
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
 def is_image(path: str | Path) -> bool:
@@ -147,13 +244,23 @@ class Batches:
     """
 
     def __init__(self, images: list[str], labels: list[str] | None, nc: int, size: int, batch_size: int,
-                 labeller: Labeller | None = None) -> None:
+                 labeller: Labeller | None = None, names: Sequence[str] | None = None) -> None:
         if batch_size < 1:
             raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         if labels is None and labeller is None:
             raise UsageError("unlabelled images need a labeller")
         self.images, self.labels, self.nc, self.size = images, labels, nc, size
         self.batch_size, self.labeller = int(batch_size), labeller
+        self.names = list(names) if names is not None else [str(c) for c in range(nc)]
+
+    def classes_found(self) -> list[str] | None:
+        """The names of the classes that the labels hold at least once (None: unlabelled images)."""
+        if self.labels is None:
+            return None
+        found = torch.zeros(self.nc)
+        for f in self.labels:
+            found = torch.maximum(found, read_labels(f, self.nc))
+        return [self.names[c] for c in found.nonzero().flatten().tolist()]
 
     def __len__(self) -> int:
         return (len(self.images) + self.batch_size - 1) // self.batch_size
@@ -170,19 +277,24 @@ class Batches:
             yield images, multi_hot
 
 
-def batches(spec: str, nc: int, size: int, batch_size: int, labeller: Labeller) -> Batches:
+def batches(spec: str, nc: int, size: int, batch_size: int, labeller: Labeller,
+            names: Sequence[str] | None = None) -> Batches:
     """Batches of a data spec: a dataset YAML (its ``train`` split, else ``val``; YOLO txt labels),
-    an image folder or one image (labels from ``labeller``)."""
+    an image folder or one image (labels from ``labeller``).
+
+    A dataset YAML's classes must be the model's ``names`` (given: count and names; else the count).
+    """
     path = Path(spec)
     if path.suffix.lower() in (".yaml", ".yml"):
         data = read_dataset(path)
-        split = "train" if data.get("train") else "val"
-        if int(data["nc"]) > nc:
+        if names is not None:
+            check_names(data, names)
+        elif int(data["nc"]) != nc:
             raise DataError(f"{spec} has {data['nc']} classes but the model has {nc}")
-        images = image_files(data[split])
-        if not images:
-            raise DataError(f"no images in the {split} split of {spec}")
-        return Batches(images, label_files(images), nc, size, batch_size)
+        images = split_images(data, "train" if data.get("train") else "val")
+        if data.get("train") and data.get("val"):
+            split_images(data, "val", empty_ok=True)  # a broken val split fails now, not after scoring (--eval, --auto)
+        return Batches(images, label_files(images), nc, size, batch_size, names=names)
     if path.is_dir():
         images = image_files(path)
         if not images:
