@@ -6,8 +6,10 @@ group, never per layer. A channel of a group is removed when one of its coupled 
 flagged and none is protected. Groups that reach layers outside the scored set follow the
 ``coupled`` policy: ``protect`` (leave them), ``prune`` (remove the whole coupled channel)
 or ``zero`` (zero only the flagged layer's filter and norm affine, shapes kept). Groups the
-tracer cannot model (grouped convolutions, channel splits) are left alone and the plan says
-so. No group is ever emptied.
+tracer cannot model (grouped convolutions, channel splits and slices, operations whose index
+mapping torch-pruning cannot compute: see :mod:`tpunlearn.tracing`) are left alone and the
+plan says so, and so is any group that would change the model's output channels. No group is
+ever emptied.
 
 A plan is data: it prints as a dry run, saves as JSON, and replays on a fresh copy of the
 model through torch-pruning's pruning history.
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tpunlearn.errors import PlanError
+from tpunlearn.errors import PlanError, TracerError
 from tpunlearn.io import JsonFormat
 from tpunlearn.layers import module_by_name
 from tpunlearn.settings import COUPLED, MODES, check_choice
@@ -234,7 +236,11 @@ class PrunePlan:
                     group = out_group(dg, module_by_name(model, d.root), list(d.channels))
                     if not dg.check_pruning_group(group):
                         raise PlanError(f"pruning {len(d.channels)} channels of {d.root} would empty a layer")
-                    group.prune()
+                    try:
+                        group.prune()
+                    except Exception as exc:  # noqa: BLE001 - torch-pruning failed on a group it had traced
+                        raise TracerError(f"torch-pruning failed to prune {d.root} in {type(model).__name__} "
+                                          f"({type(exc).__name__}: {exc})") from None
                 self.history = [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in dg.pruning_history()]
         return model
 
@@ -447,7 +453,7 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
         kept = _keep_one(wanted, priority.get(root_name) if priority else None)
         wanted = [c for c in wanted if c != kept]
         reason += f"; kept one channel ({kept}) so the group is not emptied"
-    group_to_check = dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, wanted)
+    group_to_check = out_group(dg, group[0].dep.target.module, wanted)
     if not dg.check_pruning_group(group_to_check):
         return skip("removing these channels would empty a coupled layer")
     return GroupDecision(root_name, "prune", wanted, by_layer(set(wanted)), reason, local, exact,
