@@ -176,3 +176,13 @@ def test_rexnet_finishes_in_bounded_time():
     result = tu.unlearn(model, two_targets(64, 64), forget=[0], sigma=3, progress=False)
     assert result.report["check"]["output_shape"][1] == 2
     assert any("channel slice" in n for n in result.plan.notes), result.plan.notes
+
+
+def test_inplace_activation_after_the_first_scored_layer():
+    """VGG: the first conv is scored and a ReLU(inplace) follows it (a raw RuntimeError from autograd before)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)).eval()
+    result = tu.unlearn(model, two_targets(6, 16), forget=[0], sigma=2, delta=0.5, coupled="prune", progress=False)
+    assert result.report["layers"] == ["0", "2"]
+    assert result.report["check"]["output_shape"] == [1, 2]
