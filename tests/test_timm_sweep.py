@@ -79,3 +79,37 @@ def test_unlearn_prunes_and_exports(arch, size, kwargs, tmp_path):
         grouped = [n for n in result.plan.notes if "grouped convolution" in n and "left alone" in n]
         assert grouped, result.plan.notes
         assert any(d.action == "skip" and "grouped" in d.reason for d in result.plan.decisions)
+
+
+# Issue 12's sweep: architectures that stopped the pipeline, now run through the API with no
+# ignored layers (the output layers are found in the dependency graph).
+NO_IGNORED = [
+    pytest.param("dla34", 32, "", id="dla34"),  # 1x1-conv classifier: used to lose a class output
+    pytest.param("cs3darknet_focus_s", 32, "cannot model the concat", id="cs3darknet_focus_s"),  # raw TypeError
+    pytest.param("rexnet_100", 64, "channel slice", id="rexnet_100", marks=pytest.mark.slow),  # ran > 10 min
+]
+
+
+@pytest.mark.parametrize("arch,size,left_alone", NO_IGNORED)
+def test_unlearn_with_no_ignored_layers(arch, size, left_alone, tmp_path):
+    torch.manual_seed(0)
+    model, _ = adapters.for_arch(arch).build(arch, input_size=(3, size, size), num_classes=4)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 3, size, size, generator=gen)
+    labels = torch.arange(8) % 4
+    with torch.no_grad():
+        before = model(x[:2])
+
+    result = tu.unlearn(model, [(x, labels)], forget=[0], sigma=6, delta=0.3, retain_delta=0.05, n_per_target=2,
+                        coupled="prune", progress=False)
+
+    assert result.plan.removed_channels > 0
+    assert n_params(result.model) < n_params(model)
+    assert result.model.get_classifier().weight.shape[0] == 4
+    with torch.no_grad():
+        assert result.model(x[:2]).shape == before.shape == (2, 4)
+    if left_alone:
+        assert any(left_alone in n for n in result.plan.notes), result.plan.notes
+    diff = tu.export.to_onnx(result.model, tmp_path / "m.onnx", example_inputs=x[:2])
+    with torch.no_grad():
+        assert diff / (float(result.model(x[:2]).abs().max()) or 1.0) <= 1e-4

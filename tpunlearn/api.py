@@ -23,12 +23,13 @@ from tpunlearn.distributed import is_main, resolve_device, world
 from tpunlearn.errors import DataError, PlanError, UsageError
 from tpunlearn.graph import BalancedGraph, balance, essential_graph, layer_links
 from tpunlearn.layers import candidate_layers, names_of, prunable_layers
-from tpunlearn.plan import PrunePlan, build_dependency_graph, close_groups, make_plan
+from tpunlearn.plan import PrunePlan, close_groups, make_plan
 from tpunlearn.report import unlearn_report
 from tpunlearn.scoring import ChannelScores, score_channels
 from tpunlearn.settings import DEFAULTS, UNSET, Coupled, Method, Mode, UnlearnSettings, Unset
 from tpunlearn.targets import ClassLogit, TargetFactory
 from tpunlearn.torchutils import forward, main_tensor, model_device, to_device
+from tpunlearn.tracing import build_dependency_graph, output_layers
 
 Samples = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -153,18 +154,20 @@ class _Run:
     settings: UnlearnSettings
     layers: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    protected_outputs: list[str] = field(default_factory=list)  # output layers found in the graph, not named
     dependency_graph: Any = None
     timings: dict[str, float] = field(default_factory=dict)
 
     def find_layers(self, ignored: list[str], dependency_graph: bool) -> None:
-        """The last ``sigma`` prunable convs, closed over their torch-pruning groups when asked."""
-        self.ignored = ignored
-        self.layers = candidate_layers(self.work, self.example_inputs, self.settings.sigma, ignored)
-        if not dependency_graph:
-            return
+        """The last ``sigma`` prunable convs outside the ignored layers and the model's output
+        layers (found in the dependency graph), closed over their torch-pruning groups when asked."""
         with _timed(self.timings, "dependency_graph"):
             self.dependency_graph = build_dependency_graph(self.work, self.example_inputs, self.output_transform)
-            if self.settings.group_closure:
+            self.protected_outputs = [n for n in output_layers(self.work, self.dependency_graph)
+                                      if not any(n == i or n.startswith(i + ".") for i in ignored)]
+            self.ignored = ignored = [*ignored, *self.protected_outputs]
+            self.layers = candidate_layers(self.work, self.example_inputs, self.settings.sigma, ignored)
+            if dependency_graph and self.settings.group_closure:
                 order = prunable_layers(self.work, self.example_inputs, ignored)
                 self.layers = close_groups(self.work, self.layers, order, self.dependency_graph)
 
@@ -197,6 +200,9 @@ class _Run:
             plan.apply(work, x, self.output_transform, dependency_graph=dg)
         check = verify(work, original, plan, x, self.output_transform)
         notes = [f"retained target(s) {unscored} appear in no sample: not scored, so not protected"] if unscored else []
+        if self.protected_outputs:
+            notes.append(f"output layer(s) {', '.join(self.protected_outputs)} found in the dependency graph: "
+                         "their output channels are kept")
         report = unlearn_report(original, work, s, forget, retain, self.layers, scores, graph, plan, self.timings,
                                 check, notes, execution)
         return graph, plan, report

@@ -61,3 +61,7 @@ class TrustedCheckpointWarning(UserWarning):
 
 class DistributedError(TpunlearnError):
     """The ranks of a torch.distributed run cannot work together (no process group, or ranks that disagree)."""
+
+
+class TracerError(PlanError):
+    """torch-pruning cannot trace the architecture, or an operation in it (the message names both)."""

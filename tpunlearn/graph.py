@@ -24,6 +24,7 @@ from torch import nn
 from tpunlearn.errors import PlanError, UsageError
 from tpunlearn.io import JsonFormat
 from tpunlearn.scoring import ChannelScores, top_count
+from tpunlearn.tracing import blocked_reason, out_group
 
 GRAPH_FORMAT = JsonFormat("tpunlearn-graph/1", "tpunlearn graph file")
 Edge = tuple[str, int, str, int, float | None]  # (layer, channel, next layer, channel, weight)
@@ -75,8 +76,9 @@ def layer_links(model: nn.Module, dependency_graph: Any, layers: Sequence[str]) 
         src, dst = modules[name], modules[nxt]
         if getattr(dst, "groups", 1) != 1:
             continue
-        group = dependency_graph.get_pruning_group(src, dependency_graph.get_pruner_of_module(src).prune_out_channels,
-                                                   list(range(src.out_channels)))
+        if blocked_reason(dependency_graph, src):
+            continue
+        group = out_group(dependency_graph, src)
         for item in group.items:
             dep = item.dep
             if dep.target.module is dst and dependency_graph.is_in_channel_pruning_fn(dep.handler):

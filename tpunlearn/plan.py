@@ -6,8 +6,10 @@ group, never per layer. A channel of a group is removed when one of its coupled 
 flagged and none is protected. Groups that reach layers outside the scored set follow the
 ``coupled`` policy: ``protect`` (leave them), ``prune`` (remove the whole coupled channel)
 or ``zero`` (zero only the flagged layer's filter and norm affine, shapes kept). Groups the
-tracer cannot model (grouped convolutions, channel splits) are left alone and the plan says
-so. No group is ever emptied.
+tracer cannot model (grouped convolutions, channel splits and slices, operations whose index
+mapping torch-pruning cannot compute: see :mod:`tpunlearn.tracing`) are left alone and the
+plan says so, and so is any group that would change the model's output channels. No group is
+ever emptied.
 
 A plan is data: it prints as a dry run, saves as JSON, and replays on a fresh copy of the
 model through torch-pruning's pruning history.
@@ -22,21 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from tpunlearn.errors import PlanError
+from tpunlearn.errors import PlanError, TracerError
 from tpunlearn.io import JsonFormat
 from tpunlearn.layers import module_by_name
-from tpunlearn.scoring import scoring_mode
 from tpunlearn.settings import COUPLED, MODES, check_choice
-from tpunlearn.torchutils import (
-    CONV_TYPES,
-    LAYER_TYPES,
-    NORM_TYPES,
-    forward,
-    model_device,
-    norm_width,
-    out_width,
-    to_device,
-)
+from tpunlearn.torchutils import CONV_TYPES, LAYER_TYPES, NORM_TYPES, forward, norm_width, out_width
+from tpunlearn.tracing import blocked_reason, build_dependency_graph, out_group
 
 PLAN_FORMAT = JsonFormat("tpunlearn-plan/1", "tpunlearn plan")
 
@@ -240,12 +233,14 @@ class PrunePlan:
             if prunes:
                 dg = dependency_graph or build_dependency_graph(model, example_inputs, output_transform)
                 for d in prunes:
-                    root = module_by_name(model, d.root)
-                    pruner = dg.get_pruner_of_module(root)
-                    group = dg.get_pruning_group(root, pruner.prune_out_channels, list(d.channels))
+                    group = out_group(dg, module_by_name(model, d.root), list(d.channels))
                     if not dg.check_pruning_group(group):
                         raise PlanError(f"pruning {len(d.channels)} channels of {d.root} would empty a layer")
-                    group.prune()
+                    try:
+                        group.prune()
+                    except Exception as exc:  # noqa: BLE001 - torch-pruning failed on a group it had traced
+                        raise TracerError(f"torch-pruning failed to prune {d.root} in {type(model).__name__} "
+                                          f"({type(exc).__name__}: {exc})") from None
                 self.history = [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in dg.pruning_history()]
         return model
 
@@ -276,21 +271,6 @@ def _decision_from_dict(d: Mapping[str, Any]) -> GroupDecision:
                          exact=bool(d.get("exact", True)))
 
 
-def build_dependency_graph(model: nn.Module, example_inputs: Any,
-                           output_transform: Callable[[Any], Any] | None = None) -> Any:
-    """A torch-pruning DependencyGraph, built with gradients on (see DESIGN.md section 5).
-
-    Parameters loaded frozen (ultralytics) make the traced graph collapse to one node, so
-    ``requires_grad`` is switched on for the trace and restored afterwards.
-    """
-    import torch_pruning as tp
-
-    example_inputs = to_device(example_inputs, model_device(model))
-    with scoring_mode(model, requires_grad=True), torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
-                                                     output_transform=output_transform, verbose=False)
-
-
 def close_groups(model: nn.Module, layers: Sequence[str], order: Sequence[str], dependency_graph: Any) -> list[str]:
     """``layers`` plus every prunable layer coupled to one of them, in execution order.
 
@@ -305,9 +285,9 @@ def close_groups(model: nn.Module, layers: Sequence[str], order: Sequence[str], 
     names = {m: n for n, m in model.named_modules()}
     for name in layers:
         root = module_by_name(model, name)
-        pruner = dg.get_pruner_of_module(root)
-        group = dg.get_pruning_group(root, pruner.prune_out_channels, list(range(pruner.get_out_channels(root))))
-        out.update(n for n in out_members(dg, group, names) if n in allowed)
+        if blocked_reason(dg, root):
+            continue
+        out.update(n for n in out_members(dg, out_group(dg, root), names) if n in allowed)
     return [n for n in order if n in out]
 
 
@@ -376,8 +356,13 @@ def make_plan(
     scored_order = list(candidates or list(flag_sets))
     for root_name in [layer for layer in scored_order if flag_sets.get(layer)]:
         root = module_by_name(model, root_name)
-        pruner = dg.get_pruner_of_module(root)
-        group = dg.get_pruning_group(root, pruner.prune_out_channels, list(range(pruner.get_out_channels(root))))
+        blocked = blocked_reason(dg, root)
+        if blocked:
+            decision = GroupDecision(root_name, "skip", sorted(flag_sets[root_name]), {}, blocked)
+            notes.append(f"{root_name}: {len(decision.channels)} flagged channel(s) left alone: {blocked}")
+            decisions.append(decision)
+            continue
+        group = out_group(dg, root)
         members = out_members(dg, group, names)
         key = frozenset(members)
         if key in seen:
@@ -439,6 +424,8 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
     heads = [layer for layer in members if any(layer == i or layer.startswith(i + ".") for i in ignored)]
     if heads:
         return skip(f"would remove output channels of protected layer {heads[0]}")
+    if any(item.dep.target.type == tp.ops.OPTYPE.OUTPUT for item in group.items):
+        return skip("would change the model's output channels")
     unsupported = unsupported_reason(group, tp)
     if unsupported:
         return skip(unsupported)
@@ -466,7 +453,7 @@ def _decide(root_name: str, group: Any, members: Mapping[str, tuple[list[int], l
         kept = _keep_one(wanted, priority.get(root_name) if priority else None)
         wanted = [c for c in wanted if c != kept]
         reason += f"; kept one channel ({kept}) so the group is not emptied"
-    group_to_check = dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, wanted)
+    group_to_check = out_group(dg, group[0].dep.target.module, wanted)
     if not dg.check_pruning_group(group_to_check):
         return skip("removing these channels would empty a coupled layer")
     return GroupDecision(root_name, "prune", wanted, by_layer(set(wanted)), reason, local, exact,

@@ -141,9 +141,9 @@ def capture_outputs(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[st
     def hook(name: str) -> Callable[..., Any]:
         def record(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> Any:
             if torch.is_grad_enabled() and not output.requires_grad:
-                output = output.detach().requires_grad_(True)
-                store[name] = output
-                return output
+                leaf = output.detach().requires_grad_(True)
+                store[name] = leaf
+                return leaf.clone()  # an in-place op after the layer (VGG's ReLU(inplace)) may not touch a leaf
             store[name] = output
             return None
         return record
