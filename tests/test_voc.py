@@ -85,7 +85,10 @@ def test_folder_errors_are_data_errors(tmp_path):
     with pytest.raises(DataError, match="no mask a.png"):
         read_voc(tmp_path, "a")
     Image.new("RGB", (4, 4)).save(tmp_path / "SegmentationClass" / "a.png")
-    with pytest.raises(DataError, match="RGB image"):
+    with pytest.raises(DataError, match="RGB colour mask, but .* has no labelmap.txt"):
+        read_voc(tmp_path, "a")
+    Image.new("I;16", (4, 4)).save(tmp_path / "SegmentationClass" / "a.png")
+    with pytest.raises(DataError, match="is a I;16 image"):
         read_voc(tmp_path, "a")
     Image.new("L", (4, 5)).save(tmp_path / "SegmentationClass" / "a.png")
     with pytest.raises(DataError, match="image is 4x4, mask 4x5"):

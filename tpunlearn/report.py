@@ -64,6 +64,7 @@ def unlearn_report(original: nn.Module, pruned: nn.Module, settings: UnlearnSett
                       if scores.targets[t].instances},
         "graph": graph.summary(),
         "removed_channels": plan.removed_channels,
+        "outcome": outcome_entry(graph, plan, settings),
         "removed": plan.removed,
         "removal": plan.explain(),
         "params": {"before": count_params(original), "after": count_params(pruned)},
@@ -72,6 +73,34 @@ def unlearn_report(original: nn.Module, pruned: nn.Module, settings: UnlearnSett
         "notes": plan.notes + notes,
         "execution": execution,
     }
+
+
+def outcome_entry(graph: BalancedGraph, plan: PrunePlan, settings: UnlearnSettings) -> dict[str, Any]:
+    """``report["outcome"]``: ``{"status": "pruned"}``, or for a request that removed no channel
+    ``{"status": "nothing removed", "why": ..., "try": [...]}``: which step left every channel in
+    place (no channel selected, every one shared with retained targets, or every flagged one kept
+    by alignment or a protected group) and the settings that change it."""
+    if plan.removed_channels:
+        return {"status": "pruned"}
+    s = settings
+    where = f"the {len(graph.layers)} scored layer(s) (--sigma {s.sigma})"
+    selected = sum(int((graph.forget_hits[layer] > 0).sum()) for layer in graph.layers)
+    flagged = sum(len(v) for v in graph.flagged().values())
+    if selected == 0:
+        why = f"the forget target(s) select no channel in {where} at --delta {s.delta:g}"
+        hint = ["--auto", "a larger --delta or --sigma"]
+    elif flagged == 0:
+        why = (f"all {selected} channel(s) the forget target(s) select in {where} are essential to more than "
+               f"{s.retain_tolerance} retained target(s) too (--retain-tolerance {s.retain_tolerance}): no channel "
+               "is specific to the forget target(s)")
+        hint = ["--auto", "a larger --sigma (more layers scored)", "a larger --retain-tolerance"]
+    else:
+        total = plan.explain()["total"]
+        why = (f"{flagged} channel(s) were flagged but all kept: {total['align_kept']} held back by width "
+               f"alignment (--align {s.align}), {total['protected_kept']} in groups that are protected (--coupled "
+               f"{s.coupled}), skipped or would be emptied")
+        hint = ["--align 1", "--coupled prune", "--auto"]
+    return {"status": "nothing removed", "why": why, "try": hint}
 
 
 def prune_report(result: UnlearnResult, original: nn.Module, example_inputs: Any, args: argparse.Namespace,
@@ -111,6 +140,11 @@ def reproduce_command(args: argparse.Namespace, settings: UnlearnSettings) -> li
     """
     cmd = ["tpunlearn", "prune", "--arch", args.arch]
     for flag, value in (("--weights", args.weights), ("--data", args.data), ("--graph", args.graph)):
+        if value:
+            cmd += [flag, str(value)]
+    described = (("--num-classes", getattr(args, "num_classes", None)), ("--imgsz", getattr(args, "imgsz", None)),
+                 ("--names", ",".join(getattr(args, "names", None) or [])))
+    for flag, value in described:
         if value:
             cmd += [flag, str(value)]
     cmd += ["--forget", *args.forget]
