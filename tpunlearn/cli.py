@@ -538,8 +538,10 @@ def _named_targets(info: Any, spec: str | None, forget: Sequence[int] = ()) -> I
         where = f"--data {spec}" if spec else "the model's default data"
         retained = [repr(info.class_names[t]) for t in exc.targets if t not in forget]
         hint = f" (or leave {', '.join(retained)} out of --retain)" if retained else ""
-        raise DataError(f"no sample in {where} holds target(s) {names}: cannot score them; pass --data with "
-                        f"instances of them{hint}") from None
+        found = ", ".join(info.class_names[t] for t in exc.found[:12]) + (" ..." if len(exc.found) > 12 else "")
+        held = f"; the classes it holds: {found}" if found else ""
+        raise DataError(f"no sample in {where} holds target(s) {names}{held}: cannot score them; pass --data "
+                        f"with instances of them{hint}") from None
 
 
 def _progress() -> bool:
