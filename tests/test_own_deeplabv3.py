@@ -228,10 +228,11 @@ def test_a_run_that_removes_no_channel_says_why(user, tmp_path, capsys):
     outcome = report["outcome"]
     assert outcome["status"] == "nothing removed"
     assert "no channel is specific to the forget target" in outcome["why"] and "--sigma 4" in outcome["why"]
-    assert outcome["try"][0] == "--auto" and any("--sigma" in t for t in outcome["try"])
+    assert outcome["try"][0].startswith("--retain-tolerance 1") and "--auto" in outcome["try"]
+    assert any("--sigma" in t for t in outcome["try"])
     assert "removed 0 channels" in out and "nothing removed: the model is unchanged" in out
     warning = next(line for line in err.splitlines() if "removed no channel" in line)
-    assert outcome["why"] in warning and "try --auto" in warning
+    assert outcome["why"] in warning and "try --retain-tolerance 1" in warning and "or --auto" in warning
     verdict = report["verdict"]
     assert verdict["status"] == "not met" and not verdict["met"]
     assert any(outcome["why"] in w for w in verdict["warnings"])
@@ -246,3 +247,23 @@ def test_readme_block_runs_as_written(user, tmp_path):
     report = json.loads(next(root.glob("*/report.json")).read_text())
     assert report["forget"] == ["cat"] and report["verdict"]["status"] in ("met", "not met")
     assert report["outcome"]["status"] in ("pruned", "nothing removed")
+
+
+@pytest.mark.slow  # two prunes (~40-60 s on two shared cores)
+def test_the_hint_holds_and_auto_does_not_call_nothing_a_success(user, tmp_path, capsys):
+    root, _ = user
+    base = ["prune", "--arch", "deeplabv3", "--weights", root / "deeplab.pth", "--data", root / "voc", "--imgsz",
+            SIZE, "--forget", "cat", "--samples", "8"]
+    code, out, err = run(capsys, *base, "--retain-tolerance", "1", "--out", tmp_path / "o")  # the first hint
+    assert code == 0, err
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["removed_channels"] > 0 and report["outcome"] == {"status": "pruned"}
+    assert "removed no channel" not in err
+    # --auto: a setting that removes nothing meets no goal, even where the forget metric is already 0
+    code, out, err = run(capsys, *base, "--auto", "--auto-sigmas", "1", "--auto-deltas", "0.02", "--out",
+                         tmp_path / "a")
+    assert code == 0, err
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["removed_channels"] == 0 and report["auto"]["met"] is False
+    assert "auto: no setting tried met the goal" in err
+    assert "--auto" not in report["outcome"]["try"]  # the search ran: the rest is left to try

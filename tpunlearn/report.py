@@ -93,7 +93,8 @@ def outcome_entry(graph: BalancedGraph, plan: PrunePlan, settings: UnlearnSettin
         why = (f"all {selected} channel(s) the forget target(s) select in {where} are essential to more than "
                f"{s.retain_tolerance} retained target(s) too (--retain-tolerance {s.retain_tolerance}): no channel "
                "is specific to the forget target(s)")
-        hint = ["--auto", "a larger --sigma (more layers scored)", "a larger --retain-tolerance"]
+        hint = [f"--retain-tolerance {s.retain_tolerance + 1} (a channel that {s.retain_tolerance + 1} retained "
+                "target(s) also select may go)", "a larger --sigma (more layers scored)", "--auto"]
     else:
         total = plan.explain()["total"]
         why = (f"{flagged} channel(s) were flagged but all kept: {total['align_kept']} held back by width "
