@@ -11,12 +11,18 @@ come from a local file) and the zoo's ``deeplabv3_resnet_tiny`` (:mod:`tpunlearn
 * **Classes**: 21 get VOC's names (``person`` is 15); 11 the DigitScenes layout (``background``,
   then digit ``d`` at index ``d + 1``); others ``"0"``..``"n-1"`` unless ``class_names`` is given.
 * **Normalisation** (stored in the checkpoint; the data apply it, the model never does):
-  ``"imagenet"`` (default for 21 classes), ``"none"`` (default otherwise) or ``{"mean", "std"}``.
+  ``"imagenet"`` (default for 21 classes and for a plain state dict that is not the 11-class
+  DigitScenes layout: torchvision's training references normalise so), ``"none"`` (default
+  otherwise) or ``{"mean", "std"}``.
 * **Data**: ``digits[:N]`` (256 train scenes to score, 200 test scenes to evaluate) or a
   VOC-style folder, read by :func:`tpunlearn.data.voc.mask_batches`; IoU by :mod:`tpunlearn.evaluate`.
 * **Checkpoints**: its own ``tpunlearn-deeplabv3/1`` (:meth:`DeepLabV3Adapter.checkpoint`; the zoo's
-  are fp16 with a training record), plain state dicts (also under ``model`` / ``state_dict``) and
-  pickled torchvision models, whose ``num_classes`` and aux head follow the file.
+  are fp16 with a training record), plain state dicts (also under ``model`` / ``state_dict``, a
+  ``module.`` prefix dropped) and pickled torchvision models, whose ``num_classes`` and aux head
+  follow the file. ``--arch deeplabv3`` reads the backbone from the keys (:func:`infer_builder`);
+  a named arch whose keys show another backbone is one line.
+* **A user's VOC folder** names the classes through its ``labelmap.txt`` (:meth:`DeepLabV3Adapter.bind_data`)
+  unless ``class_names`` (``--names``) or the checkpoint does; a count that differs from the head is one line.
 """
 from __future__ import annotations
 
@@ -89,6 +95,8 @@ class DeepLabV3Adapter(Adapter):
             normalize = self._reconcile_saved(state, ckpt, normalize)
         elif ckpt is not None:
             _reconcile_plain(state, ckpt)
+            if normalize is None and state.kwargs.get("num_classes") != len(DIGIT_CLASSES):
+                normalize = "imagenet"  # a torchvision-trained model: its references normalise so
         elif zoo is not None:  # a random model of the zoo's configuration
             state.kwargs.setdefault("aux_loss", zoo.kwargs.get("aux_loss"))
         num = state.kwargs.get("num_classes")

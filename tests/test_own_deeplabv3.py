@@ -15,6 +15,7 @@ import pytest
 import torch
 from helpers import assert_error, run, run_readme_block
 
+from tpunlearn.adapters.deeplabv3 import IMAGENET
 from tpunlearn.data.glyphscenes import GlyphScenes
 from tpunlearn.data.writers import write_voc_folder
 from tpunlearn.errors import UsageError, WeightsError
@@ -80,6 +81,7 @@ def test_state_dicts_as_trainers_save_them(user, tmp_path, wrap):
     torch.save(payload, tmp_path / "w.pth")
     _, built, info = load_model("deeplabv3", tmp_path / "w.pth", imgsz=SIZE)  # backbone read from the keys
     assert info.arch == "deeplabv3_mobilenet_v3_large" and info.class_names == ["0", "1", "2"]
+    assert info.extra["normalize"] == IMAGENET  # torchvision's recipes normalise so
     assert built.aux_classifier is None
     x = torch.rand(1, 3, SIZE, SIZE)
     with torch.no_grad():
@@ -237,6 +239,8 @@ def test_a_run_that_removes_no_channel_says_why(user, tmp_path, capsys):
     assert verdict["status"] == "not met" and not verdict["met"]
     assert any(outcome["why"] in w for w in verdict["warnings"])
     assert out.strip().splitlines()[-1].startswith("verdict: not met")
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert 'id="outcome"' in page and "nothing removed: the model is unchanged" in page
 
 
 # ---- README ----------------------------------------------------------------------------------------------------

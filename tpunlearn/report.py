@@ -495,6 +495,11 @@ def write_html(report: dict[str, Any], folder: str | os.PathLike[str], name: str
     parts = [f"<h1>tpunlearn: {esc(str(report.get('arch', 'model')))}, forget "
              f"{esc(', '.join(str(t) for t in report.get('forget', [])))}</h1>",
              _html_verdict(report.get("verdict"), bool(metrics))]
+    outcome = report.get("outcome") or {}
+    if outcome.get("status") == "nothing removed":
+        tries = "; try " + ", ".join(str(t) for t in outcome.get("try", [])) if outcome.get("try") else ""
+        parts.append(f"<p id=\"outcome\" class=\"notmet\"><b>nothing removed: the model is unchanged</b>: "
+                     f"{esc(str(outcome.get('why', '')) + tries)}</p>")
     if metrics:
         forgotten = [str(t) for t in metrics.get("forgotten", report.get("forget", []))]
         parts += ["<h2>Metrics</h2>", _html_image(folder / "metrics.png", "metrics per target"),
