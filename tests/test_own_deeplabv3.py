@@ -251,6 +251,8 @@ def test_readme_block_runs_as_written(user, tmp_path):
     report = json.loads(next(root.glob("*/report.json")).read_text())
     assert report["forget"] == ["cat"] and report["verdict"]["status"] in ("met", "not met")
     assert report["outcome"]["status"] in ("pruned", "nothing removed")
+    assert len(procs) == 3 and procs[2].stdout.splitlines()[0] == procs[0].stdout.splitlines()[0]  # same table head
+    assert [line.split()[0] for line in procs[2].stdout.splitlines()[1:4]] == NAMES
 
 
 @pytest.mark.slow  # two prunes (~40-60 s on two shared cores)
