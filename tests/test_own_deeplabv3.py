@@ -13,8 +13,10 @@ import shutil
 
 import pytest
 import torch
-from helpers import assert_error, run, run_readme_block
+from helpers import assert_error, build_tiny_resnet, make_batches, run, run_readme_block
+from PIL import Image
 
+import tpunlearn as tu
 from tpunlearn.adapters.deeplabv3 import IMAGENET
 from tpunlearn.data.glyphscenes import GlyphScenes
 from tpunlearn.data.writers import write_voc_folder
@@ -171,8 +173,6 @@ def _break(root, how: str) -> None:
     elif how == "labelmap":
         (voc / "labelmap.txt").write_text("# label:color_rgb:parts:actions\nbackground:0,0,0::\ncat:128,0::\n")
     elif how == "colour":
-        from PIL import Image
-
         path = voc / "SegmentationClass" / "train_00002.png"
         with Image.open(path) as m:
             img = m.convert("RGB")
@@ -204,8 +204,6 @@ def test_forget_names_that_are_no_class_or_absent_list_the_classes(user, tmp_pat
     # no training mask holds a dog: the line names the classes the masks do hold
     write_voc_folder(tmp_path / "nodog", {"train": CatsAndDogs("train", 16)}, masks="colour")
     for path in (tmp_path / "nodog" / "SegmentationClass").iterdir():
-        from PIL import Image
-
         with Image.open(path) as m:
             pixels = torch.tensor(list(m.convert("RGB").getdata()), dtype=torch.uint8)
         pixels[(pixels == torch.tensor([0, 128, 0], dtype=torch.uint8)).all(1)] = 0  # dog pixels -> background
@@ -273,3 +271,18 @@ def test_the_hint_holds_and_auto_does_not_call_nothing_a_success(user, tmp_path,
     assert report["removed_channels"] == 0 and report["auto"]["met"] is False
     assert "auto: no setting tried met the goal" in err
     assert "--auto" not in report["outcome"]["try"]  # the search ran: the rest is left to try
+
+
+def test_the_api_report_says_which_step_kept_every_channel():
+    """The same outcome from ``tu.unlearn`` on any model (here the tests' tiny ResNet): channels
+    flagged but all held back by width alignment, and what following the hint gives."""
+    model, batches = build_tiny_resnet(), make_batches()
+    held = tu.unlearn(model, batches, forget=[3], progress=False, sigma=2, align=16)
+    outcome = held.report["outcome"]
+    assert held.report["removed_channels"] == 0 and outcome["status"] == "nothing removed"
+    flagged = held.report["removal"]["total"]["flagged"]
+    assert flagged > 0 and outcome["why"].startswith(f"{flagged} channel(s) were flagged but all kept: "
+                                                     f"{flagged} held back by width alignment (--align 16)")
+    assert outcome["try"][0] == "--align 1"
+    freed = tu.unlearn(model, batches, forget=[3], progress=False, sigma=2, align=1)
+    assert freed.report["removed_channels"] >= flagged and freed.report["outcome"] == {"status": "pruned"}

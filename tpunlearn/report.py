@@ -78,26 +78,22 @@ def unlearn_report(original: nn.Module, pruned: nn.Module, settings: UnlearnSett
 def outcome_entry(graph: BalancedGraph, plan: PrunePlan, settings: UnlearnSettings) -> dict[str, Any]:
     """``report["outcome"]``: ``{"status": "pruned"}``, or for a request that removed no channel
     ``{"status": "nothing removed", "why": ..., "try": [...]}``: which step left every channel in
-    place (no channel selected, every one shared with retained targets, or every flagged one kept
-    by alignment or a protected group) and the settings that change it."""
+    place (every selected channel shared with retained targets, or every flagged one kept by
+    alignment or a protected group) and the settings that change it."""
     if plan.removed_channels:
         return {"status": "pruned"}
     s = settings
     where = f"the {len(graph.layers)} scored layer(s) (--sigma {s.sigma})"
     selected = sum(int((graph.forget_hits[layer] > 0).sum()) for layer in graph.layers)
-    flagged = sum(len(v) for v in graph.flagged().values())
-    if selected == 0:
-        why = f"the forget target(s) select no channel in {where} at --delta {s.delta:g}"
-        hint = ["--auto", "a larger --delta or --sigma"]
-    elif flagged == 0:
-        why = (f"all {selected} channel(s) the forget target(s) select in {where} are essential to more than "
-               f"{s.retain_tolerance} retained target(s) too (--retain-tolerance {s.retain_tolerance}): no channel "
-               "is specific to the forget target(s)")
+    if not any(graph.flagged().values()):
+        why = (f"all {selected} channel(s) the forget target(s) select in {where} at --delta {s.delta:g} are "
+               f"essential to more than {s.retain_tolerance} retained target(s) too (--retain-tolerance "
+               f"{s.retain_tolerance}): no channel is specific to the forget target(s)")
         hint = [f"--retain-tolerance {s.retain_tolerance + 1} (a channel that {s.retain_tolerance + 1} retained "
                 "target(s) also select may go)", "a larger --sigma (more layers scored)", "--auto"]
     else:
         total = plan.explain()["total"]
-        why = (f"{flagged} channel(s) were flagged but all kept: {total['align_kept']} held back by width "
+        why = (f"{total['flagged']} channel(s) were flagged but all kept: {total['align_kept']} held back by width "
                f"alignment (--align {s.align}), {total['protected_kept']} in groups that are protected (--coupled "
                f"{s.coupled}), skipped or would be emptied")
         hint = ["--align 1", "--coupled prune", "--auto"]
