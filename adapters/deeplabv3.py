@@ -11,12 +11,18 @@ come from a local file) and the zoo's ``deeplabv3_resnet_tiny`` (:mod:`tpunlearn
 * **Classes**: 21 get VOC's names (``person`` is 15); 11 the DigitScenes layout (``background``,
   then digit ``d`` at index ``d + 1``); others ``"0"``..``"n-1"`` unless ``class_names`` is given.
 * **Normalisation** (stored in the checkpoint; the data apply it, the model never does):
-  ``"imagenet"`` (default for 21 classes), ``"none"`` (default otherwise) or ``{"mean", "std"}``.
+  ``"imagenet"`` (default for 21 classes and for a plain state dict that is not the 11-class
+  DigitScenes layout: torchvision's training references normalise so), ``"none"`` (default
+  otherwise) or ``{"mean", "std"}``.
 * **Data**: ``digits[:N]`` (256 train scenes to score, 200 test scenes to evaluate) or a
   VOC-style folder, read by :func:`tpunlearn.data.voc.mask_batches`; IoU by :mod:`tpunlearn.evaluate`.
 * **Checkpoints**: its own ``tpunlearn-deeplabv3/1`` (:meth:`DeepLabV3Adapter.checkpoint`; the zoo's
-  are fp16 with a training record), plain state dicts (also under ``model`` / ``state_dict``) and
-  pickled torchvision models, whose ``num_classes`` and aux head follow the file.
+  are fp16 with a training record), plain state dicts (also under ``model`` / ``state_dict``, a
+  ``module.`` prefix dropped) and pickled torchvision models, whose ``num_classes`` and aux head
+  follow the file. ``--arch deeplabv3`` reads the backbone from the keys (:func:`infer_builder`);
+  a named arch whose keys show another backbone is one line.
+* **A user's VOC folder** names the classes through its ``labelmap.txt`` (:meth:`DeepLabV3Adapter.bind_data`)
+  unless ``class_names`` (``--names``) or the checkpoint does; a count that differs from the head is one line.
 """
 from __future__ import annotations
 
@@ -28,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tpunlearn.data.voc import IGNORE_INDEX, VOC_CLASSES, MaskBatches, MaskFilter, mask_batches
-from tpunlearn.errors import UsageError, WeightsError
+from tpunlearn.data.voc import IGNORE_INDEX, VOC_CLASSES, MaskBatches, MaskFilter, mask_batches, voc_class_names
+from tpunlearn.errors import DataError, UsageError, WeightsError
 from tpunlearn.evaluate import Evaluation
 from tpunlearn.targets import SegmentationLogit, Target
 
@@ -38,6 +44,7 @@ from .registry import register
 
 SAVE_FORMAT = "tpunlearn-deeplabv3/1"
 ARCHS = ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet_tiny")
+GENERIC = "deeplabv3"  # --arch deeplabv3: the backbone read from the state dict's keys
 OPTIONS = ("num_classes", "aux_loss", "class_names", "imgsz", "normalize")
 DIGIT_CLASSES = ["background"] + [str(d) for d in range(10)]
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -55,14 +62,19 @@ class DeepLabV3Adapter(Adapter):
                  "which records the pruning history)")
 
     def handles(self, arch: str) -> bool:
-        return str(arch) in ARCHS
+        return str(arch) in ARCHS or str(arch) == GENERIC
 
     # ---- building (the template's steps) -------------------------------------------------------
     def resolve(self, state: BuildState) -> None:
         """The torchvision builder's name (a zoo entry's arch); unknown archs and options raise."""
         state.builder = state.zoo.arch if state.zoo is not None else state.arch
-        if state.builder not in ARCHS:
-            raise UsageError(f"unknown DeepLabv3 arch {state.builder!r}; choose one of {', '.join(ARCHS)}")
+        if state.builder == GENERIC:
+            if state.weights is None:
+                raise UsageError(f"--arch {GENERIC} reads the backbone from --weights; without weights name it: "
+                                 f"{', '.join(ARCHS)}")
+        elif state.builder not in ARCHS:
+            raise UsageError(f"unknown DeepLabv3 arch {state.builder!r}; choose one of {', '.join(ARCHS)} "
+                             f"(or {GENERIC} with --weights)")
         unknown = sorted(set(state.options) - set(OPTIONS))
         if unknown:
             raise UsageError(f"unknown option(s) for {state.arch}: {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
@@ -83,6 +95,8 @@ class DeepLabV3Adapter(Adapter):
             normalize = self._reconcile_saved(state, ckpt, normalize)
         elif ckpt is not None:
             _reconcile_plain(state, ckpt)
+            if normalize is None and state.kwargs.get("num_classes") != len(DIGIT_CLASSES):
+                normalize = "imagenet"  # a torchvision-trained model: its references normalise so
         elif zoo is not None:  # a random model of the zoo's configuration
             state.kwargs.setdefault("aux_loss", zoo.kwargs.get("aux_loss"))
         num = state.kwargs.get("num_classes")
@@ -106,6 +120,8 @@ class DeepLabV3Adapter(Adapter):
             what = saved.get("arch") or saved.get("timm_name") or "model"
             raise WeightsError(f"{path} is a {saved.get('format')} checkpoint ({what}), not a DeepLabv3 one; "
                                "pass the --arch it was made for")
+        if builder == GENERIC and saved.get("arch") in ARCHS:
+            builder = state.builder = str(saved["arch"])
         if saved.get("arch") != builder:
             raise WeightsError(f"{path} holds a {saved.get('arch')}, not a {name}"
                                + (f" ({builder})" if builder != name else ""))
@@ -145,7 +161,12 @@ class DeepLabV3Adapter(Adapter):
             if isinstance(record.get("train"), dict):
                 extra["train"] = dict(record["train"])
         extra["builder"] = state.builder
-        return ModelInfo(arch=zoo.name if zoo is not None else state.arch, family="deeplabv3", task="segmentation",
+        saved = state.checkpoint.get("class_names") if isinstance(state.checkpoint, dict) else None
+        extra["names_from"] = ("--names" if state.options.get("class_names") else "the zoo entry" if zoo is not None
+                               else "the checkpoint" if isinstance(saved, list)
+                               and list(saved) != _class_names(len(names), None) else None)
+        arch = zoo.name if zoo is not None else (state.builder if state.arch == GENERIC else state.arch)
+        return ModelInfo(arch=arch, family="deeplabv3", task="segmentation",
                          class_names=names, input_size=state.size(),
                          weights=str(state.weights) if state.weights is not None else None, extra=extra)
 
@@ -178,6 +199,26 @@ class DeepLabV3Adapter(Adapter):
         return out + 0.0 * aux
 
     # ---- data and metrics ----------------------------------------------------------------------
+    def bind_data(self, model: nn.Module, info: ModelInfo, spec: str | None) -> ModelInfo:
+        """Class names from the ``labelmap.txt`` of a VOC-style ``--data`` folder when the model has none
+        of its own (``--names``, a saved checkpoint's, a zoo entry's); a count that differs from the head,
+        or names that differ from the model's, is one line."""
+        names = voc_class_names(spec) if spec is not None else None
+        if names is None:
+            return info
+        k, n = len(names), len(info.class_names)
+        shown = ", ".join(names[:12]) + (f", ... ({k} in all)" if k > 12 else "")
+        if k != n:
+            raise DataError(f"{spec}/labelmap.txt names {k} classes ({shown}), but the model's head has {n} "
+                            "outputs: pass the data the model was trained on, or weights with that many classes")
+        source = info.extra.get("names_from")
+        if source is None:
+            info.class_names = list(names)
+        elif list(names) != list(info.class_names):
+            raise DataError(f"{spec}/labelmap.txt names classes {shown}; {source} names them "
+                            f"{', '.join(info.class_names[:12])}: use one set of names")
+        return info
+
     def mask_batches(self, info: ModelInfo, spec: str | None, split: str = "train", batch_size: int = 16,
                      with_masks: bool = True) -> MaskBatches:
         """``(images, masks)`` batches (``with_masks=False``: multi-hot) of ``spec`` at the model's size and
@@ -288,13 +329,15 @@ class DeepLabV3Adapter(Adapter):
 
 # ---- building helpers ----------------------------------------------------------------------------
 def _reconcile_plain(state: BuildState, ckpt: Any) -> None:
-    """A plain state dict: ``num_classes`` from its head and the aux head from its keys, unless given."""
+    """A plain state dict: the backbone, ``num_classes`` from its head and the aux head from its keys,
+    unless given."""
     from tpunlearn.safeload import describe_checkpoint
 
     sd = _state_dict_of(ckpt)
     if sd is None:
         raise WeightsError(f"{state.weights} is {describe_checkpoint(ckpt)}, not DeepLabv3 weights; "
                            "pass the --arch it was made for")
+    _check_backbone(state, sd)
     head = sd.get("classifier.4.weight")
     if state.kwargs.get("num_classes") is None and isinstance(head, torch.Tensor) and head.ndim == 4:
         state.kwargs["num_classes"] = int(head.shape[0])
@@ -309,14 +352,50 @@ def _reconcile_plain(state: BuildState, ckpt: Any) -> None:
     state.state = sd
 
 
+def _check_backbone(state: BuildState, sd: dict[str, torch.Tensor]) -> None:
+    """``--arch deeplabv3`` takes the builder the keys show; a named one must be what they show."""
+    found = infer_builder(sd)
+    if state.builder == GENERIC:
+        if found is None:
+            raise WeightsError(f"cannot tell the DeepLabv3 backbone of {state.weights} from its keys; name it: "
+                               f"--arch {' | '.join(ARCHS[:3])}")
+        state.builder = found
+    elif found is not None and found != state.builder:
+        raise WeightsError(f"{state.weights} holds a {found} (by its keys), not a {state.builder}; "
+                           f"pass --arch {found}")
+
+
+def infer_builder(sd: dict[str, torch.Tensor]) -> str | None:
+    """The torchvision builder whose keys ``sd`` has (None when they show none of :data:`ARCHS`).
+
+    MobileNetV3's backbone is an indexed ``features`` list (``backbone.0.0.weight``); ResNet-50 and
+    -101 have bottleneck blocks (``conv3``) and 6 or 23 blocks in ``layer3``; the zoo's tiny ResNet
+    basic blocks (no ``conv3``).
+    """
+    if "backbone.0.0.weight" in sd:
+        return "deeplabv3_mobilenet_v3_large"
+    if "backbone.layer1.0.conv3.weight" in sd:
+        blocks = {k.split(".")[2] for k in sd if k.startswith("backbone.layer3.")}
+        return "deeplabv3_resnet101" if len(blocks) > 6 else "deeplabv3_resnet50"
+    if "backbone.layer1.0.conv2.weight" in sd:
+        return "deeplabv3_resnet_tiny"
+    return None
+
+
 def _state_dict_of(ckpt: Any) -> dict[str, torch.Tensor] | None:
-    """A plain state dict, or the one under ``model`` / ``state_dict`` (torchvision references)."""
+    """A plain state dict, or the one under ``model`` / ``state_dict`` (torchvision references,
+    Lightning), with DataParallel's ``module.`` prefix dropped."""
     if isinstance(ckpt, nn.Module) and type(ckpt).__module__.startswith("torchvision."):
         return ckpt.state_dict()  # torch.save(model) of a torchvision model
     if not isinstance(ckpt, dict):
         return None
     sd = next((ckpt[key] for key in ("model", "state_dict") if isinstance(ckpt.get(key), dict)), ckpt)
-    return sd if sd and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()) else None
+    if not (sd and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items())):
+        return None
+    for prefix in ("module.", "model."):
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
 
 
 def _builder(arch: str) -> Callable[..., nn.Module]:

@@ -9,7 +9,9 @@ from PIL import Image
 
 from tpunlearn.data import DigitScenes, write_voc
 from tpunlearn.data.digitscenes import MASK_CLASSES, DigitScenesMasks
-from tpunlearn.data.voc import IGNORE_INDEX, MaskFilter, VOCBatches, mask_batches, read_voc, voc_ids
+from tpunlearn.data.labelmap import colour_mask, read_labelmap
+from tpunlearn.data.voc import IGNORE_INDEX, MaskFilter, VOCBatches, mask_batches, read_voc, voc_class_names, voc_ids
+from tpunlearn.data.writers import write_voc_folder
 from tpunlearn.errors import DataError, UsageError
 
 SIZE = 32
@@ -85,7 +87,10 @@ def test_folder_errors_are_data_errors(tmp_path):
     with pytest.raises(DataError, match="no mask a.png"):
         read_voc(tmp_path, "a")
     Image.new("RGB", (4, 4)).save(tmp_path / "SegmentationClass" / "a.png")
-    with pytest.raises(DataError, match="RGB image"):
+    with pytest.raises(DataError, match="RGB colour mask, but .* has no labelmap.txt"):
+        read_voc(tmp_path, "a")
+    Image.new("I;16", (4, 4)).save(tmp_path / "SegmentationClass" / "a.png")
+    with pytest.raises(DataError, match="is a I;16 image"):
         read_voc(tmp_path, "a")
     Image.new("L", (4, 5)).save(tmp_path / "SegmentationClass" / "a.png")
     with pytest.raises(DataError, match="image is 4x4, mask 4x5"):
@@ -143,3 +148,66 @@ def test_mask_batches_reads_digits_or_a_folder(voc):
         mask_batches(str(root / "absent"), "test", (SIZE, SIZE), MASK_CLASSES, n_digits=200)
     with pytest.raises(DataError, match="val.txt"):
         mask_batches(str(root), "val", (SIZE, SIZE), MASK_CLASSES, n_digits=200)
+
+
+# ---- labelmap.txt and colour masks ---------------------------------------------------------------------------
+LABELMAP_TEXT = "# label:color_rgb:parts:actions\nbackground:0,0,0::\n\ncat:128,0,0::\ndog: 0,128,0 ::\n"
+
+
+def test_labelmap_gives_names_and_colours_in_order(tmp_path):
+    (tmp_path / "labelmap.txt").write_text(LABELMAP_TEXT)
+    lm = read_labelmap(tmp_path / "labelmap.txt")
+    assert lm.names == ["background", "cat", "dog"]
+    assert lm.colour_table() == {(0, 0, 0): 0, (128, 0, 0): 1, (0, 128, 0): 2}
+    (tmp_path / "labelmap.txt").write_text("background:::\ncat:::\n")  # names only: enough for palette masks
+    lm = read_labelmap(tmp_path / "labelmap.txt")
+    assert lm.names == ["background", "cat"] and lm.colours == [None, None]
+    with pytest.raises(DataError, match="gives no colour for background, cat"):
+        lm.colour_table()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("background:0,0,0\n", r"line 1: 'background:0,0,0' is not 'name:r,g,b:parts:actions'"),
+    ("background:0,0,0::\ncat:128,0::\n", r"line 2: colour '128,0' of 'cat' is not three values 0-255"),
+    ("background:0,0,0::\ncat:300,0,0::\n", r"line 2: colour '300,0,0'"),
+    ("background:0,0,0::\nbackground:1,0,0::\n", r"line 2: class 'background' is named twice"),
+    ("background:0,0,0::\ncat:0,0,0::\n", r"line 2: colour \(0, 0, 0\) is already class 'background'"),
+    (":0,0,0::\n", "line 1"),
+    ("# only a header\n", "names no class"),
+])
+def test_malformed_labelmaps_are_one_line(tmp_path, text, message):
+    (tmp_path / "labelmap.txt").write_text(text)
+    with pytest.raises(DataError, match=message) as info:
+        read_labelmap(tmp_path / "labelmap.txt")
+    assert str(tmp_path / "labelmap.txt") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_colour_masks_read_as_the_palette_masks_they_draw(tmp_path):
+    ds = DigitScenes("train", size=SIZE, n_scenes=4, channels=1)
+    palette = write_voc_folder(tmp_path / "p", {"train": ds})
+    colour = write_voc_folder(tmp_path / "c", {"train": ds}, masks="colour")
+    with Image.open(colour / "SegmentationClass" / "train_00000.png") as m:
+        assert m.mode == "RGB"
+    assert voc_class_names(colour) == ["background", *[str(d) for d in range(10)]]
+    ids = voc_ids(colour, ("train",))
+    a = [m for _, ms in VOCBatches(palette, ids, (SIZE, SIZE), MASK_CLASSES) for m in ms]
+    b = [m for _, ms in VOCBatches(colour, ids, (SIZE, SIZE), MASK_CLASSES) for m in ms]
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True)) and all(torch.equal(x, ds.masks[i])
+                                                                              for i, x in enumerate(b))
+    assert len({int(v) for m in b for v in m.unique()}) > 2  # several classes, not all background
+
+
+def test_colour_masks_keep_voc_borders_ignored_and_refuse_unknown_colours(tmp_path):
+    (tmp_path / "labelmap.txt").write_text(LABELMAP_TEXT)
+    table = read_labelmap(tmp_path / "labelmap.txt").colour_table()
+    rgb = torch.tensor([[[0, 0, 0], [128, 0, 0]], [[224, 224, 192], [0, 128, 0]]], dtype=torch.uint8)
+    assert colour_mask(rgb, table, "m.png").tolist() == [[0, 1], [IGNORE_INDEX, 2]]
+    rgb[1, 1] = torch.tensor([10, 20, 30])
+    with pytest.raises(DataError, match=r"m.png: colour \(10, 20, 30\) \(pixel x=1, y=1\) is not a class colour"):
+        colour_mask(rgb, table, "m.png")
+
+
+def test_a_mask_value_past_the_class_count_names_the_mask(voc):
+    root, _ = voc
+    with pytest.raises(DataError, match=r"SegmentationClass/train_0000\d.png holds class \d+, but the model has 2 "):
+        list(VOCBatches(root, voc_ids(root, ("train",)), (SIZE, SIZE), 2))

@@ -74,6 +74,8 @@ def auto_unlearn(model: nn.Module, samples: Iterable[Any] | None, forget: Sequen
             scores = res.scores
             row = judge_setting(base, evaluate(res.model), forget, forget_bound, retain_budget)
             row.update(sigma=sigma, delta=delta, removed_channels=res.report["removed_channels"])
+            if not row["removed_channels"]:
+                row["met"] = False  # as in the verdict: a request that removed nothing forgot nothing
             tried.append(row)
             candidate = AutoResult(sigma=sigma, delta=delta, met=row["met"], result=res, tried=tried)
             if row["met"]:

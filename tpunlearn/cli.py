@@ -102,6 +102,17 @@ def _path(text: str) -> str:
     return text
 
 
+def _names(text: str) -> list[str]:
+    """``--names a,b,c``: comma-separated, none empty, none twice."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"empty class name in {text!r}; give names as a,b,c")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"class name(s) {', '.join(twice)} given twice")
+    return names
+
+
 def _int_at_least(low: int):
     def parse(text: str) -> int:
         try:
@@ -290,6 +301,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="classes of the model's head, where the checkpoint does not say")
     p.add_argument("--imgsz", type=_int_at_least(1), default=None, metavar="S",
                    help="input size S x S, where the checkpoint does not say")
+    p.add_argument("--names", type=_names, default=None, metavar="A,B,C",
+                   help="the model's class names in output order, where neither checkpoint nor data says")
 
 
 def _device_arg(p: argparse.ArgumentParser) -> None:
@@ -326,6 +339,7 @@ def _build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from tpunlearn.models import load_model
 
     options = {k: getattr(args, k, None) for k in ("num_classes", "imgsz")}
+    options["class_names"] = getattr(args, "names", None)
     adapter, model, info = load_model(args.arch, args.weights, trust_checkpoint=args.trust_checkpoint,
                                       **{k: v for k, v in options.items() if v is not None})
     bind = getattr(adapter, "bind_data", None)  # class names and task from the user's data (timm)
@@ -402,6 +416,8 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
     report = prune_report(res, model, example, args, info.class_names, adapter.library, t0)
     if auto is not None:
         report["auto"] = auto
+        if "try" in report["outcome"]:  # the search ran: what is left to try is the rest
+            report["outcome"]["try"] = [t for t in report["outcome"]["try"] if t != "--auto"]
     if repaired is not None:
         report["repair"] = repaired
     # a pruned checkpoint carries its own history: the new pruning replays after it
@@ -508,7 +524,8 @@ def _write_outputs(args: argparse.Namespace, out: Path, adapter: Any, model: Any
             report["metrics"] = metrics_entry(adapter.evaluate(model, info, args.data, **kw),
                                               adapter.evaluate(res.model, info, args.data, **kw), report["forget"])
             report["verdict"] = judge(report["metrics"], report["removed_channels"], report["params"],
-                                      report["macs"], args.goal_forget, args.goal_drop).to_dict()
+                                      report["macs"], args.goal_forget, args.goal_drop,
+                                      report.get("outcome")).to_dict()
         adapter.save(res.model, info, stage / "model.pt")
         res.plan.save(stage / "plan.json")
         res.graph.save(stage / "graph.json")
@@ -546,11 +563,17 @@ def _named_targets(info: Any, spec: str | None, forget: Sequence[int] = (), samp
         where = f"--data {spec}" if spec else "the model's default data"
         retained = [repr(info.class_names[t]) for t in exc.targets if t not in forget]
         hint = f" (or leave {', '.join(retained)} out of --retain)" if retained else ""
-        found = getattr(samples, "classes_found", None)
-        held = found() if callable(found) else None
-        holds = f"; its labels hold {', '.join(held) if held else 'no class'}" if held is not None else ""
-        raise DataError(f"no sample in {where} holds target(s) {names}: cannot score them{holds}; pass --data "
+        held = [info.class_names[t] for t in exc.found] or _classes_found(samples)
+        shown = ", ".join(held[:40]) + (f", ... ({len(held)} in all)" if len(held) > 40 else "")
+        holds = f"; its labels hold {shown}" if held else ""
+        raise DataError(f"no sample in {where} holds target(s) {names}{holds}: cannot score them; pass --data "
                         f"with instances of them{hint}") from None
+
+
+def _classes_found(samples: Any) -> list[str]:
+    """The class names a data reader says its labels hold (``samples.classes_found()``), else none."""
+    found = getattr(samples, "classes_found", None)
+    return list(found() or []) if callable(found) else []
 
 
 def _progress() -> bool:
@@ -645,8 +668,12 @@ def _check_output_file(flag: str, path: str, args: argparse.Namespace) -> None:
 def _summary(report: dict[str, Any]) -> None:
     """The run's result: channels and params, with --eval the per-target table, warnings on stderr, and
     the verdict line last."""
+    from tpunlearn.verdict import nothing_removed_line
+
     params = report["params"]
-    print(f"removed {report['removed_channels']} channels; params {params['before']:,} -> {params['after']:,}")
+    unchanged = " (nothing removed: the model is unchanged)" if report["removed_channels"] == 0 else ""
+    print(f"removed {report['removed_channels']} channels; params {params['before']:,} -> {params['after']:,}"
+          + unchanged)
     metrics, verdict = report.get("metrics"), report.get("verdict")
     if metrics:
         for line in metrics_table(metrics["before"], metrics["after"], metrics["forgotten"]):
@@ -655,7 +682,7 @@ def _summary(report: dict[str, Any]) -> None:
             print(line)
     warnings_ = verdict["warnings"] if verdict else []
     if not verdict and report["removed_channels"] == 0:
-        warnings_ = ["the run removed no channel: the model is unchanged, nothing was forgotten"]
+        warnings_ = [nothing_removed_line(report.get("outcome"))]
     for warning in warnings_:
         print(f"tpunlearn: warning: {warning}", file=sys.stderr)
     if verdict:

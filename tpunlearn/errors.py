@@ -24,11 +24,13 @@ class DataError(TpunlearnError):
 
 
 class TargetNotInDataError(DataError):
-    """No sample holds some requested targets; ``targets`` lists their indices."""
+    """No sample holds some requested targets; ``targets`` lists their indices, ``found`` those of the
+    requested targets that some sample holds."""
 
-    def __init__(self, message: str, targets: list[int]) -> None:
+    def __init__(self, message: str, targets: list[int], found: list[int] | None = None) -> None:
         super().__init__(message)
         self.targets = list(targets)
+        self.found = list(found or [])
 
 
 class WeightsError(TpunlearnError):

@@ -64,6 +64,7 @@ def unlearn_report(original: nn.Module, pruned: nn.Module, settings: UnlearnSett
                       if scores.targets[t].instances},
         "graph": graph.summary(),
         "removed_channels": plan.removed_channels,
+        "outcome": outcome_entry(graph, plan, settings),
         "removed": plan.removed,
         "removal": plan.explain(),
         "params": {"before": count_params(original), "after": count_params(pruned)},
@@ -72,6 +73,31 @@ def unlearn_report(original: nn.Module, pruned: nn.Module, settings: UnlearnSett
         "notes": plan.notes + notes,
         "execution": execution,
     }
+
+
+def outcome_entry(graph: BalancedGraph, plan: PrunePlan, settings: UnlearnSettings) -> dict[str, Any]:
+    """``report["outcome"]``: ``{"status": "pruned"}``, or for a request that removed no channel
+    ``{"status": "nothing removed", "why": ..., "try": [...]}``: which step left every channel in
+    place (every selected channel shared with retained targets, or every flagged one kept by
+    alignment or a protected group) and the settings that change it."""
+    if plan.removed_channels:
+        return {"status": "pruned"}
+    s = settings
+    where = f"the {len(graph.layers)} scored layer(s) (--sigma {s.sigma})"
+    selected = sum(int((graph.forget_hits[layer] > 0).sum()) for layer in graph.layers)
+    if not any(graph.flagged().values()):
+        why = (f"all {selected} channel(s) the forget target(s) select in {where} at --delta {s.delta:g} are "
+               f"essential to more than {s.retain_tolerance} retained target(s) too (--retain-tolerance "
+               f"{s.retain_tolerance}): no channel is specific to the forget target(s)")
+        hint = [f"--retain-tolerance {s.retain_tolerance + 1} (a channel that {s.retain_tolerance + 1} retained "
+                "target(s) also select may go)", "a larger --sigma (more layers scored)", "--auto"]
+    else:
+        total = plan.explain()["total"]
+        why = (f"{total['flagged']} channel(s) were flagged but all kept: {total['align_kept']} held back by width "
+               f"alignment (--align {s.align}), {total['protected_kept']} in groups that are protected (--coupled "
+               f"{s.coupled}), skipped or would be emptied")
+        hint = ["--align 1", "--coupled prune", "--auto"]
+    return {"status": "nothing removed", "why": why, "try": hint}
 
 
 def prune_report(result: UnlearnResult, original: nn.Module, example_inputs: Any, args: argparse.Namespace,
@@ -111,6 +137,11 @@ def reproduce_command(args: argparse.Namespace, settings: UnlearnSettings) -> li
     """
     cmd = ["tpunlearn", "prune", "--arch", args.arch]
     for flag, value in (("--weights", args.weights), ("--data", args.data), ("--graph", args.graph)):
+        if value:
+            cmd += [flag, str(value)]
+    described = (("--num-classes", getattr(args, "num_classes", None)), ("--imgsz", getattr(args, "imgsz", None)),
+                 ("--names", ",".join(getattr(args, "names", None) or [])))
+    for flag, value in described:
         if value:
             cmd += [flag, str(value)]
     cmd += ["--forget", *args.forget]
@@ -460,6 +491,11 @@ def write_html(report: dict[str, Any], folder: str | os.PathLike[str], name: str
     parts = [f"<h1>tpunlearn: {esc(str(report.get('arch', 'model')))}, forget "
              f"{esc(', '.join(str(t) for t in report.get('forget', [])))}</h1>",
              _html_verdict(report.get("verdict"), bool(metrics))]
+    outcome = report.get("outcome") or {}
+    if outcome.get("status") == "nothing removed":
+        tries = "; try " + ", ".join(str(t) for t in outcome.get("try", [])) if outcome.get("try") else ""
+        parts.append(f"<p id=\"outcome\" class=\"notmet\"><b>nothing removed: the model is unchanged</b>: "
+                     f"{esc(str(outcome.get('why', '')) + tries)}</p>")
     if metrics:
         forgotten = [str(t) for t in metrics.get("forgotten", report.get("forget", []))]
         parts += ["<h2>Metrics</h2>", _html_image(folder / "metrics.png", "metrics per target"),

@@ -326,7 +326,8 @@ class _InstancePool:
         missing = [t for t in self.targets if self.taken[t] == 0 and t not in optional]
         if missing:
             raise TargetNotInDataError(f"no sample holds target(s) {missing}: cannot score them; "
-                                       "give samples that hold them", missing)
+                                       "give samples that hold them", missing,
+                                       [t for t in self.targets if self.taken[t] > 0])
         scored = [t for t in self.targets if self.taken[t] > 0]
         if not scored:
             raise DataError("no sample holds any of the targets: nothing to score")

@@ -47,9 +47,11 @@ def missed_by(forget_after: float, worst_drop: float, goal_forget: float = GOAL_
 
 
 def judge(metrics: dict[str, Any], removed_channels: int, params: dict[str, Any], macs: dict[str, Any],
-          goal_forget: float = GOAL_FORGET, goal_drop: float = GOAL_DROP) -> Verdict:
+          goal_forget: float = GOAL_FORGET, goal_drop: float = GOAL_DROP,
+          outcome: dict[str, Any] | None = None) -> Verdict:
     """The verdict of one run from its metrics entry (before/after per target, forgotten names,
-    retained summary), the channels it removed and its parameter and MAC counts before/after."""
+    retained summary), the channels it removed and its parameter and MAC counts before/after;
+    ``outcome`` (``report["outcome"]``) says why a run removed no channel."""
     key = metrics["primary"]
     targets = {name: {"before": _value(metrics["before"], name, key), "after": _value(metrics["after"], name, key)}
                for name in metrics["forgotten"]}
@@ -65,7 +67,7 @@ def judge(metrics: dict[str, Any], removed_channels: int, params: dict[str, Any]
     forget = {"metric": key, "targets": targets, "worst_after": worst_after, "goal": goal_forget, "met": forget_met}
     verdict = Verdict(met=met, forget=forget, retained=retained, params=dict(params), macs=dict(macs),
                       removed_channels=int(removed_channels))
-    verdict.warnings = _warnings(verdict, metrics)
+    verdict.warnings = _warnings(verdict, metrics, outcome)
     verdict.line = _line(verdict)
     return verdict
 
@@ -75,12 +77,22 @@ def _value(per_target: dict[str, dict[str, float]], name: str, key: str) -> floa
     return float(row[key]) if row and key in row else None
 
 
-def _warnings(v: Verdict, metrics: dict[str, Any]) -> list[str]:
+def nothing_removed_line(outcome: dict[str, Any] | None) -> str:
+    """The warning of a run that removed no channel, with the outcome's why and what to try."""
+    line = "the run removed no channel: the model is unchanged, nothing was forgotten"
+    if outcome and outcome.get("why"):
+        options = list(outcome.get("try") or [])
+        tries = ", ".join(options[:-1]) + (" or " if len(options) > 1 else "") + (options[-1] if options else "")
+        line += f": {outcome['why']}" + (f"; try {tries}" if tries else "")
+    return line
+
+
+def _warnings(v: Verdict, metrics: dict[str, Any], outcome: dict[str, Any] | None = None) -> list[str]:
     """Plain lines: no channel removed, a forget metric not under the goal, a retained target collapsed."""
     out = []
     key = v.forget["metric"]
     if v.removed_channels == 0:
-        out.append("the run removed no channel: the model is unchanged, nothing was forgotten")
+        out.append(nothing_removed_line(outcome))
     for name, t in v.forget["targets"].items():
         if t["after"] is None:
             out.append(f"forget target {name} has no labelled instance in the evaluation data: cannot tell "

@@ -5,8 +5,11 @@ A VOC-style folder (the layout of PASCAL VOC's segmentation set, and what
 
     JPEGImages/<id>.jpg | .jpeg | .png       the images (any size; converted to RGB)
     SegmentationClass/<id>.png               palette (P) or gray (L) PNG whose pixel values are class indices,
-                                             255 ignored (VOC's object borders)
+                                             255 ignored (VOC's object borders); or an RGB colour mask whose
+                                             colours labelmap.txt maps to classes
     ImageSets/Segmentation/<list>.txt        one id per line: train.txt, val.txt, test.txt
+    labelmap.txt                             optional: class names (and colours) in index order, as
+                                             annotation tools export it (:mod:`tpunlearn.data.labelmap`)
 
 :class:`MaskBatches` is the shape of segmentation data here, whatever the source:
 re-iterable batches of images ``(B, 3, H, W)`` resized to a model's input size (bilinear,
@@ -26,8 +29,10 @@ import torch.nn.functional as F
 
 from tpunlearn.errors import DataError, UsageError
 
+from .labelmap import LABELMAP, Labelmap, colour_mask, read_labelmap
+
 __all__ = ["IGNORE_INDEX", "VOC_CLASSES", "MaskBatches", "MaskFilter", "VOCBatches", "mask_batches", "read_voc",
-           "resize_images", "voc_ids"]
+           "resize_images", "voc_class_names", "voc_ids", "voc_labelmap"]
 
 IGNORE_INDEX = 255  # mask value of pixels that count for no class (VOC's object borders)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -91,12 +96,24 @@ class VOCBatches(MaskBatches):
                  std: Sequence[float] | None = None) -> None:
         super().__init__(size, num_classes, batch_size, with_masks, mean, std)
         self.root, self.ids = Path(root), list(ids)
+        self.labelmap = voc_labelmap(self.root)
 
     def chunks(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
         for start in range(0, len(self.ids), self.batch_size):
-            pairs = [read_voc(self.root, stem) for stem in self.ids[start:start + self.batch_size]]
+            stems = self.ids[start:start + self.batch_size]
+            pairs = [read_voc(self.root, stem, self.labelmap) for stem in stems]
+            for stem, (_, mask) in zip(stems, pairs, strict=True):
+                self.check_mask(stem, mask)
             # images of a folder differ in size: each is resized before they stack
             yield torch.stack([resize_images(image[None], self.size)[0] for image, _ in pairs]), [m for _, m in pairs]
+
+
+    def check_mask(self, stem: str, mask: torch.Tensor) -> None:
+        """A mask value that is no class of the model (255 aside) is a DataError naming the mask."""
+        values = mask[mask != IGNORE_INDEX]
+        if values.numel() and int(values.max()) >= self.num_classes:
+            raise DataError(f"{self.root / 'SegmentationClass' / stem}.png holds class {int(values.max())}, but "
+                            f"the model has {self.num_classes} classes (0..{self.num_classes - 1}; 255 ignored)")
 
 
 class MaskFilter:
@@ -162,8 +179,21 @@ def voc_ids(root: str | Path, lists: Sequence[str]) -> list[str]:
     raise DataError(f"{root} has no ImageSets/Segmentation/{' or '.join(n + '.txt' for n in lists)}")
 
 
-def read_voc(root: str | Path, stem: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One image (float ``(3, h, w)`` in [0, 1]) and its class-index mask (uint8 ``(h, w)``)."""
+def voc_labelmap(root: str | Path) -> Labelmap | None:
+    """The folder's ``labelmap.txt`` (None when it has none)."""
+    path = Path(root) / LABELMAP
+    return read_labelmap(path) if path.is_file() else None
+
+
+def voc_class_names(root: str | Path) -> list[str] | None:
+    """The class names of a VOC-style folder's ``labelmap.txt`` (None: no labelmap, or not a folder)."""
+    labelmap = voc_labelmap(root) if Path(root).is_dir() else None
+    return list(labelmap.names) if labelmap is not None else None
+
+
+def read_voc(root: str | Path, stem: str, labelmap: Labelmap | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image (float ``(3, h, w)`` in [0, 1]) and its class-index mask (uint8 ``(h, w)``); an RGB
+    colour mask is mapped to indices through ``labelmap``'s colours."""
     root = Path(root)
     image_path = next((root / "JPEGImages" / f"{stem}{ext}" for ext in IMAGE_SUFFIXES
                        if (root / "JPEGImages" / f"{stem}{ext}").is_file()), None)
@@ -177,15 +207,27 @@ def read_voc(root: str | Path, stem: str) -> tuple[torch.Tensor, torch.Tensor]:
             rgb = img.convert("RGB")
             image = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3)
         with _open_image(mask_path) as m:
-            if m.mode not in ("P", "L"):
-                raise DataError(f"{mask_path} is a {m.mode} image; a VOC mask is a palette (P) or gray (L) PNG "
-                                "whose pixel values are class indices")
-            mask = torch.frombuffer(bytearray(m.tobytes()), dtype=torch.uint8).view(m.height, m.width)
+            mask = _mask_indices(m, mask_path, labelmap)
     except (OSError, SyntaxError) as exc:  # PIL's decoders raise SyntaxError on a malformed header
         raise DataError(f"cannot read {stem!r} in {root}: {exc}") from None
     if tuple(mask.shape) != tuple(image.shape[:2]):
         raise DataError(f"{stem!r}: image is {image.shape[1]}x{image.shape[0]}, mask {mask.shape[1]}x{mask.shape[0]}")
     return image.permute(2, 0, 1).float() / 255.0, mask.clone()
+
+
+def _mask_indices(m: Any, path: Path, labelmap: Labelmap | None) -> torch.Tensor:
+    """uint8 class indices of an opened mask: a P/L image's pixel values, an RGB image's colours."""
+    if m.mode in ("P", "L"):
+        return torch.frombuffer(bytearray(m.tobytes()), dtype=torch.uint8).view(m.height, m.width)
+    if m.mode not in ("RGB", "RGBA"):
+        raise DataError(f"{path} is a {m.mode} image; a VOC mask is a palette (P) or gray (L) PNG of class "
+                        "indices, or an RGB colour mask with a labelmap.txt")
+    if labelmap is None:
+        raise DataError(f"{path} is an RGB colour mask, but {path.parent.parent} has no {LABELMAP} to map its "
+                        "colours to classes (lines 'name:r,g,b::')")
+    rgb = m.convert("RGB")
+    pixels = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3)
+    return colour_mask(pixels, labelmap.colour_table(), path)
 
 
 def _open_image(path: Path) -> Any:

@@ -10,7 +10,7 @@ Any dataset with ``scene(i)`` (a :class:`~tpunlearn.data.digitscenes.Scene`), ``
 * CelebA's own files: ``img_align_celeba/*.jpg``, ``list_attr_celeba.txt`` (-1/1) and
   ``list_eval_partition.txt`` (0 train, 1 val, 2 test);
 * an ultralytics detection dataset (``images/``, ``labels/``, ``data.yaml``);
-* a VOC-style segmentation folder with a ``labelmap.txt``.
+* a VOC-style segmentation folder with a ``labelmap.txt`` (palette or colour masks).
 
 ``splits`` maps a split name to its dataset. Every writer returns the path a reader takes.
 """
@@ -123,23 +123,32 @@ def write_yolo_dataset(root: str | Path, splits: Mapping[str, Any], names_as: st
     return root / "data.yaml"
 
 
-def write_voc_folder(root: str | Path, splits: Mapping[str, Any], labelmap: bool = True) -> Path:
-    """``JPEGImages/*.png``, ``SegmentationClass/*.png`` (palette, class indices), ``ImageSets/Segmentation``,
-    and (``labelmap``) a ``labelmap.txt`` naming ``background`` and the classes, as annotation tools export it."""
+def write_voc_folder(root: str | Path, splits: Mapping[str, Any], labelmap: bool = True,
+                     masks: str = "palette") -> Path:
+    """``JPEGImages/*.png``, ``SegmentationClass/*.png``, ``ImageSets/Segmentation/<split>.txt`` and
+    (``labelmap``) a ``labelmap.txt`` naming ``background`` and the classes with their colours, as
+    annotation tools export it. ``masks``: ``"palette"`` (P images whose values are class indices, as
+    VOC ships them) or ``"colour"`` (RGB images in the labelmap's colours, as CVAT exports them)."""
     from PIL import Image
 
     from tpunlearn.data.digitscenes import voc_palette
 
+    if masks not in ("palette", "colour"):
+        raise ValueError(f"masks must be 'palette' or 'colour', got {masks!r}")
     root = Path(root)
     palette, names = voc_palette(), []
+    colours = torch.tensor(palette, dtype=torch.uint8).view(-1, 3)
     for split, ds in splits.items():
         names = list(ds.class_names)
         ids = []
         for i in range(len(ds)):
             scene, stem = ds.scene(i), f"{split}_{i:05d}"
             _save_rgb(scene.image, root / "JPEGImages" / f"{stem}.png")
-            mask = Image.fromarray(scene.mask.numpy()).convert("P")
-            mask.putpalette(palette)
+            if masks == "colour":
+                mask = Image.fromarray(colours[scene.mask.long()].numpy())
+            else:
+                mask = Image.fromarray(scene.mask.numpy()).convert("P")
+                mask.putpalette(palette)
             (root / "SegmentationClass").mkdir(parents=True, exist_ok=True)
             mask.save(root / "SegmentationClass" / f"{stem}.png")
             ids.append(stem)
@@ -147,8 +156,7 @@ def write_voc_folder(root: str | Path, splits: Mapping[str, Any], labelmap: bool
         sets.mkdir(parents=True, exist_ok=True)
         (sets / f"{split}.txt").write_text("\n".join(ids) + "\n")
     if labelmap:
-        colours = [voc_palette()[3 * k:3 * k + 3] for k in range(len(names) + 1)]
-        lines = ["# label:color_rgb:parts:actions"] + [f"{n}:{','.join(map(str, c))}::" for n, c in
-                                                         zip(["background", *names], colours, strict=True)]
+        lines = ["# label:color_rgb:parts:actions"] + [f"{n}:{','.join(map(str, colours[k].tolist()))}::"
+                                                         for k, n in enumerate(["background", *names])]
         (root / "labelmap.txt").write_text("\n".join(lines) + "\n")
     return root
