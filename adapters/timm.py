@@ -178,6 +178,7 @@ class TimmAdapter(Adapter):
         if not info.extra.get("own_task"):
             info.task = found.task
         info.extra["data_split"] = found.describe()
+        info.extra["data_present"] = found.present("train")
         return info
 
     def evaluate(self, model: nn.Module, info: ModelInfo, spec: str | None, **kw: Any) -> Evaluation:
@@ -210,7 +211,10 @@ class TimmAdapter(Adapter):
         train = _train_split(info, spec, "run --mia on")
         holds = _labels(train)[:, [int(t) for t in forget]].sum(1) > 0
         if not holds.any():
-            raise DataError("no training sample holds the forget target(s)")
+            present = info.extra.get("data_present")
+            found = f"; classes it holds: {_listed(present)}" if present is not None else ""
+            raise DataError(f"no training sample of {spec or 'the default data'} holds "
+                            f"{', '.join(repr(info.class_names[int(t)]) for t in forget)}{found}")
         test = (_read(info, str(spec)).split("test") if _is_user_data(spec)
                 else data.digitscenes("test", size=info.input_size[-1]))
         return (data.loader(Subset(train, (~holds).nonzero().flatten().tolist()), batch_size=128),
@@ -255,6 +259,12 @@ def _state_of(ckpt: Any) -> Any:
         return None
     return {(k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k): v
             for k, v in inner.items()}
+
+
+def _listed(names: Sequence[str], most: int = 12) -> str:
+    """``a, b, c`` (the first ``most``, then how many in all)."""
+    more = f", ... ({len(names)} in all)" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def _size_from_imgsz(imgsz: int | Sequence[int], channels: int) -> tuple[int, int, int]:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tpunlearn.errors import TpunlearnError, TrustedCheckpointWarning, UsageError
+from tpunlearn.errors import DataError, TpunlearnError, TrustedCheckpointWarning, UsageError
 from tpunlearn.settings import CLI_FLAGS, COUPLED, DEFAULTS, MODES, UnlearnSettings, check_device
 
 DEBUG_ENV = "TPUNLEARN_DEBUG"  # set to 1 to see the traceback of an unexpected error
@@ -345,10 +345,14 @@ def resolve_targets(names: Sequence[str], class_names: Sequence[str]) -> list[in
         elif name.isdigit() and int(name) < len(class_names):
             out.append(int(name))
         else:
-            more = f", ... ({len(class_names)} in all)" if len(class_names) > 12 else ""
-            shown = ", ".join(class_names[:12]) + more
-            raise UsageError(f"unknown target {name!r}; valid: {shown}")
+            raise UsageError(f"unknown target {name!r}; valid: {_listed(class_names)}")
     return out
+
+
+def _listed(names: Sequence[str], most: int = 12) -> str:
+    """``a, b, c`` (the first ``most``, then how many in all), for one-line errors."""
+    more = f", ... ({len(names)} in all)" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
@@ -397,6 +401,8 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
     report = prune_report(res, model, example, args, info.class_names, adapter.library, t0)
     if auto is not None:
         report["auto"] = auto
+    if "data_split" in info.extra:  # the user's data: its format, splits and how the validation split was made
+        report["data"] = info.extra["data_split"]
     if repaired is not None:
         report["repair"] = repaired
     # a pruned checkpoint carries its own history: the new pruning replays after it
@@ -453,7 +459,12 @@ def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samp
         values = adapter.validate(m, info, args.data, **_eval_kwargs(args, info)).primary_values()
         return {info.class_names.index(k): v for k, v in values.items() if k in info.class_names}
 
-    found = auto_unlearn(model, samples, forget, evaluate, forget_bound=args.auto_bound,
+    baseline = evaluate(model)
+    unjudged = [info.class_names[t] for t in forget if t not in baseline]
+    if unjudged:
+        raise DataError(f"--auto judges forgetting on the validation split, and it holds no instance of "
+                        f"{', '.join(unjudged)}; classes it holds: {_listed([info.class_names[t] for t in baseline])}")
+    found = auto_unlearn(model, samples, forget, evaluate, baseline=baseline, forget_bound=args.auto_bound,
                          retain_budget=args.auto_budget, sigmas=args.auto_sigmas or SIGMAS,
                          deltas=args.auto_deltas or DELTAS, **common)
     for row in found.tried:
@@ -512,7 +523,7 @@ def _write_outputs(args: argparse.Namespace, out: Path, adapter: Any, model: Any
 @contextlib.contextmanager
 def _named_targets(info: Any, spec: str | None, forget: Sequence[int] = ()) -> Iterator[None]:
     """Turn the core's "no sample holds target(s) [3]" into class names and a fix."""
-    from tpunlearn.errors import DataError, TargetNotInDataError
+    from tpunlearn.errors import TargetNotInDataError
 
     try:
         yield
@@ -521,8 +532,10 @@ def _named_targets(info: Any, spec: str | None, forget: Sequence[int] = ()) -> I
         where = f"--data {spec}" if spec else "the model's default data"
         retained = [repr(info.class_names[t]) for t in exc.targets if t not in forget]
         hint = f" (or leave {', '.join(retained)} out of --retain)" if retained else ""
+        present = info.extra.get("data_present")
+        found = f"; classes it holds: {_listed(present)}" if present is not None else ""
         raise DataError(f"no sample in {where} holds target(s) {names}: cannot score them; pass --data with "
-                        f"instances of them{hint}") from None
+                        f"instances of them{hint}{found}") from None
 
 
 def _progress() -> bool:
@@ -706,6 +719,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(f"({evaluation.primary} at {_operating_point(evaluation.operating_point)}"
           + "".join(f"; {k} {v:.3f}" for k, v in evaluation.summary.items()) + ")")
     result: dict[str, Any] = {"arch": args.arch, "name": evaluation.primary, "metrics": evaluation.to_dict()}
+    if "data_split" in info.extra:
+        result["data"] = info.extra["data_split"]
     if args.mia:
         from tpunlearn.privacy import mia_score
 

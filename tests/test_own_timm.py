@@ -1,0 +1,133 @@
+"""A user's own timm classifier on their own data: every command on an ImageFolder root, a tags
+CSV and CelebA's files (generated, in the users' formats), the report's record of the split,
+and loading the saved model back."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.helpers import assert_error, listing, run_captured
+from tpunlearn.data.glyphscenes import GlyphScenes
+from tpunlearn.data.specs import read_classification
+from tpunlearn.data.writers import write_celeba, write_image_folder, write_tags_csv
+
+SIZE = 32
+SHAPES = 3  # the ImageFolder keeps the scenes of the first three classes: circle, square, triangle
+
+
+class _FirstClasses:
+    """The single-glyph scenes whose glyph is one of the first ``k`` classes (a small ImageFolder)."""
+
+    def __init__(self, scenes: GlyphScenes, k: int) -> None:
+        self.scenes, self.class_names = scenes, scenes.class_names
+        self.index = [i for i in range(len(scenes)) if scenes.scene(i).labels[0] < k]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def scene(self, i: int) -> Any:
+        return self.scenes.scene(self.index[i])
+
+
+def _state(k: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    import timm
+
+    torch.manual_seed(seed)
+    return timm.create_model("resnet18", num_classes=k).state_dict()
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("own")
+    single = {s: _FirstClasses(GlyphScenes(s, size=SIZE, n_scenes=n, objects=(1, 1)), SHAPES)
+              for s, n in (("train", 160), ("val", 200))}
+    write_image_folder(base / "if", single)
+    multi = {s: GlyphScenes(s, size=SIZE, n_scenes=48) for s in ("train", "val")}
+    write_tags_csv(base / "tg", multi)
+    write_celeba(base / "cb", {"train": multi["train"]})  # no val partition: a held-out fraction
+    torch.save(_state(SHAPES), base / "w_if.pt")  # a plain state dict
+    state = _state(24)
+    torch.save({"epoch": 3, "state_dict": state, "state_dict_ema": {f"module.{k}": v for k, v in state.items()}},
+               base / "w_tags.pt")  # timm's training checkpoint layout
+    torch.save(state, base / "w_cb.pt")
+    return base
+
+
+FORMATS = {"if": ("if", "w_if.pt"), "tags": ("tg/tags.csv", "w_tags.pt"), "celeba": ("cb", "w_cb.pt")}
+
+
+def _forget(root: Path, data: str) -> str:
+    """A class with instances in both the training and the validation split."""
+    found = read_classification(str(root / data))
+    both = set(found.present("train")) & set(found.present("val"))
+    return next(c for c in found.class_names if c in both)
+
+
+def _model(root: Path, fmt: str) -> list[Any]:
+    data, weights = FORMATS[fmt]
+    return ["--arch", "resnet18", "--weights", root / weights, "--imgsz", SIZE, "--data", root / data]
+
+
+def _ok(*argv: Any) -> str:
+    code, out, err = run_captured(*argv)
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_every_command_on_user_data(root: Path, tmp_path: Path, fmt: str) -> None:
+    model, forget = _model(root, fmt), _forget(root, FORMATS[fmt][0])
+    out = _ok("eval", *model, "--json", tmp_path / "eval.json")
+    task = "accuracy" if fmt == "if" else "mAP"
+    assert task in out
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluated["data"]["format"] == {"if": "imagefolder", "tags": "tags", "celeba": "celeba"}[fmt]
+    _ok("graph", *model, "--out", tmp_path / "g.json", "--samples", 4)
+    assert (tmp_path / "g.json").is_file()
+    for name, extra in (("eval", ["--eval"]), ("repair", ["--repair-epochs", 1]),
+                        ("auto", ["--auto", "--auto-sigmas", 2, "--auto-deltas", 0.2])):
+        _ok("prune", *model, "--forget", forget, "--samples", 4, "--out", tmp_path / name, *extra)
+        report = json.loads((tmp_path / name / "report.json").read_text())
+        assert (tmp_path / name / "model.pt").is_file()
+        assert report["forget"] == [forget]
+    assert "metrics" in json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert "repair" in json.loads((tmp_path / "repair" / "report.json").read_text())
+    assert json.loads((tmp_path / "auto" / "report.json").read_text())["auto"]["split"] == "validation"
+    _ok("eval", *model, "--mia", "--forget", forget, "--json", tmp_path / "mia.json")
+    assert json.loads((tmp_path / "mia.json").read_text())["mia"]["forget"] == [forget]
+    pruned = ["--arch", "resnet18", "--weights", tmp_path / "eval" / "model.pt", "--data", root / FORMATS[fmt][0]]
+    _ok("eval", *pruned, "--mia", "--forget", forget)  # the pruned model knows its size, names and task
+
+
+def test_report_records_the_validation_split(root: Path, tmp_path: Path) -> None:
+    """The data's own val/ folder and split column, or a seeded held-out fraction with its sizes."""
+    seen = {}
+    for fmt in FORMATS:
+        _ok("prune", *_model(root, fmt), "--forget", _forget(root, FORMATS[fmt][0]), "--samples", 4,
+            "--out", tmp_path / fmt)
+        seen[fmt] = json.loads((tmp_path / fmt / "report.json").read_text())["data"]
+    assert seen["if"]["holdout"] is None and seen["if"]["used"]["validation"] == "val"
+    assert seen["if"]["splits"] == {"train": 23, "val": 26}
+    assert seen["tags"]["holdout"] is None and seen["tags"]["splits"] == {"train": 48, "val": 48}
+    assert seen["celeba"]["holdout"] == {"fraction": 0.2, "seed": 0, "from": "train",
+                                         "sizes": {"train": 38, "val": 10}}
+    assert seen["celeba"]["splits"] == {"train": 38, "val": 10}
+
+
+def test_forget_names_list_the_classes(root: Path, tmp_path: Path) -> None:
+    model = _model(root, "if")
+    assert_error(run_captured("prune", *model, "--forget", "unicorn", "--out", tmp_path / "o"), 2,
+                 "unknown target 'unicorn'", "circle, square, triangle")
+    write_tags_csv(tmp_path / "three", {"train": _FirstClasses(GlyphScenes("train", size=SIZE, n_scenes=40,
+                                                                           objects=(1, 1)), SHAPES)})
+    few = ["--arch", "resnet18", "--weights", root / "w_cb.pt", "--imgsz", SIZE, "--data", tmp_path / "three"]
+    line = assert_error(run_captured("prune", *few, "--forget", "diamond", "--out", tmp_path / "o"), 1,
+                        "holds target(s) 'diamond'", "classes it holds: ")
+    assert line.endswith("circle, square, triangle"), line
+    line = assert_error(run_captured("eval", *few, "--mia", "--forget", "diamond"), 1, "holds 'diamond'")
+    assert line.endswith("circle, square, triangle"), line
+    assert not (tmp_path / "o").exists() or listing(tmp_path / "o") == {}
