@@ -78,7 +78,8 @@ def _ok(*argv: Any) -> str:
     return out
 
 
-@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("fmt", ["if", pytest.param("tags", marks=pytest.mark.slow),
+                                 pytest.param("celeba", marks=pytest.mark.slow)])
 def test_every_command_on_user_data(root: Path, tmp_path: Path, fmt: str) -> None:
     model, forget = _model(root, fmt), _forget(root, FORMATS[fmt][0])
     out = _ok("eval", *model, "--json", tmp_path / "eval.json")
@@ -104,12 +105,16 @@ def test_every_command_on_user_data(root: Path, tmp_path: Path, fmt: str) -> Non
 
 
 def test_report_records_the_validation_split(root: Path, tmp_path: Path) -> None:
-    """The data's own val/ folder and split column, or a seeded held-out fraction with its sizes."""
+    """The data's own val/ folder and split column, or a seeded held-out fraction with its sizes
+    (tags CSV and CelebA also through ``prune --eval``, the multi-label metrics on their val split)."""
     seen = {}
     for fmt in FORMATS:
         _ok("prune", *_model(root, fmt), "--forget", _forget(root, FORMATS[fmt][0]), "--samples", 4,
-            "--out", tmp_path / fmt)
-        seen[fmt] = json.loads((tmp_path / fmt / "report.json").read_text())["data"]
+            "--out", tmp_path / fmt, *(["--eval"] if fmt != "if" else []))
+        report = json.loads((tmp_path / fmt / "report.json").read_text())
+        seen[fmt] = report["data"]
+        if fmt != "if":
+            assert {"recall", "ap"} <= set(next(iter(report["metrics"]["before"].values())))
     assert seen["if"]["holdout"] is None and seen["if"]["used"]["validation"] == "val"
     assert seen["if"]["splits"] == {"train": 23, "val": 26}
     assert seen["tags"]["holdout"] is None and seen["tags"]["splits"] == {"train": 48, "val": 48}
@@ -131,3 +136,47 @@ def test_forget_names_list_the_classes(root: Path, tmp_path: Path) -> None:
     line = assert_error(run_captured("eval", *few, "--mia", "--forget", "diamond"), 1, "holds 'diamond'")
     assert line.endswith("circle, square, triangle"), line
     assert not (tmp_path / "o").exists() or listing(tmp_path / "o") == {}
+
+
+# ---- loading back (issue 12 part 8) ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["digitscenes-resnet", pytest.param("digitscenes-yolov5", marks=pytest.mark.slow),
+                                  "digitscenes-deeplabv3"])
+def test_load_rebuilds_what_tpunlearn_saved(tmp_path: Path, name: str) -> None:
+    """``tu.load`` and ``tu.zoo.load(name, weights=...)`` give back the pruned model, of every family."""
+    import itertools
+
+    import tpunlearn as tu
+    from tests.helpers import unlearn_family
+    from tpunlearn.models import load_model
+    from tpunlearn.settings import DEFAULTS
+    from tpunlearn.torchutils import forward, main_tensor
+
+    adapter, model, info = load_model(name)
+    samples = list(itertools.islice(iter(adapter.samples(model, info, "digits:24", batch_size=8)), 2))
+    settings = DEFAULTS.override(**{**adapter.defaults, "n_per_target": 4})  # as the CLI runs the family
+    res = unlearn_family(adapter, model, info, samples, [3], settings=settings)
+    assert res.report["removed_channels"] > 0
+    info.extra["history"] = res.plan.history
+    adapter.save(res.model, info, tmp_path / "model.pt")
+    x = adapter.example_inputs(info)
+    want = main_tensor(forward(res.model.eval(), x))
+    width = sum(p.numel() for p in res.model.parameters())
+    assert width < sum(p.numel() for p in model.parameters())
+    back, back_info = tu.load(tmp_path / "model.pt")
+    assert not back.training and back_info.class_names == info.class_names
+    assert sum(p.numel() for p in back.parameters()) == width
+    torch.testing.assert_close(main_tensor(forward(back, x)), want)
+    again, record = tu.zoo.load(name, weights=tmp_path / "model.pt")
+    assert record["name"] == name and record["weights"] == str((tmp_path / "model.pt").resolve())
+    torch.testing.assert_close(main_tensor(forward(again, x)), want)
+
+
+def test_load_refuses_a_file_that_names_no_architecture(tmp_path: Path) -> None:
+    import tpunlearn as tu
+    from tpunlearn.errors import WeightsError
+
+    torch.save(_state(3), tmp_path / "plain.pt")
+    with pytest.raises(WeightsError, match="names no architecture; build it with tpunlearn.models.load_model"):
+        tu.load(tmp_path / "plain.pt")
+    with pytest.raises(WeightsError, match="no such checkpoint"):
+        tu.load(tmp_path / "absent.pt")
