@@ -180,3 +180,52 @@ def test_load_refuses_a_file_that_names_no_architecture(tmp_path: Path) -> None:
         tu.load(tmp_path / "plain.pt")
     with pytest.raises(WeightsError, match="no such checkpoint"):
         tu.load(tmp_path / "absent.pt")
+
+
+# ---- images and normalisation (issue 12 part 1: timm's transforms) ------------------------------------------
+def _pixels(model_args: dict[str, Any], spec: Path) -> torch.Tensor:
+    """The first scoring batch the timm adapter reads from ``spec`` for the model built from ``model_args``."""
+    from tpunlearn.models import load_model
+
+    adapter, model, info = load_model(**model_args)
+    return next(iter(adapter.samples(model, info, str(spec), batch_size=4)))[0]
+
+
+def test_grayscale_images_and_one_channel_models(root: Path, tmp_path: Path) -> None:
+    import timm
+    from PIL import Image
+
+    import tpunlearn as tu
+
+    for f in (root / "if").rglob("*.png"):  # the ImageFolder as one-channel PNGs
+        out = tmp_path / "gray" / f.relative_to(root / "if")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(f).convert("L").save(out)
+    torch.manual_seed(0)
+    torch.save(timm.create_model("resnet18", num_classes=SHAPES, in_chans=1).state_dict(), tmp_path / "w1.pt")
+    assert _pixels({"arch": "resnet18", "weights": tmp_path / "w1.pt", "imgsz": SIZE}, tmp_path / "gray").shape == \
+        (4, 1, SIZE, SIZE)  # the stem's channels are read from the state dict
+    assert _pixels({"arch": "resnet18", "weights": root / "w_if.pt", "imgsz": SIZE}, tmp_path / "gray").shape == \
+        (4, 3, SIZE, SIZE)  # grey images for an RGB model
+    gray = ["--arch", "resnet18", "--weights", tmp_path / "w1.pt", "--imgsz", SIZE, "--data", tmp_path / "gray"]
+    _ok("prune", *gray, "--forget", "circle", "--samples", 4, "--eval", "--out", tmp_path / "o")
+    back, info = tu.load(tmp_path / "o" / "model.pt")
+    assert info.input_size == (1, SIZE, SIZE) and info.class_names == ["circle", "square", "triangle"]
+    assert back(torch.rand(2, 1, SIZE, SIZE)).shape == (2, SHAPES)
+
+
+def test_checkpoint_data_config(root: Path, tmp_path: Path) -> None:
+    """The zoo's [0, 1] models are fed [0, 1] images, not timm's ImageNet normalisation, and a
+    pruned checkpoint records the normalisation it ran with."""
+    zoo = _pixels({"arch": "digitscenes-resnet"}, root / "if")
+    assert zoo.min() >= 0 and zoo.max() <= 1 and zoo.shape[-1] == 64
+    plain = _pixels({"arch": "resnet18", "weights": root / "w_if.pt", "imgsz": SIZE}, root / "if")
+    assert plain.min() < -0.5  # ImageNet's mean subtracted: timm's default for a model that says nothing
+    own = _pixels({"arch": "resnet18", "weights": root / "w_if.pt", "imgsz": SIZE, "mean": [0.5], "std": [0.5]},
+                  root / "if")
+    assert own.min() >= -1 and own.max() <= 1 and not torch.allclose(own, plain)
+    _ok("prune", "--arch", "digitscenes-resnet", "--forget", "3", "--samples", 4, "--out", tmp_path / "z")
+    saved = torch.load(tmp_path / "z" / "model.pt", weights_only=True)
+    assert saved["data_config"]["mean"] == [0.0, 0.0, 0.0] and saved["data_config"]["std"] == [1.0, 1.0, 1.0]
+    again = _pixels({"arch": "resnet18", "weights": tmp_path / "z" / "model.pt"}, root / "if")
+    torch.testing.assert_close(again, zoo)
