@@ -229,3 +229,18 @@ def test_checkpoint_data_config(root: Path, tmp_path: Path) -> None:
     assert saved["data_config"]["mean"] == [0.0, 0.0, 0.0] and saved["data_config"]["std"] == [1.0, 1.0, 1.0]
     again = _pixels({"arch": "resnet18", "weights": tmp_path / "z" / "model.pt"}, root / "if")
     torch.testing.assert_close(again, zoo)
+
+
+def test_readme_timm_block(root: Path, tmp_path: Path) -> None:
+    """The README's own-model block for timm, line by line, on the files it names."""
+    import shutil
+
+    from tests.helpers import run_readme_block
+
+    shutil.copytree(root / "if", tmp_path / "data")
+    shutil.copy(root / "w_if.pt", tmp_path / "weights.pt")
+    done = run_readme_block("timm", tmp_path)
+    assert len(done) == 3
+    assert "accuracy" in done[0].stdout
+    assert "verdict:" in done[1].stdout and (tmp_path / "pruned" / "report.json").is_file()
+    assert done[2].stdout.strip() == "['circle', 'square', 'triangle'] (3, 32, 32)"
