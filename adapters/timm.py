@@ -32,7 +32,10 @@ from .registry import register
 SAVE_FORMAT = "tpunlearn-timm/1"
 ZOO_FORMAT = "tpunlearn-zoo/1"  # the zoo's own checkpoints of timm models (scripts/train_zoo.py)
 _FORMATS = (SAVE_FORMAT, ZOO_FORMAT)
-_DESCRIBING = ("input_size", "imgsz", "task", "class_names")  # options that describe the model, not build it
+_DATA_KEYS = ("mean", "std", "interpolation", "crop_pct", "crop_mode")  # timm's data config, as options too
+_DESCRIBING = ("input_size", "imgsz", "task", "class_names", *_DATA_KEYS)  # options that describe, not build
+# the zoo trains on [0, 1] images, unnormalised and uncropped (scripts/zoo_glyphs.py's timm transforms)
+ZOO_DATA_CONFIG = {"mean": [0.0], "std": [1.0], "interpolation": "bilinear", "crop_pct": 1.0}
 
 
 @register
@@ -76,13 +79,29 @@ class TimmAdapter(Adapter):
             state.state = _state_of(ckpt)
             if state.state is None:
                 raise WeightsError(f"{state.weights} holds no state dict")
+            if state.zoo is None and "in_chans" not in explicit:
+                state.kwargs["in_chans"] = _stem_chans(state.builder, state.kwargs, state.state)
             if state.zoo is None and "num_classes" not in explicit:
                 state.kwargs["num_classes"] = _head_classes(state.builder, state.kwargs, state.state)
         state.class_names = state.options.get("class_names") or state.class_names
         state.task = state.options.get("task") or state.task
         state.input_size = as_size(state.options.get("input_size")) or state.input_size
+        if state.input_size is not None and saved is None:  # the channels are the model's (a state dict's stem)
+            state.input_size = (int(state.kwargs.get("in_chans", 3)), *state.input_size[1:])
         if state.input_size is None and state.zoo is not None:
             state.input_size = as_size(state.zoo.input_size)
+        self._reconcile_data_config(state, saved)
+
+    def _reconcile_data_config(self, state: BuildState, saved: dict[str, Any] | None) -> None:
+        """The input normalisation the model was trained with: the zoo's ([0, 1]), a tpunlearn
+        checkpoint's record, over them the caller's ``mean``/``std``/... (None: timm's pretrained cfg)."""
+        config: dict[str, Any] = {}
+        if state.zoo is not None or (saved is not None and saved.get("format") == ZOO_FORMAT):
+            config.update(ZOO_DATA_CONFIG)
+        if saved is not None and isinstance(saved.get("data_config"), dict):
+            config.update({k: v for k, v in saved["data_config"].items() if k in _DATA_KEYS})
+        config.update({k: state.options[k] for k in _DATA_KEYS if k in state.options})
+        state.extra["data_config"] = config or None
 
     def _reconcile_saved(self, state: BuildState, saved: dict[str, Any], explicit: dict[str, Any]) -> None:
         """A tpunlearn checkpoint describes itself; it must be the named architecture (and zoo entry)."""
@@ -178,6 +197,7 @@ class TimmAdapter(Adapter):
         if not info.extra.get("own_task"):
             info.task = found.task
         info.extra["data_split"] = found.describe()
+        info.extra["data_present"] = found.present("train")
         return info
 
     def evaluate(self, model: nn.Module, info: ModelInfo, spec: str | None, **kw: Any) -> Evaluation:
@@ -210,7 +230,10 @@ class TimmAdapter(Adapter):
         train = _train_split(info, spec, "run --mia on")
         holds = _labels(train)[:, [int(t) for t in forget]].sum(1) > 0
         if not holds.any():
-            raise DataError("no training sample holds the forget target(s)")
+            present = info.extra.get("data_present")
+            found = f"; classes it holds: {_listed(present)}" if present is not None else ""
+            raise DataError(f"no training sample of {spec or 'the default data'} holds "
+                            f"{', '.join(repr(info.class_names[int(t)]) for t in forget)}{found}")
         test = (_read(info, str(spec)).split("test") if _is_user_data(spec)
                 else data.digitscenes("test", size=info.input_size[-1]))
         return (data.loader(Subset(train, (~holds).nonzero().flatten().tolist()), batch_size=128),
@@ -237,6 +260,7 @@ class TimmAdapter(Adapter):
             "history": info.extra.get("history", []),
             "class_names": list(info.class_names),
             "task": info.task,
+            "data_config": data_config(info),  # the normalisation it was scored and evaluated with
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},  # loads anywhere
         }
         save_torch(payload, path)
@@ -255,6 +279,12 @@ def _state_of(ckpt: Any) -> Any:
         return None
     return {(k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k): v
             for k, v in inner.items()}
+
+
+def _listed(names: Sequence[str], most: int = 12) -> str:
+    """``a, b, c`` (the first ``most``, then how many in all)."""
+    more = f", ... ({len(names)} in all)" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def _size_from_imgsz(imgsz: int | Sequence[int], channels: int) -> tuple[int, int, int]:
@@ -299,23 +329,46 @@ def _is_user_data(spec: str | None) -> bool:
 _READ: dict[tuple[Any, ...], Any] = {}  # (spec, timm name, input size) -> ClassData: one read per process
 
 
-def _transform(info: ModelInfo) -> Any:
-    """timm's eval transform for the model's architecture at its recorded input size."""
+def data_config(info: ModelInfo) -> dict[str, Any]:
+    """timm's data config for the model (``resolve_data_config``): its recorded input size and
+    normalisation (``info.extra["data_config"]``), the rest from the architecture's pretrained cfg;
+    a one-channel model's mean and std are the channel mean of a three-channel cfg's."""
     import timm
-    from timm.data import create_transform, resolve_data_config
+    from timm.data import resolve_data_config
 
     name = str(info.extra.get("timm_name", info.arch))
     cfg = timm.models.get_pretrained_cfg(name)
-    config = resolve_data_config(args={"input_size": tuple(info.input_size)},
-                                 pretrained_cfg=cfg.to_dict() if cfg is not None else None)
-    return create_transform(**config, is_training=False)
+    args = {"input_size": tuple(info.input_size), **(info.extra.get("data_config") or {})}
+    config = resolve_data_config(args=args, pretrained_cfg=cfg.to_dict() if cfg is not None else None)
+    channels = int(info.input_size[0])
+    for key in ("mean", "std"):
+        values = [float(v) for v in config[key]]
+        if len(values) != channels:
+            values = [sum(values) / len(values)] * channels
+        config[key] = values
+    config["input_size"] = [int(v) for v in config["input_size"]]
+    return config
+
+
+def _transform(info: ModelInfo) -> Any:
+    """timm's eval transform for the model's data config; images are read as one channel
+    (grayscale) for a one-channel model, else as RGB."""
+    from timm.data import create_transform
+    from torchvision import transforms
+
+    config = data_config(info)
+    timm_transform = create_transform(**{**config, "input_size": tuple(config["input_size"])}, is_training=False)
+    if int(info.input_size[0]) == 1:
+        return transforms.Compose([transforms.Grayscale(num_output_channels=1), timm_transform])
+    return timm_transform
 
 
 def _read(info: ModelInfo, spec: str) -> Any:
     """The user's data ``spec`` (:func:`tpunlearn.data.specs.read_classification`), read once."""
     from tpunlearn.data.specs import read_classification
 
-    key = (str(spec), info.extra.get("timm_name", info.arch), tuple(info.input_size))
+    key = (str(spec), info.extra.get("timm_name", info.arch), tuple(info.input_size),
+           repr(info.extra.get("data_config")))
     if key not in _READ:
         _READ[key] = read_classification(str(spec), _transform(info), size=info.input_size[-1])
     return _READ[key]
@@ -363,4 +416,21 @@ def _head_classes(name: str, kwargs: dict[str, Any], state: Any) -> int:
             weight = state.get(f"{mod_name}.weight")
             if isinstance(weight, torch.Tensor) and weight.ndim >= 1:
                 return int(weight.shape[0])
+    return default
+
+
+def _stem_chans(name: str, kwargs: dict[str, Any], state: Any) -> int:
+    """The input channels of a plain state dict's stem (a grayscale model's 1), ``kwargs``' own else:
+    the first convolution that reads the image, looked up in the state dict."""
+    import timm
+
+    default = int(kwargs.get("in_chans", 3))
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    for mod_name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == default and isinstance(state, dict):
+            weight = state.get(f"{mod_name}.weight")
+            if isinstance(weight, torch.Tensor) and weight.ndim == 4:
+                return int(weight.shape[1]) * module.groups
+            break
     return default

@@ -14,7 +14,8 @@ __version__ = "0.1.0"
 _SUBMODULES = {"adapters", "api", "auto", "cache", "data", "distributed", "errors", "evaluate", "export", "graph", "io",
                "layers", "models", "plan", "privacy", "repair", "report", "safeload", "scoring", "settings", "targets",
                "torchutils", "zoo"}
-_NAMES = {"unlearn": "api", "UnlearnResult": "api", "UnlearnSettings": "settings"}  # name -> the submodule holding it
+# name -> the submodule holding it
+_NAMES = {"unlearn": "api", "load": "api", "UnlearnResult": "api", "UnlearnSettings": "settings"}
 
 
 def __getattr__(name: str) -> Any:

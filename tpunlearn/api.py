@@ -12,6 +12,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -342,3 +343,16 @@ def _check_cached(scores: ChannelScores, model: nn.Module, layers: list[str], ta
         raise PlanError(f"the cached scores hold no target(s) {missing}")
     return scores.subset(layers)
 
+
+
+def load(path: str | Path, trust_checkpoint: bool = False) -> tuple[nn.Module, Any]:
+    """Load back any model tpunlearn saved (``prune``'s ``model.pt``, of every family, or a zoo file):
+    ``model, info = tu.load("out/model.pt")``, the pruned module in eval mode and its
+    :class:`~tpunlearn.adapters.base.ModelInfo` (class names, input size, task).
+
+    The checkpoint loads safely (``trust_checkpoint`` as for the CLI); see
+    :func:`tpunlearn.models.load`.
+    """
+    from tpunlearn.models import load as load_saved
+
+    return load_saved(path, trust_checkpoint=trust_checkpoint)

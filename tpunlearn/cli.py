@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tpunlearn.errors import TpunlearnError, TrustedCheckpointWarning, UsageError
+from tpunlearn.errors import DataError, TpunlearnError, TrustedCheckpointWarning, UsageError
 from tpunlearn.settings import CLI_FLAGS, COUPLED, DEFAULTS, MODES, UnlearnSettings, check_device
 
 DEBUG_ENV = "TPUNLEARN_DEBUG"  # set to 1 to see the traceback of an unexpected error
@@ -364,10 +364,14 @@ def resolve_targets(names: Sequence[str], class_names: Sequence[str]) -> list[in
         elif name.isdigit() and int(name) < len(class_names):
             out.append(int(name))
         else:
-            more = f", ... ({len(class_names)} in all)" if len(class_names) > 12 else ""
-            shown = ", ".join(class_names[:12]) + more
-            raise UsageError(f"unknown target {name!r}; valid: {shown}")
+            raise UsageError(f"unknown target {name!r}; valid: {_listed(class_names)}")
     return out
+
+
+def _listed(names: Sequence[str], most: int = 12) -> str:
+    """``a, b, c`` (the first ``most``, then how many in all), for one-line errors."""
+    more = f", ... ({len(names)} in all)" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
@@ -418,6 +422,8 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
         report["auto"] = auto
         if "try" in report["outcome"]:  # the search ran: what is left to try is the rest
             report["outcome"]["try"] = [t for t in report["outcome"]["try"] if t != "--auto"]
+    if "data_split" in info.extra:  # the user's data: its format, splits and how the validation split was made
+        report["data"] = info.extra["data_split"]
     if repaired is not None:
         report["repair"] = repaired
     # a pruned checkpoint carries its own history: the new pruning replays after it
@@ -492,8 +498,13 @@ def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samp
         values = result.primary_values()
         return {info.class_names.index(k): v for k, v in values.items() if k in info.class_names}
 
+    baseline = evaluate(model)
+    unjudged = [info.class_names[t] for t in forget if t not in baseline]
+    if unjudged:
+        raise DataError(f"--auto judges forgetting on the validation split, and it holds no instance of "
+                        f"{', '.join(unjudged)}; classes it holds: {_listed([info.class_names[t] for t in baseline])}")
     space = adapter.auto_space
-    found = auto_unlearn(model, samples, forget, evaluate, forget_bound=args.auto_bound,
+    found = auto_unlearn(model, samples, forget, evaluate, baseline=baseline, forget_bound=args.auto_bound,
                          retain_budget=args.auto_budget, sigmas=args.auto_sigmas or space.get("sigmas", SIGMAS),
                          deltas=args.auto_deltas or space.get("deltas", DELTAS), **common)
     for row in found.tried:
@@ -563,9 +574,9 @@ def _named_targets(info: Any, spec: str | None, forget: Sequence[int] = (), samp
         where = f"--data {spec}" if spec else "the model's default data"
         retained = [repr(info.class_names[t]) for t in exc.targets if t not in forget]
         hint = f" (or leave {', '.join(retained)} out of --retain)" if retained else ""
-        held = [info.class_names[t] for t in exc.found] or _classes_found(samples)
-        shown = ", ".join(held[:40]) + (f", ... ({len(held)} in all)" if len(held) > 40 else "")
-        holds = f"; its labels hold {shown}" if held else ""
+        held = ([info.class_names[t] for t in exc.found] or list(info.extra.get("data_present") or [])
+                or _classes_found(samples))
+        holds = f"; its labels hold {_listed(held, most=40)}" if held else ""
         raise DataError(f"no sample in {where} holds target(s) {names}{holds}: cannot score them; pass --data "
                         f"with instances of them{hint}") from None
 
@@ -761,6 +772,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(f"({evaluation.primary} at {_operating_point(evaluation.operating_point)}"
           + "".join(f"; {k} {v:.3f}" for k, v in evaluation.summary.items()) + ")")
     result: dict[str, Any] = {"arch": args.arch, "name": evaluation.primary, "metrics": evaluation.to_dict()}
+    if "data_split" in info.extra:
+        result["data"] = info.extra["data_split"]
     if args.mia:
         from tpunlearn.privacy import mia_score
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["adapter_for", "load_model"]
+__all__ = ["adapter_for", "load", "load_model"]
 
 
 def adapter_for(arch: str) -> Any:
@@ -32,3 +32,32 @@ def load_model(arch: str, weights: str | Path | None = None, trust_checkpoint: b
     adapter = adapter_for(arch)
     model, info = adapter.build(arch, weights, trust_checkpoint=trust_checkpoint, **options)
     return adapter, model, info
+
+
+def load(path: str | Path, trust_checkpoint: bool = False) -> tuple[Any, Any]:
+    """``(model, info)`` rebuilt from any checkpoint tpunlearn saved, of every family, in eval mode.
+
+    The file names its own architecture: an ultralytics checkpoint its model (``yolov5*``, a
+    ``yolo train`` run's ``best.pt``), a ``tpunlearn-*`` checkpoint (``prune``'s ``model.pt``, a
+    zoo file) its ``timm_name`` or ``arch``; the family's adapter then replays the pruning history
+    and loads the weights. A file that names no architecture (a plain state dict) is a
+    :class:`~tpunlearn.errors.WeightsError` that says to build it with :func:`load_model`.
+    """
+    from tpunlearn import adapters
+    from tpunlearn.errors import WeightsError
+    from tpunlearn.safeload import describe_checkpoint, load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"no such checkpoint: {path}")
+    detector = adapters.get("yolov5")
+    if detector.handles(str(path)):  # an ultralytics checkpoint: its pickled model is the architecture
+        return detector.build(str(path), trust_checkpoint=trust_checkpoint)
+    ckpt = load_checkpoint(path, trust=trust_checkpoint)
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    arch = (ckpt.get("timm_name") or ckpt.get("arch")) if isinstance(fmt, str) and fmt.startswith("tpunlearn-") \
+        else None
+    if not isinstance(arch, str):
+        raise WeightsError(f"{path} is {describe_checkpoint(ckpt)}, which names no architecture; build it with "
+                           "tpunlearn.models.load_model(ARCH, weights=path) (or `--arch ARCH --weights PATH`)")
+    return adapter_for(arch).build(arch, path, trust_checkpoint=trust_checkpoint)

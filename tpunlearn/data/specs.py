@@ -49,10 +49,19 @@ class ClassData:
         raise DataError(f"--data {self.source} has no {name!r} split (it has {', '.join(self.splits)})")
 
     def describe(self) -> dict[str, Any]:
-        """JSON-ready: format, task, classes, split sizes and the held-out rule (if any)."""
+        """JSON-ready: format, task, classes, split sizes, which split each step reads
+        (scoring and repair: train; ``--auto``: val; evaluation: test, else val) and the held-out
+        rule (None when the validation split is the data's own)."""
         return {"format": self.format, "source": self.source, "task": self.task, "classes": len(self.class_names),
                 "splits": {k: len(v) for k, v in self.splits.items()},  # type: ignore[arg-type]
+                "used": {"scoring": "train", "validation": "val", "evaluation": "test" if "test" in self.splits
+                         else "val"},
                 "holdout": self.holdout}
+
+    def present(self, split: str = "train") -> list[str]:
+        """The classes with at least one labelled image in ``split`` (read from the labels, no image opened)."""
+        counts = labels_of(self.split(split)).sum(0)
+        return [name for name, n in zip(self.class_names, counts.tolist(), strict=True) if n > 0]
 
 
 def labels_of(dataset: Dataset) -> torch.Tensor:
