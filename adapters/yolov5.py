@@ -42,7 +42,7 @@ import functools
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -237,7 +237,8 @@ class YOLOv5Adapter(Adapter):
         logit), weighted by sigmoid score as ultralytics reads it at a confidence threshold."""
         head = uio.detect_head(model)
         names = dict((id(m), n) for n, m in model.named_modules())
-        return Calibration(layers=tuple(names[id(branch[-1])] for branch in head.cv3), weighting="sigmoid")
+        return Calibration(layers=tuple(names[id(cast(nn.Sequential, branch)[-1])] for branch in head.cv3),
+                           weighting="sigmoid")
 
     def onnx_metadata(self, model: nn.Module, info: ModelInfo) -> dict[str, Any]:
         """ultralytics' own export metadata (names, imgsz, stride, task, ...) so that

@@ -89,7 +89,7 @@ def calibrate(original: nn.Module, pruned: nn.Module, samples: Iterable[Any], sp
             "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def _output_layer(model: nn.Module, name: str) -> nn.Module:
+def _output_layer(model: nn.Module, name: str) -> nn.Linear | nn.Conv2d:
     try:
         layer = model.get_submodule(name)
     except AttributeError:
@@ -163,13 +163,14 @@ def _subsample(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, max_rows: int,
     return x[idx], y[idx], w[idx]
 
 
-def _refit(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, keep: list[int],
+def _refit(layer: nn.Linear | nn.Conv2d, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, keep: list[int],
            ridge: float) -> None:
     """Weighted ridge regression of ``y`` (N, T) on ``[x, 1]``, one solve per target, toward the
     layer's own rows; written into the rows ``keep`` of the layer's weight and bias."""
-    weight = layer.weight
+    weight: torch.Tensor = layer.weight
+    layer_bias: torch.Tensor | None = layer.bias
     w2d = weight.detach().reshape(weight.shape[0], -1).double()
-    bias = layer.bias.detach().double() if layer.bias is not None else None
+    bias = layer_bias.detach().double() if layer_bias is not None else None
     x1 = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1) if bias is not None else x.double()
     y, w = y.double(), w.double()
     new_rows = []
@@ -181,8 +182,8 @@ def _refit(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, 
         new_rows.append(torch.linalg.solve(a + lam * torch.eye(a.shape[0], dtype=a.dtype), b))
     with torch.no_grad():
         for t, row in zip(keep, new_rows, strict=True):
-            if bias is not None:
+            if layer_bias is not None:
                 weight[t].copy_(row[:-1].reshape(weight[t].shape).to(weight.dtype))
-                layer.bias[t] = row[-1].to(weight.dtype)
+                layer_bias[t] = row[-1].to(weight.dtype)
             else:
                 weight[t].copy_(row.reshape(weight[t].shape).to(weight.dtype))

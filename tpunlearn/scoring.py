@@ -386,7 +386,7 @@ def _score_batch(model: nn.Module, images: torch.Tensor, chosen: _Choice, mine: 
         output = model((images if whole else images[mine]).to(device))
         feat_list = [feats[layer] for layer in layers]
         for i, group in enumerate(passes):
-            y = sum(targets[t](output, select.to(device)) for t, select, _ in group)
+            y = torch.stack([targets[t](output, select.to(device)) for t, select, _ in group]).sum()
             grads = torch.autograd.grad(y, feat_list, retain_graph=i < len(passes) - 1, allow_unused=True)
             for t, select, ordinals in group:
                 pool.add(t, [_per_instance(g, f, select.to(device), method)
