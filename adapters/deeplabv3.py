@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tpunlearn.calibrate import Calibration
 from tpunlearn.data.voc import IGNORE_INDEX, VOC_CLASSES, MaskBatches, MaskFilter, mask_batches, voc_class_names
 from tpunlearn.errors import DataError, UsageError, WeightsError
 from tpunlearn.evaluate import Evaluation
@@ -183,6 +184,12 @@ class DeepLabV3Adapter(Adapter):
         convs = [m for m in head.children() if isinstance(m, nn.Conv2d)]
         aux = getattr(model, "aux_classifier", None)
         return [*convs[-2:], *([aux] if isinstance(aux, nn.Module) else [])]
+
+    def calibration(self, model: nn.Module, info: ModelInfo) -> Calibration | None:
+        """The DeepLabHead's final 1x1 conv (channel ``c`` is class ``c``'s pixel logit), every pixel
+        weighted alike (the prediction is an argmax over classes)."""
+        convs = [n for n, m in model.named_modules() if n.startswith("classifier.") and isinstance(m, nn.Conv2d)]
+        return Calibration(layers=(convs[-1],), weighting="uniform") if convs else None
 
     def output_transform(self, output: Any) -> torch.Tensor:
         """``output["out"]``; with an ``aux`` output, ``out + 0 * aux`` outside exports.

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tpunlearn.calibrate import Calibration
 from tpunlearn.errors import DataError, UsageError, WeightsError
 from tpunlearn.evaluate import Evaluation
 from tpunlearn.targets import ClassLogit, Target
@@ -199,6 +200,16 @@ class TimmAdapter(Adapter):
         info.extra["data_split"] = found.describe()
         info.extra["data_present"] = found.present("train")
         return info
+
+    def calibration(self, model: nn.Module, info: ModelInfo) -> Calibration | None:
+        """timm's classifier (``get_classifier()``) when it is a Linear or a 1x1 conv: sigmoid-weighted
+        for multi-label models, every image alike for multi-class ones."""
+        get = getattr(model, "get_classifier", None)
+        head = get() if callable(get) else None
+        names = {id(m): n for n, m in model.named_modules()}
+        if not isinstance(head, (nn.Linear, nn.Conv2d)) or id(head) not in names:
+            return None
+        return Calibration(layers=(names[id(head)],), weighting="sigmoid" if info.task == "multilabel" else "uniform")
 
     def evaluate(self, model: nn.Module, info: ModelInfo, spec: str | None, **kw: Any) -> Evaluation:
         """Per-class recall and precision at the model's decision rule (and AP for multi-label) on
