@@ -7,8 +7,14 @@ targets, the benchmark runs, exactly as a user would::
 
     tpunlearn prune --arch MODEL --forget NAME --eval --out DIR
 
-and reads the ``--eval`` metrics from ``DIR/report.json`` (the model's own test split).
-Every setting is the library's or the model family's default. Goals (issue 12, part 4):
+and reads the ``--eval`` metrics from ``DIR/report.json``. Every setting is the library's or
+the model family's default. The DigitScenes models read their own data (``digits``: scoring
+on the train split, evaluation on the 1000 test scenes). The adapters know no ``glyphs``
+spec, so the GlyphScenes models get their data as a user's files, written once per run:
+``--data tags.csv`` (1000 train scenes, and the 1000 test scenes as its ``test`` split) for
+the classifier, ``--data data.yaml`` (512 train scenes, and the 1000 test scenes as its
+``val`` folder, which the yolov5 family evaluates) for the detector. ``--data`` is the data,
+not a setting. Goals (issue 12, part 4):
 
 * classification: forget recall <= 2 %, worst retained recall drop <= 2 points;
 * detection: forget recall at conf 0.25 <= 2 %, every retained class's recall at conf 0.25
@@ -33,22 +39,37 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# model -> (task, forget targets): spread over each model's classes (glyphs: two shapes, two letters)
-MODELS: dict[str, tuple[str, list[str]]] = {
-    "digitscenes-resnet": ("classification", ["3", "8", "1", "6"]),
-    "glyphscenes-mobilenet": ("classification", ["star", "R", "circle", "W"]),
-    "digitscenes-yolov5": ("detection", ["3", "8", "1", "6"]),
-    "glyphscenes-yolov5": ("detection", ["star", "R", "circle", "W"]),
+# model -> (task, forget targets, data): targets spread over the classes (glyphs: two shapes, two letters);
+# data None: the model's own (digits), else the GlyphScenes files written by glyph_data()
+MODELS: dict[str, tuple[str, list[str], str | None]] = {
+    "digitscenes-resnet": ("classification", ["3", "8", "1", "6"], None),
+    "glyphscenes-mobilenet": ("classification", ["star", "R", "circle", "W"], "tags"),
+    "digitscenes-yolov5": ("detection", ["3", "8", "1", "6"], None),
+    "glyphscenes-yolov5": ("detection", ["star", "R", "circle", "W"], "yolo"),
 }
+SCENES = {"tags": {"train": 1000, "test": 1000}, "yolo": {"train": 512, "test": 1000}}
 GOALS = {"classification": {"forget": 0.02, "drop": 0.02}, "detection": {"forget": 0.02, "drop": 0.03}}
 REPAIR = "issue 13's repair (fine-tuning/calibration after pruning)"
 
 
-def prune(model: str, target: str, workdir: Path) -> dict[str, Any]:
-    """One ``tpunlearn prune --arch model --forget target --eval`` run; its report.json."""
+def glyph_data(kind: str, root: Path) -> Path:
+    """GlyphScenes (seed 0, 64 px) as a user's files: a tags CSV or an ultralytics dataset YAML."""
+    from tpunlearn.data.glyphscenes import GlyphScenes
+    from tpunlearn.data.writers import write_tags_csv, write_yolo_dataset
+
+    n = SCENES[kind]
+    if kind == "tags":
+        return write_tags_csv(root / "tags", {s: GlyphScenes(s, n_scenes=k) for s, k in n.items()})
+    # the yolov5 family evaluates a YAML's val split: it holds GlyphScenes' test scenes
+    return write_yolo_dataset(root / "yolo", {"train": GlyphScenes("train", n_scenes=n["train"]),
+                                              "val": GlyphScenes("test", n_scenes=n["test"])})
+
+
+def prune(model: str, target: str, workdir: Path, data: Path | None) -> dict[str, Any]:
+    """One ``tpunlearn prune --arch model --forget target --eval [--data data]`` run; its report.json."""
     out = workdir / f"{model}-{target}"
     cmd = [str(Path(sys.executable).with_name("tpunlearn")), "prune", "--arch", model, "--forget", target,
-           "--eval", "--out", str(out)]
+           *(["--data", str(data)] if data else []), "--eval", "--out", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "YOLO_OFFLINE": "1"}
     t0 = time.time()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -88,7 +109,9 @@ def markdown(rows: list[dict[str, Any]], quick: bool) -> str:
     """The per-target tables and a plain met / not met statement per model."""
     lines = ["# Defaults beyond DigitScenes: `tpunlearn prune --arch MODEL --forget NAME --eval`", "",
              "No flag beyond `--forget`: every setting is the library's or the model family's default. Metrics from "
-             "`--eval` (each model's own test split). Goals: classification forget recall <= 2 %, worst retained "
+             "`--eval` on the test scenes: the DigitScenes models read their own data (`digits`); the GlyphScenes "
+             "models get GlyphScenes as a user's files (`--data tags.csv`, `--data data.yaml`; the adapters know "
+             "no `glyphs` spec), 1000 test scenes. Goals: classification forget recall <= 2 %, worst retained "
              "drop <= 2 points; detection forget recall at conf 0.25 <= 2 %, every retained class's recall at conf "
              "0.25 within 3 points." + (" Quick run (2 targets per model)." if quick else ""), ""]
     for model in dict.fromkeys(r["model"] for r in rows):
@@ -122,10 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="tpunlearn-bench-defaults-") as tmp:
+        files: dict[str, Path] = {}
         for model in args.models:
-            task, targets = MODELS[model]
+            task, targets, kind = MODELS[model]
+            if kind and kind not in files:
+                files[kind] = glyph_data(kind, Path(tmp))
             for target in targets[:2] if args.quick else targets:
-                r = row(model, task, target, prune(model, target, Path(tmp)))
+                r = row(model, task, target, prune(model, target, Path(tmp), files.get(kind) if kind else None))
+                r["data"] = f"GlyphScenes as {files[kind].name} {SCENES[kind]}" if kind else "the model's own (digits)"
                 print(f"{model:22s} forget {target:7s} recall {r['forget_recall_before']:.3f} -> "
                       f"{r['forget_recall_after']:.3f}; worst retained {r['worst_retained']} drop "
                       f"{r['worst_drop']:.3f}; {len(r['retained_beyond_goal'])} beyond goal; "

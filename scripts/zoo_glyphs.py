@@ -47,23 +47,28 @@ class _PilScenes(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(pixels)), self.scenes.multi_hot[i]
 
 
-def _timm_transforms(size: int) -> tuple[Any, Any]:
-    """timm's train and eval transforms, without normalisation (the adapter feeds [0, 1] images)."""
-    from timm.data import create_transform
+def _timm_transforms(arch: str, size: int) -> tuple[Any, Any]:
+    """timm's train and eval transforms from the architecture's data config at ``size`` (its mean, std,
+    interpolation and crop_pct): the eval one is what the timm adapter builds for a user's ``--data``."""
+    import timm
+    from timm.data import create_transform, resolve_data_config
 
-    common = dict(input_size=(3, size, size), interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    cfg = timm.models.get_pretrained_cfg(arch)
+    config = resolve_data_config(args={"input_size": (3, size, size)},
+                                 pretrained_cfg=cfg.to_dict() if cfg is not None else None)
+    common = {k: config[k] for k in ("input_size", "interpolation", "mean", "std")}
     # fixed RandAugment magnitude: with mstd a level-10 draw asks PIL to posterize to 0 bits, which it refuses
     train = create_transform(**common, is_training=True, scale=(0.8, 1.0), ratio=(0.9, 1.1), hflip=0.0,
                              auto_augment="rand-m5-n1", re_prob=0.0)
-    return train, create_transform(**common, is_training=False, crop_pct=1.0)
+    return train, create_transform(**config, is_training=False)
 
 
 @torch.no_grad()
-def _multilabel_test(model: torch.nn.Module, test: GlyphScenes) -> tuple[torch.Tensor, torch.Tensor]:
+def _multilabel_test(model: torch.nn.Module, scenes: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class recall and precision (logit > 0) on ``scenes`` (a :class:`_PilScenes`)."""
     from tpunlearn.evaluate import multilabel_precision, multilabel_recall, predict_multilabel
 
-    images, labels = test.tensors()
-    batches = [(images[i:i + 250], labels[i:i + 250]) for i in range(0, len(images), 250)]
+    batches = torch.utils.data.DataLoader(scenes, batch_size=250, num_workers=0)
     logits, labels = predict_multilabel(model, batches)
     return multilabel_recall(logits, labels), multilabel_precision(logits, labels)
 
@@ -75,7 +80,7 @@ def _pos_weight(train: GlyphScenes) -> torch.Tensor:
     return ((len(train) - pos) / pos).clamp(max=20.0)
 
 
-def _fit_multilabel(model: torch.nn.Module, ema: Any, loader: Any, val: GlyphScenes, epochs: int, lr: float,
+def _fit_multilabel(model: torch.nn.Module, ema: Any, loader: Any, val: Any, epochs: int, lr: float,
                     loss_fn: Any) -> None:
     """timm's optimizer and cosine schedule (1-epoch warm-up); the EMA follows every step; val per epoch."""
     from timm.optim import create_optimizer_v2
@@ -118,9 +123,10 @@ def train_glyphscenes_mobilenet(name: str, epochs: int, seed: int, n_train: int,
     e = zoo.entry(name)
     size = e.input_size[-1]
     t0 = time.time()
-    train_tf, _ = _timm_transforms(size)
+    train_tf, eval_tf = _timm_transforms(e.arch, size)
     train = GlyphScenes("train", size=size, n_scenes=n_train, seed=seed)
-    val, test = GlyphScenes("val", size=size, n_scenes=500), GlyphScenes("test", size=size)
+    val = _PilScenes(GlyphScenes("val", size=size, n_scenes=500), eval_tf)
+    test = _PilScenes(GlyphScenes("test", size=size), eval_tf)
     loader = torch.utils.data.DataLoader(_PilScenes(train, train_tf), batch_size=batch_size, shuffle=True,
                                          num_workers=0, generator=torch.Generator().manual_seed(seed), drop_last=True)
     print(f"data: {len(train)} train / {len(test)} test scenes in {time.time() - t0:.1f}s", flush=True)
@@ -138,7 +144,8 @@ def train_glyphscenes_mobilenet(name: str, epochs: int, seed: int, n_train: int,
           f"{float(recall.mean()):.4f}; precision min {float(precision.min()):.4f}; {seconds:.0f}s")
     return zoo.checkpoint(name, shipped, {
         "data": "GlyphScenes", "epochs": epochs, "seed": seed, "lr": lr, "batch_size": batch_size,
-        "recipe": "timm: create_transform (RandomResizedCrop 0.8-1, rand-m5-n1, no flip, no erasing), "
+        "recipe": "timm: create_transform from resolve_data_config (ImageNet mean/std, crop_pct 0.875 at eval; "
+                  "train: RandomResizedCrop 0.8-1, rand-m5-n1, no flip, no erasing), "
                   "create_optimizer_v2 adamw wd 0.05, CosineLRScheduler 1-epoch warm-up, timm BinaryCrossEntropy "
                   f"with pos_weight (negatives per positive, mean {float(pos_weight.mean()):.1f}), "
                   f"ModelEmaV3 {EMA_DECAY} with warm-up; shipped: {kept} weights (better val worst-class recall)",
