@@ -141,7 +141,8 @@ def markdown(rows: list[dict[str, Any]], quick: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="2 forget targets per model (smoke run)")
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
+                   help="only these models; the other models' rows of an earlier results file are kept")
     args = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="tpunlearn-bench-defaults-") as tmp:
@@ -160,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(r)
     stem = "defaults_quick" if args.quick else "defaults"
     RESULTS.mkdir(exist_ok=True)
+    previous = RESULTS / f"{stem}.json"
+    if set(args.models) != set(MODELS) and previous.is_file():  # a partial run updates its models' rows only
+        kept = [r for r in json.loads(previous.read_text())["rows"] if r["model"] not in args.models]
+        rows = sorted(kept + rows, key=lambda r: (list(MODELS).index(r["model"]),
+                                                  MODELS[r["model"]][1].index(r["forget"])))
     summary = {"goals": GOALS, "models": {m: {"met": sum(r["met"] for r in rows if r["model"] == m),
                                               "targets": sum(r["model"] == m for r in rows)}
                                           for m in dict.fromkeys(r["model"] for r in rows)}}
