@@ -12,9 +12,9 @@ the model family's default. The DigitScenes models read their own data (``digits
 on the train split, evaluation on the 1000 test scenes). The adapters know no ``glyphs``
 spec, so the GlyphScenes models get their data as a user's files, written once per run:
 ``--data tags.csv`` (1000 train scenes, and the 1000 test scenes as its ``test`` split) for
-the classifier, ``--data data.yaml`` (512 train scenes, and the 1000 test scenes as its
-``val`` folder, which the yolov5 family evaluates) for the detector. ``--data`` is the data,
-not a setting. Goals (issue 12, part 4):
+the classifier, ``--data data.yaml`` (512 train scenes,
+and the 1000 test scenes as its ``val`` folder, which the yolov5 family evaluates) for the
+detector. ``--data`` is the data, not a setting. Goals (issue 12, part 4):
 
 * classification: forget recall <= 2 %, worst retained recall drop <= 2 points;
 * detection: forget recall at conf 0.25 <= 2 %, every retained class's recall at conf 0.25
@@ -23,6 +23,7 @@ not a setting. Goals (issue 12, part 4):
 
     python benchmarks/bench_defaults.py            # 4 models x 4 targets (~20 min on 1 core)
     python benchmarks/bench_defaults.py --quick    # 2 targets per model (smoke run)
+    python benchmarks/bench_defaults.py --models glyphscenes-mobilenet   # add one model's rows
 
 Writes benchmarks/results/defaults{,_quick}.{json,md}; the last line printed is the JSON summary.
 """
@@ -50,10 +51,47 @@ MODELS: dict[str, tuple[str, list[str], str | None]] = {
 SCENES = {"tags": {"train": 1000, "test": 1000}, "yolo": {"train": 512, "test": 1000}}
 GOALS = {"classification": {"forget": 0.02, "drop": 0.02}, "detection": {"forget": 0.02, "drop": 0.03}}
 REPAIR = "issue 13's repair (fine-tuning/calibration after pruning)"
+FINDINGS = """## Findings
+
+* **Classification, DigitScenes: met** on all 4 targets with the library defaults (sigma 4, delta 0.05,
+  tolerance 0): forget recall 0, worst retained drop <= 0.44 points.
+* **Classification, GlyphScenes: not measured.** `glyphscenes-mobilenet` has no checkpoint: timm's recipe
+  (multi-label, and the multi-class fallback on one-glyph scenes) did not learn GlyphScenes in the CPU time
+  this run had (scripts/zoo_glyphs.py says what was measured). Its rows come when a trained checkpoint does
+  (`python benchmarks/bench_defaults.py --models glyphscenes-mobilenet` adds them).
+* **Detection: not met on either dataset, by pruning alone.** Every forget target's recall at conf 0.25 goes
+  to <= 0.8 %, but retained classes lose recall at conf 0.25 beyond 3 points (their scores fall below the
+  operating point; results/forget_yolov5.md shows AP50 hiding it).
+  The way is issue 13's repair (fine-tuning and calibration).
+* **The yolov5 tolerance default is now a fraction: 0.3 of the retained targets** (3 of DigitScenes' 9, 7 of
+  GlyphScenes' 23), replacing the count 5 tuned on 10 classes. Measured at sigma 12, delta 0.2 (recall at conf
+  0.25; retained mean = mean recall of the other classes):
+
+  | model | forget | count 5: forget | retained mean | beyond 3 pts | fraction 0.3: forget | retained mean | beyond |
+  |---|---|---:|---:|---:|---:|---:|---:|
+  | digitscenes-yolov5 | 3 | 0.000 | 0.189 | 9 of 9 | 0.000 | 0.924 | 2 of 9 |
+  | digitscenes-yolov5 | 8 | 0.000 | 0.144 | 9 of 9 | 0.008 | 0.884 | 6 of 9 |
+  | digitscenes-yolov5 | 1 | 0.000 | 0.406 | 8 of 9 | 0.000 | 0.867 | 7 of 9 |
+  | digitscenes-yolov5 | 6 | 0.000 | 0.240 | 9 of 9 | 0.000 | 0.714 | 7 of 9 |
+  | glyphscenes-yolov5 | star | 0.295 | 0.827 | 8 of 23 | 0.000 | 0.588 | 17 of 23 |
+  | glyphscenes-yolov5 | R | 0.240 | 0.827 | 10 of 23 | 0.000 | 0.603 | 15 of 23 |
+  | glyphscenes-yolov5 | circle | 0.000 | 0.760 | 12 of 23 | 0.000 | 0.460 | 19 of 23 |
+  | glyphscenes-yolov5 | W | 0.235 | 0.883 | 9 of 23 | 0.000 | 0.593 | 21 of 23 |
+
+  (The fraction columns are the tables above; the count-5 columns come from the same scores planned with
+  `retain_tolerance=5`. Worst retained drop at 0.3: 0.40-1.00 on both datasets.)
+
+  On DigitScenes the fraction is better on both sides (the count 5 was too loose for 9 retained digits). On
+  GlyphScenes the count 5 is too strict for 23 retained classes: 3 of 4 targets stay detected (recall
+  0.24-0.30); the fraction forgets all 4, at the cost of more retained classes below the operating point,
+  which no pruning setting swept avoids (count 3: forget recall 0.74-0.80). Neither setting meets the
+  retained goal on either dataset; the fraction is the one that meets the forget goal on both.
+"""
 
 
 def glyph_data(kind: str, root: Path) -> Path:
-    """GlyphScenes (seed 0, 64 px) as a user's files: a tags CSV or an ultralytics dataset YAML."""
+    """GlyphScenes (seed 0, 64 px) as a user's files: a tags CSV (the classifier is multi-label) or an
+    ultralytics dataset YAML."""
     from tpunlearn.data.glyphscenes import GlyphScenes
     from tpunlearn.data.writers import write_tags_csv, write_yolo_dataset
 
@@ -143,11 +181,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="2 forget targets per model (smoke run)")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
                    help="only these models; the other models' rows of an earlier results file are kept")
+    p.add_argument("--render", action="store_true", help="rewrite the markdown from the results JSON (no runs)")
     args = p.parse_args(argv)
+    stem = "defaults_quick" if args.quick else "defaults"
+    if args.render:
+        rows = json.loads((RESULTS / f"{stem}.json").read_text())["rows"]
+        (RESULTS / f"{stem}.md").write_text(markdown(rows, args.quick) + ("" if args.quick else "\n" + FINDINGS))
+        return 0
     rows = []
+    from tpunlearn import zoo
+
+    untrained = [m for m in args.models if not zoo.weights_path(m).is_file()]
+    for model in untrained:
+        print(f"{model}: no checkpoint ({zoo.weights_path(model)}); left out", flush=True)
     with tempfile.TemporaryDirectory(prefix="tpunlearn-bench-defaults-") as tmp:
         files: dict[str, Path] = {}
-        for model in args.models:
+        for model in [m for m in args.models if m not in untrained]:
             task, targets, kind = MODELS[model]
             if kind and kind not in files:
                 files[kind] = glyph_data(kind, Path(tmp))
@@ -159,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['worst_drop']:.3f}; {len(r['retained_beyond_goal'])} beyond goal; "
                       f"{'met' if r['met'] else 'not met'} ({r['wall_s']:.0f}s)", flush=True)
                 rows.append(r)
-    stem = "defaults_quick" if args.quick else "defaults"
     RESULTS.mkdir(exist_ok=True)
     previous = RESULTS / f"{stem}.json"
     if set(args.models) != set(MODELS) and previous.is_file():  # a partial run updates its models' rows only
@@ -170,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "targets": sum(r["model"] == m for r in rows)}
                                           for m in dict.fromkeys(r["model"] for r in rows)}}
     (RESULTS / f"{stem}.json").write_text(json.dumps({**summary, "rows": rows}, indent=1) + "\n")
-    (RESULTS / f"{stem}.md").write_text(markdown(rows, args.quick))
+    (RESULTS / f"{stem}.md").write_text(markdown(rows, args.quick) + ("" if args.quick else "\n" + FINDINGS))
     print(json.dumps(summary))
     return 0
 
