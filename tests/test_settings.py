@@ -140,3 +140,14 @@ def test_auto_unlearn_takes_settings(tiny_resnet, samples):
     found = auto_unlearn(tiny_resnet, samples, [3], lambda m: {t: 1.0 for t in range(10)}, sigmas=[2], deltas=[0.3],
                          settings=UnlearnSettings(retain_tolerance=3, align=None, mode="mask"), progress=False)
     assert found.result.settings == UnlearnSettings(sigma=2, delta=0.3, retain_tolerance=3, align=None, mode="mask")
+
+
+def test_cli_takes_a_tolerance_count_or_fraction(capsys):
+    from tpunlearn.cli import main
+
+    code = main(["prune", "--arch", "resnet18", "--forget", "0", "--retain-tolerance", "2.5", "--dry-run"])
+    assert code != 0 and "count >= 0 or a fraction in (0, 1), got 2.5" in capsys.readouterr().err
+    from tpunlearn.cli import _tolerance
+
+    assert (_tolerance("3"), _tolerance("0.3"), _tolerance("0"), _tolerance("4.0")) == (3, 0.3, 0, 4)
+    assert isinstance(_tolerance("3"), int)
