@@ -31,7 +31,10 @@ def test_defaults_and_choices_come_from_one_place():
     (dict(sigma=0), "sigma must be >= 1, got 0"),
     (dict(mode="cut"), "unknown mode 'cut'; choose one of physical, mask"),
     (dict(coupled="maybe"), "unknown coupled policy 'maybe'; choose one of protect, prune, zero"),
-    (dict(retain_tolerance=-1), "retain_tolerance must be >= 0, got -1"),
+    (dict(retain_tolerance=-1), "retain_tolerance must be a count >= 0 or a fraction in (0, 1) of the retained "
+                                "targets, got -1"),
+    (dict(retain_tolerance=2.5), "retain_tolerance must be a count >= 0 or a fraction in (0, 1) of the retained "
+                                 "targets, got 2.5"),
     (dict(n_per_target=0), "n_per_target must be >= 1, got 0"),
     (dict(method="nope"), "unknown scoring method 'nope'; choose one of gradcam, abs, taylor"),
     (dict(align=0), "align must be >= 1 (1 or None turns it off), got 0"),
@@ -70,6 +73,23 @@ def test_check_device():
 
 
 KW = dict(forget=[3], retain_tolerance=3, align=None, progress=False)
+
+
+def test_retain_tolerance_is_a_count_or_a_fraction_of_the_retained_targets():
+    assert UnlearnSettings(retain_tolerance=3).resolved_retain_tolerance(23) == 3
+    assert UnlearnSettings(retain_tolerance=0.3).resolved_retain_tolerance(9) == 3
+    assert UnlearnSettings(retain_tolerance=0.3).resolved_retain_tolerance(23) == 7
+    assert UnlearnSettings(retain_tolerance=0.3).resolved_retain_tolerance(79) == 24
+    assert UnlearnSettings(retain_tolerance=0).resolved_retain_tolerance(79) == 0
+
+
+def test_a_fractional_tolerance_balances_as_its_count(tiny_resnet, samples):
+    """0.34 of the 9 retained targets is 3: the same plan as retain_tolerance=3, and more than with 0."""
+    by_fraction = tu.unlearn(tiny_resnet, samples, sigma=3, delta=0.3, **{**KW, "retain_tolerance": 0.34})
+    by_count = tu.unlearn(tiny_resnet, samples, sigma=3, delta=0.3, **{**KW, "retain_tolerance": 3})
+    strict = tu.unlearn(tiny_resnet, samples, sigma=3, delta=0.3, **{**KW, "retain_tolerance": 0})
+    assert by_fraction.plan.removed == by_count.plan.removed
+    assert by_fraction.plan.removed_channels > strict.plan.removed_channels
 
 
 def test_settings_and_the_same_keywords_give_the_same_request(tiny_resnet, samples):
@@ -120,3 +140,14 @@ def test_auto_unlearn_takes_settings(tiny_resnet, samples):
     found = auto_unlearn(tiny_resnet, samples, [3], lambda m: {t: 1.0 for t in range(10)}, sigmas=[2], deltas=[0.3],
                          settings=UnlearnSettings(retain_tolerance=3, align=None, mode="mask"), progress=False)
     assert found.result.settings == UnlearnSettings(sigma=2, delta=0.3, retain_tolerance=3, align=None, mode="mask")
+
+
+def test_cli_takes_a_tolerance_count_or_fraction(capsys):
+    from tpunlearn.cli import main
+
+    code = main(["prune", "--arch", "resnet18", "--forget", "0", "--retain-tolerance", "2.5", "--dry-run"])
+    assert code != 0 and "count >= 0 or a fraction in (0, 1), got 2.5" in capsys.readouterr().err
+    from tpunlearn.cli import _tolerance
+
+    assert (_tolerance("3"), _tolerance("0.3"), _tolerance("0"), _tolerance("4.0")) == (3, 0.3, 0, 4)
+    assert isinstance(_tolerance("3"), int)

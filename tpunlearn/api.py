@@ -49,7 +49,7 @@ class UnlearnResult:
 
 def unlearn(model: nn.Module, samples: Samples | None, forget: Sequence[int] | int, target: TargetFactory = ClassLogit,
             example_inputs: Any = None, sigma: int | Unset = UNSET, delta: float | Unset = UNSET,
-            retain: Sequence[int] | None = None, retain_tolerance: int | Unset = UNSET,
+            retain: Sequence[int] | None = None, retain_tolerance: float | Unset = UNSET,
             n_per_target: int | Unset = UNSET, mode: Mode | Unset = UNSET, coupled: Coupled | Unset = UNSET,
             ignored_layers: Sequence[nn.Module | str] | None = None, retain_delta: float | None | Unset = UNSET,
             method: Method | Unset = UNSET, group_closure: bool | Unset = UNSET, balanced: bool | Unset = UNSET,
@@ -191,7 +191,8 @@ class _Run:
             links = layer_links(work, dg, self.layers)
             graphs = {t: essential_graph(scores, t, s.delta if t in forget else s.resolved_retain_delta, links)
                       for t in forget + retain}
-            graph = balance(graphs, forget, retain if s.balanced else [], scores.channels, s.retain_tolerance)
+            graph = balance(graphs, forget, retain if s.balanced else [], scores.channels,
+                            s.resolved_retain_tolerance(len(retain)))
         with _timed(self.timings, "planning"):
             priority = {layer: cast(torch.Tensor, sum(scores.alpha(t, layer) for t in forget)) for layer in self.layers}
             plan = make_plan(work, graph.flagged(), graph.protected(), x, candidates=self.layers,

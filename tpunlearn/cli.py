@@ -85,6 +85,17 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _tolerance(text: str) -> float:
+    """A count >= 0 or a fraction in (0, 1) (of the retained targets)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count >= 0 or a fraction in (0, 1), got {text!r}") from None
+    if value < 0 or (value >= 1 and value != int(value)):
+        raise argparse.ArgumentTypeError(f"must be a count >= 0 or a fraction in (0, 1), got {text}")
+    return int(value) if value >= 1 or value == 0 else value
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -132,9 +143,10 @@ HELP = {  # the longer help texts, in plain words
              "the model family's); raise it when the target survives because its channels sit earlier",
     "delta": "the top fraction of each scored layer's channels that counts as carrying a target (default {}, or "
              "the family's); larger removes more and forgets harder, smaller removes less",
-    "retain_tolerance": "how many retained targets may also use a channel before it is protected (default {}, or "
-                        "the family's); 0 protects every channel any retained target relies on, a few more let "
-                        "shared channels go when the strict rule leaves the target",
+    "retain_tolerance": "how many retained targets may also use a channel before it is protected: a count, or a "
+                        "fraction in (0, 1) of the retained targets (default {}, or the family's); 0 protects every "
+                        "channel any retained target relies on, a few more let shared channels go when the strict "
+                        "rule leaves the target",
     "mode": "physical removes the channels for real (a smaller, faster model); mask keeps the shapes and zeroes "
             "them (the paper's setting, for comparison); default {}",
     "coupled": "what to do with a flagged channel whose group (a residual add or a concatenation) reaches layers "
@@ -167,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
                        help=HELP["delta"].format(DEFAULTS.delta))
     prune.add_argument("--retain-delta", type=_fraction, default=None,
                        help="top fraction each retained target protects (default: --delta)")
-    prune.add_argument("--retain-tolerance", type=_int_at_least(0), default=None,
+    prune.add_argument("--retain-tolerance", type=_tolerance, default=None,
                        help=HELP["retain_tolerance"].format(DEFAULTS.retain_tolerance))
     prune.add_argument("--samples", type=_int_at_least(1), default=None,
                        help=f"instances scored per target (default {DEFAULTS.n_per_target})")

@@ -63,7 +63,9 @@ class UnlearnSettings:
         sigma: how many of the last prunable convolutions (in execution order) are scored.
         delta: top fraction of each scored layer's channels that a forget target selects, in (0, 1].
         retain_delta: top fraction each retained target protects; None means ``delta``.
-        retain_tolerance: how many retained targets may also select a channel that is removed.
+        retain_tolerance: how many retained targets may also select a channel that is removed: a
+            count (0, 1, 2, ...) or a fraction in (0, 1) of the retained targets, rounded (so that
+            one value suits 10 classes and 80).
         n_per_target: instances scored per target (the paper used one).
         mode: ``physical`` removes the channels; ``mask`` zeroes filter and norm affine, shapes kept.
         coupled: groups reaching unscored layers: ``protect`` (leave them), ``prune`` (remove the
@@ -80,7 +82,7 @@ class UnlearnSettings:
     sigma: int = 4
     delta: float = 0.05
     retain_delta: float | None = None
-    retain_tolerance: int = 0
+    retain_tolerance: float = 0  # a count, or a fraction in (0, 1) of the retained targets
     n_per_target: int = 32
     mode: Mode = "physical"
     coupled: Coupled = "protect"
@@ -97,8 +99,10 @@ class UnlearnSettings:
             raise UsageError(f"sigma must be >= 1, got {self.sigma}")
         check_choice("mode", self.mode, MODES)
         check_choice("coupled policy", self.coupled, COUPLED)
-        if int(self.retain_tolerance) < 0:
-            raise UsageError(f"retain_tolerance must be >= 0, got {self.retain_tolerance}")
+        tolerance = float(self.retain_tolerance)
+        if tolerance < 0 or (tolerance >= 1 and tolerance != int(tolerance)):
+            raise UsageError(f"retain_tolerance must be a count >= 0 or a fraction in (0, 1) of the retained "
+                             f"targets, got {self.retain_tolerance}")
         if int(self.n_per_target) < 1:
             raise UsageError(f"n_per_target must be >= 1, got {self.n_per_target}")
         check_choice("scoring method", self.method, METHODS)
@@ -109,6 +113,12 @@ class UnlearnSettings:
     def resolved_retain_delta(self) -> float:
         """The fraction each retained target protects: ``retain_delta``, or ``delta`` when None."""
         return self.retain_delta if self.retain_delta is not None else self.delta
+
+    def resolved_retain_tolerance(self, n_retained: int) -> int:
+        """The count of retained targets that may share a removed channel: ``retain_tolerance``, or
+        that fraction of ``n_retained`` rounded."""
+        tolerance = float(self.retain_tolerance)
+        return int(round(tolerance * n_retained)) if 0 < tolerance < 1 else int(tolerance)
 
     def override(self, **changes: Any) -> UnlearnSettings:
         """A copy with ``changes`` applied, validated; a change whose value is :data:`UNSET` is ignored."""
