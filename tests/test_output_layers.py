@@ -186,3 +186,40 @@ def test_inplace_activation_after_the_first_scored_layer():
     result = tu.unlearn(model, two_targets(6, 16), forget=[0], sigma=2, delta=0.5, coupled="prune", progress=False)
     assert result.report["layers"] == ["0", "2"]
     assert result.report["check"]["output_shape"] == [1, 2]
+
+
+class MixedResidual(nn.Module):
+    """MixNet's mixed conv: two convs concatenated into a residual stream, so each one's group
+    holds part of the stem's channels (two partial groups of one layer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a = nn.Conv2d(8, 4, 3, padding=1)
+        self.b = nn.Conv2d(8, 4, 1)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.cat([self.a(x), self.b(x)], dim=1) + x
+        return self.fc(x.mean((2, 3)))
+
+
+def test_partial_groups_of_one_layer_are_pruned_once():
+    import copy
+    from dataclasses import replace
+
+    from tpunlearn.plan import make_plan
+
+    torch.manual_seed(0)
+    model = MixedResidual().eval()
+    x = torch.rand(2, 3, 16, 16)
+    plan = make_plan(model, {"a": [0], "b": [1]}, {}, x[:1], candidates=["a", "b"], coupled="prune")
+    pruned = [d for d in plan.decisions if d.action == "prune"]
+    assert len(pruned) == 1 and "stem" in pruned[0].members
+    assert any("overlaps the group already pruned at stem" in d.reason for d in plan.decisions)
+    physical, masked = copy.deepcopy(model), copy.deepcopy(model)
+    plan.apply(physical, x[:1])
+    replace(plan, mode="mask").apply(masked, x[:1])
+    with torch.no_grad():
+        assert torch.allclose(physical(x), masked(x), atol=1e-5)

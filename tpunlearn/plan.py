@@ -353,6 +353,7 @@ def make_plan(
     decisions: list[GroupDecision] = []
     notes: list[str] = []
     seen: set[frozenset[str]] = set()
+    pruned: set[str] = set()
     scored_order = list(candidates or list(flag_sets))
     for root_name in [layer for layer in scored_order if flag_sets.get(layer)]:
         root = module_by_name(model, root_name)
@@ -370,6 +371,12 @@ def make_plan(
         seen.add(key)
         decision = _decide(root_name, group, members, flag_sets, guard_sets, scored, ignored, coupled, dg, tp,
                            priority, align)
+        shared = sorted(pruned & set(decision.members)) if decision.action == "prune" else []
+        if shared:  # a concat made two partial groups of one layer: the second's indices would be stale
+            decision = GroupDecision(root_name, "skip", decision.channels, {}, f"overlaps the group already pruned "
+                                     f"at {shared[0]} (a concatenation splits it); left alone")
+        if decision.action == "prune":
+            pruned |= set(decision.members)
         if decision.action == "skip" and decision.channels:
             notes.append(f"{root_name}: {len(decision.channels)} flagged channel(s) left alone: {decision.reason}")
         if "kept one channel" in decision.reason:
