@@ -175,6 +175,7 @@ class TimmAdapter(Adapter):
                 batch_size: int = 32) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         from tpunlearn import data
 
+        spec = _own_data(info, spec)
         if not _is_user_data(spec):
             return data.loader(data.digitscenes("train", size=info.input_size[-1],
                                                 n_scenes=_digits(spec, "read")), batch_size=batch_size)
@@ -183,6 +184,7 @@ class TimmAdapter(Adapter):
     def bind_data(self, model: nn.Module, info: ModelInfo, spec: str | None) -> ModelInfo:
         """Class names and task from a user's ``--data`` when the model has none of its own;
         a class count that differs from the head is one line."""
+        spec = _own_data(info, spec)
         if not _is_user_data(spec):
             return info
         found = _read(info, str(spec))
@@ -330,6 +332,13 @@ def _digits(spec: str | None, verb: str) -> int | None:
     return n or None
 
 
+def _own_data(info: ModelInfo, spec: str | None) -> str | None:
+    """``spec``, or the zoo model's own generated data (``glyphs``) when none is given; DigitScenes
+    stays the default of every other model."""
+    own = info.extra.get("data")
+    return spec if spec is not None or own in (None, "digits") else str(own)
+
+
 def _is_user_data(spec: str | None) -> bool:
     """True for a ``--data`` that is not DigitScenes (a path the readers decide on)."""
     from tpunlearn.data import digits_count
@@ -395,6 +404,7 @@ def _train_split(info: ModelInfo, spec: str | None, verb: str) -> Any:
     """The training split: the user's data, or DigitScenes' train scenes."""
     from tpunlearn import data
 
+    spec = _own_data(info, spec)
     if _is_user_data(spec):
         return _read(info, str(spec)).split("train")
     return data.digitscenes("train", size=info.input_size[-1], n_scenes=_digits(spec, verb))
@@ -406,6 +416,7 @@ def _eval_batches(info: ModelInfo, spec: str | None, split: str,
     (test falls back to val) or DigitScenes; labels are one-hot (multi-class) or multi-hot."""
     from tpunlearn import data
 
+    spec = _own_data(info, spec)
     if _is_user_data(spec):
         found = _read(info, str(spec))
         return data.loader(found.split(split), batch_size=batch_size), found.task

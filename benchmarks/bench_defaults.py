@@ -23,7 +23,7 @@ detector. ``--data`` is the data, not a setting. Goals (issue 12, part 4):
 
     python benchmarks/bench_defaults.py            # 4 models x 4 targets (~20 min on 1 core)
     python benchmarks/bench_defaults.py --quick    # 2 targets per model (smoke run)
-    python benchmarks/bench_defaults.py --models glyphscenes-mobilenet   # add one model's rows
+    python benchmarks/bench_defaults.py --models glyphscenes-resnet   # add one model's rows
 
 Writes benchmarks/results/defaults{,_quick}.{json,md}; the last line printed is the JSON summary.
 """
@@ -44,7 +44,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # data None: the model's own (digits), else the GlyphScenes files written by glyph_data()
 MODELS: dict[str, tuple[str, list[str], str | None]] = {
     "digitscenes-resnet": ("classification", ["3", "8", "1", "6"], None),
-    "glyphscenes-mobilenet": ("classification", ["star", "R", "circle", "W"], "tags"),
+    "glyphscenes-resnet": ("classification", ["star", "R", "circle", "W"], "tags"),
     "digitscenes-yolov5": ("detection", ["3", "8", "1", "6"], None),
     "glyphscenes-yolov5": ("detection", ["star", "R", "circle", "W"], "yolo"),
 }
@@ -58,7 +58,7 @@ FINDINGS = """## Findings
 * **Classification, GlyphScenes: not measured.** `glyphscenes-mobilenet` has no checkpoint: timm's recipe
   (multi-label, and the multi-class fallback on one-glyph scenes) did not learn GlyphScenes in the CPU time
   this run had (scripts/zoo_glyphs.py says what was measured). Its rows come when a trained checkpoint does
-  (`python benchmarks/bench_defaults.py --models glyphscenes-mobilenet` adds them).
+  (`python benchmarks/bench_defaults.py --models glyphscenes-resnet` adds them).
 * **Detection: not met on either dataset, by pruning alone.** Every forget target's recall at conf 0.25 goes
   to <= 0.8 %, but retained classes lose recall at conf 0.25 beyond 3 points (their scores fall below the
   operating point; results/forget_yolov5.md shows AP50 hiding it).

@@ -46,7 +46,7 @@ except ModuleNotFoundError:
     tpunlearn.__path__.append(str(Path(__file__).resolve().parents[1]))
     import tpunlearn.adapters  # noqa: F401
 
-TRAINERS = {"digitscenes-resnet", "digitscenes-yolov5", "digitscenes-deeplabv3", "glyphscenes-mobilenet",
+TRAINERS = {"digitscenes-resnet", "digitscenes-yolov5", "digitscenes-deeplabv3", "glyphscenes-resnet",
             "glyphscenes-yolov5"}
 
 # digitscenes-yolov5: defaults chosen so that training takes about 10 minutes on 2 shared CPU cores
@@ -485,11 +485,11 @@ def _run_yolov5(args: argparse.Namespace, out: Path) -> str:
 
 
 def _run_timm(args: argparse.Namespace, out: Path) -> str:
-    if args.name == "glyphscenes-mobilenet":
-        from zoo_glyphs import TIMM_DEFAULTS as g
-        from zoo_glyphs import train_glyphscenes_mobilenet
+    if args.name == "glyphscenes-resnet":
+        from zoo_glyphs import RESNET_DEFAULTS as g
+        from zoo_glyphs import train_glyphscenes_resnet
 
-        ckpt = train_glyphscenes_mobilenet(args.name, args.epochs or g["epochs"], args.seed,
+        ckpt = train_glyphscenes_resnet(args.name, args.epochs or g["epochs"], args.seed,
                                            args.n_train or g["n_train"], args.lr if args.lr is not None else g["lr"],
                                            args.batch_size or g["batch_size"])
     else:

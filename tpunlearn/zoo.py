@@ -84,16 +84,17 @@ ZOO: dict[str, ZooEntry] = {
             ),
         ),
         ZooEntry(
-            name="glyphscenes-mobilenet",
-            arch="mobilenetv2_050",
-            kwargs={"num_classes": len(GLYPH_CLASSES)},
-            weights="glyphscenes-mobilenet.pt",
+            name="glyphscenes-resnet",
+            arch="resnet18",
+            kwargs={"num_classes": len(GLYPH_CLASSES), "in_chans": 3, "layers": [1, 1, 1, 1],
+                    "channels": [32, 64, 128, 256]},
+            weights="glyphscenes-resnet.pt",
             task="multilabel",
             data="glyphs",
             class_names=list(GLYPH_CLASSES),
             description=(
-                "timm MobileNetV2 (width 0.5), 24 sigmoid outputs: which shapes and letters a 64x64 GlyphScenes "
-                "scene holds; trained with timm's own recipe"
+                "timm ResNet (as digitscenes-resnet), 24 sigmoid outputs: which shapes and letters a 64x64 "
+                "GlyphScenes scene holds; trained with timm's optimizer, scheduler and BCE"
             ),
         ),
         ZooEntry(

@@ -1,6 +1,7 @@
 """Turn a classifier's ``--data`` string into datasets, deciding the format from what is on disk.
 
 * ``digits`` / ``digits:N``: DigitScenes (multi-label);
+* ``glyphs`` / ``glyphs:N``: GlyphScenes, 24 shapes and letters (multi-label);
 * a folder holding ``list_attr_celeba.txt``: CelebA's own files (multi-label);
 * a ``.csv`` file, or a folder holding exactly one: a tags CSV (multi-label);
 * a folder with ``train/<class>/`` or class subfolders: an ImageFolder root (multi-class).
@@ -35,7 +36,7 @@ class ClassData:
 
     task: str  # "multiclass" | "multilabel"
     class_names: list[str]
-    format: str  # "digits" | "imagefolder" | "tags" | "celeba"
+    format: str  # "digits" | "glyphs" | "imagefolder" | "tags" | "celeba"
     source: str
     splits: dict[str, Dataset] = field(default_factory=dict)
     holdout: dict[str, Any] | None = None  # {"fraction", "seed", "from": "train", "sizes"} when made here
@@ -93,6 +94,18 @@ def _hold_out(data: ClassData, fraction: float, seed: int) -> None:
                     "sizes": {"train": n - n_val, "val": n_val}}
 
 
+def _glyphs_count(spec: str) -> int | None:
+    """Scene count of ``glyphs:N`` (0 for plain ``glyphs``: the split's own); None for other data."""
+    if spec == "glyphs":
+        return 0
+    if not spec.startswith("glyphs:"):
+        return None
+    count = spec.split(":", 1)[1]
+    if not count.isdigit() or int(count) < 1:
+        raise DataError(f"--data {spec}: glyphs:N needs a positive scene count N")
+    return int(count)
+
+
 def _csv_in(root: Path) -> Path | None:
     found = sorted(root.glob("*.csv"))
     return found[0] if len(found) == 1 else None
@@ -113,6 +126,15 @@ def read_classification(spec: str, transform: Callable[[Any], Any] | None = None
         splits: dict[str, Dataset] = {s: DigitScenes(split=s, size=size, n_scenes=n or None) for s in ("train", "val")}
         splits["test"] = DigitScenes(split="test", size=size)
         return ClassData("multilabel", list(CLASS_NAMES), "digits", spec, splits)
+    glyphs = _glyphs_count(spec)
+    if glyphs is not None:
+        from .glyphscenes import GLYPH_CLASSES, GlyphScenes
+
+        # plain ``glyphs``: enough scenes for every class's instances (scenes are drawn up front)
+        splits = {"train": GlyphScenes("train", size=size, n_scenes=glyphs or 1000),
+                  "val": GlyphScenes("val", size=size, n_scenes=glyphs or 500),
+                  "test": GlyphScenes("test", size=size)}
+        return ClassData("multilabel", list(GLYPH_CLASSES), "glyphs", spec, splits)
     root = Path(spec)
     if not root.exists():
         raise DataError(f"--data {spec}: no such file or folder (give an ImageFolder root, a tags CSV, "
