@@ -7,9 +7,10 @@ from one graph build, once as pruning alone and once followed by :mod:`tpunlearn
 scenes at the deployment confidence 0.25 (box IoU 0.5): the forget class's recall and AP50,
 every retained class's recall (the worst named), and the retained mAP50-95. The goal (issue 13):
 forget recall <= 2 %, forget AP50 <= 5 % of before, every retained recall within 3 points,
-retained mAP50-95 within 3 points.
+retained mAP50-95 within 3 points; the table also says which rows meet the operating-point half
+(forget recall and every retained recall at conf 0.25, issue 12's goal).
 
-    python benchmarks/bench_calibrate.py [--quick]
+    python benchmarks/bench_calibrate.py [--quick] [--render]
 
 Writes benchmarks/results/calibrate.json and calibrate.md.
 """
@@ -95,33 +96,46 @@ def run_model(name: str, forget_names: list[str], scoring: str, test: str) -> di
             "rows": rows}
 
 
+def at_conf(row: dict[str, Any]) -> bool:
+    """The operating-point half of the goal: forget recall <= 2 %, every retained recall within 3 points."""
+    return row["forget_recall"] <= 0.02 and row["worst_recall_drop"] <= 0.03
+
+
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = ["# Detection at conf 0.25: pruning alone vs pruning + calibration "
              "(`python benchmarks/bench_calibrate.py`)", "",
              "The yolov5 family's default request from one graph build per model; ultralytics' validator at "
-             "confidence 0.25, box IoU 0.5, on held-out scenes. Goal: forget recall <= 2 %, forget AP50 <= 5 % of "
+             "confidence 0.25, box IoU 0.5, on held-out scenes. Full goal: forget recall <= 2 %, forget AP50 <= 5 % of "
              "before, every retained recall within 3 points, retained mAP50-95 within 3 points.", ""]
     for res in results:
         lines += [f"## {res['model']} (graph build {res['graph_build_s']} s; test data {res['test_data']})", "",
                   "| forget | calibrated | forget recall | forget AP50 / before | worst retained (recall drop) | "
-                  "retained mAP50-95 drop | request s | goal |", "|---|---|---|---|---|---|---|---|"]
+                  "retained mAP50-95 drop | request s | at conf 0.25 | full goal |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in res["rows"]:
             lines.append(f"| {r['forget']} | {'yes' if r['calibrated'] else 'no'} | {100 * r['forget_recall']:.1f} % | "
                          f"{r['forget_ap50_ratio']:.3f} | {r['worst_retained']} ({100 * r['worst_recall_drop']:.1f}) | "
                          f"{100 * r['retained_map50_95_drop']:.1f} | {r['request_s']} | "
-                         f"{'met' if r['met'] else 'not met'} |")
+                         f"{'met' if at_conf(r) else 'not met'} | {'met' if r['met'] else 'not met'} |")
         cal = [r for r in res["rows"] if r["calibrated"]]
         plain = [r for r in res["rows"] if not r["calibrated"]]
-        lines += ["", f"Pruning alone meets the goal for {sum(r['met'] for r in plain)} of {len(plain)} classes; "
-                      f"with calibration {sum(r['met'] for r in cal)} of {len(cal)}. Worst retained recall drop with "
-                      f"calibration: {100 * max(r['worst_recall_drop'] for r in cal):.1f} points.", ""]
+        lines += ["", f"At conf 0.25 (forget recall <= 2 %, every retained class within 3 points) pruning alone "
+                      f"meets it for {sum(at_conf(r) for r in plain)} of {len(plain)} classes, with calibration "
+                      f"{sum(at_conf(r) for r in cal)} of {len(cal)}; the full goal (also forget AP50 <= 5 % of "
+                      f"before and retained mAP50-95 within 3 points): {sum(r['met'] for r in plain)} and "
+                      f"{sum(r['met'] for r in cal)}. Worst retained recall drop with calibration: "
+                      f"{100 * max(r['worst_recall_drop'] for r in cal):.1f} points.", ""]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="two classes per model, fewer scenes (a smoke run)")
+    p.add_argument("--render", action="store_true", help="only rewrite calibrate.md from calibrate.json")
     args = p.parse_args()
+    if args.render:
+        (RESULTS / "calibrate.md").write_text(markdown(json.loads((RESULTS / "calibrate.json").read_text())))
+        return
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     digits = ["3", "7"] if args.quick else [str(d) for d in range(10)]
