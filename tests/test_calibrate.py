@@ -3,7 +3,7 @@
 On tiny seeded models: the retained logits come closer to the original's, the forget rows and
 every other parameter stay as pruned, mask-mode zeros stay zero, and the input model is never
 touched. On the zoo detector: the default request (which calibrates) keeps every retained
-digit's recall at conf 0.25, where the same request without calibration loses most of them.
+digit's recall at conf 0.25, where the same request without calibration loses much of one.
 """
 from __future__ import annotations
 
@@ -90,11 +90,27 @@ def test_the_detector_keeps_its_retained_classes_at_the_operating_point(tmp_path
     for flag, after in recalls.items():
         assert after["3"] <= 0.02, flag  # the forgotten digit stays forgotten either way
     kept = [k for k in before if k != "3"]
-    assert max(before[k] - recalls["--calibrate"][k] for k in kept) <= 0.05
-    assert sum(recalls["--no-calibrate"][k] for k in kept) < sum(recalls["--calibrate"][k] for k in kept) - 3
+    # ~15 boxes per digit in 64 scenes: one box is 6-7 points (benchmarks/results/calibrate.md has 1000)
+    assert max(before[k] - recalls["--calibrate"][k] for k in kept) <= 0.1
+    plain_worst = max(before[k] - recalls["--no-calibrate"][k] for k in kept)
+    assert plain_worst >= 0.2  # pruning alone: digit 5 loses 44.5 points on 1000 scenes (calibrate.md)
+    assert sum(recalls["--no-calibrate"][k] for k in kept) < sum(recalls["--calibrate"][k] for k in kept)
 
 
-def test_calibrate_on_a_family_that_cannot_is_one_line(tmp_path, capsys):
+def test_calibrate_turns_it_on_where_the_family_leaves_it_off(tmp_path, capsys):
+    out = tmp_path / "o"
+    code, _, err = run(capsys, "prune", "--arch", "digitscenes-deeplabv3", "--forget", "3", "--data", "digits:16",
+                       "--samples", "4", "--calibrate", "--out", out)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["calibration"]["layers"][0]["layer"].startswith("classifier.")
+    assert report["calibration"]["weighting"] == "uniform" and 3 not in report["calibration"]["targets"]
+
+
+def test_calibration_asked_of_a_head_it_cannot_refit_is_one_line(tmp_path, capsys, monkeypatch):
+    from tpunlearn.adapters import get
+
+    monkeypatch.setattr(type(get("deeplabv3")), "calibration", lambda self, model, info: None)
     result = run(capsys, "prune", "--arch", "digitscenes-deeplabv3", "--forget", "3", "--data", "digits:16",
                  "--samples", "4", "--calibrate", "--out", tmp_path / "o")
     assert_error(result, 2, "cannot calibrate")

@@ -131,8 +131,7 @@ def test_forget_names_list_the_classes(root: Path, tmp_path: Path) -> None:
                                                                            objects=(1, 1)), SHAPES)})
     few = ["--arch", "resnet18", "--weights", root / "w_cb.pt", "--imgsz", SIZE, "--data", tmp_path / "three"]
     line = assert_error(run_captured("prune", *few, "--forget", "diamond", "--out", tmp_path / "o"), 1,
-                        "holds target(s) 'diamond'", "its labels hold ")
-    assert line.endswith("circle, square, triangle"), line
+                        "holds target(s) 'diamond'", "its labels hold circle, square, triangle")
     line = assert_error(run_captured("eval", *few, "--mia", "--forget", "diamond"), 1, "holds 'diamond'")
     assert line.endswith("circle, square, triangle"), line
     assert not (tmp_path / "o").exists() or listing(tmp_path / "o") == {}

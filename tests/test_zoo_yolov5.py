@@ -30,7 +30,7 @@ DIGITS = [str(d) for d in range(10)]
 TEST_DATA = "digits:300"
 FORGET = [3, 7]
 # the benchmark's chosen settings (see benchmarks/results/forget_yolov5.md)
-SETTINGS = dict(sigma=12, delta=0.2, retain_tolerance=5, align=None)  # the yolov5 family defaults
+SETTINGS = dict(sigma=12, delta=0.2, retain_tolerance=5, align=None)  # the family defaults before 0.3 (defaults.md)
 
 def head_outputs(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The Detect head's output convs (box and class 1x1 convs) and its fixed DFL conv.
