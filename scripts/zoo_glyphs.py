@@ -19,8 +19,10 @@ shape:
 * ``glyphscenes-yolov5``: ultralytics' own trainer (``YOLO("yolov5n.yaml").train``) on the
   scenes written as an ultralytics dataset, ultralytics' default hyper-parameters except
   left-right flips (a mirrored letter is another glyph).
-* ``glyphscenes-deeplabv3``: torchvision's segmentation reference recipe (SGD, momentum 0.9,
-  weight decay 1e-4, polynomial LR decay, cross-entropy plus 0.5 x the auxiliary head's).
+
+No GlyphScenes segmenter is trained yet: the DigitScenes one (train_zoo.py) takes hours on two
+CPU cores, so it waits for a session with a GPU (torchvision's segmentation reference recipe:
+SGD, momentum 0.9, polynomial LR decay, cross-entropy plus 0.5 x the auxiliary head's).
 """
 from __future__ import annotations
 
@@ -103,12 +105,6 @@ def train_glyphscenes_resnet(name: str, epochs: int, seed: int, n_train: int, lr
         "test_precision": [round(float(v), 4) for v in precision],
         "seconds": round(seconds, 1), "torch": str(torch.__version__),
     })
-
-
-def poly_lr(step: int, total: int, power: float = 0.9) -> float:
-    """torchvision's segmentation reference schedule: ``(1 - step / total) ** 0.9``."""
-    return (1 - min(step, total) / total) ** power if total else 1.0
-
 
 
 YOLO_DEFAULTS = {"epochs": 30, "n_train": 6000, "batch_size": 64}
