@@ -56,9 +56,16 @@ GOALS = {"classification": {"forget": 0.02, "drop": 0.02}, "detection": {"forget
 REPAIR = "issue 13's repair (training the pruned model through the family's own trainer)"
 FINDINGS = """## Findings
 
-* **Classification, DigitScenes: met** on all 4 targets with the library defaults (sigma 4, delta 0.05,
-  tolerance 0): forget recall 0, worst retained drop <= 0.44 points.
-* **Classification, GlyphScenes:** GLYPHCLASSIFIER
+* **Classification, DigitScenes: met** on all 4 targets with the timm family's defaults (sigma 4, delta 0.05,
+  retain tolerance 0.1 of the retained targets, calibration on): forget recall 0, worst retained drop <= 0.9
+  points.
+* **Classification, GlyphScenes (glyphscenes-resnet): 3 of 4.** Forget recall 0 for all four; circle costs
+  hexagon 8.3 points (2 classes beyond the goal). The library's tolerance 0, which met every DigitScenes
+  target, forgot no GlyphScenes target (recall 0.41-0.94 after): its 23 retained classes share the last
+  layers' channels. Swept with one graph build (sigma 4, delta 0.05; forget recall / worst retained drop):
+  tolerance 0: 0.41-0.94 / <= 1.1; 0.1 without calibration: 0 / 2.8-93.5; 0.1 with calibration: 0 / 1.1-6.0
+  (six targets: star, R, W, A within 1.2 points, hexagon 4.0, circle 6.0); 0.2 with calibration: 0 / 2.4-19.
+  On DigitScenes 0.1 with calibration keeps the worst drop <= 0.9 points.
 * **Detection, DigitScenes: met** on all 4 targets: the yolov5 family's defaults (sigma 12, delta 0.2, retain
   tolerance 0.3 of the retained classes) with its calibration (tpunlearn.calibrate, on by default: the retained
   classes' rows of the class branch's last conv refitted toward the original) keep every retained digit within

@@ -372,6 +372,8 @@ def test_family_defaults_fill_only_what_the_user_left_out():
     assert (got.sigma, got.delta, got.retain_tolerance, got.n_per_target) == (
         yolo.defaults["sigma"], 0.1, yolo.defaults["retain_tolerance"], 7)
     timm_args = argparse.Namespace(sigma=None, delta=None, retain_tolerance=None, align=None)
+    assert cli._settings(timm_args, adapters.get("timm")) == UnlearnSettings(retain_tolerance=0.1)
+    timm_args.retain_tolerance = 0
     assert cli._settings(timm_args, adapters.get("timm")) == UnlearnSettings()
 
 

@@ -68,7 +68,7 @@ def auto_unlearn(model: nn.Module, samples: Iterable[Any] | None, forget: Sequen
     for sigma in sorted(set(int(s) for s in sigmas)):
         scores = None
         for delta in sorted(set(float(d) for d in deltas)):
-            res = unlearn(model, samples if scores is None else None, forget, sigma=sigma, delta=delta, scores=scores,
+            res = unlearn(model, samples, forget, sigma=sigma, delta=delta, scores=scores,  # samples: calibration
                           **unlearn_kwargs)
             assert res is not None  # one process: unlearn always returns its result
             scores = res.scores

@@ -48,6 +48,7 @@ class Calibration:
         max_rows: rows per layer used in the fit (the highest-weighted first, then a random share of
             the rest, re-weighted), which bounds time and memory on large inputs.
         floor: weight every row gets on top of its score, so the background is fitted too.
+        max_images: images run through both models at most (the first batches of the samples).
     """
 
     layers: tuple[str, ...]
@@ -55,6 +56,7 @@ class Calibration:
     ridge: float = 1e-3
     max_rows: int = 20000
     floor: float = 0.01
+    max_images: int = 2048
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -129,10 +131,12 @@ def _collect(original: nn.Module, pruned: nn.Module, samples: Iterable[Any],
     handles = [original.get_submodule(n).register_forward_hook(hook(n, 1)) for n in spec.layers]
     handles += [pruned.get_submodule(n).register_forward_hook(hook(n, 0)) for n in spec.layers]
     try:
+        images = 0
         for batch in samples:
             forward(original, batch[0])
             forward(pruned, batch[0])
-            if min(sum(len(r) for r in seen[n][0]) for n in spec.layers) >= limit:
+            images += len(batch[0])
+            if images >= spec.max_images or min(sum(len(r) for r in seen[n][0]) for n in spec.layers) >= limit:
                 break
     finally:
         for h in handles:

@@ -198,8 +198,8 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
                        help="after pruning, refit the output layer's rows of the retained targets so their "
                             "scores match the original's on the scoring samples (forward passes, no training; "
-                            "default: on for yolov5, whose retained classes fall below conf 0.25 without it, "
-                            "off for the others; the forget targets' rows stay as pruned)")
+                            "default: on for yolov5 and timm classifiers, off for DeepLab; the forget targets' "
+                            "rows stay as pruned)")
     prune.add_argument("--repair-epochs", type=_int_at_least(0), default=0, metavar="N",
                        help="fine-tune the pruned model for N epochs on data without the forget targets "
                             "(default 0: no fine-tuning)")
