@@ -409,10 +409,17 @@ def _check_zoo_model(model: nn.Module, e: ZooSpec, path: Path | None) -> None:
 
 
 def _default_spec(model: nn.Module, info: ModelInfo, spec: str | None) -> str | None:
-    """``spec``, or the model's own data when it has one that needs no file (``"digits"``)."""
+    """``spec``, or the model's own data when it has one that needs no file (``"digits"``,
+    ``"glyphs"``); a ``glyphs`` / ``glyphs:N`` spec becomes a cached GlyphScenes dataset YAML."""
+    from tpunlearn.data.specs import glyphs_count
+
+    own = info.extra.get("data") or uio.train_arg(model, "data")
+    chosen = str(spec) if spec is not None else (str(own) if own is not None else None)
+    glyphs = glyphs_count(chosen) if chosen is not None else None
+    if glyphs is not None:
+        return str(yolo_data.glyphs_yaml(int(info.input_size[-1]), n_train=glyphs or 512))
     if spec is not None:
         return str(spec)
-    own = info.extra.get("data") or uio.train_arg(model, "data")
     return str(own) if digits_count(own, DIGITS_SCENES["test"]) is not None else None
 
 

@@ -52,3 +52,16 @@ def test_glyphs_spec_reads_scene_counts_and_refuses_bad_ones():
     assert torch.equal(x, GlyphScenes("train", size=64, n_scenes=12)[0][0]) and y.shape == (len(GLYPH_CLASSES),)
     with pytest.raises(DataError, match="positive scene count"):
         read_classification("glyphs:0")
+
+
+def test_the_glyph_detector_reads_glyphscenes_by_default(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("TPUNLEARN_CACHE", str(tmp_path))
+    adapter, model, info = zoo.build_model("glyphscenes-yolov5")
+    images, multi_hot = next(iter(adapter.samples(model, info, "glyphs:16", batch_size=8)))
+    assert images.shape == (8, 3, 64, 64) and multi_hot.shape == (8, len(GLYPH_CLASSES))
+    assert bool((multi_hot.sum(1) >= 1).all())  # labelled scenes, not the model's own detections
+    written = yaml.safe_load(next(tmp_path.glob("glyphscenes-yolo-64px-train16-*/data.yaml")).read_text())
+    assert written["path"] == str(next(tmp_path.glob("glyphscenes-yolo-64px-train16-*")))
+    assert list(written["names"].values()) == list(GLYPH_CLASSES)

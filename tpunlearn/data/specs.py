@@ -94,7 +94,7 @@ def _hold_out(data: ClassData, fraction: float, seed: int) -> None:
                     "sizes": {"train": n - n_val, "val": n_val}}
 
 
-def _glyphs_count(spec: str) -> int | None:
+def glyphs_count(spec: str) -> int | None:
     """Scene count of ``glyphs:N`` (0 for plain ``glyphs``: the split's own); None for other data."""
     if spec == "glyphs":
         return 0
@@ -126,7 +126,7 @@ def read_classification(spec: str, transform: Callable[[Any], Any] | None = None
         splits: dict[str, Dataset] = {s: DigitScenes(split=s, size=size, n_scenes=n or None) for s in ("train", "val")}
         splits["test"] = DigitScenes(split="test", size=size)
         return ClassData("multilabel", list(CLASS_NAMES), "digits", spec, splits)
-    glyphs = _glyphs_count(spec)
+    glyphs = glyphs_count(spec)
     if glyphs is not None:
         from .glyphscenes import GLYPH_CLASSES, GlyphScenes
 

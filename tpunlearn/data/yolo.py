@@ -359,6 +359,38 @@ def digits_yaml(size: int, n_train: int = 0, n_test: int = 0, seed: int = DIGITS
     return data_file
 
 
+def glyphs_yaml(size: int, n_train: int = 512, n_test: int = 1000) -> Path:
+    """An ultralytics dataset YAML of GlyphScenes at ``size`` pixels (train split for scoring, the
+    test split as ``val``, which ultralytics' validator reads), written once into the cache."""
+    import shutil
+
+    import yaml
+
+    from .glyphscenes import GlyphScenes
+    from .writers import write_yolo_dataset
+
+    root = cache_root() / f"glyphscenes-yolo-{int(size)}px-train{int(n_train)}-test{int(n_test)}"
+    data_file = root / "data.yaml"
+    if data_file.is_file():
+        return data_file
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        written = write_yolo_dataset(tmp, {"train": GlyphScenes("train", size=int(size), n_scenes=int(n_train)),
+                                           "val": GlyphScenes("test", size=int(size), n_scenes=int(n_test))})
+        data = yaml.safe_load(written.read_text())
+        written.write_text(yaml.safe_dump({**data, "path": str(root)}, sort_keys=False))
+        try:
+            os.rename(tmp, root)
+        except OSError:  # another process wrote it first
+            if not data_file.is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return data_file
+
+
 def _write_digits(dest: Path, root: Path, size: int, seed: int, counts: dict[str, int]) -> None:
     """DigitScenes' splits (train, test and, when counted, val) into ``dest``, with a ``data.yaml``
     that points at ``root``."""
