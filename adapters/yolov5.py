@@ -327,7 +327,7 @@ class YOLOv5Adapter(Adapter):
         digits = digits_count(data, DIGITS_SCENES["val"]) if data else None
         if digits is None:
             result = self.evaluate(model, info, spec, conf=conf, **kw)
-            result.extra["split"] = f"val of {spec or uio.train_arg(model, 'data')}"
+            result.extra["split"] = f"val of {data or uio.train_arg(model, 'data')}"
             return result
         _check_digits_model(info)
         val = str(yolo_data.digits_yaml(int(info.input_size[-1]), n_val=digits))
