@@ -337,49 +337,32 @@ def digits_yaml(size: int, n_train: int = 0, n_test: int = 0, seed: int = DIGITS
     Written to a temp folder and renamed into place: concurrent
     callers never see half a dataset.
     """
-    import shutil
-
     size, n_train, n_test, n_val = int(size), int(n_train), int(n_test), int(n_val)
     root = cache_root() / (f"digitscenes-yolo-{size}px-seed{int(seed)}-train{n_train}-test{n_test}"
                            + (f"-val{n_val}" if n_val else ""))
-    data_file = root / "data.yaml"
-    if data_file.is_file():
-        return data_file
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        _write_digits(tmp, root, size, seed, {"train": n_train, "test": n_test, "val": n_val})
-        try:
-            os.rename(tmp, root)
-        except OSError:  # another process wrote it first
-            if not data_file.is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return data_file
+    return _cached_dataset(root, lambda tmp: _write_digits(tmp, root, size, seed,
+                                                           {"train": n_train, "test": n_test, "val": n_val}))
 
 
 def glyphs_yaml(size: int, n_train: int = 512, n_test: int = 1000) -> Path:
     """An ultralytics dataset YAML of GlyphScenes at ``size`` pixels (train split for scoring, the
     test split as ``val``, which ultralytics' validator reads), written once into the cache."""
+    root = cache_root() / f"glyphscenes-yolo-{int(size)}px-train{int(n_train)}-test{int(n_test)}"
+    return _cached_dataset(root, lambda tmp: _write_glyphs(tmp, root, int(size), int(n_train), int(n_test)))
+
+
+def _cached_dataset(root: Path, write: Callable[[Path], None]) -> Path:
+    """``root/data.yaml``, written once: ``write(tmp)`` fills a temp folder beside ``root`` that is
+    then renamed into place, so concurrent callers never see half a dataset."""
     import shutil
 
-    import yaml
-
-    from .glyphscenes import GlyphScenes
-    from .writers import write_yolo_dataset
-
-    root = cache_root() / f"glyphscenes-yolo-{int(size)}px-train{int(n_train)}-test{int(n_test)}"
     data_file = root / "data.yaml"
     if data_file.is_file():
         return data_file
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
-        written = write_yolo_dataset(tmp, {"train": GlyphScenes("train", size=int(size), n_scenes=int(n_train)),
-                                           "val": GlyphScenes("test", size=int(size), n_scenes=int(n_test))})
-        data = yaml.safe_load(written.read_text())
-        written.write_text(yaml.safe_dump({**data, "path": str(root)}, sort_keys=False))
+        write(tmp)
         try:
             os.rename(tmp, root)
         except OSError:  # another process wrote it first
@@ -389,6 +372,20 @@ def glyphs_yaml(size: int, n_train: int = 512, n_test: int = 1000) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return data_file
+
+
+def _write_glyphs(dest: Path, root: Path, size: int, n_train: int, n_test: int) -> None:
+    """GlyphScenes' train split and its test split (as ``val``) into ``dest``, with a ``data.yaml``
+    that points at ``root``."""
+    import yaml
+
+    from .glyphscenes import GlyphScenes
+    from .writers import write_yolo_dataset
+
+    written = write_yolo_dataset(dest, {"train": GlyphScenes("train", size=size, n_scenes=n_train),
+                                        "val": GlyphScenes("test", size=size, n_scenes=n_test)})
+    data = yaml.safe_load(written.read_text())
+    written.write_text(yaml.safe_dump({**data, "path": str(root)}, sort_keys=False))
 
 
 def _write_digits(dest: Path, root: Path, size: int, seed: int, counts: dict[str, int]) -> None:
