@@ -36,7 +36,7 @@ from torch import nn
 
 from tpunlearn.calibrate import Calibration
 from tpunlearn.data.voc import IGNORE_INDEX, VOC_CLASSES, MaskBatches, MaskFilter, mask_batches, voc_class_names
-from tpunlearn.errors import DataError, UsageError, WeightsError
+from tpunlearn.errors import DataError, UsageError, WeightsError, listed
 from tpunlearn.evaluate import Evaluation
 from tpunlearn.targets import SegmentationLogit, Target
 
@@ -214,7 +214,7 @@ class DeepLabV3Adapter(Adapter):
         if names is None:
             return info
         k, n = len(names), len(info.class_names)
-        shown = ", ".join(names[:12]) + (f", ... ({k} in all)" if k > 12 else "")
+        shown = listed(names)
         if k != n:
             raise DataError(f"{spec}/labelmap.txt names {k} classes ({shown}), but the model's head has {n} "
                             "outputs: pass the data the model was trained on, or weights with that many classes")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from tpunlearn.calibrate import Calibration
-from tpunlearn.errors import DataError, UsageError, WeightsError
+from tpunlearn.errors import DataError, UsageError, WeightsError, listed
 from tpunlearn.evaluate import Evaluation
 from tpunlearn.targets import ClassLogit, Target
 
@@ -250,7 +250,7 @@ class TimmAdapter(Adapter):
         holds = _labels(train)[:, [int(t) for t in forget]].sum(1) > 0
         if not holds.any():
             present = info.extra.get("data_present")
-            found = f"; classes it holds: {_listed(present)}" if present is not None else ""
+            found = f"; classes it holds: {listed(present)}" if present is not None else ""
             raise DataError(f"no training sample of {spec or 'the default data'} holds "
                             f"{', '.join(repr(info.class_names[int(t)]) for t in forget)}{found}")
         test = (_read(info, str(spec)).split("test") if _is_user_data(spec)
@@ -298,12 +298,6 @@ def _state_of(ckpt: Any) -> Any:
         return None
     return {(k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k): v
             for k, v in inner.items()}
-
-
-def _listed(names: Sequence[str], most: int = 12) -> str:
-    """``a, b, c`` (the first ``most``, then how many in all)."""
-    more = f", ... ({len(names)} in all)" if len(names) > most else ""
-    return ", ".join(names[:most]) + more
 
 
 def _size_from_imgsz(imgsz: int | Sequence[int], channels: int) -> tuple[int, int, int]:

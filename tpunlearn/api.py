@@ -345,7 +345,6 @@ def _check_cached(scores: ChannelScores, model: nn.Module, layers: list[str], ta
     return scores.subset(layers)
 
 
-
 def load(path: str | Path, trust_checkpoint: bool = False) -> tuple[nn.Module, Any]:
     """Load back any model tpunlearn saved (``prune``'s ``model.pt``, of every family, or a zoo file):
     ``model, info = tu.load("out/model.pt")``, the pruned module in eval mode and its

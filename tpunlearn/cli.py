@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tpunlearn.errors import DataError, TpunlearnError, TrustedCheckpointWarning, UsageError
+from tpunlearn.errors import DataError, TpunlearnError, TrustedCheckpointWarning, UsageError, listed
 from tpunlearn.settings import CLI_FLAGS, COUPLED, DEFAULTS, MODES, UnlearnSettings, check_device
 
 DEBUG_ENV = "TPUNLEARN_DEBUG"  # set to 1 to see the traceback of an unexpected error
@@ -376,14 +376,8 @@ def resolve_targets(names: Sequence[str], class_names: Sequence[str]) -> list[in
         elif name.isdigit() and int(name) < len(class_names):
             out.append(int(name))
         else:
-            raise UsageError(f"unknown target {name!r}; valid: {_listed(class_names)}")
+            raise UsageError(f"unknown target {name!r}; valid: {listed(class_names)}")
     return out
-
-
-def _listed(names: Sequence[str], most: int = 12) -> str:
-    """``a, b, c`` (the first ``most``, then how many in all), for one-line errors."""
-    more = f", ... ({len(names)} in all)" if len(names) > most else ""
-    return ", ".join(names[:most]) + more
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
@@ -514,7 +508,7 @@ def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samp
     unjudged = [info.class_names[t] for t in forget if t not in baseline]
     if unjudged:
         raise DataError(f"--auto judges forgetting on the validation split, and it holds no instance of "
-                        f"{', '.join(unjudged)}; classes it holds: {_listed([info.class_names[t] for t in baseline])}")
+                        f"{', '.join(unjudged)}; classes it holds: {listed([info.class_names[t] for t in baseline])}")
     space = adapter.auto_space
     found = auto_unlearn(model, samples, forget, evaluate, baseline=baseline, forget_bound=args.auto_bound,
                          retain_budget=args.auto_budget, sigmas=args.auto_sigmas or space.get("sigmas", SIGMAS),
@@ -588,7 +582,7 @@ def _named_targets(info: Any, spec: str | None, forget: Sequence[int] = (), samp
         hint = f" (or leave {', '.join(retained)} out of --retain)" if retained else ""
         held = ([info.class_names[t] for t in exc.found] or list(info.extra.get("data_present") or [])
                 or _classes_found(samples))
-        holds = f"; its labels hold {_listed(held, most=40)}" if held else ""
+        holds = f"; its labels hold {listed(held, most=40)}" if held else ""
         raise DataError(f"no sample in {where} holds target(s) {names}{holds}: cannot score them; pass --data "
                         f"with instances of them{hint}") from None
 

@@ -6,6 +6,8 @@ line and exits non-zero instead of showing a traceback.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class TpunlearnError(Exception):
     """Base class of every error tpunlearn raises on purpose."""
@@ -67,3 +69,8 @@ class DistributedError(TpunlearnError):
 
 class TracerError(PlanError):
     """torch-pruning cannot trace the architecture, or an operation in it (the message names both)."""
+
+
+def listed(names: Sequence[str], most: int = 12) -> str:
+    """``a, b, c`` for a one-line message: the first ``most`` names, then how many there are in all."""
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from tpunlearn.errors import DataError, UsageError
+from tpunlearn.errors import DataError, UsageError, listed
 
 from . import folder
 
@@ -156,17 +156,13 @@ def check_names(data: dict[str, Any], names: Sequence[str]) -> None:
     theirs = [str(data["names"][i]) for i in range(int(data["nc"]))]
     where = data.get("yaml_file", "the dataset")
     if len(theirs) != len(names):
-        raise DataError(f"{where} has {len(theirs)} classes ({_shown(theirs)}) but the model has {len(names)} "
-                        f"({_shown(names)}); pass the dataset YAML the model was trained on")
+        raise DataError(f"{where} has {len(theirs)} classes ({listed(theirs)}) but the model has {len(names)} "
+                        f"({listed(names)}); pass the dataset YAML the model was trained on")
     differ = [i for i, (a, b) in enumerate(zip(theirs, names, strict=True)) if a != b]
     if differ:
         i = differ[0]
         raise DataError(f"{where} names class {i} {theirs[i]!r} but the model calls it {names[i]!r} "
                         f"({len(differ)} class(es) differ); pass the dataset YAML the model was trained on")
-
-
-def _shown(names: Sequence[str], most: int = 12) -> str:
-    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
 def is_image(path: str | Path) -> bool:
