@@ -235,9 +235,28 @@ class Adapter(ABC):
         """``(retain_train, test, forget_train)`` batches for :func:`tpunlearn.privacy.mia_score`."""
         raise UsageError(f"--mia is for classifiers; the {self.name} adapter ({info.task}) has no membership check")
 
-    def repair_loss(self, info: ModelInfo) -> Callable[[Any, Any], torch.Tensor]:
-        """``loss(model_output, batch)`` for :func:`tpunlearn.repair.repair`, the family's training loss."""
+    def repair_loss(self, info: ModelInfo, forget: Sequence[int] = (),
+                    original: nn.Module | None = None) -> Callable[[Any, Any], torch.Tensor]:
+        """``loss(model_output, batch)`` for :func:`tpunlearn.repair.repair`, the family's training loss
+        on retained targets (``original``, when given, is the unpruned model to distil from)."""
         raise UsageError(f"the {self.name} adapter has no repair fine-tune yet; drop --repair-epochs")
+
+    def repair(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int], *,
+               original: nn.Module | None = None, epochs: int = 1, lr: float = 1e-4, plan: Any = None,
+               seed: int = 0, progress: bool = True) -> dict[str, Any]:
+        """Fine-tune the pruned ``model`` in place on the retained targets of ``spec``'s training data;
+        return a summary (epochs, steps, losses, what was optimised).
+
+        The one repair entry point of every family (``prune --repair-epochs``, :func:`tpunlearn.api.repair`).
+        The default runs :func:`tpunlearn.repair.repair` over :meth:`repair_data` with :meth:`repair_loss`;
+        a family whose own trainer serves better (ultralytics for yolov5) overrides it, and must keep the
+        pruned module (never rebuild it from a config) and keep mask-mode channels zero (``plan``).
+        """
+        from tpunlearn.repair import repair
+
+        return repair(model, self.repair_data(model, info, spec, forget),
+                      self.repair_loss(info, forget=forget, original=original),
+                      epochs=epochs, lr=lr, plan=plan, seed=seed, progress=progress)
 
 
 # ---- the shared steps ------------------------------------------------------------------------

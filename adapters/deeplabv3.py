@@ -282,7 +282,8 @@ class DeepLabV3Adapter(Adapter):
         """Training ``(images, masks)`` batches of the images that hold none of ``forget``."""
         return MaskFilter(self.mask_batches(info, spec, "train", batch_size), forget)
 
-    def repair_loss(self, info: ModelInfo) -> Callable[[Any, Any], torch.Tensor]:
+    def repair_loss(self, info: ModelInfo, forget: Sequence[int] = (),
+                    original: nn.Module | None = None) -> Callable[[Any, Any], torch.Tensor]:
         """Per-pixel cross-entropy (255 ignored), as the zoo model was trained."""
         from tpunlearn.torchutils import main_tensor
 

@@ -259,7 +259,8 @@ class TimmAdapter(Adapter):
                 data.loader(test, batch_size=128),
                 data.loader(Subset(train, holds.nonzero().flatten().tolist()), batch_size=128))
 
-    def repair_loss(self, info: ModelInfo) -> Callable[[Any, Any], torch.Tensor]:
+    def repair_loss(self, info: ModelInfo, forget: Sequence[int] = (),
+                    original: nn.Module | None = None) -> Callable[[Any, Any], torch.Tensor]:
         """Binary cross-entropy on the multi-hot labels (multi-label), else cross-entropy."""
         import torch.nn.functional as F
 

@@ -422,7 +422,7 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
     print(res.plan.dry_run())
     if args.dry_run:
         return 0
-    repaired = _repair(args, adapter, info, res, forget) if args.repair_epochs else None
+    repaired = _repair(args, adapter, model, info, res, forget) if args.repair_epochs else None
     report = prune_report(res, model, example, args, info.class_names, adapter.library, t0)
     if auto is not None:
         report["auto"] = auto
@@ -466,12 +466,11 @@ def _targets(args: argparse.Namespace, info: Any) -> tuple[list[int], list[int] 
     return forget, retain
 
 
-def _repair(args: argparse.Namespace, adapter: Any, info: Any, res: Any, forget: list[int]) -> dict[str, Any]:
+def _repair(args: argparse.Namespace, adapter: Any, model: Any, info: Any, res: Any,
+            forget: list[int]) -> dict[str, Any]:
     """``--repair-epochs``: fine-tune the pruned model in place on data without the forget targets."""
-    from tpunlearn.repair import repair
-
-    return repair(res.model, adapter.repair_data(res.model, info, args.data, forget), adapter.repair_loss(info),
-                  epochs=args.repair_epochs, lr=args.repair_lr, plan=res.plan, seed=args.seed, progress=_progress())
+    return adapter.repair(res.model, info, args.data, forget, original=model, epochs=args.repair_epochs,
+                          lr=args.repair_lr, plan=res.plan, seed=args.seed, progress=_progress())
 
 
 def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samples: Any, scores: Any,

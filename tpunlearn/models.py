@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["adapter_for", "load", "load_model"]
+__all__ = ["adapter_for", "load", "load_model", "repair"]
 
 
 def adapter_for(arch: str) -> Any:
@@ -61,3 +61,19 @@ def load(path: str | Path, trust_checkpoint: bool = False) -> tuple[Any, Any]:
         raise WeightsError(f"{path} is {describe_checkpoint(ckpt)}, which names no architecture; build it with "
                            "tpunlearn.models.load_model(ARCH, weights=path) (or `--arch ARCH --weights PATH`)")
     return adapter_for(arch).build(arch, path, trust_checkpoint=trust_checkpoint)
+
+
+def repair(model: Any, info: Any, data: str | None = None, forget: Any = (), *, original: Any = None,
+           epochs: int = 1, lr: float = 1e-4, plan: Any = None, seed: int = 0,
+           progress: bool = True) -> dict[str, Any]:
+    """Fine-tune a pruned ``model`` in place on the retained targets of ``data`` (a data spec as for
+    ``--data``; None: the model's own data), through its family's repair (the adapter's
+    :meth:`~tpunlearn.adapters.base.Adapter.repair`); ``original`` is the unpruned model to distil
+    from, ``plan`` the request's :class:`~tpunlearn.plan.PrunePlan` (mask-mode channels stay zero).
+    Returns the repair summary that ``prune --repair-epochs`` writes to report.json.
+    """
+    from tpunlearn import adapters
+
+    forget = [int(forget)] if isinstance(forget, int) else [int(t) for t in forget]
+    return adapters.get(info.family).repair(model, info, data, forget, original=original, epochs=epochs, lr=lr,
+                                            plan=plan, seed=seed, progress=progress)
