@@ -127,6 +127,8 @@ class TimmAdapter(Adapter):
         state.task = saved.get("task")
         if saved.get("format") == SAVE_FORMAT:
             state.history = pruning_history(saved.get("history"))
+            if isinstance(saved.get("zoo"), dict):  # a pruned copy of a zoo model says which
+                state.extra["zoo"] = dict(saved["zoo"])
         else:
             state.extra["train"] = dict(saved.get("train") or {})
         state.state = saved.get("state_dict")
@@ -159,6 +161,10 @@ class TimmAdapter(Adapter):
         num = int(state.kwargs.get("num_classes", 10))
         zoo = state.zoo
         names = state.class_names or (list(zoo.class_names) if zoo is not None else [str(i) for i in range(num)])
+        outputs = _head_width(model)
+        if outputs is not None and len(names) != outputs:
+            raise UsageError(f"{len(names)} class names ({listed(names)}) for a model with {outputs} class "
+                             "outputs; give one name per output (or --num-classes to match)")
         weights = None if state.weights is None else str(state.weights)
         return ModelInfo(arch=zoo.name if zoo is not None else state.arch, family="timm",
                          task=state.task or (zoo.task if zoo is not None else "multilabel"),
@@ -166,6 +172,7 @@ class TimmAdapter(Adapter):
                          weights=weights, extra={"timm_name": state.builder, "timm_kwargs": state.kwargs,
                                                  "history": state.history, **state.extra,
                                                  "own_names": bool(state.class_names or zoo),
+                                                 "zoo_entry": zoo is not None,
                                                  "own_task": bool(state.task or zoo)})
 
     # ---- what the core needs -------------------------------------------------------------------
@@ -283,6 +290,10 @@ class TimmAdapter(Adapter):
             "data_config": data_config(info),  # the normalisation it was scored and evaluated with
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},  # loads anywhere
         }
+        record = info.extra.get("zoo")
+        name = record.get("name") if isinstance(record, dict) else (info.arch if info.extra.get("zoo_entry") else None)
+        if name:  # tu.load rebuilds it as that zoo model (its data, names and record)
+            payload["zoo"] = {"name": str(name), "pruned": bool(payload["history"])}
         save_torch(payload, path)
 
 
@@ -457,3 +468,14 @@ def _stem_chans(name: str, kwargs: dict[str, Any], state: Any) -> int:
                 return int(weight.shape[1]) * module.groups
             break
     return default
+
+
+def _head_width(model: nn.Module) -> int | None:
+    """How many class outputs the timm model's classifier has (None: no classifier it can name)."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    if isinstance(head, nn.Linear):
+        return int(head.out_features)
+    if isinstance(head, nn.Conv2d):
+        return int(head.out_channels)
+    return None

@@ -86,6 +86,8 @@ CASES = [
      ["sigma=999", "number of prunable convolutions"]),
     ("samples-0", [*P, "--arch", ZOO, "--forget", "3", "--samples", "0"], 2, ["--samples", ">= 1"]),
     ("no-forget", [*P, "--arch", ZOO], 2, ["--forget"]),
+    ("names-vs-head", [*P, "--arch", "resnet18", "--num-classes", "5", "--names", "a,b,c", "--imgsz", "32",
+                       "--forget", "a"], 2, ["3 class names (a, b, c)", "5 class outputs"]),
     ("unknown-option", [*P, "--arch", ZOO, "--forget", "3", "--fast"], 2, ["unrecognized arguments: --fast"]),
     ("empty-weights-arg", [*P, "--arch", ZOO, "--forget", "3", "--weights", ""], 2, ["--weights", "is empty"]),
     ("out-is-file", ["prune", "--arch", ZOO, "--forget", "3", "--out", "{root}/a_file"], 2, ["is a file"]),

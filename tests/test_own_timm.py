@@ -163,6 +163,7 @@ def test_load_rebuilds_what_tpunlearn_saved(tmp_path: Path, name: str) -> None:
     assert width < sum(p.numel() for p in model.parameters())
     back, back_info = tu.load(tmp_path / "model.pt")
     assert not back.training and back_info.class_names == info.class_names
+    assert back_info.arch == name  # the pruned copy is still that zoo model, with its data
     assert sum(p.numel() for p in back.parameters()) == width
     torch.testing.assert_close(main_tensor(forward(back, x)), want)
     again, record = tu.zoo.load(name, weights=tmp_path / "model.pt")

@@ -39,11 +39,12 @@ def load(path: str | Path, trust_checkpoint: bool = False) -> tuple[Any, Any]:
 
     The file names its own architecture: an ultralytics checkpoint its model (``yolov5*``, a
     ``yolo train`` run's ``best.pt``), a ``tpunlearn-*`` checkpoint (``prune``'s ``model.pt``, a
-    zoo file) its ``timm_name`` or ``arch``; the family's adapter then replays the pruning history
+    zoo file) its ``timm_name`` or ``arch``, and a zoo model or a pruned copy of one its zoo name (built
+    as that zoo model, with its data and record); the family's adapter then replays the pruning history
     and loads the weights. A file that names no architecture (a plain state dict) is a
     :class:`~tpunlearn.errors.WeightsError` that says to build it with :func:`load_model`.
     """
-    from tpunlearn import adapters
+    from tpunlearn import adapters, zoo
     from tpunlearn.errors import WeightsError
     from tpunlearn.safeload import describe_checkpoint, load_checkpoint
 
@@ -57,6 +58,10 @@ def load(path: str | Path, trust_checkpoint: bool = False) -> tuple[Any, Any]:
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
     arch = (ckpt.get("timm_name") or ckpt.get("arch")) if isinstance(fmt, str) and fmt.startswith("tpunlearn-") \
         else None
+    record = ckpt.get("zoo") if isinstance(fmt, str) and fmt.startswith("tpunlearn-") else None
+    name = record.get("name") if isinstance(record, dict) else ckpt.get("name") if fmt == zoo.FORMAT else None
+    if isinstance(name, str) and name in zoo.ZOO:
+        return zoo.build_model(name, path, trust_checkpoint=trust_checkpoint)[1:]  # a zoo model or its pruned copy
     if not isinstance(arch, str):
         raise WeightsError(f"{path} is {describe_checkpoint(ckpt)}, which names no architecture; build it with "
                            "tpunlearn.models.load_model(ARCH, weights=path) (or `--arch ARCH --weights PATH`)")
