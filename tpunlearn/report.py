@@ -86,10 +86,12 @@ def outcome_entry(graph: BalancedGraph, plan: PrunePlan, settings: UnlearnSettin
     where = f"the {len(graph.layers)} scored layer(s) (--sigma {s.sigma})"
     selected = sum(int((graph.forget_hits[layer] > 0).sum()) for layer in graph.layers)
     if not any(graph.flagged().values()):
+        tol = graph.retain_tolerance  # the count, also when --retain-tolerance gave a fraction
+        given = "" if float(s.retain_tolerance) == tol else f" = {s.retain_tolerance:g} of {len(graph.retain)}"
         why = (f"all {selected} channel(s) the forget target(s) select in {where} at --delta {s.delta:g} are "
-               f"essential to more than {s.retain_tolerance} retained target(s) too (--retain-tolerance "
-               f"{s.retain_tolerance}): no channel is specific to the forget target(s)")
-        hint = [f"--retain-tolerance {s.retain_tolerance + 1} (a channel that {s.retain_tolerance + 1} retained "
+               f"essential to more than {tol} retained target(s) too (--retain-tolerance "
+               f"{tol}{given}): no channel is specific to the forget target(s)")
+        hint = [f"--retain-tolerance {tol + 1} (a channel that {tol + 1} retained "
                 "target(s) also select may go)", "a larger --sigma (more layers scored)", "--auto"]
     else:
         total = plan.explain()["total"]
