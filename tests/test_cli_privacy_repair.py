@@ -44,6 +44,23 @@ def test_auto_picks_settings_on_the_validation_split(tmp_path, capsys):
     assert "<- chosen" in text
 
 
+@pytest.mark.slow
+def test_auto_with_a_repair_budget_repairs_only_when_cheaper_stages_miss(tmp_path, capsys):
+    out = tmp_path / "o"
+    code, text, err = run(capsys, "prune", "--arch", ZOO, "--forget", "7", "--samples", "8", "--auto",
+                          "--auto-sigmas", "1", "--auto-deltas", "0.02", "--auto-budget", "0.0001",
+                          "--repair-epochs", "1", "--data", "digits:300", "--out", out)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    auto = report["auto"]
+    stages = [r["stage"] for r in auto["tried"]]
+    # sigma 1, delta 0.02 leaves digit 7 recognised: pruning and calibration miss, so the closest is repaired
+    assert stages == ["prune", "calibrate", "repair"] and auto["repair_budget_epochs"] == 1
+    assert auto["stages"] == stages and not auto["met"] and "no setting tried met the goal" in err
+    assert ("repair" in report) == (auto["stage"] == "repair")
+    assert all(f"auto: {s}" in text for s in stages)
+
+
 def test_auto_and_a_graph_cache_do_not_mix(tmp_path, capsys):
     cache = tmp_path / "c.json"  # a valid cache: the refusal is about --auto, not a bad file
     assert run(capsys, "graph", "--arch", ZOO, "--data", "digits:40", "--sigma", "1", "--samples", "1",

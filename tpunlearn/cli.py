@@ -201,8 +201,9 @@ def _parser() -> argparse.ArgumentParser:
                             "default: on for yolov5 and timm classifiers, off for DeepLab; the forget targets' "
                             "rows stay as pruned)")
     prune.add_argument("--repair-epochs", type=_int_at_least(0), default=0, metavar="N",
-                       help="fine-tune the pruned model for N epochs on data without the forget targets "
-                            "(default 0: no fine-tuning)")
+                       help="fine-tune the pruned model for N epochs on the retained targets (default 0: no "
+                            "fine-tuning); with --auto, the repair budget: it repairs only where pruning and "
+                            "calibration miss the goal")
     prune.add_argument("--repair-lr", type=_positive, default=1e-4, metavar="LR",
                        help="repair learning rate (default 1e-4)")
     prune.add_argument("--auto", action="store_true",
@@ -422,7 +423,9 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
     print(res.plan.dry_run())
     if args.dry_run:
         return 0
-    repaired = _repair(args, adapter, model, info, res, forget) if args.repair_epochs else None
+    repaired = _repair(args, adapter, model, info, res, forget) if args.repair_epochs and auto is None else None
+    if auto is not None:  # --auto repaired its choice itself, when repair was the stage that served
+        repaired = auto.pop("repair", None)
     report = prune_report(res, model, example, args, info.class_names, adapter.library, t0)
     if auto is not None:
         report["auto"] = auto
@@ -509,18 +512,32 @@ def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samp
         raise DataError(f"--auto judges forgetting on the validation split, and it holds no instance of "
                         f"{', '.join(unjudged)}; classes it holds: {listed([info.class_names[t] for t in baseline])}")
     space = adapter.auto_space
+
+    def repair(res: Any) -> dict[str, Any]:
+        return _repair(args, adapter, model, info, res, forget)
+
     found = auto_unlearn(model, samples, forget, evaluate, baseline=baseline, forget_bound=args.auto_bound,
                          retain_budget=args.auto_budget, sigmas=args.auto_sigmas or space.get("sigmas", SIGMAS),
-                         deltas=args.auto_deltas or space.get("deltas", DELTAS), **common)
-    for row in found.tried:
-        mark = "  <- chosen" if (row["sigma"], row["delta"]) == (found.sigma, found.delta) else ""
-        print(f"auto: sigma {row['sigma']:2d} delta {row['delta']:.2f}: forget {row['forget_metric']:.3f}, worst "
-              f"retained drop {row['worst_retained_drop']:.3f}, {row['removed_channels']} channels{mark}")
-    if not found.met:
-        print(f"auto: no setting tried met the goal; the closest is sigma {found.sigma}, delta {found.delta}",
-              file=sys.stderr)
+                         deltas=args.auto_deltas or space.get("deltas", DELTAS),
+                         repair=repair if args.repair_epochs else None, **common)
+    _print_tried(found)
     return found.result, {**found.to_dict(), "bound": args.auto_bound, "budget": args.auto_budget,
-                          "split": "validation", "metric": adapter.metric_name, **judged}
+                          "split": "validation", "metric": adapter.metric_name, "repair": found.repair,
+                          "repair_budget_epochs": args.repair_epochs, **judged}
+
+
+def _print_tried(found: Any) -> None:
+    """One line per ``--auto`` request tried (stage, setting, result, seconds), the chosen one marked."""
+    for row in found.tried:
+        chosen = (row["stage"], row["sigma"], row["delta"]) == (found.stage, found.sigma, found.delta)
+        mark = "  <- chosen" if chosen else ""
+        print(f"auto: {row['stage']:9s} sigma {row['sigma']:2d} delta {row['delta']:.2f}: forget "
+              f"{row['forget_metric']:.3f}, worst retained drop {row['worst_retained_drop']:.3f}, "
+              f"{row['removed_channels']} channels, {row['seconds']:.1f} s{mark}")
+    if not found.met:
+        how = "" if "repair" in {r["stage"] for r in found.tried} else " (--repair-epochs N lets it repair too)"
+        print(f"auto: no setting tried met the goal{how}; the closest is {found.stage}, sigma {found.sigma}, "
+              f"delta {found.delta}", file=sys.stderr)
 
 
 def _write_outputs(args: argparse.Namespace, out: Path, adapter: Any, model: Any, info: Any, res: Any,
