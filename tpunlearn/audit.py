@@ -106,7 +106,8 @@ def summary_line(checks: Mapping[str, Mapping[str, Any]], has_reference: bool) -
     if not has_reference:
         return "audit: no --reference given, so no gap to a retrained model is judged"
     inside = [n for n, c in checks.items() if c["within"]]
-    outside = [f"{n} (gap {_gap_text(c['gap_to_reference'], c['kind'])}, tolerance {_gap_text(c['tolerance'], c['kind'])})"
+    outside = [f"{n} (gap {_gap_text(c['gap_to_reference'], c['kind'])}, "
+               f"tolerance {_gap_text(c['tolerance'], c['kind']).lstrip('+')})"
                for n, c in checks.items() if c["within"] is False]
     return (f"audit: within the reference's tolerance: {', '.join(inside) or 'none'}; "
             f"not within: {', '.join(outside) or 'none'}")
