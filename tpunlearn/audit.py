@@ -57,8 +57,8 @@ def check_lines(results: Mapping[str, PrivacyResult], not_run: Mapping[str, str]
     for name, r in results.items():
         value = f"{100 * r.value:.1f} %" if r.kind == "mia" else f"{r.value:.3f}"
         counts = ", ".join(f"{k} {v}" for k, v in r.n.items())
-        lines.append(f"{CHECKS.get(name, name)}: {value} ({counts})")
-    lines += [f"{CHECKS.get(name, name)}: not run ({why})" for name, why in not_run.items()]
+        lines.append(f"{'MIA' if r.kind == 'mia' else 'probe'}: {CHECKS.get(name, name)}: {value} ({counts})")
+    lines += [f"not run: {CHECKS.get(name, name)} ({why})" for name, why in not_run.items()]
     return lines
 
 

@@ -267,7 +267,7 @@ def confidence_features(logits: torch.Tensor, labels: torch.Tensor, multilabel: 
     p = torch.sigmoid(logits)
     truth = torch.where(labels > 0.5, p, 1 - p)  # probability of the true label, per class
     ent = -(p * p.clamp(min=eps).log() + (1 - p) * (1 - p).clamp(min=eps).log())
-    m_ent = -((1 - truth) * truth.clamp(min=eps).log() + truth * (1 - truth).clamp(min=eps).log())
+    m_ent = -2 * (1 - truth) * truth.clamp(min=eps).log()  # Song & Mittal's formula with two classes
     return {"confidence": truth.clamp(min=eps).log().mean(1).exp(), "entropy": ent.mean(1), "m_entropy": m_ent.mean(1)}
 
 
