@@ -5,9 +5,9 @@ import json
 
 import pytest
 import torch
+from helpers import build_tiny_cnn
 from torch import nn
 
-from helpers import build_tiny_cnn
 from tpunlearn.errors import DataError
 from tpunlearn.privacy import (LinearProbe, entropy, expand_features, head_layer, mia_score, penultimate_features,
                                probe_scores)
@@ -184,7 +184,8 @@ def _colour_scenes(n: int, seed: int = 0) -> list[tuple[torch.Tensor, list[torch
         for b in range(8):
             mask = torch.zeros(64, 64, dtype=torch.uint8)
             for k, cls in enumerate(torch.randint(1, 4, (2,), generator=gen).tolist()):
-                y, x = int(torch.randint(0, 40, (1,), generator=gen)), 32 * k + int(torch.randint(0, 8, (1,), generator=gen))
+                y = int(torch.randint(0, 40, (1,), generator=gen))
+                x = 32 * k + int(torch.randint(0, 8, (1,), generator=gen))
                 images[b, [0, 1, 2][cls - 1], y:y + 20, x:x + 20] = 0.9
                 mask[y:y + 20, x:x + 20] = cls
             masks.append(mask)
