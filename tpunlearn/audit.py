@@ -40,7 +40,10 @@ def privacy_checks(adapter: Any, model: nn.Module, info: Any, spec: str | None, 
     """
     if info.task in CLASSIFIER_TASKS:
         retain, test, forgotten = adapter.mia_data(model, info, spec, list(forget))
-        return classifier_checks(model, retain, test, forgotten, forget, info.task == "multilabel", seed), {}
+        not_run: dict[str, str] = {}
+        results = classifier_checks(model, retain, test, forgotten, forget, info.task == "multilabel", seed,
+                                    not_run=not_run)
+        return results, not_run
     attacks = {k: f"membership attacks read a classifier's per-sample confidence; a {info.task} model has none"
                for k in ("entropy_mia", "svm_mia_efficacy")}
     layer = adapter.probe_layer(model, info)

@@ -372,8 +372,8 @@ def holds_any(labels: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- classifier checks
 def classifier_checks(model: nn.Module, retain: Iterable[Any], test: Iterable[Any], forget: Iterable[Any],
-                      targets: Sequence[int], multilabel: bool, seed: int = 0,
-                      cap: int = CAP) -> dict[str, PrivacyResult]:
+                      targets: Sequence[int], multilabel: bool, seed: int = 0, cap: int = CAP,
+                      not_run: dict[str, str] | None = None) -> dict[str, PrivacyResult]:
     """Every attack and probe of a classifier, from one pass over at most ``cap`` samples of each
     of ``retain`` (training samples without the forget ``targets``: members), ``test``
     (non-members) and ``forget`` (training samples with a forget target):
@@ -381,21 +381,35 @@ def classifier_checks(model: nn.Module, retain: Iterable[Any], test: Iterable[An
     ``entropy_mia`` (SSD's attack: the forget samples' member rate), ``svm_mia_efficacy``
     (SalUn's: their non-member rate), and the refitted ``linear_probe_auc`` / ``knn_probe_auc``
     for "holds a forget target" on the penultimate features (fitted on the training samples,
-    scored on the test split).
+    scored on the test split). A check the data cannot support (too few samples) raises a
+    DataError, or, when ``not_run`` is given, is left out and recorded there with the reason.
     """
-    groups = {name: outputs_and_features(model, batches, limit=cap)
-              for name, batches in (("retain", retain), ("test", test), ("forget", forget))}
-    (r_out, r_feat, r_lab), (t_out, t_feat, t_lab), (f_out, f_feat, f_lab) = groups.values()
-    for name, (out, _feat, _lab) in groups.items():
-        _check_count(f"{name} samples", len(out))
-    ent = membership_attack(entropy(r_out), entropy(t_out), entropy(f_out), seed)
-    results = {"entropy_mia": PrivacyResult("entropy_mia", ent.score, "mia",
-                                            {"retain": ent.n_retain, "test": ent.n_test, "forget": ent.n_forget},
-                                            {"retain_member_rate": ent.retain_member_rate,
-                                             "test_member_rate": ent.test_member_rate}),
-               "svm_mia_efficacy": svm_mia((r_out, r_lab), (t_out, t_lab), (f_out, f_lab), multilabel, seed)}
-    train = (torch.cat([r_feat, f_feat]), holds_any(torch.cat([r_lab, f_lab]), targets))
-    results.update(probe_aucs(train, (t_feat, holds_any(t_lab, targets)), seed, "samples"))
+    (r_out, r_feat, r_lab), (t_out, t_feat, t_lab), (f_out, f_feat, f_lab) = (
+        outputs_and_features(model, batches, limit=cap) for batches in (retain, test, forget))
+
+    def entropy_attack() -> dict[str, PrivacyResult]:
+        ent = membership_attack(entropy(r_out), entropy(t_out), entropy(f_out), seed)
+        return {"entropy_mia": PrivacyResult("entropy_mia", ent.score, "mia",
+                                             {"retain": ent.n_retain, "test": ent.n_test, "forget": ent.n_forget},
+                                             {"retain_member_rate": ent.retain_member_rate,
+                                              "test_member_rate": ent.test_member_rate})}
+
+    def probes() -> dict[str, PrivacyResult]:
+        train = (torch.cat([r_feat, f_feat]), holds_any(torch.cat([r_lab, f_lab]), targets))
+        return probe_aucs(train, (t_feat, holds_any(t_lab, targets)), seed, "samples")
+
+    parts = ((("entropy_mia",), entropy_attack),
+             (("svm_mia_efficacy",), lambda: {"svm_mia_efficacy": svm_mia((r_out, r_lab), (t_out, t_lab),
+                                                                          (f_out, f_lab), multilabel, seed)}),
+             (("linear_probe_auc", "knn_probe_auc"), probes))
+    results: dict[str, PrivacyResult] = {}
+    for names, run in parts:
+        try:
+            results.update(run())
+        except DataError as exc:
+            if not_run is None:
+                raise
+            not_run.update({name: str(exc) for name in names})
     return results
 
 
