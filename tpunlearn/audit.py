@@ -69,15 +69,17 @@ def audit(adapter: Any, models: Mapping[str, nn.Module], info: Any, spec: str | 
           seed: int = 0) -> dict[str, Any]:
     """report.json's ``audit``: every check on each of ``models`` (``original``, ``unlearned`` and,
     when given, ``reference``), with the gap of the unlearned model to the reference and whether
-    it lies within the tolerance. A check that fails on one model's data is recorded as not run."""
+    it lies within the tolerance. A model whose checks fail (its data lacks what they need) is
+    named in ``failed`` with the reason, and its values are None."""
     t0 = time.perf_counter()
     per_model: dict[str, dict[str, PrivacyResult]] = {}
     not_run: dict[str, str] = {}
+    failed: dict[str, str] = {}
     for which, model in models.items():
         try:
             per_model[which], skipped = privacy_checks(adapter, model, info, spec, forget, seed)
-        except TpunlearnError as exc:  # e.g. too few samples of the target: say so, keep the run
-            per_model[which], skipped = {}, {name: f"{which}: {exc}" for name in CHECKS}
+        except TpunlearnError as exc:  # e.g. no region of the target in the data: say so, keep the run
+            per_model[which], skipped, failed[which] = {}, {name: f"{which}: {exc}" for name in CHECKS}, str(exc)
         not_run.update({k: v for k, v in skipped.items() if k not in not_run})
     checks = {name: compare(name, {w: r.get(name) for w, r in per_model.items()})
               for name in CHECKS if any(name in r for r in per_model.values())}
@@ -85,7 +87,8 @@ def audit(adapter: Any, models: Mapping[str, nn.Module], info: Any, spec: str | 
     outside = [n for n, c in checks.items() if c["within"] is False]
     return {"forget": [info.class_names[t] for t in forget], "task": info.task, "models": list(models),
             "checks": checks, "not_run": {k: v for k, v in not_run.items() if k not in checks},
-            "within": within, "outside": outside, "line": summary_line(checks, "reference" in models),
+            "failed": failed, "within": within, "outside": outside,
+            "line": summary_line(checks, "reference" in models),
             "seconds": round(time.perf_counter() - t0, 2)}
 
 

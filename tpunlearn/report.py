@@ -531,9 +531,11 @@ def _html_audit(audit: Any, folder: Path) -> str:
              _html_table(["check", "original", "unlearned", "reference", "gap to reference", "tolerance", "verdict"],
                          rows, classes)]
     not_run = audit.get("not_run") or {}
-    if not_run:
+    failed = audit.get("failed") or {}
+    if not_run or failed:
         parts.append("<ul>" + "".join(f"<li>{esc(k)}: not run ({esc(str(v))})</li>" for k, v in not_run.items())
-                     + "</ul>")
+                     + "".join(f"<li class=\"notmet\">{esc(k)} model: its checks failed ({esc(str(v))})</li>"
+                               for k, v in failed.items()) + "</ul>")
     if audit.get("inversion"):
         parts += [_html_image(folder / "inversion.png", "model inversion of the forget target"),
                   f"<p>{esc(str(audit['inversion'].get('caption', '')))}</p>"]
