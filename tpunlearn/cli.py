@@ -746,7 +746,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _inputs(args: argparse.Namespace) -> dict[str, str]:
     """The user's input files and folders, by what they are."""
     named = {"the input checkpoint": args.weights, "the graph cache": getattr(args, "graph", None),
-             "the data": args.data}
+             "the data": args.data, "the reference checkpoint": getattr(args, "reference", None)}
     return {what: path for what, path in named.items() if path and Path(path).exists()}
 
 
