@@ -181,3 +181,13 @@ def test_eval_mia_runs_the_region_probes_for_a_segmenter(tmp_path, capsys):
     assert set(privacy["checks"]) == {"linear_probe_auc", "knn_probe_auc"}
     assert privacy["checks"]["knn_probe_auc"]["detail"]["layer"] == "classifier.0"
     assert set(privacy["not_run"]) == {"entropy_mia", "svm_mia_efficacy"} and "not run:" in text
+
+
+def test_an_out_folder_holding_the_reference_is_refused(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "ref.pt").write_bytes(b"not read")
+    before = listing(out)
+    assert_error(run(capsys, "prune", "--arch", ZOO, "--forget", "3", "--reference", out / "ref.pt", "--out", out,
+                     "--force"), 2, "holds the reference checkpoint")
+    assert listing(out) == before
