@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 from helpers import assert_error, build_tiny_cnn, listing, run
-from torch import nn
 
 from tpunlearn.audit import CHECKS, audit, compare, privacy_checks, summary_line
 from tpunlearn.errors import DataError
@@ -54,7 +53,7 @@ def test_audit_compares_each_check_with_the_reference_and_says_which_are_within(
     entry = audit(family, models, info, None, [0])
     assert entry["models"] == ["original", "unlearned", "reference"] and entry["forget"] == ["0"]
     assert set(entry["checks"]) == set(CHECKS) and entry["not_run"] == {}
-    for name, c in entry["checks"].items():
+    for c in entry["checks"].values():
         assert {"label", "kind", "original", "unlearned", "reference", "gap_to_reference", "tolerance",
                 "within", "detail"} <= set(c)
         assert c["original"] == c["reference"]  # the same weights, the same seed: the same numbers
@@ -115,7 +114,8 @@ def _colour_yolo(root: Path, n: int = 48) -> Path:
     for i in range(n):
         image, lines = torch.zeros(64, 64, 3), []
         for k, cls in enumerate(torch.randint(0, 3, (2,), generator=gen).tolist()):
-            y, x = int(torch.randint(0, 40, (1,), generator=gen)), 32 * k + int(torch.randint(0, 8, (1,), generator=gen))
+            y = int(torch.randint(0, 40, (1,), generator=gen))
+            x = 32 * k + int(torch.randint(0, 8, (1,), generator=gen))
             image[y:y + 20, x:x + 20, cls] = 0.9
             lines.append(f"{cls} {(x + 10) / 64:.6f} {(y + 10) / 64:.6f} {20 / 64:.6f} {20 / 64:.6f}")
         Image.fromarray((image * 255).byte().numpy()).save(root / "images" / "train" / f"{i:03d}.png")

@@ -242,3 +242,20 @@ def test_inversion_raises_the_target_logit_from_the_same_seed_and_leaves_the_mod
         assert model(x[None])[0, 2] > model(start)[0, 2]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_checks_the_data_cannot_support_are_recorded_or_raised():
+    from tpunlearn.privacy import classifier_checks
+
+    (xr, yr), (xt, yt), (xf, yf) = _memorisation_data()
+    model = _mlp(0).eval()
+    few = _labelled(xf[:3], yf[:3])  # three forget samples: too few for the SVM (label 0 is everywhere: probes run)
+    not_run: dict = {}
+    checks = classifier_checks(model, _labelled(xr, yr), _labelled(xt, yt), few, [0], multilabel=False,
+                               not_run=not_run)
+    assert set(checks) == {"entropy_mia", "linear_probe_auc", "knn_probe_auc"}
+    assert checks["entropy_mia"].n["forget"] == 3
+    assert set(not_run) == {"svm_mia_efficacy"}
+    assert "too few samples" in not_run["svm_mia_efficacy"]
+    with pytest.raises(DataError, match="too few samples .*: 3 forget training samples"):
+        classifier_checks(model, _labelled(xr, yr), _labelled(xt, yt), few, [0], multilabel=False)
