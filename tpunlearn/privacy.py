@@ -8,6 +8,14 @@
 * :func:`probe_scores` asks whether the forget target is still linearly readable from the
   penultimate features (the paper's Fig. 3 motivation): output metrics alone can hide
   features that are still there.
+* :func:`svm_mia` is SalUn's / l1-sparse's "MIA-efficacy" (an RBF SVC on the confidence of the
+  true label, ``evaluation/SVC_MIA.py`` in their repositories); :class:`KNNProbe` reads the
+  target from neighbourhoods of the features, linear or not; :func:`classifier_checks` runs all
+  four on a classifier in one pass per data group.
+* :func:`region_checks` are the probes for segmenters and detectors, on a feature map pooled
+  over the target's mask pixels or boxes; :func:`invert_target` is the paper's Fig. 7.
+Every check returns a :class:`PrivacyResult` (``to_dict()`` for JSON); :mod:`tpunlearn.audit`
+puts them side by side for the original, the unlearned model and a retrained reference.
 """
 from __future__ import annotations
 
