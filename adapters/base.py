@@ -235,6 +235,18 @@ class Adapter(ABC):
         """``(retain_train, test, forget_train)`` batches for :func:`tpunlearn.privacy.mia_score`."""
         raise UsageError(f"--mia is for classifiers; the {self.name} adapter ({info.task}) has no membership check")
 
+    # ---- region probes (optional; segmentation and detection) ------------------------------------
+    def probe_layer(self, model: nn.Module, info: ModelInfo) -> str | None:
+        """The qualified name of the layer whose feature map the region probes pool
+        (:func:`tpunlearn.privacy.region_checks`); None: this family has no region probes."""
+        return None
+
+    def region_batches(self, model: nn.Module, info: ModelInfo, spec: str | None) -> Iterable[Any] | None:
+        """Re-iterable ``(images, regions)`` training batches for the region probes: per image a list
+        of ``(class, region)``, the region a bool mask (any resolution) or a box ``(4,)`` xyxy in
+        [0, 1] of the input; None: this family has none."""
+        return None
+
     def repair_loss(self, info: ModelInfo, forget: Sequence[int] = (),
                     original: nn.Module | None = None) -> Callable[[Any, Any], torch.Tensor]:
         """``loss(model_output, batch)`` for :func:`tpunlearn.repair.repair`, the family's training loss

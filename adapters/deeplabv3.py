@@ -205,6 +205,19 @@ class DeepLabV3Adapter(Adapter):
             return out
         return out + 0.0 * aux
 
+    # ---- region probes ---------------------------------------------------------------------------
+    def probe_layer(self, model: nn.Module, info: ModelInfo) -> str | None:
+        """The ASPP module's output (``classifier.0``): the neck's feature map that the last two head
+        convolutions read, so what it still carries of a target the segmentation can recover."""
+        return "classifier.0" if "classifier.0" in dict(model.named_modules()) else None
+
+    def region_batches(self, model: nn.Module, info: ModelInfo, spec: str | None) -> Iterable[Any] | None:
+        """Training images with one mask region per class they hold (the background left out)."""
+        from tpunlearn.data.regions import MaskRegions
+
+        skip = [0] if info.class_names and info.class_names[0] == "background" else []
+        return MaskRegions(self.mask_batches(info, spec, "train"), skip=skip)
+
     # ---- data and metrics ----------------------------------------------------------------------
     def bind_data(self, model: nn.Module, info: ModelInfo, spec: str | None) -> ModelInfo:
         """Class names from the ``labelmap.txt`` of a VOC-style ``--data`` folder when the model has none

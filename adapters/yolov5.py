@@ -335,6 +335,34 @@ class YOLOv5Adapter(Adapter):
         result.extra["split"] = f"DigitScenes val ({digits} scenes)"
         return result
 
+    # ---- region probes -------------------------------------------------------------------
+    def probe_layer(self, model: nn.Module, info: ModelInfo) -> str | None:
+        """The finest neck output the Detect head reads (P3, stride 8: the level where small
+        objects' boxes still cover several feature cells)."""
+        layers = getattr(model, "model", None)
+        head = layers[-1] if isinstance(layers, nn.Sequential) and len(layers) else None
+        sources = getattr(head, "f", None)
+        return f"model.{int(sources[0])}" if isinstance(sources, (list, tuple)) and sources else None
+
+    def region_batches(self, model: nn.Module, info: ModelInfo, spec: str | None) -> Iterable[Any] | None:
+        """Training images letterboxed to the model's size, one box region per labelled object
+        (a dataset YAML's ``train`` split, else ``val``; ``digits[:N]``: DigitScenes' training scenes)."""
+        from tpunlearn.data.regions import BoxRegions
+        from tpunlearn.errors import DataError
+
+        size = int(info.input_size[-1])
+        data = _default_spec(model, info, spec)
+        digits = digits_count(data, DIGITS_SCENES["train"]) if data else None
+        if digits is not None:
+            _check_digits_model(info)
+            data = str(yolo_data.digits_yaml(size, n_train=digits))
+        if not data or Path(str(data)).suffix.lower() not in (".yaml", ".yml"):
+            raise DataError("the region probes need labelled boxes: pass --data with a dataset YAML (or digits)")
+        parsed = yolo_data.read_dataset(Path(str(data)))
+        yolo_data.check_names(parsed, info.class_names)
+        images = yolo_data.split_images(parsed, "train" if parsed.get("train") else "val")
+        return BoxRegions(images, yolo_data.label_files(images), len(info.class_names), size)
+
     # ---- saving --------------------------------------------------------------------------
     def save(self, model: nn.Module, info: ModelInfo, path: str | Path, meta: dict[str, Any] | None = None) -> None:
         """Save as an ultralytics checkpoint (``YOLO(path)`` loads, predicts, validates it).

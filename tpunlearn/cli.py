@@ -218,6 +218,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="--auto: the sigmas to try, smallest first (default 1 2 4 8)")
     prune.add_argument("--auto-deltas", type=_fraction, nargs="+", default=None, metavar="F",
                        help="--auto: the deltas to try, smallest first (default 0.02 0.05 0.1 0.2 0.3)")
+    prune.add_argument("--audit", action="store_true",
+                       help="run the attacks and probes of `eval --mia` on the original and the unlearned model "
+                            "(after repair), write report.json's audit and its report.html section, and for "
+                            "classifiers inversion.png (the input that maximises the forget target's logit)")
+    prune.add_argument("--reference", type=_path, metavar="PATH",
+                       help="with --audit: a checkpoint of the model retrained without the forget targets (any the "
+                            "family loads); the audit judges the unlearned model's gap to it (implies --audit)")
     prune.add_argument("--seed", type=int, default=0, help=HELP["seed"])
     _device_arg(prune)
     _verdict_args(prune)
@@ -243,8 +250,11 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(ev)
     ev.add_argument("--json", type=_path, help="also write the metrics to this JSON file")
     ev.add_argument("--mia", action="store_true",
-                    help="classifiers: also run the entropy membership-inference attack on the --forget "
-                         "targets' training samples (members: retained training samples; non-members: test)")
+                    help="also run the privacy checks of the --forget targets: classifiers, the entropy (SSD) and "
+                         "confidence-SVM (SalUn's MIA-efficacy) membership attacks on their training samples "
+                         "(members: retained training samples; non-members: test) and refitted linear and k-NN "
+                         "probes on the penultimate features; segmentation and detection, the probes on features "
+                         "pooled over the targets' mask pixels or boxes")
     ev.add_argument("--forget", nargs="+", metavar="NAME",
                     help="with --mia: the targets whose training samples to attack")
     _device_arg(ev)
@@ -399,6 +409,7 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
         return 0  # cached scores: nothing to share
     if args.strict and not args.eval:
         raise UsageError("--strict judges the verdict of --eval; add --eval")
+    _check_reference(args)
     torch.manual_seed(args.seed)
     out = Path(args.out)
     if not args.dry_run and is_main():
@@ -406,6 +417,7 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
     adapter, model, info = _build(args)
     _eval_kwargs(args, info)  # a --conf the model cannot use fails before any work
     model.to(device)
+    reference = _reference(args, info, device) if args.reference and not args.dry_run else None
     forget, retain = _targets(args, info)
     example = to_device(adapter.example_inputs(info), device)
     t0 = time.perf_counter()
@@ -426,6 +438,8 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
     repaired = _repair(args, adapter, model, info, res, forget) if args.repair_epochs and auto is None else None
     if auto is not None:  # --auto repaired its choice itself, when repair was the stage that served
         repaired = auto.pop("repair", None)
+    audited, inversion = (_audit(args, adapter, model, info, res.model, reference, forget) if args.audit
+                          else (None, None))
     report = prune_report(res, model, example, args, info.class_names, adapter.library, t0)
     if auto is not None:
         report["auto"] = auto
@@ -435,12 +449,17 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
         report["data"] = info.extra["data_split"]
     if repaired is not None:
         report["repair"] = repaired
+    if audited is not None:
+        report["audit"] = audited
     # a pruned checkpoint carries its own history: the new pruning replays after it
     info.extra["history"] = [list(h) for h in info.extra.get("history") or []] + res.plan.history
-    _write_outputs(args, out, adapter, model, info, res, example, report)
+    _write_outputs(args, out, adapter, model, info, res, example, report, inversion=inversion)
     onnx = ", model.onnx" if args.onnx else ""
     metrics = ", metrics.png" if "metrics" in report else ""
+    metrics += ", inversion.png" if inversion else ""
     print(f"wrote {out}/ (model.pt, plan.json, graph.json, graph.png{metrics}, report.html, report.json{onnx})")
+    if audited is not None:
+        _audit_summary(audited)
     _summary(report)
     verdict = report.get("verdict")
     return 3 if args.strict and verdict is not None and not verdict["met"] else 0
@@ -474,6 +493,73 @@ def _repair(args: argparse.Namespace, adapter: Any, model: Any, info: Any, res: 
     """``--repair-epochs``: fine-tune the pruned model in place on data without the forget targets."""
     return adapter.repair(res.model, info, args.data, forget, original=model, epochs=args.repair_epochs,
                           lr=args.repair_lr, plan=res.plan, seed=args.seed, progress=_progress())
+
+
+def _check_reference(args: argparse.Namespace) -> None:
+    """``--reference`` implies ``--audit`` and must name a file, checked before any work."""
+    from tpunlearn.errors import WeightsError
+
+    if args.reference is None:
+        return
+    args.audit = True
+    if not Path(args.reference).is_file():
+        raise WeightsError(f"--reference {args.reference}: no such checkpoint (give the retrained model's file)")
+
+
+def _reference(args: argparse.Namespace, info: Any, device: Any) -> Any:
+    """The retrained reference model, built as ``--arch`` with ``--reference`` as its weights; its
+    classes must be the model's."""
+    from tpunlearn.errors import WeightsError
+
+    _adapter, ref, ref_info = _build(argparse.Namespace(**{**vars(args), "weights": args.reference}))
+    if list(ref_info.class_names) != list(info.class_names):
+        raise WeightsError(f"--reference {args.reference} has classes {listed(ref_info.class_names)}, the model "
+                           f"{listed(info.class_names)}: give a reference retrained on the same classes")
+    return ref.to(device)
+
+
+def _audit(args: argparse.Namespace, adapter: Any, model: Any, info: Any, unlearned: Any, reference: Any,
+           forget: list[int]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``--audit``: report.json's ``audit`` and, for classifiers, the inversion picture's tensors."""
+    from tpunlearn.audit import CLASSIFIER_TASKS, audit, inversions
+    from tpunlearn.io import sha256
+
+    models = {"original": model, "unlearned": unlearned, **({"reference": reference} if reference is not None else {})}
+    entry = audit(adapter, models, info, args.data, forget, seed=args.seed)
+    entry["reference"] = ({"path": str(args.reference), "sha256": sha256(args.reference)}
+                          if reference is not None else None)
+    if info.task not in CLASSIFIER_TASKS:
+        entry["inversion"] = None
+        entry["not_run"]["inversion"] = f"the inversion picture maximises a classifier's logit; {info.task} has none"
+        return entry, None
+    bounds = _data_bounds(adapter, model, info, args.data)
+    target = forget[0]
+    t0 = time.perf_counter()
+    pictures = inversions(models, target, info.input_size, bounds, seed=args.seed)
+    entry["inversion"] = {"file": "inversion.png", "target": info.class_names[target], "seed": args.seed,
+                          "bounds": list(bounds) if bounds else None, "seconds": round(time.perf_counter() - t0, 2)}
+    return entry, {"pictures": pictures, "target": info.class_names[target], "bounds": bounds}
+
+
+def _data_bounds(adapter: Any, model: Any, info: Any, spec: str | None) -> tuple[float, float] | None:
+    """The value range of the model's inputs, from one batch of its data (None when it has none)."""
+    for images, *_ in adapter.samples(model, info, spec):
+        return float(images.min()), float(images.max())
+    return None
+
+
+def _audit_summary(audited: dict[str, Any]) -> None:
+    """The audit's table as printed lines: each check on each model, the gap, and the plain verdict."""
+    for name, c in audited["checks"].items():
+        def shown(v: Any, mia: bool = c["kind"] == "mia") -> str:
+            return "-" if v is None else f"{100 * v:.1f} %" if mia else f"{v:.3f}"
+
+        within = {True: "within", False: "NOT within", None: ""}[c["within"]]
+        print(f"audit {name}: original {shown(c['original'])}, unlearned {shown(c['unlearned'])}, reference "
+              f"{shown(c['reference'])} {within}".rstrip())
+    for name, why in audited["not_run"].items():
+        print(f"audit {name}: not run ({why})")
+    print(audited["line"])
 
 
 def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samples: Any, scores: Any,
@@ -541,7 +627,7 @@ def _print_tried(found: Any) -> None:
 
 
 def _write_outputs(args: argparse.Namespace, out: Path, adapter: Any, model: Any, info: Any, res: Any,
-                   example: Any, report: dict[str, Any]) -> None:
+                   example: Any, report: dict[str, Any], inversion: dict[str, Any] | None = None) -> None:
     """Write every output into a staging folder, then move them into ``out`` (report last).
 
     A run that fails or is interrupted here leaves ``out`` as it was: no half-written
@@ -568,6 +654,13 @@ def _write_outputs(args: argparse.Namespace, out: Path, adapter: Any, model: Any
         if report.get("metrics"):
             charted = draw_metrics(report["metrics"], stage / "metrics.png", report["forget"])
             report["pictures"]["metrics.png"] = {"caption": charted["caption"], "worst": charted["worst"]}
+        if inversion:
+            from tpunlearn.report import draw_inversion
+
+            drawn_inv = draw_inversion(inversion["pictures"], stage / "inversion.png", inversion["target"],
+                                       inversion["bounds"])
+            report["audit"]["inversion"] = {**report["audit"]["inversion"], "caption": drawn_inv["caption"]}
+            report["pictures"]["inversion.png"] = {"caption": drawn_inv["caption"]}
         if args.onnx:
             from tpunlearn.export import compare_latency, to_onnx
 
@@ -670,7 +763,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _inputs(args: argparse.Namespace) -> dict[str, str]:
     """The user's input files and folders, by what they are."""
     named = {"the input checkpoint": args.weights, "the graph cache": getattr(args, "graph", None),
-             "the data": args.data}
+             "the data": args.data, "the reference checkpoint": getattr(args, "reference", None)}
     return {what: path for what, path in named.items() if path and Path(path).exists()}
 
 
@@ -797,18 +890,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if "data_split" in info.extra:
         result["data"] = info.extra["data_split"]
     if args.mia:
-        from tpunlearn.privacy import mia_score
-
-        forget = list(dict.fromkeys(resolve_targets(args.forget, info.class_names)))
-        retained, test, forgotten = adapter.mia_data(model, info, args.data, forget)
-        mia = mia_score(model, retained, test, forgotten, seed=0)
-        result["mia"] = {"forget": [info.class_names[t] for t in forget], **mia.to_dict()}
-        print(f"MIA: {100 * mia.score:.1f} % of the forget targets' {mia.n_forget} training samples look like "
-              f"members (retained members {100 * mia.retain_member_rate:.1f} %, "
-              f"test {100 * mia.test_member_rate:.1f} %)")
+        result.update(_eval_privacy(args, adapter, model, info))
     if args.json:
         write_json(args.json, result)
     return 0
+
+
+def _eval_privacy(args: argparse.Namespace, adapter: Any, model: Any, info: Any) -> dict[str, Any]:
+    """``eval --mia``: every attack and probe that applies to the family, printed, and for the JSON
+    ``privacy`` (each check's result, what did not run and why) and, for classifiers, ``mia`` (the
+    entropy attack, as before)."""
+    from tpunlearn.audit import check_lines, privacy_checks
+
+    forget = list(dict.fromkeys(resolve_targets(args.forget, info.class_names)))
+    names = [info.class_names[t] for t in forget]
+    with _named_targets(info, args.data, forget):
+        results, not_run = privacy_checks(adapter, model, info, args.data, forget, seed=0)
+    for line in check_lines(results, not_run):
+        print(line)
+    out: dict[str, Any] = {"privacy": {"forget": names, "checks": {k: r.to_dict() for k, r in results.items()},
+                                       "not_run": not_run}}
+    entropy = results.get("entropy_mia")
+    if entropy is not None:
+        out["mia"] = {"forget": names, "score": entropy.value, **entropy.detail, "n_forget": entropy.n["forget"],
+                      "n_retain": entropy.n["retain"], "n_test": entropy.n["test"]}
+    return out
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:

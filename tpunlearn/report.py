@@ -479,6 +479,71 @@ def _metric_bars(ax: Any, values: list[tuple[float, float]], forgotten: list[boo
     ax.spines["right"].set_visible(False)
 
 
+def draw_inversion(pictures: dict[str, Any], path: str | os.PathLike[str], target: str,
+                   bounds: tuple[float, float] | None = None) -> dict[str, Any]:
+    """The model-inversion picture (the paper's Fig. 7): one panel per model (original, unlearned,
+    reference), each the input that maximises ``target``'s logit from the same seeded start, shown
+    on the data's value range ``bounds`` (each panel's own range when None). Returns the caption."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(pictures), figsize=(2.6 * len(pictures), 2.9), squeeze=False)
+    for ax, (which, x) in zip(axes[0], pictures.items(), strict=True):
+        lo, hi = bounds if bounds is not None else (float(x.min()), float(x.max()))
+        img = ((x.float() - lo) / max(hi - lo, 1e-12)).clamp(0, 1)
+        ax.imshow(img.permute(1, 2, 0).numpy() if img.shape[0] == 3 else img[0].numpy(), cmap="gray")
+        ax.set_title(which, fontsize=9)
+        ax.axis("off")
+    caption = (f"input that maximises the logit of {target!r}, by gradient ascent from the same seeded noise "
+               "(total-variation and L2 prior), per model")
+    fig.suptitle(f"model inversion of {target}", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return {"caption": caption, "models": list(pictures), "target": target}
+
+
+def _html_audit(audit: Any, folder: Path) -> str:
+    """The audit section: one row per attack and probe (original / unlearned / reference, the gap to
+    the reference, within the tolerance or not), what did not run, and the inversion picture."""
+    import html
+
+    if not isinstance(audit, dict):
+        return ""
+    esc = html.escape
+    rows, classes = [], []
+    for name, c in (audit.get("checks") or {}).items():
+        mia = c.get("kind") == "mia"
+
+        def shown(v: Any, mia: bool = mia) -> str:
+            return "" if v is None else f"{100 * v:.1f} %" if mia else f"{v:.3f}"
+
+        gap = c.get("gap_to_reference")
+        gap_text = "" if gap is None else f"{100 * gap:+.1f} pts" if mia else f"{gap:+.3f}"
+        tol = f"{100 * c['tolerance']:.0f} pts" if mia else f"{c['tolerance']:g}"
+        verdict = {True: "within", False: "NOT within", None: "no reference"}[c.get("within")]
+        rows.append([c.get("label", name), shown(c.get("original")), shown(c.get("unlearned")),
+                     shown(c.get("reference")), gap_text, tol, verdict])
+        classes.append({True: "met", False: "notmet", None: ""}[c.get("within")])
+    parts = ["<h2>Audit: attacks and probes</h2>",
+             f"<p id=\"audit-line\"><b>{esc(str(audit.get('line', '')))}</b></p>",
+             _html_table(["check", "original", "unlearned", "reference", "gap to reference", "tolerance", "verdict"],
+                         rows, classes)]
+    not_run = audit.get("not_run") or {}
+    failed = audit.get("failed") or {}
+    if not_run or failed:
+        parts.append("<ul>" + "".join(f"<li>{esc(k)}: not run ({esc(str(v))})</li>" for k, v in not_run.items())
+                     + "".join(f"<li class=\"notmet\">{esc(k)} model: its checks failed ({esc(str(v))})</li>"
+                               for k, v in failed.items()) + "</ul>")
+    if audit.get("inversion"):
+        parts += [_html_image(folder / "inversion.png", "model inversion of the forget target"),
+                  f"<p>{esc(str(audit['inversion'].get('caption', '')))}</p>"]
+    return "\n".join(parts)
+
+
 def write_html(report: dict[str, Any], folder: str | os.PathLike[str], name: str = "report.html") -> Path:
     """``report.html`` in ``folder``: one self-contained page (no network; the folder's
     graph.png and metrics.png inlined as data URIs) with the verdict, the metrics, the
@@ -502,6 +567,8 @@ def write_html(report: dict[str, Any], folder: str | os.PathLike[str], name: str
         forgotten = [str(t) for t in metrics.get("forgotten", report.get("forget", []))]
         parts += ["<h2>Metrics</h2>", _html_image(folder / "metrics.png", "metrics per target"),
                   _html_metrics(metrics, forgotten)]
+    if report.get("audit"):
+        parts.append(_html_audit(report["audit"], folder))
     parts += ["<h2>What was removed</h2>", _html_image(folder / "graph.png", "channels per layer"),
               _html_removal(report.get("removal"))]
     if report.get("notes"):
