@@ -176,10 +176,14 @@ def markdown(rows: list[dict[str, Any]], quick: bool) -> str:
         mine = [r for r in rows if r["model"] == model]
         task, s = mine[0]["task"], mine[0]["settings"]
         met = sum(r["met"] for r in mine)
+        unlearnt = [r["forget"] for r in mine if not learnt(r)]
         lines += [f"## `{model}` ({task}, {mine[0]['n_retained'] + 1} classes)", "",
                   f"Defaults used: sigma {s['sigma']}, delta {s['delta']}, retain_delta {s['retain_delta']}, "
                   f"retain_tolerance {s['retain_tolerance']}, samples {s['n_per_target']}, align {s['align']}.", "",
-                  f"**Goal {'met' if met == len(mine) else 'NOT met'}: {met} of {len(mine)} targets.**", "",
+                  f"**Goal {'met' if met == len(mine) and not unlearnt else 'NOT met'}: {met} of {len(mine)} "
+                  "targets" + (f" ({', '.join(unlearnt)} only because the model never learnt "
+                               f"{'it' if len(unlearnt) == 1 else 'them'}: nothing to forget)" if unlearnt else "")
+                  + ".**", "",
                   f"| forget | {mine[0].get('metric', 'recall')} before | after | worst retained | before | after "
                   "| drop | retained mean before "
                   "| after | retained beyond goal | channels removed | met |",
@@ -190,13 +194,26 @@ def markdown(rows: list[dict[str, Any]], quick: bool) -> str:
                          f"{r['worst_retained']} | {r['worst_before']:.3f} | {r['worst_after']:.3f} | "
                          f"{r['worst_drop']:.3f} | {r['retained_mean_before']:.3f} | {r['retained_mean_after']:.3f} "
                          f"| {len(r['retained_beyond_goal'])} of {r['n_retained']} ({beyond}) | "
-                         f"{r['removed_channels']} | {'yes' if r['met'] else '**no**'} |")
+                         f"{r['removed_channels']} | {verdict(r)} |")
         if task == "segmentation":
             lines += ["", segmentation_summary(mine)]
         if task in ("detection", "segmentation") and met < len(mine):
             lines += ["", f"Pruning alone does not reach the {task} goal here; the way named is {REPAIR}."]
         lines.append("")
     return "\n".join(lines)
+
+
+def learnt(r: dict[str, Any]) -> bool:
+    """Whether the model knew the target before (its metric above the forget goal): else "forgotten" says
+    nothing."""
+    return r["forget_recall_before"] > GOALS[r["task"]]["forget"]
+
+
+def verdict(r: dict[str, Any]) -> str:
+    """The table's met column: yes, no, or yes qualified when the target was never learnt."""
+    if not r["met"]:
+        return "**no**"
+    return "yes" if learnt(r) else "yes (never learnt)"
 
 
 def segmentation_summary(rows: list[dict[str, Any]]) -> str:
@@ -206,8 +223,9 @@ def segmentation_summary(rows: list[dict[str, Any]]) -> str:
             f"(drop {round(100 * (r['retained_mean_before'] - r['retained_mean_after']), 1) + 0.0:.1f} points), worst "
             f"retained "
             f"{r['worst_retained']} {r['worst_before']:.3f} -> {r['worst_after']:.3f}" for r in rows]
-    forgotten = sum(r["forget_met"] for r in rows)
-    return (f"What the defaults give: {forgotten} of {len(rows)} targets forgotten (IoU <= 5 %); "
+    forgotten = sum(r["forget_met"] and learnt(r) for r in rows)
+    return (f"What the defaults give: {forgotten} of {sum(map(learnt, rows))} learnt targets forgotten "
+            f"(IoU <= 5 %); "
             + "; ".join(said) + ".")
 
 
