@@ -91,7 +91,7 @@ FINDINGS = """## Findings
   test mIoU over the glyphs 0.19, background 0.97; R's IoU is 0.008 before, so "R forgotten" means nothing).
   With the defaults (sigma 4, delta 0.05, retain tolerance 0) star goes 0.212 -> 0.184 and W 0.167 -> 0.156
   (16 and 8 channels removed), each pushing two retained classes past 2 points (ring 2.6-2.8, the other of
-  star and W between 2 and 2.6);
+  star and W by 2-2.8);
   circle (0.172) has no channel that only it selects, so nothing is removed (0 channels) and it is unchanged.
   The retained mean IoU (background included) moves by at most 0.6 points. A better-trained glyph segmenter
   (a GPU run of the digits model's budget) is needed before these rows say much about the defaults.
