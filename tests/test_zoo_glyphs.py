@@ -1,6 +1,8 @@
 """The GlyphScenes classifier ``glyphscenes-resnet``: it loads through the zoo and the timm adapter,
 reads its own generated data (``glyphs``, never DigitScenes) and tells the 24 classes apart on
-held-out scenes (per class, the worst named by the assert)."""
+held-out scenes (per class, the worst named by the assert). The detector reads GlyphScenes by
+default, and the segmenter ``glyphscenes-deeplabv3`` loads with its per-class IoU record, reads
+``glyphs`` / ``glyphs:N`` masks and runs ``tpunlearn prune --forget circle --eval``."""
 from __future__ import annotations
 
 import pytest
