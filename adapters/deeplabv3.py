@@ -14,8 +14,10 @@ come from a local file) and the zoo's ``deeplabv3_resnet_tiny`` (:mod:`tpunlearn
   ``"imagenet"`` (default for 21 classes and for a plain state dict that is not the 11-class
   DigitScenes layout: torchvision's training references normalise so), ``"none"`` (default
   otherwise) or ``{"mean", "std"}``.
-* **Data**: ``digits[:N]`` (256 train scenes to score, 200 test scenes to evaluate) or a
-  VOC-style folder, read by :func:`tpunlearn.data.voc.mask_batches`; IoU by :mod:`tpunlearn.evaluate`.
+* **Data**: ``digits[:N]`` (256 train scenes to score, 200 test scenes to evaluate), ``glyphs[:N]``
+  (GlyphScenes, 25 classes: 512 train scenes to score, 1000 test scenes to evaluate, 500 val scenes to
+  validate; :class:`tpunlearn.data.glyphscenes.GlyphScenesMasks`) or a VOC-style folder, read by
+  :func:`tpunlearn.data.voc.mask_batches`; IoU by :mod:`tpunlearn.evaluate`. A zoo model reads its own data.
 * **Checkpoints**: its own ``tpunlearn-deeplabv3/1`` (:meth:`DeepLabV3Adapter.checkpoint`; the zoo's
   are fp16 with a training record), plain state dicts (also under ``model`` / ``state_dict``, a
   ``module.`` prefix dropped) and pickled torchvision models, whose ``num_classes`` and aux head
@@ -35,6 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tpunlearn.calibrate import Calibration
+from tpunlearn.data.glyphscenes import GLYPH_CLASSES, GLYPH_MASK_CLASSES, GlyphScenesMasks
+from tpunlearn.data.specs import glyphs_count
 from tpunlearn.data.voc import IGNORE_INDEX, VOC_CLASSES, MaskBatches, MaskFilter, mask_batches, voc_class_names
 from tpunlearn.errors import DataError, UsageError, WeightsError, listed
 from tpunlearn.evaluate import Evaluation
@@ -51,6 +55,8 @@ DIGIT_CLASSES = ["background"] + [str(d) for d in range(10)]
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 DEFAULT_SIZE = 512
 DIGITS_SCENES = {"train": 256, "val": 200, "test": 200}  # default DigitScenes counts for "digits"
+GLYPH_MASK_NAMES = ("background", *GLYPH_CLASSES)  # a saved glyph segmenter: its default data is "glyphs"
+GLYPHS_SCENES = {"train": 512, "val": 500, "test": 1000}  # "glyphs": 24 classes need more scenes to score
 _TRACE_SIZE = 64  # spatial size used to trace the graph when replaying a pruning history
 
 
@@ -151,7 +157,8 @@ class DeepLabV3Adapter(Adapter):
     def describe(self, model: nn.Module, state: BuildState) -> ModelInfo:
         """``extra``: builder kwargs, normalisation, history, default data, the zoo record and its ``train``."""
         zoo, names = state.zoo, list(state.class_names or [])
-        data = zoo.data if zoo is not None else ("digits" if names == DIGIT_CLASSES else None)
+        data = zoo.data if zoo is not None else {tuple(DIGIT_CLASSES): "digits", GLYPH_MASK_NAMES: "glyphs"}.get(
+            tuple(names))
         extra: dict[str, Any] = {"builder_kwargs": dict(state.kwargs), "normalize": state.extra["normalize"],
                                  "history": state.history, "data": data}
         record = state.extra.get("zoo")  # the checkpoint's, else the entry's name
@@ -246,11 +253,21 @@ class DeepLabV3Adapter(Adapter):
         spec = spec if spec is not None else info.extra.get("data")
         if spec is None:
             raise UsageError(f"{info.arch} with {len(info.class_names)} classes has no default data; "
-                             "pass --data PATH to a VOC-style folder (or --data digits for an 11-class model)")
+                             "pass --data PATH to a VOC-style folder (or --data digits for an 11-class model, "
+                             "glyphs for a 25-class one)")
         norm = info.extra.get("normalize") or {}
         split = split if split in ("train", "val") else "test"
+        options: dict[str, Any] = {"batch_size": batch_size, "with_masks": with_masks, "mean": norm.get("mean"),
+                                   "std": norm.get("std")}
+        glyphs = glyphs_count(str(spec))
+        if glyphs is not None:
+            if len(info.class_names) != GLYPH_MASK_CLASSES:
+                raise UsageError(f"GlyphScenes has {GLYPH_MASK_CLASSES} segmentation classes (background + 24 "
+                                 f"glyphs); this model has {len(info.class_names)}: pass --data PATH to a VOC-style "
+                                 "folder")
+            return GlyphScenesMasks(split, glyphs or GLYPHS_SCENES[split], info.input_size[1:], **options)
         return mask_batches(str(spec), split, info.input_size[1:], len(info.class_names), DIGITS_SCENES[split],
-                            batch_size, with_masks, norm.get("mean"), norm.get("std"))
+                            **options)
 
     def samples(self, model: nn.Module, info: ModelInfo, spec: str | None,
                 batch_size: int = 32) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -273,7 +290,7 @@ class DeepLabV3Adapter(Adapter):
         cm = evaluate.confusion_matrix(model, self.mask_batches(info, spec, split, batch_size),
                                        len(info.class_names), IGNORE_INDEX)
         result = evaluate.segmentation_evaluation(cm, list(info.class_names))
-        result.extra["split"] = f"{split} split of {spec or 'digits'}"
+        result.extra["split"] = f"{split} split of {spec or info.extra.get('data') or 'digits'}"
         return result
 
     def segmentation_metrics(self, model: nn.Module, info: ModelInfo, spec: str | None,

@@ -1,4 +1,4 @@
-"""The model zoo: small models trained on DigitScenes by ``scripts/train_zoo.py``.
+"""The model zoo: small models trained on DigitScenes and GlyphScenes by ``scripts/train_zoo.py``.
 
 Checkpoints live in ``tpunlearn/weights/`` (fp16, a few MB) so that everything runs
 offline. Each :class:`ZooEntry` names its family and the architecture that rebuilds it;
@@ -122,6 +122,21 @@ ZOO: dict[str, ZooEntry] = {
             description=(
                 "torchvision DeepLabV3 on a small BasicBlock ResNet (output stride 4, 128-channel ASPP, "
                 "1.31M params), 11 classes: background and digits 0-9 per pixel of a 64x64 DigitScenes scene"
+            ),
+        ),
+        ZooEntry(
+            name="glyphscenes-deeplabv3",
+            arch="deeplabv3_resnet_tiny",
+            kwargs={"num_classes": len(GLYPH_CLASSES) + 1, "aux_loss": False},
+            weights="glyphscenes-deeplabv3.pt",
+            task="segmentation",
+            family="deeplabv3",
+            data="glyphs",
+            class_names=["background", *GLYPH_CLASSES],
+            description=(
+                "torchvision DeepLabV3 on the small ResNet of digitscenes-deeplabv3, 25 classes: background and "
+                "the 24 shapes and letters per pixel of a 64x64 GlyphScenes scene; trained with torchvision's "
+                "segmentation reference recipe (SGD, polynomial LR)"
             ),
         ),
     )

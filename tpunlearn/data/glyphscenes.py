@@ -24,7 +24,7 @@ import functools
 import math
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,12 +35,15 @@ from torch.utils.data import Dataset
 from tpunlearn.data.digitscenes import Scene, scene_seed
 from tpunlearn.errors import UsageError
 
-__all__ = ["GLYPH_CLASSES", "GlyphScenes", "SHAPES", "LETTERS"]
+from .voc import MaskBatches
+
+__all__ = ["GLYPH_CLASSES", "GLYPH_MASK_CLASSES", "GlyphScenes", "GlyphScenesMasks", "SHAPES", "LETTERS"]
 
 SHAPES = ["circle", "square", "triangle", "diamond", "pentagon", "hexagon", "star", "cross", "ring", "heart",
           "arrow", "crescent"]
 LETTERS = ["A", "B", "E", "F", "G", "H", "K", "M", "R", "S", "W", "Z"]
 GLYPH_CLASSES: list[str] = SHAPES + LETTERS
+GLYPH_MASK_CLASSES = len(GLYPH_CLASSES) + 1  # segmentation classes: background, then class c at c + 1
 SPLITS = ("train", "val", "test")
 DEFAULT_SCENES = {"train": 6000, "val": 1000, "test": 1000}
 _FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSansMono-Bold.ttf")
@@ -351,3 +354,37 @@ def _boxes(mask: torch.Tensor, placed: list[_Placed]) -> torch.Tensor:
         out.append([p.x + int(cols[0]), p.y + int(rows[0]), p.x + int(cols[-1]) + 1, p.y + int(rows[-1]) + 1]
                    if len(rows) else [p.x, p.y, p.x + p.side, p.y + p.side])
     return torch.tensor(out, dtype=torch.float32).reshape(-1, 4)
+
+
+_MASKS_MAX_SIDE = 256  # larger inputs get scenes composed at 256 and resized (every glyph size is pre-warped)
+
+
+class GlyphScenesMasks(MaskBatches):
+    """GlyphScenes ``split`` as segmentation batches (:class:`tpunlearn.data.voc.MaskBatches`) at any input
+    ``size`` ``(H, W)``: scenes composed at ``max(H, W)`` (at most 256) and resized (masks nearest), over
+    :data:`GLYPH_MASK_CLASSES` classes (0 background, ``c + 1`` for class ``c``), RGB in [0, 1]."""
+
+    def __init__(self, split: str, n_scenes: int, size: Sequence[int], batch_size: int = 16, with_masks: bool = True,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        if split not in SPLITS:
+            raise UsageError(f"unknown GlyphScenes split {split!r}; use one of {', '.join(SPLITS)}")
+        super().__init__(size, GLYPH_MASK_CLASSES, batch_size, with_masks, mean, std)
+        self.split, self.n_scenes = split, int(n_scenes)
+
+    def chunks(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+        h, w = self.size
+        ds = _mask_scenes(self.split, max(32, min(max(h, w), _MASKS_MAX_SIDE)), self.n_scenes)
+        for start in range(0, len(ds), self.batch_size):
+            images = ds.pixels[start:start + self.batch_size].float() / 255.0
+            masks = list(ds.masks[start:start + self.batch_size])
+            if masks and masks[0].shape != (h, w):
+                masks = [F.interpolate(m[None, None].float(), size=(h, w), mode="nearest")[0, 0].to(m.dtype)
+                         for m in masks]
+            yield images, masks
+
+
+@functools.lru_cache(maxsize=2)
+def _mask_scenes(split: str, size: int, n: int) -> GlyphScenes:
+    """GlyphScenes ``split`` at ``size`` (the last two made are kept: scoring and evaluating before and after
+    reuse them)."""
+    return GlyphScenes(split, size=size, n_scenes=n)
