@@ -86,9 +86,9 @@ class _Job:
     width: int = 0  # the output's class count
 
     def labels(self, batch: Any) -> torch.Tensor:
-        """A batch's labels as float multi-hot / one-hot ``(N, width)``."""
+        """A batch's labels as a new float multi-hot / one-hot ``(N, width)`` tensor (never the batch's own)."""
         labels = torch.as_tensor(batch[1])
-        return F.one_hot(labels.long(), self.width).float() if labels.ndim == 1 else labels.float()
+        return F.one_hot(labels.long(), self.width).float() if labels.ndim == 1 else labels.float().clone()
 
 
 def erase(model: nn.Module, original: nn.Module, batches: Batches, forget: Sequence[int], *,
