@@ -270,6 +270,21 @@ class Adapter(ABC):
                       self.repair_loss(info, forget=forget, original=original),
                       epochs=epochs, lr=lr, plan=plan, seed=seed, progress=progress)
 
+    # ---- erase stage (optional; tpunlearn.erase; families without it refuse --erase) ---------
+    erases: bool = False  # whether this family has an erase stage
+
+    def erase(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int], *,
+              original: nn.Module, method: str | None = None, plan: Any = None, seed: int = 0,
+              progress: bool = True) -> dict[str, Any]:
+        """Erase what is left of ``forget`` from the pruned ``model`` in place, after pruning
+        (:mod:`tpunlearn.erase`; ``method`` None: its default), on ``spec``'s training data; return
+        what changed. ``original`` is the unpruned model (never changed); ``plan``'s zeroed channels stay zero.
+
+        The default refuses: only families that override it (timm classifiers) have an erase stage.
+        """
+        raise UsageError(f"the {self.name} adapter has no erase stage yet (it is for timm classifiers); "
+                         "drop --erase")
+
 
 # ---- the shared steps ------------------------------------------------------------------------
 def read_checkpoint(path: Path, trust: bool = False, unsafe_load: Callable[[Path], Any] | None = None,

@@ -275,6 +275,27 @@ class TimmAdapter(Adapter):
             return lambda out, batch: F.binary_cross_entropy_with_logits(out, batch[1].to(out.device).float())
         return lambda out, batch: F.cross_entropy(out, batch[1].to(out.device).argmax(1))
 
+    erases = True
+
+    def erase_data(self, model: nn.Module, info: ModelInfo, spec: str | None, batch_size: int = 64) -> Iterable[Any]:
+        """Every training sample (with and without the forget targets), shuffled with a fixed seed:
+        the erase stage distils the retained targets and relabels the forget ones on the same scenes."""
+        from tpunlearn import data
+
+        return data.loader(_train_split(info, spec, "erase on"), batch_size=batch_size, shuffle=True, seed=0)
+
+    def erase(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int], *,
+              original: nn.Module, method: str | None = None, plan: Any = None, seed: int = 0,
+              progress: bool = True) -> dict[str, Any]:
+        """:func:`tpunlearn.erase.erase` on the training split of ``spec`` (the model's own data when None),
+        reading the head as the model's task says (multi-label: sigmoid per class; multi-class: softmax)."""
+        from tpunlearn.erase import DEFAULT_METHOD, EraseSpec, erase
+
+        return erase(model, original, self.erase_data(model, info, spec), forget,
+                     spec=EraseSpec(method=method or DEFAULT_METHOD),
+                     task="multilabel" if info.task == "multilabel" else "multiclass", plan=plan, seed=seed,
+                     progress=progress)
+
     def save(self, model: nn.Module, info: ModelInfo, path: str | Path) -> None:
         """Save architecture, pruning history and CPU weights (loads with ``weights_only=True``, on any machine)."""
         from tpunlearn.io import save_torch

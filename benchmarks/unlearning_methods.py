@@ -12,20 +12,30 @@ time it took. A table row is one entry of :data:`CLASSIFICATION` (or a task's ow
   are batch-mean squared gradients of the training loss on the forget scenes and on all
   training scenes; parameters with ``forget > alpha * full`` are scaled by
   ``min(lambda * full / forget, 1)``. The paper's defaults: ``lambda = 1``, ``alpha = 10``.
+* ``SalUn`` (Fan et al., ICLR 2024), from the original model: the gradient saliency of the
+  forget loss keeps the most salient half of the weights trainable, then a short fine-tune with
+  the forget labels relabelled on their samples and true labels elsewhere
+  (:mod:`tpunlearn.erase`'s ``salun``, with SalUn's own threshold 0.5; its budget scaled to this
+  model: ``steps`` batches of 64).
 * ``Graph``: :func:`tpunlearn.unlearn` with given settings (last layer only, without
-  balance, mask mode, physical), optionally followed by :func:`tpunlearn.repair.repair`.
+  balance, mask mode, physical), optionally followed by the erase stage
+  (:func:`tpunlearn.erase.erase`) and :func:`tpunlearn.repair.repair`.
+* ``Reference``: a target-level retrained model (the zoo recipe with the forget labels masked
+  out of the loss, scripts/train_reference.py), loaded from its checkpoint or trained here.
 """
 from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 import tpunlearn as tu
+from tpunlearn.erase import EraseSpec, erase
 from tpunlearn.repair import repair
 
 
@@ -41,6 +51,8 @@ class Task:
     unlearn_kwargs: dict[str, Any] = field(default_factory=dict)  # target, ignored layers, output transform...
     scoring: Callable[[int], Iterable[Any]] | None = None  # seed -> (images, multi_hot) batches for scoring
     retrain: Callable[[Sequence[int], int], nn.Module] | None = None  # (forget, seed) -> model from scratch
+    reference: Callable[[Sequence[int], int], tuple[nn.Module, float]] | None = None  # -> (model, training s)
+    kind: str = "multilabel"  # how the erase stage and SalUn read the output
 
 
 @dataclass
@@ -124,7 +136,8 @@ class SSD:
                        {"importance_s": seconds_importance, "parameters_dampened": changed})
 
 
-def importances(model: nn.Module, batches: Iterable[Any], loss_fn: Callable[[Any, Any], torch.Tensor]) -> dict[str, torch.Tensor]:
+def importances(model: nn.Module, batches: Iterable[Any],
+                loss_fn: Callable[[Any, Any], torch.Tensor]) -> dict[str, torch.Tensor]:
     """Batch-mean squared gradients of the loss per parameter (SSD's diagonal Fisher)."""
     total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     count = 0
@@ -140,12 +153,41 @@ def importances(model: nn.Module, batches: Iterable[Any], loss_fn: Callable[[Any
     return {n: v / max(count, 1) for n, v in total.items()}
 
 
-class Graph:
-    """tpunlearn's own request, with ``settings`` for :func:`tpunlearn.unlearn`."""
+class Reference:
+    """The target-level retrained reference: every scene kept, the forget labels masked out of the loss."""
 
-    def __init__(self, name: str, repair_epochs: int = 0, repair_lr: float = 1e-4, **settings: Any) -> None:
+    name = "Retrain, target-level (forget labels masked; reference)"
+
+    def __call__(self, task: Task, forget: Sequence[int], seed: int) -> Outcome:
+        if task.reference is None:
+            raise NotImplementedError(f"no reference recipe for {task.name}")
+        model, seconds = task.reference(forget, seed)
+        return Outcome(model, seconds, {"reference": True})
+
+
+class SalUn:
+    """SalUn from the original model (no pruning): saliency mask, then relabelled fine-tuning."""
+
+    def __init__(self, steps: int = 200, lr: float = 1e-4) -> None:
+        self.steps, self.lr = steps, lr
+        self.name = f"SalUn (mask 0.5, {steps} steps, lr {lr:g})"
+
+    def __call__(self, task: Task, forget: Sequence[int], seed: int) -> Outcome:
+        t0 = time.perf_counter()
+        model = copy.deepcopy(task.model)
+        info = erase(model, task.model, task.batches(forget, "all", seed), forget,
+                     spec=EraseSpec("salun", steps=self.steps, lr=self.lr), task=task.kind, seed=seed)  # type: ignore[arg-type]
+        return Outcome(model, time.perf_counter() - t0, {"erase": info})
+
+
+class Graph:
+    """tpunlearn's own request, with ``settings`` for :func:`tpunlearn.unlearn`, optionally followed by the
+    erase stage (``erase``: a method of :mod:`tpunlearn.erase`) and a repair fine-tune."""
+
+    def __init__(self, name: str, repair_epochs: int = 0, repair_lr: float = 1e-4, erase: EraseSpec | None = None,
+                 **settings: Any) -> None:
         self.name, self.settings = name, settings
-        self.repair_epochs, self.repair_lr = repair_epochs, repair_lr
+        self.repair_epochs, self.repair_lr, self.erase = repair_epochs, repair_lr, erase
 
     def __call__(self, task: Task, forget: Sequence[int], seed: int) -> Outcome:
         assert task.scoring is not None
@@ -156,6 +198,13 @@ class Graph:
         info: dict[str, Any] = {"request_s": request_s, "timings_s": res.report["timings_s"],
                                 "removed_channels": res.report["removed_channels"], "plan": res.plan}
         seconds = request_s
+        if self.erase is not None:
+            info["pre_repair_model"] = copy.deepcopy(res.model)  # the pruned basis for the fixed probe (untimed)
+            t1 = time.perf_counter()
+            info["erase"] = erase(res.model, task.model, task.batches(forget, "all", seed), forget, spec=self.erase,
+                                  task=task.kind, plan=res.plan, seed=seed)  # type: ignore[arg-type]
+            info["erase_s"] = time.perf_counter() - t1
+            seconds += info["erase_s"]
         if self.repair_epochs:
             info["pre_repair_model"] = copy.deepcopy(res.model)  # the basis a probe reads the features in (untimed)
             t1 = time.perf_counter()
@@ -166,6 +215,14 @@ class Graph:
         return Outcome(res.model, seconds, info)
 
 
+ERASE_ROWS = {"distill": EraseSpec("distill"), "project": EraseSpec("project"), "salun": EraseSpec("salun")}
+
+
+def erase_methods() -> list[Any]:
+    """The rows "Graph + erase(METHOD)", one per erase candidate, with the stage's own defaults."""
+    return [Graph(f"Graph(beta), physical + erase({name})", erase=spec) for name, spec in ERASE_ROWS.items()]
+
+
 def classification_methods(repair_epochs: int = 1) -> list[Any]:
     """The rows of the classification table, in order."""
     return [
@@ -174,9 +231,12 @@ def classification_methods(repair_epochs: int = 1) -> list[Any]:
         Retrain(),
         FineTune(),
         SSD(),
+        SalUn(),
         Graph("Last layer only (sigma 1)", sigma=1),
         Graph("Graph without balance", balanced=False),
         Graph("Graph(beta), mask (paper's zeroing)", mode="mask"),
         Graph("Graph(beta), physical (ours)"),
         Graph(f"Graph(beta), physical + repair ({repair_epochs} epoch)", repair_epochs=repair_epochs),
+        *erase_methods(),
+        Reference(),  # last: its checkpoint is often still training (scripts/train_reference.py) when a run starts
     ]

@@ -150,9 +150,20 @@ def _classifier_data(e: zoo.ZooEntry, n_train: int, exclude: tuple[int, ...]):
     return x_train, y_train, val, test
 
 
+def label_weights(num_classes: int, exclude_labels: tuple[int, ...]) -> torch.Tensor:
+    """Per-class BCE weights: 0 for ``exclude_labels`` (a target-level retrain: the scenes stay, those
+    labels never reach the loss), 1 for every other class; the loss is renormalised to the kept ones."""
+    weights = torch.ones(num_classes)
+    weights[list(exclude_labels)] = 0.0
+    return weights * (num_classes / max(1.0, float(weights.sum())))
+
+
 def _fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, val: DigitScenes,
-                    channels: int, epochs: int, seed: int, lr: float, batch_size: int) -> None:
-    """AdamW with warm-up and cosine LR on augmented scenes, BCE per digit; val numbers per epoch."""
+                    channels: int, epochs: int, seed: int, lr: float, batch_size: int,
+                    exclude_labels: tuple[int, ...] = ()) -> None:
+    """AdamW with warm-up and cosine LR on augmented scenes, BCE per digit (``exclude_labels``' columns
+    masked out of it); val numbers per epoch."""
+    weights = label_weights(y_train.shape[1], exclude_labels)
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
     opt, lr_at = _adamw_warmup_cosine(model, lr, steps_per_epoch, epochs)
     gen = torch.Generator().manual_seed(seed)
@@ -167,7 +178,7 @@ def _fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: torc
             x = _augment(x_train[idx], gen).expand(-1, channels, -1, -1)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
-            loss = F.binary_cross_entropy_with_logits(model(x), y_train[idx])
+            loss = F.binary_cross_entropy_with_logits(model(x), y_train[idx], weight=weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -183,9 +194,11 @@ def _fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: torc
 
 
 def train_digitscenes_resnet(name: str, epochs: int, seed: int, n_train: int, lr: float, batch_size: int,
-                             exclude: tuple[int, ...] = ()):
+                             exclude: tuple[int, ...] = (), exclude_labels: tuple[int, ...] = ()):
     """The zoo classifier's recipe; ``exclude`` drops every scene holding one of those digits
-    (the retrain-from-scratch baseline of benchmarks/bench_compare.py)."""
+    (the instance-level retrain of benchmarks/bench_compare.py), ``exclude_labels`` keeps every scene
+    and masks those digits' columns out of the loss (the target-level reference,
+    scripts/train_reference.py)."""
     torch.manual_seed(seed)
     e = zoo.entry(name)
     channels = e.input_size[0]
@@ -199,7 +212,7 @@ def train_digitscenes_resnet(name: str, epochs: int, seed: int, n_train: int, lr
             torch.nn.init.ones_(m.bn2.weight)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: timm.create_model({e.arch!r}, **{e.kwargs}) -> {n_params:,} params", flush=True)
-    _fit_classifier(model, x_train, y_train, val, channels, epochs, seed, lr, batch_size)
+    _fit_classifier(model, x_train, y_train, val, channels, epochs, seed, lr, batch_size, tuple(exclude_labels))
 
     recall, precision, tloss, exact = _eval(model, test.images, test.multi_hot, channels)
     seconds = time.time() - t0
@@ -213,6 +226,7 @@ def train_digitscenes_resnet(name: str, epochs: int, seed: int, n_train: int, lr
         "optimizer": "AdamW(weight_decay=0.05, none on norms/biases), cosine LR, 1-epoch warmup",
         "augment": "rotation +-12 deg, shear +-0.15, zoom 0.9-1.05, contrast 0.75-1.25, brightness +-0.08",
         "n_train": len(x_train), "n_params": n_params, "n_test": len(test),
+        "excluded_scenes_of": list(exclude), "excluded_labels": list(exclude_labels),
         "test_recall": [round(float(v), 4) for v in recall],
         "test_precision": [round(float(v), 4) for v in precision],
         "test_exact": round(exact, 4), "seconds": round(seconds, 1), "torch": str(torch.__version__),

@@ -62,9 +62,10 @@ def _tensor_test(model: torch.nn.Module, images: torch.Tensor, labels: torch.Ten
 
 
 def train_glyphscenes_resnet(name: str, epochs: int, seed: int, n_train: int, lr: float,
-                             batch_size: int) -> dict[str, Any]:
+                             batch_size: int, exclude_labels: tuple[int, ...] = ()) -> dict[str, Any]:
     """timm's optimizer, scheduler and BCE on GlyphScenes tensors in [0, 1] (what the timm adapter feeds
-    a zoo model); returns the ``tpunlearn-zoo/1`` checkpoint dict (fp16)."""
+    a zoo model); returns the ``tpunlearn-zoo/1`` checkpoint dict (fp16). ``exclude_labels``' columns
+    are masked out of the BCE (timm's ``weight``): the target-level reference of scripts/train_reference.py."""
     from timm.loss import BinaryCrossEntropy
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
@@ -78,7 +79,10 @@ def train_glyphscenes_resnet(name: str, epochs: int, seed: int, n_train: int, lr
     optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=1e-4)
     scheduler = CosineLRScheduler(optimizer, t_initial=epochs * steps, warmup_t=steps, warmup_lr_init=lr / 20,
                                   lr_min=lr / 100, t_in_epochs=False)
-    loss_fn, gen = BinaryCrossEntropy(smoothing=0.0), torch.Generator().manual_seed(seed)
+    weight = torch.ones(labels.shape[1])
+    weight[list(exclude_labels)] = 0.0
+    weight *= labels.shape[1] / max(1.0, float(weight.sum()))  # the kept classes' loss scale as in the zoo
+    loss_fn, gen = BinaryCrossEntropy(smoothing=0.0, weight=weight), torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(n_train, generator=gen)
@@ -103,7 +107,8 @@ def train_glyphscenes_resnet(name: str, epochs: int, seed: int, n_train: int, lr
         "data": "GlyphScenes", "epochs": epochs, "seed": seed, "lr": lr, "batch_size": batch_size,
         "recipe": "timm create_optimizer_v2 adamw wd 1e-4, CosineLRScheduler 1-epoch warm-up, timm "
                   "BinaryCrossEntropy, [0, 1] tensors + N(0, 0.03) noise",
-        "n_train": n_train, "n_test": len(test[0]), "n_params": sum(p.numel() for p in model.parameters()),
+        "n_train": n_train, "n_test": len(test[0]), "excluded_labels": list(exclude_labels),
+        "n_params": sum(p.numel() for p in model.parameters()),
         "test_recall": [round(float(v), 4) for v in recall],
         "test_precision": [round(float(v), 4) for v in precision],
         "seconds": round(seconds, 1), "torch": str(torch.__version__),

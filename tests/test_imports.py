@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 CORE = ["targets", "layers", "scoring", "graph", "plan", "api", "export", "evaluate", "privacy", "repair", "settings",
-        "torchutils", "io", "errors", "safeload", "cache", "report", "auto", "distributed", "calibrate", "audit"]
+        "torchutils", "io", "errors", "safeload", "cache", "report", "auto", "distributed", "calibrate", "audit", "erase"]
 BLOCKED = ["ultralytics", "timm", "torchvision.models.segmentation", "tpunlearn.adapters"]
 
 BLOCKER = textwrap.dedent(f"""

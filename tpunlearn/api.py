@@ -21,6 +21,7 @@ from torch import nn
 from tpunlearn.calibrate import Calibration
 from tpunlearn.calibrate import calibrate as calibrate_outputs
 from tpunlearn.distributed import is_main, resolve_device, world
+from tpunlearn.erase import EraseSpec
 from tpunlearn.errors import DataError, PlanError, UsageError
 from tpunlearn.graph import BalancedGraph, balance, essential_graph, layer_links
 from tpunlearn.layers import candidate_layers, names_of, prunable_layers
@@ -56,7 +57,7 @@ def unlearn(model: nn.Module, samples: Samples | None, forget: Sequence[int] | i
             align: int | None | Unset = UNSET, scores: ChannelScores | None = None, num_targets: int | None = None,
             output_transform: Callable[[Any], Any] | None = None, progress: bool = True,
             device: str | torch.device | None = None, settings: UnlearnSettings | None = None,
-            calibrate: Calibration | None = None) -> UnlearnResult | None:
+            calibrate: Calibration | None = None, erase: EraseSpec | str | None = None) -> UnlearnResult | None:
     """Forget ``forget`` targets from ``model``; return a new, pruned model.
 
     Args:
@@ -77,6 +78,11 @@ def unlearn(model: nn.Module, samples: Samples | None, forget: Sequence[int] | i
         settings: the algorithm's settings (default ``UnlearnSettings()``).
         calibrate: refit the retained targets' rows of these output layers toward the original
             after pruning (:mod:`tpunlearn.calibrate`; forward passes over ``samples``, no training).
+        erase: after pruning (and calibrating), erase what is left of the forget targets from the
+            surviving channels (:mod:`tpunlearn.erase`: a method name, or an :class:`EraseSpec`
+            with a budget and its own labelled ``data``; default data: ``samples``, which must then
+            be re-iterable). Classifiers only (one ``(N, C)`` logit output); ``report["erase"]``
+            says what it changed.
         sigma, delta, retain_delta, retain_tolerance, n_per_target, mode, coupled, method,
             group_closure, balanced, align: the :class:`~tpunlearn.settings.UnlearnSettings` field
             of that name. A keyword given here overrides ``settings``; one left out keeps its value.
@@ -108,6 +114,8 @@ def unlearn(model: nn.Module, samples: Samples | None, forget: Sequence[int] | i
     graph, plan, report = run.prune(model, scores, forget, retain, {"device": str(device), "ranks": world()[1]})
     if calibrate is not None:
         report["calibration"] = _calibrated(model, run.work, samples, calibrate, retain, report)
+    if erase is not None:
+        report["erase"] = _erased(model, run.work, samples, erase, forget, plan, report)
     return UnlearnResult(model=run.work, plan=plan, graph=graph, scores=scores, report=report, settings=chosen)
 
 
@@ -217,6 +225,24 @@ def _calibrated(original: nn.Module, work: nn.Module, samples: Samples | None, s
         raise UsageError("calibration runs both models on samples: pass samples as well as cached scores")
     done = calibrate_outputs(original, work, samples, spec, retain)
     report.setdefault("timings_s", {})["calibration"] = done["seconds"]
+    return done
+
+
+def _erased(original: nn.Module, work: nn.Module, samples: Samples | None, spec: EraseSpec | str,
+            forget: list[int], plan: PrunePlan, report: dict[str, Any]) -> dict[str, Any]:
+    """Run :func:`tpunlearn.erase.erase` on the pruned model; its time joins the report's timings."""
+    from tpunlearn.erase import erase as erase_stage
+
+    spec = EraseSpec(method=spec) if isinstance(spec, str) else spec
+    data = spec.data if spec.data is not None else samples
+    if data is None:
+        raise UsageError("the erase stage trains on labelled samples: pass samples (or EraseSpec(data=...)) "
+                         "as well as cached scores")
+    if iter(data) is data:
+        raise UsageError("the erase stage reads its samples more than once: pass a DataLoader or a list, "
+                         "not a one-shot iterator")
+    done = erase_stage(work, original, data, forget, spec=spec, plan=plan)
+    report.setdefault("timings_s", {})["erase"] = done["seconds"]
     return done
 
 

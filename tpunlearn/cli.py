@@ -206,6 +206,10 @@ def _parser() -> argparse.ArgumentParser:
                             "calibration miss the goal")
     prune.add_argument("--repair-lr", type=_positive, default=1e-4, metavar="LR",
                        help="repair learning rate (default 1e-4)")
+    prune.add_argument("--erase", nargs="?", const="", default=None, metavar="METHOD",
+                       help="after pruning, erase what is left of the forget targets from the surviving channels "
+                            "(distill, project or salun; no METHOD: the default, distill; timm classifiers only; "
+                            "report.json's erase says what changed)")
     prune.add_argument("--auto", action="store_true",
                        help="search the smallest sigma, then delta, that brings every forget target under "
                             "--auto-bound with no retained target losing more than --auto-budget, on the "
@@ -419,6 +423,7 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
     model.to(device)
     reference = _reference(args, info, device) if args.reference and not args.dry_run else None
     forget, retain = _targets(args, info)
+    erase_method = _erase_method(args, adapter)  # a bad method or a family without the stage fails before any work
     example = to_device(adapter.example_inputs(info), device)
     t0 = time.perf_counter()
     scores, samples = None, None
@@ -435,6 +440,9 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
     print(res.plan.dry_run())
     if args.dry_run:
         return 0
+    erased = None if erase_method is None else adapter.erase(
+        res.model, info, args.data, forget, original=model, method=erase_method, plan=res.plan, seed=args.seed,
+        progress=_progress())
     repaired = _repair(args, adapter, model, info, res, forget) if args.repair_epochs and auto is None else None
     if auto is not None:  # --auto repaired its choice itself, when repair was the stage that served
         repaired = auto.pop("repair", None)
@@ -447,6 +455,8 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
             report["outcome"]["try"] = [t for t in report["outcome"]["try"] if t != "--auto"]
     if "data_split" in info.extra:  # the user's data: its format, splits and how the validation split was made
         report["data"] = info.extra["data_split"]
+    if erased is not None:
+        report["erase"] = erased
     if repaired is not None:
         report["repair"] = repaired
     if audited is not None:
@@ -486,6 +496,22 @@ def _targets(args: argparse.Namespace, info: Any) -> tuple[list[int], list[int] 
     if both:
         raise UsageError(f"target(s) {', '.join(both)} are in both --forget and --retain; drop them from one")
     return forget, retain
+
+
+def _erase_method(args: argparse.Namespace, adapter: Any) -> str | None:
+    """``--erase [METHOD]``: the method to run (None: no erase stage); unknown ones and families
+    without the stage are one line."""
+    if args.erase is None:
+        return None
+    from tpunlearn.erase import DEFAULT_METHOD, METHODS
+
+    method = args.erase or DEFAULT_METHOD
+    if method not in METHODS:
+        raise UsageError(f"unknown --erase method {method!r}; known: {', '.join(METHODS)}")
+    if not getattr(adapter, "erases", False):
+        raise UsageError(f"the {adapter.name} adapter has no erase stage yet (it is for timm classifiers); "
+                         "drop --erase")
+    return method
 
 
 def _repair(args: argparse.Namespace, adapter: Any, model: Any, info: Any, res: Any,

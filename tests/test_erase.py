@@ -1,0 +1,145 @@
+"""The erase stage (tpunlearn.erase): what it may change, what it must keep, and that it moves
+the forget target the right way, on a tiny seeded classifier trained on generated scenes."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import TinyCNN, assert_error, assert_same_state, run, snapshot
+
+import tpunlearn as tu
+from tpunlearn.erase import METHODS, EraseSpec, erase
+from tpunlearn.errors import UsageError
+from tpunlearn.privacy import LinearProbe, outputs_and_features
+
+NUM = 4
+FORGET = 0
+
+
+def scenes(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of 16x16 scenes: each class is a fixed random 5x5 pattern stamped at a random place."""
+    patterns = torch.rand(NUM, 3, 5, 5, generator=torch.Generator().manual_seed(99)) * 2 - 1
+    gen = torch.Generator().manual_seed(seed)
+    images = 0.1 * torch.randn(n, 3, 16, 16, generator=gen)
+    labels = (torch.rand(n, NUM, generator=gen) < 0.4).float()
+    for i in range(n):
+        for c in labels[i].nonzero().flatten().tolist():
+            y, x = torch.randint(0, 12, (2,), generator=gen).tolist()
+            images[i, :, y:y + 5, x:x + 5] += patterns[c]
+    return [(images[k:k + 32], labels[k:k + 32]) for k in range(0, n, 32)]
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[torch.nn.Module, list, list]:
+    torch.manual_seed(0)
+    model = TinyCNN(num_classes=NUM)
+    train, test = scenes(512, seed=1), scenes(256, seed=2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _epoch in range(8):
+        for images, labels in train:
+            loss = F.binary_cross_entropy_with_logits(model(images), labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval(), train, test
+
+
+def forget_score(model: torch.nn.Module, batches: list) -> float:
+    """Mean sigmoid of the forget logit on the scenes that hold the forget class."""
+    logits, _, labels = outputs_and_features(model, batches)
+    return float(torch.sigmoid(logits[labels[:, FORGET] > 0.5, FORGET]).mean())
+
+
+def probe_auc(model: torch.nn.Module, train: list, test: list) -> float:
+    _, feats, labels = outputs_and_features(model, train)
+    _, feats_test, labels_test = outputs_and_features(model, test)
+    return LinearProbe.fit(feats, labels, FORGET).auc(feats_test, labels_test)
+
+
+def test_the_tiny_model_learned_every_class(trained):
+    model, _train, test = trained
+    assert forget_score(model, test) > 0.8
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_erase_lowers_the_forget_score_and_never_changes_the_original(trained, method):
+    model, train, test = trained
+    before, labels = snapshot(model), [b[1].clone() for b in train]
+    work = copy.deepcopy(model)
+    done = erase(work, model, train, [FORGET], spec=EraseSpec(method, steps=60, lr=1e-3, rank=4), seed=0)
+    assert_same_state(before, snapshot(model))
+    assert not model.training
+    assert all(torch.equal(a, b[1]) for a, b in zip(labels, train, strict=True))  # labels never relabelled
+    assert done["method"] == method and done["task"] == "multilabel" and done["weights_touched"] > 0
+    if method == "project":  # a projection changes the features, not only the head
+        assert probe_auc(work, train, test) < probe_auc(model, train, test)
+    else:
+        assert forget_score(work, test) < forget_score(model, test) - 0.2
+
+
+def test_the_project_method_lowers_the_refitted_probe(trained):
+    model, train, test = trained
+    work = copy.deepcopy(model)
+    erase(work, model, train, [FORGET], spec=EraseSpec("project", rank=4, layers=3))
+    assert probe_auc(work, train, test) < probe_auc(model, train, test) - 0.02
+
+
+@pytest.mark.parametrize(("mode", "method"), [("mask", "distill"), ("mask", "salun"), ("mask", "project"),
+                                             ("physical", "salun")])
+def test_unlearn_erase_keeps_pruned_channels_removed_and_mask_zeros_zero(trained, mode, method):
+    model, train, _test = trained
+    before = snapshot(model)
+    spec = EraseSpec(method, steps=20, lr=1e-2, rank=4, data=train)
+    res = tu.unlearn(model, train, [FORGET], sigma=3, delta=0.3, mode=mode, progress=False,
+                     ignored_layers=[model.head], erase=spec)
+    plain = tu.unlearn(model, train, [FORGET], sigma=3, delta=0.3, mode=mode, progress=False,
+                       ignored_layers=[model.head])
+    assert_same_state(before, snapshot(model))
+    shapes = {k: v.shape for k, v in res.model.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in plain.model.state_dict().items()}  # nothing regrows
+    report = res.report["erase"]
+    assert report["method"] == method and report["weights_touched"] > 0 and report["seconds"] >= 0
+    assert res.report["timings_s"]["erase"] == report["seconds"]
+    ops = res.plan.zero_ops()
+    if mode == "mask":
+        assert ops, "the mask-mode plan zeroed nothing: the test checks nothing"
+    for layer, idxs in ops.items():
+        weight = res.model.get_submodule(layer).weight
+        assert float(weight.detach()[idxs].abs().max()) == 0.0
+
+
+def test_unlearn_erase_refuses_a_one_shot_iterator_and_an_unknown_method(trained):
+    model, train, _test = trained
+    with pytest.raises(UsageError, match="one-shot"):
+        tu.unlearn(model, train, [FORGET], sigma=2, progress=False, ignored_layers=[model.head],
+                   erase=EraseSpec("distill", data=iter(train)))
+    with pytest.raises(UsageError, match="unknown erase method 'bogus'"):
+        erase(copy.deepcopy(model), model, train, [FORGET], spec="bogus")
+
+
+def test_families_without_an_erase_stage_refuse_it():
+    from tpunlearn import adapters
+
+    with pytest.raises(UsageError, match="no erase stage"):
+        adapters.get("deeplabv3").erase(None, None, None, [1], original=None)
+
+
+def test_prune_erase_writes_what_it_changed_to_the_report(tmp_path, capsys):
+    out = tmp_path / "o"
+    code, _text, err = run(capsys, "prune", "--arch", "digitscenes-resnet", "--forget", "3", "--samples", "8",
+                           "--data", "digits:300", "--erase", "project", "--out", out)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    erased = report["erase"]
+    assert erased["method"] == "project" and erased["forget"] == [3] and erased["weights_touched"] > 0
+    assert erased["layers"] and erased["seconds"] > 0
+
+
+def test_prune_erase_with_a_bad_method_is_one_line(tmp_path, capsys):
+    assert_error(run(capsys, "prune", "--arch", "digitscenes-resnet", "--forget", "3", "--erase", "bogus",
+                     "--out", tmp_path / "o"), 2, "--erase", "bogus", "distill")
+    assert not (tmp_path / "o").exists()
