@@ -8,9 +8,9 @@ is followed by a one-epoch repair (:func:`tpunlearn.adapters.ultralytics_repair.
 * ``masked``: the forget boxes kept out of the assignment, the forget score column given no loss;
 * ``+distil``: plus distillation toward the original model's class scores on the retained classes;
 
-and each repaired model is judged twice: as trained, and with the forget class's output rows
-silenced (:func:`~tpunlearn.adapters.ultralytics_repair.silence_forget`, weight 0 and bias -20 in
-the class branch's last 1x1 convs). ultralytics' validator on held-out scenes at confidence 0.25
+(``none``: no training, the request alone), and each model is judged twice: as trained, and with
+the forget class's output rows silenced (``ultralytics_repair.silence_forget``: weight 0 and bias
+-20 in the class branch's last 1x1 convs). ultralytics' validator on held-out scenes at confidence 0.25
 (box IoU 0.5) gives the forget recall and AP50, every retained class's recall (the worst named)
 and the retained mAP50-95. The goal (issue 13): forget recall <= 2 %, forget AP50 <= 5 % of before,
 every retained recall within 3 points, retained mAP50-95 within 3 points.
@@ -40,6 +40,8 @@ from bench_calibrate import evaluate, judge  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 GLYPHS = ["circle", "hexagon", "star", "A", "M", "Z"]
 REPAIR_SCENES = 2000
+LR = 1e-4  # the CLI's --repair-lr default
+NO_REPAIR = "none"  # the request alone (prune + calibrate), judged as it is and silenced
 
 
 def data_specs(name: str, n_test: int) -> tuple[str, str, str]:
@@ -80,9 +82,11 @@ def run_model(name: str, forget_names: list[str], configs: list[tuple[str, float
         request_s = time.perf_counter() - t1
         for objective, lr in configs:
             repaired = copy.deepcopy(res.model)
-            summary = ur.train_pruned(repaired, repair_data, 64, [index], original=model, epochs=1, lr=lr,
-                                      zero_ops=res.plan.zero_ops(), objective=objective)
-            for silenced in (False, True):
+            epochs = 0 if objective == NO_REPAIR else 1
+            summary = ur.train_pruned(repaired, repair_data, 64, [index], original=model, epochs=epochs, lr=lr,
+                                      zero_ops=res.plan.zero_ops(),
+                                      objective=ur.DEFAULT_OBJECTIVE if objective == NO_REPAIR else objective)
+            for silenced in (False, True) if objective != NO_REPAIR else (True,):  # unsilenced: calibrate.md
                 if silenced:
                     ur.silence_forget(repaired, [index])
                 row = judge(before, evaluate(adapter, repaired, info, test), forget)
@@ -92,7 +96,7 @@ def run_model(name: str, forget_names: list[str], configs: list[tuple[str, float
                              "total_s": round(total, 2), "epoch_fraction": round(total / epoch_s, 3),
                              "steps": summary["steps"], "images": summary["images"],
                              "params": [summary["params_before"], summary["params_after"]],
-                             "loss": [summary["loss_first"], summary["loss_last"]]})
+                             "loss": [summary.get("loss_first"), summary.get("loss_last")]})
                 print(json.dumps(rows[-1]), flush=True)
     return {"model": name, "graph_build_s": round(graph_s, 2), "test_data": test, "repair_data": repair_data,
             "repair_scenes": REPAIR_SCENES, "train_epoch_s": round(epoch_s, 1), "rows": rows}
@@ -151,11 +155,11 @@ def main() -> None:
     torch.set_num_threads(1)
     from tpunlearn.adapters import get
 
-    default = [(get("yolov5").repair_objective, 1e-3)]
+    default = [(NO_REPAIR, 0.0), (get("yolov5").repair_objective, LR)]
     if args.compare:
         from tpunlearn.adapters.ultralytics_repair import OBJECTIVES
 
-        configs = [(o, 1e-3) for o in OBJECTIVES] + [(default[0][0], 1e-4)]
+        configs = [(NO_REPAIR, 0.0), *((o, 1e-3) for o in OBJECTIVES), (default[1][0], 1e-4)]
         plan = {"digitscenes-yolov5": ["3"], "glyphscenes-yolov5": ["circle"]}
     else:
         configs = default
