@@ -26,10 +26,11 @@ the forget class's boxes dropped from every batch, so no anchor is assigned to t
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -71,8 +72,8 @@ def train_pruned(model: nn.Module, data: str, imgsz: int, forget: Sequence[int],
         return {**summary, "steps": 0, "images": 0, "params_after": n_before, "seconds": 0.0}
     t0 = time.perf_counter()
     work = copy.deepcopy(model).float()
-    teacher = _teacher(original) if distil else None
-    with tempfile.TemporaryDirectory(prefix="tpunlearn-repair-") as tmp:
+    teacher = original if distil else None
+    with tempfile.TemporaryDirectory(prefix="tpunlearn-repair-") as tmp, _eval_mode(teacher):
         train_yaml = _train_only_yaml(data, Path(tmp))
         overrides = _overrides(model, train_yaml, imgsz, epochs, lr, seed, batch, fraction, Path(tmp))
         with quiet():  # its argument table and device banner
@@ -116,11 +117,17 @@ def _n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _teacher(original: nn.Module | None) -> nn.Module:
-    teacher = copy.deepcopy(original).float().eval()  # type: ignore[union-attr]  # checked by the caller
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module | None) -> Iterator[None]:
+    """The original model in eval mode for the block (it is only read, under no_grad), then as it was."""
+    was = module.training if module is not None else False
+    try:
+        if module is not None:
+            module.eval()
+        yield
+    finally:
+        if module is not None:
+            module.train(was)
 
 
 def _load_back(model: nn.Module, trained: nn.Module, zero_ops: Any) -> None:
@@ -237,6 +244,10 @@ def _trainer_class() -> type:
         def final_eval(self) -> None:
             return None
 
+        def _clear_memory(self, threshold: float | None = None) -> None:
+            if self.device.type != "cpu":  # on CPU it is a full gc.collect() per epoch and nothing more
+                super()._clear_memory(threshold)
+
         def save_metrics(self, metrics: dict[str, Any]) -> None:
             return None
 
@@ -282,18 +293,21 @@ def _retained_loss(model: nn.Module, forget: list[int], objective: str, teacher:
             kd = self.distil_loss(self.teacher, preds["scores"], batch["img"])
             return torch.cat([loss, kd.view(1)]) * bs, {**items, "kd_loss": kd.detach()}
 
+        def __deepcopy__(self, memo: dict[int, Any]) -> RetainedLoss:
+            return self  # ultralytics' EMA copies the model, criterion included: never the original model in it
+
         def distil_loss(self, teacher: nn.Module, scores: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
             """BCE of the retained score columns to the original's sigmoid, normalised like the cls loss."""
             with torch.no_grad():
-                out = teacher(images)
-                target = self.parse_output(out)["scores"][:, self.retained].sigmoid()
+                out = teacher(images.to(next(teacher.parameters()).device))
+                target = self.parse_output(out)["scores"][:, self.retained].sigmoid().to(scores.device)
             bce = self.bce(scores[:, self.retained], target.to(scores.dtype))
             return DISTIL_GAIN * self.hyp.cls * bce.sum() / target.sum().clamp(min=1.0)
 
     crit = RetainedLoss(model)
     crit.forget = torch.tensor(sorted(set(forget)), dtype=torch.long)
     crit.retained = [c for c in range(crit.nc) if c not in set(forget)]
-    crit.teacher = teacher.to(crit.device) if teacher is not None else None
+    crit.teacher = teacher  # read in place, never moved or copied (it is the caller's model)
     if objective.startswith("masked"):
         weights = torch.ones(crit.nc, device=crit.device)
         weights[crit.forget.to(crit.device)] = 0.0
