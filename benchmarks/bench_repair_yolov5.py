@@ -54,7 +54,8 @@ def data_specs(name: str, n_test: int) -> tuple[str, str, str]:
     return held, held, str(yolo_data.glyphs_yaml(64, n_train=REPAIR_SCENES))
 
 
-def run_model(name: str, forget_names: list[str], configs: list[tuple[str, float]], n_test: int) -> dict[str, Any]:
+def run_model(name: str, forget_names: list[str], configs: list[tuple[str, float]], n_test: int,
+              repaired_only: list[str] | None = None) -> dict[str, Any]:
     """One graph build; per forget class the default request, then one repair per (objective, lr)."""
     import tpunlearn as tu
     from tpunlearn import zoo
@@ -81,6 +82,8 @@ def run_model(name: str, forget_names: list[str], configs: list[tuple[str, float
                          **wiring, **adapter.defaults)
         request_s = time.perf_counter() - t1
         for objective, lr in configs:
+            if repaired_only is not None and objective != NO_REPAIR and forget not in repaired_only:
+                continue
             repaired = copy.deepcopy(res.model)
             epochs = 0 if objective == NO_REPAIR else 1
             summary = ur.train_pruned(repaired, repair_data, 64, [index], original=model, epochs=epochs, lr=lr or LR,
@@ -147,6 +150,8 @@ def main() -> None:
     p.add_argument("--models", default=None, help="comma-separated zoo detectors (default: both)")
     p.add_argument("--objectives", default=None, help="--compare: comma-separated objectives (default: all)")
     p.add_argument("--lr", type=float, default=None, help="--compare: one learning rate for every objective")
+    p.add_argument("--repair-only", default=None,
+                   help="comma-separated classes that also get the repair rows (default: all; others: request only)")
     p.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
     args = p.parse_args()
     stem = "repair_yolov5_compare" if args.compare else "repair_yolov5"
@@ -175,7 +180,8 @@ def main() -> None:
     if args.quick:
         plan = {k: v[:1] for k, v in plan.items()}
     n_test = 200 if args.quick else 500
-    results = [run_model(name, forget, configs, n_test) for name, forget in plan.items()]
+    only = args.repair_only.split(",") if args.repair_only else None
+    results = [run_model(name, forget, configs, n_test, only) for name, forget in plan.items()]
     suffix = ("_quick" if args.quick else "") + ("_" + args.models.replace(",", "_") if args.models else "")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}{suffix}.json").write_text(json.dumps(results, indent=1))
