@@ -102,7 +102,8 @@ def run_model(name: str, forget_names: list[str], configs: list[tuple[str, float
                              "loss": [summary.get("loss_first"), summary.get("loss_last")]})
                 print(json.dumps(rows[-1]), flush=True)
     return {"model": name, "graph_build_s": round(graph_s, 2), "test_data": test, "repair_data": repair_data,
-            "repair_scenes": REPAIR_SCENES, "train_epoch_s": round(epoch_s, 1), "rows": rows}
+            "repair_scenes": REPAIR_SCENES, "train_epoch_s": round(epoch_s, 1),
+            "train_epoch_images": int((train.get("scenes") or {}).get("train", 6000)), "rows": rows}
 
 
 def at_conf(row: dict[str, Any]) -> bool:
@@ -116,19 +117,23 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
              "module. Judged by ultralytics' validator at conf 0.25 (box IoU 0.5) on held-out scenes. Goal: forget "
              "recall <= 2 %, forget AP50 <= 5 % of before, every retained recall within 3 points, retained mAP50-95 "
              "within 3 points. `silenced`: the forget class's output rows set to weight 0, bias -20 after the repair. "
-             "Times on 2 CPU cores shared with other jobs; `x epoch` = total time / one epoch of the zoo model's own "
-             "training (its checkpoint's record).", ""]
+             "Times on 2 CPU cores shared with other jobs (load average 8-10 during these runs, so every time is "
+             "inflated several-fold); `x epoch` = total time / one epoch of the zoo model's own training (its "
+             "checkpoint's record, measured on a quieter machine), `images / epoch` = training images the repair "
+             "read / images of one training epoch (the compute ratio; distillation adds one forward of the "
+             "original per batch).", ""]
     for res in results:
         lines += [f"## {res['model']} (graph build {res['graph_build_s']} s, test data {res['test_data']}, "
                   f"one training epoch {res['train_epoch_s']} s)", "",
                   "| forget | objective | lr | silenced | forget recall | forget AP50 / before | worst retained "
-                  "(recall drop) | retained mAP50-95 drop | request + repair s | x epoch | goal |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "(recall drop) | retained mAP50-95 drop | request + repair s | x epoch | images / epoch | goal |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["rows"]:
             lines.append(f"| {r['forget']} | {r['objective']} | {r['lr']:g} | {'yes' if r['silenced'] else 'no'} | "
                          f"{100 * r['forget_recall']:.1f} % | {r['forget_ap50_ratio']:.3f} | {r['worst_retained']} "
                          f"({100 * r['worst_recall_drop']:.1f}) | {100 * r['retained_map50_95_drop']:.1f} | "
                          f"{r['request_s']} + {r['repair_s']} | {r['epoch_fraction']:.2f} | "
+                         f"{r['images'] / res.get('train_epoch_images', 6000):.2f} | "
                          f"{'met' if r['met'] else 'missed'} |")
         lines.append("")
         for silenced in (False, True):
