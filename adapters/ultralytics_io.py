@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["as_checkpoint", "checkpoint_model", "checkpoint_payload", "coco_names", "default_names", "detect_head",
            "from_yaml", "hub_weights",
            "is_detection_pt", "is_detection_yaml", "names_dict", "names_list", "no_autoinstall", "prepare",
-           "train_arg", "unsafe_load", "validate_ap50", "evaluate_detection"]
+           "train_arg", "unsafe_load", "device_arg", "validate_ap50", "evaluate_detection"]
 
 
 def detect_head(model: nn.Module) -> Detect:
@@ -336,7 +336,7 @@ def _run_validator(model: nn.Module, data: str, imgsz: int, conf: float) -> Any:
     with tempfile.TemporaryDirectory(prefix="tpunlearn-val-") as tmp:
         args = dict(task="detect", mode="val", data=data, imgsz=int(imgsz), batch=16, conf=float(conf), iou=0.7,
                     plots=False, save_json=False, save_txt=False, verbose=False, workers=0, project=tmp, name="val",
-                    exist_ok=True, split="val", device=_device_arg(model))
+                    exist_ok=True, split="val", device=device_arg(model))
         validator = _keeping_validator()(args=args)
         try:
             with quiet():
@@ -346,7 +346,8 @@ def _run_validator(model: nn.Module, data: str, imgsz: int, conf: float) -> Any:
     return validator
 
 
-def _device_arg(model: nn.Module) -> str:
+def device_arg(model: nn.Module) -> str:
+    """ultralytics' ``device`` argument for the device a model lives on (``cpu``, ``0``, ...)."""
     device = model_device(model)
     return "cpu" if device.type == "cpu" else str(device.index or 0)
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -58,6 +58,7 @@ from tpunlearn.torchutils import forward, main_tensor
 from . import ultralytics_io as uio
 from .base import Adapter, BuildState, ModelInfo, ZooSpec, read_checkpoint
 from .registry import register
+from .ultralytics_repair import DEFAULT_OBJECTIVE
 
 _NAME = re.compile(r"^yolov5([nsmlx])(u)?(\.pt|\.ya?ml)?$", re.IGNORECASE)
 _DEFAULT_IMGSZ = 640
@@ -67,8 +68,10 @@ _OPTIONS = ("nc", "names", "imgsz", "pretrained")
 _ALIASES = {"num_classes": "nc", "class_names": "names"}  # the other families' names for the same options
 FAMILY = "yolov5"  # --arch yolov5 --weights best.pt: the checkpoint says its scale
 DIGITS = "digits"  # the data spec of DigitScenes (``"digits:N"``: N scenes)
-# default scene counts: scoring reads train, evaluation test, --auto val
-DIGITS_SCENES = {"train": 512, "test": 1000, "val": 500}
+# default scene counts: scoring reads train, evaluation test, --auto val, repair train (a third of the
+# zoo model's 6000 training scenes: one repair epoch costs about a third of one training epoch)
+DIGITS_SCENES = {"train": 512, "test": 1000, "val": 500, "repair": 2000}
+GLYPHS_REPAIR_SCENES = 2000  # GlyphScenes training scenes a repair of a glyphs model reads by default
 
 
 @register
@@ -362,6 +365,61 @@ class YOLOv5Adapter(Adapter):
         yolo_data.check_names(parsed, info.class_names)
         images = yolo_data.split_images(parsed, "train" if parsed.get("train") else "val")
         return BoxRegions(images, yolo_data.label_files(images), len(info.class_names), size)
+
+    # ---- repair ----------------------------------------------------------------------------
+    # What the repair optimises (ultralytics_repair.OBJECTIVES). At lr 1e-4 the objectives measured within
+    # one or two instances of each other (glyph circle: worst retained drop 13.9-19.4 points); at 1e-3 the
+    # distillation kept digit 3's retained recall (worst drop 0.9 vs 6.0 without), so it stays on
+    # (benchmarks/results/repair_yolov5_compare.md).
+    repair_objective = DEFAULT_OBJECTIVE
+    # After training the forget classes' output rows are silenced (weight 0, bias -20): training alone left
+    # their AP50 at 0.77-0.99 of before for 5 of 8 classes (their boxes still rank); silenced, every class
+    # measured has AP50 0 (benchmarks/results/repair_yolov5.md).
+    repair_silences = True
+
+    def repair(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int], *,
+               original: nn.Module | None = None, epochs: int = 1, lr: float = 1e-4, plan: Any = None,
+               seed: int = 0, progress: bool = True) -> dict[str, Any]:
+        """Fine-tune the pruned ``model`` in place with ultralytics' own ``DetectionTrainer`` handed the
+        pruned module (never rebuilt from its YAML), on the ``train`` split of ``spec``'s dataset YAML
+        (``digits`` / ``digits:N``: DigitScenes' train scenes, 2000 by default; ``glyphs`` / ``glyphs:N``
+        likewise; None: the model's own data), retained targets only
+        (:mod:`.ultralytics_repair`). The FP32 trained weights go back into ``model``; its parameter
+        count is asserted and mask-mode channels (``plan``) stay zero. Without ``original`` there is
+        nothing to distil from, and the objective drops its distillation term. Then, when
+        :attr:`repair_silences`, the forget classes' output rows are silenced
+        (:func:`~.ultralytics_repair.silence_forget`; the summary's ``silenced`` names the convs).
+        """
+        from . import ultralytics_repair as ur
+
+        objective = self.repair_objective if original is not None else self.repair_objective.split("+")[0]
+        data = self._repair_yaml(model, info, spec)
+        zero_ops = plan.zero_ops() if plan is not None else {}
+        forget = [int(t) for t in forget]
+        summary = ur.train_pruned(model, data, int(info.input_size[-1]), forget, original=original, epochs=epochs,
+                                  lr=lr, zero_ops=zero_ops, seed=seed, objective=objective, progress=progress)
+        summary["silenced"] = ur.silence_forget(model, forget) if self.repair_silences and forget else []
+        return summary
+
+    def _repair_yaml(self, model: nn.Module, info: ModelInfo, spec: str | None) -> str:
+        """The dataset YAML a repair trains on (its classes checked against the model's)."""
+        from tpunlearn.data.specs import glyphs_count
+
+        size = int(info.input_size[-1])
+        chosen = str(spec) if spec is not None else (info.extra.get("data") or uio.train_arg(model, "data"))
+        digits = digits_count(str(chosen), DIGITS_SCENES["repair"]) if chosen else None
+        if digits is not None:
+            _check_digits_model(info)
+            return str(yolo_data.digits_yaml(size, n_train=digits))
+        glyphs = glyphs_count(str(chosen)) if chosen else None
+        if glyphs is not None:
+            return str(yolo_data.glyphs_yaml(size, n_train=glyphs or GLYPHS_REPAIR_SCENES))
+        if not chosen or Path(str(chosen)).suffix.lower() not in (".yaml", ".yml"):
+            raise UsageError("a yolov5 repair trains on labelled data: pass --data PATH to an ultralytics dataset "
+                             f"YAML{f' (got {chosen!r})' if chosen else ''}")
+        parsed = yolo_data.read_dataset(Path(str(chosen)), split="train")
+        yolo_data.check_names(parsed, info.class_names)
+        return str(chosen)
 
     # ---- saving --------------------------------------------------------------------------
     def save(self, model: nn.Module, info: ModelInfo, path: str | Path, meta: dict[str, Any] | None = None) -> None:

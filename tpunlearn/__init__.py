@@ -11,9 +11,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"adapters", "api", "audit", "auto", "cache", "data", "distributed", "erase", "errors", "evaluate", "export",
-               "graph", "io", "layers", "models", "plan", "privacy", "repair", "report", "safeload", "scoring",
-               "settings", "targets", "torchutils", "zoo"}
+_SUBMODULES = {"adapters", "api", "audit", "auto", "cache", "data", "distributed", "erase", "errors", "evaluate",
+               "export", "graph", "io", "layers", "models", "plan", "privacy", "repair", "report", "safeload",
+               "scoring", "settings", "targets", "torchutils", "zoo"}
 # name -> the submodule holding it
 _NAMES = {"unlearn": "api", "load": "api", "UnlearnResult": "api", "UnlearnSettings": "settings", "EraseSpec": "erase"}
 
