@@ -66,6 +66,19 @@ def test_unlearn_calibrates_when_asked_and_reports_it():
     assert plain.plan.to_dict() == tuned.plan.to_dict()  # the same channels removed
 
 
+def test_silence_sets_only_the_forget_rows_and_says_so():
+    model, batches, res = _pruned()
+    retain = [t for t in range(10) if t != 3]
+    report = calibrate(model, res.model, batches, Calibration(("head",), weighting="uniform", silence=-20.0), retain,
+                       forget=[3])
+    head = res.model.get_submodule("head")
+    assert torch.all(head.weight[3] == 0) and float(head.bias[3]) == -20.0
+    assert torch.all(head.weight[retain].abs().sum(1) > 0)
+    assert report["silenced"] == {"targets": [3], "logit": -20.0, "layers": ["head"]}
+    plain = calibrate(model, res.model, batches, Calibration(("head",), weighting="uniform"), retain, forget=[3])
+    assert "silenced" not in plain
+
+
 def test_calibration_refuses_layers_it_cannot_refit():
     model, batches, res = _pruned()
     with pytest.raises(UsageError, match="no layer 'nope'"):
@@ -86,6 +99,9 @@ def test_the_detector_keeps_its_retained_classes_at_the_operating_point(tmp_path
         report = json.loads((out / "report.json").read_text())
         recalls[flag] = {k: v["recall"] for k, v in report["metrics"]["after"].items()}
         assert ("calibration" in report) == (flag == "--calibrate")
+        if flag == "--calibrate":  # the forget class's rows are silenced: its boxes no longer rank at all
+            assert report["calibration"]["silenced"]["targets"] == [3]
+            assert report["metrics"]["after"]["3"]["ap50"] <= 0.05 * report["metrics"]["before"]["3"]["ap50"]
     before = {k: v["recall"] for k, v in report["metrics"]["before"].items()}
     for flag, after in recalls.items():
         assert after["3"] <= 0.02, flag  # the forgotten digit stays forgotten either way

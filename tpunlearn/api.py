@@ -113,7 +113,7 @@ def unlearn(model: nn.Module, samples: Samples | None, forget: Sequence[int] | i
         scores = _check_cached(scores, run.work, run.layers, forget + ([] if implicit_retain else retain))
     graph, plan, report = run.prune(model, scores, forget, retain, {"device": str(device), "ranks": world()[1]})
     if calibrate is not None:
-        report["calibration"] = _calibrated(model, run.work, samples, calibrate, retain, report)
+        report["calibration"] = _calibrated(model, run.work, samples, calibrate, retain, report, forget)
     if erase is not None:
         report["erase"] = _erased(model, run.work, samples, erase, forget, plan, report)
     return UnlearnResult(model=run.work, plan=plan, graph=graph, scores=scores, report=report, settings=chosen)
@@ -219,11 +219,11 @@ class _Run:
 
 
 def _calibrated(original: nn.Module, work: nn.Module, samples: Samples | None, spec: Calibration,
-                retain: list[int], report: dict[str, Any]) -> dict[str, Any]:
+                retain: list[int], report: dict[str, Any], forget: Sequence[int] = ()) -> dict[str, Any]:
     """Run :func:`tpunlearn.calibrate.calibrate` on the pruned model; its time joins the report's timings."""
     if samples is None:
         raise UsageError("calibration runs both models on samples: pass samples as well as cached scores")
-    done = calibrate_outputs(original, work, samples, spec, retain)
+    done = calibrate_outputs(original, work, samples, spec, retain, forget=forget)
     report.setdefault("timings_s", {})["calibration"] = done["seconds"]
     return done
 

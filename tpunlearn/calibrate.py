@@ -49,6 +49,10 @@ class Calibration:
             the rest, re-weighted), which bounds time and memory on large inputs.
         floor: weight every row gets on top of its score, so the background is fitted too.
         max_images: images run through both models at most (the first batches of the samples).
+        silence: when set, the forget targets' rows of the layers get weight 0 and this bias (a
+            logit far below any threshold, e.g. -20), so their scores never pass a confidence:
+            an output-level edit for families whose pruned model still ranks the forget
+            target's detections (the features before it are untouched). None: left as pruned.
     """
 
     layers: tuple[str, ...]
@@ -57,6 +61,7 @@ class Calibration:
     max_rows: int = 20000
     floor: float = 0.01
     max_images: int = 2048
+    silence: float | None = None
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -66,8 +71,9 @@ class Calibration:
 
 
 def calibrate(original: nn.Module, pruned: nn.Module, samples: Iterable[Any], spec: Calibration,
-              retain: Sequence[int], seed: int = 0) -> dict[str, Any]:
-    """Refit the retained targets' rows of ``spec.layers`` in ``pruned`` (in place) toward ``original``.
+              retain: Sequence[int], seed: int = 0, forget: Sequence[int] = ()) -> dict[str, Any]:
+    """Refit the retained targets' rows of ``spec.layers`` in ``pruned`` (in place) toward ``original``
+    (and, with ``spec.silence``, silence the ``forget`` targets' rows).
 
     ``samples`` yields ``(images, labels)`` batches (the labels are not used). ``original`` is
     never changed. Returns what was done, for the report.
@@ -87,8 +93,24 @@ def calibrate(original: nn.Module, pruned: nn.Module, samples: Iterable[Any], sp
         x, y, weights = _subsample(x, y_orig[:, keep], weights, spec.max_rows, gen)
         _refit(layer, x, y, weights, keep, spec.ridge)
         fitted.append({"layer": name, "rows": int(len(x))})
-    return {"layers": fitted, "targets": retain, "weighting": spec.weighting,
-            "seconds": round(time.perf_counter() - t0, 3)}
+    done: dict[str, Any] = {"layers": fitted, "targets": retain, "weighting": spec.weighting}
+    if spec.silence is not None and forget:
+        done["silenced"] = {"targets": sorted(int(t) for t in forget), "logit": float(spec.silence),
+                            "layers": [name for name, layer in zip(spec.layers, layers, strict=True)
+                                       if _silence(layer, forget, spec.silence)]}
+    done["seconds"] = round(time.perf_counter() - t0, 3)
+    return done
+
+
+def _silence(layer: nn.Linear | nn.Conv2d, forget: Sequence[int], logit: float) -> bool:
+    """Weight 0 and bias ``logit`` on the forget targets' output rows; False when the layer has no bias."""
+    rows = [int(t) for t in forget if int(t) < layer.weight.shape[0]]
+    if layer.bias is None or not rows:
+        return False
+    with torch.no_grad():
+        layer.weight[rows] = 0.0
+        layer.bias[rows] = float(logit)
+    return True
 
 
 def _output_layer(model: nn.Module, name: str) -> nn.Linear | nn.Conv2d:
