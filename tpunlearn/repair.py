@@ -1,9 +1,12 @@
 """A short repair fine-tune of a pruned model on retained data.
 
-It trains the pruned module itself, in place. A family's own trainer may rebuild the
-network from its config (ultralytics' ``YOLO.train()`` does) and silently undo the pruning,
-so tpunlearn never hands the model to one. In mask mode (and for ``coupled=zero`` groups)
-the zeroed channels are zeroed again after every step, so training cannot regrow them.
+It trains the pruned module itself, in place: the default of every family's
+``Adapter.repair`` (timm, DeepLab). A family's own trainer may rebuild the network from its
+config (ultralytics' ``YOLO.train()`` does) and silently undo the pruning; the yolov5 family
+therefore hands ultralytics' ``DetectionTrainer`` the pruned module itself instead
+(adapters/ultralytics_repair.py) and asserts the parameter count after training. In mask mode
+(and for ``coupled=zero`` groups) the zeroed channels are zeroed again after every step, so
+training cannot regrow them.
 """
 from __future__ import annotations
 
