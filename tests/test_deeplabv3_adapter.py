@@ -371,3 +371,89 @@ def test_a_zoo_entry_builds_a_random_model_of_its_configuration(adapter, tmp_pat
         adapter.build(entry.arch, weights=tmp_path / "zoo.pt", zoo=other)
     with pytest.raises(WeightsError, match=r"not a some-zoo-deeplab \(deeplabv3_mobilenet_v3_large\)"):
         adapter.build(MOBILE, weights=tmp_path / "zoo.pt", zoo=_entry(arch=MOBILE))
+
+
+# ---- the repair that forgets ---------------------------------------------------------------
+def _scene_batch(seed: int = 0, n: int = 2) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Random images and masks over 11 classes, a few pixels 255."""
+    gen = torch.Generator().manual_seed(seed)
+    masks = torch.randint(0, 11, (n, SIZE, SIZE), generator=gen, dtype=torch.uint8)
+    masks[:, 0, :4] = 255
+    return torch.rand(n, 3, SIZE, SIZE, generator=gen), list(masks)
+
+
+def test_redirect_masks_relabel_only_the_forget_pixels():
+    from tpunlearn.data.voc import redirect_masks
+
+    masks = torch.tensor([[0, 4, 255], [4, 7, 2]])
+    assert redirect_masks(masks, [4]).tolist() == [[0, 0, 255], [0, 7, 2]]
+    assert redirect_masks(masks, [4, 7], 255).tolist() == [[0, 255, 255], [255, 255, 2]]
+    per_pixel = torch.full_like(masks, 9)
+    assert redirect_masks(masks, [4], per_pixel).tolist() == [[0, 9, 255], [9, 7, 2]]
+
+
+@pytest.mark.parametrize("redirect", ["background", "next", "ignore"])
+def test_forget_loss_targets_redirect_forget_pixels_and_keep_the_rest(adapter, digits_model, redirect):
+    from tpunlearn.adapters.deeplabv3 import ForgetLoss
+
+    model, info = digits_model
+    images, masks = _scene_batch()
+    loss = ForgetLoss((4,), model, redirect=redirect)
+    terms = loss.terms(model(images), (images, masks))
+    target, truth = terms["target"], torch.stack(masks).long()
+    hit = truth == 4
+    assert torch.equal(target[~hit], truth[~hit])  # retained pixels (and 255) keep their labels
+    if redirect == "background":
+        assert bool((target[hit] == 0).all())
+    elif redirect == "ignore":
+        assert bool((target[hit] == 255).all())
+    else:  # the original's best class other than 4
+        with torch.no_grad():
+            logits = model(images)["out"]
+        logits[:, 4] = float("-inf")
+        assert torch.equal(target[hit], logits.argmax(1)[hit])
+        assert not bool((target[hit] == 4).any())
+    assert torch.isfinite(terms["loss"]) and float(terms["ce"].detach()) > 0
+
+
+def test_forget_loss_distillation_is_zero_when_the_model_is_the_original(adapter, digits_model):
+    from tpunlearn.adapters.deeplabv3 import ForgetLoss
+
+    model, info = digits_model
+    images, masks = _scene_batch(1)
+    loss = ForgetLoss((4,), model, distill=1.0, temperature=2.0)
+    with torch.no_grad():
+        same = loss.terms(model(images), (images, masks))
+        other = loss.terms({"out": model(images)["out"] + torch.randn(2, 11, SIZE, SIZE)}, (images, masks))
+    assert float(same["distill"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(other["distill"]) > 0.01
+    assert float(same["loss"]) == pytest.approx(float(same["ce"]), abs=1e-6)
+    # no original: plain cross-entropy toward the redirected masks, nothing to distil from
+    plain = ForgetLoss((4,), None).terms(model(images), (images, masks))
+    assert float(plain["distill"]) == 0.0 and ForgetLoss((4,), None).describe()["distillation"] is None
+    assert adapter.repair_loss(info, [4], model).describe()["forget_pixels"] == "background"
+    with pytest.raises(UsageError, match="needs the original"):
+        ForgetLoss((4,), None, redirect="next")
+    with pytest.raises(UsageError, match="unknown redirect"):
+        ForgetLoss((4,), model, redirect="elsewhere")
+
+
+def test_repair_keeps_mask_mode_zeros_and_reports_its_objective(adapter, digits_model):
+    import copy
+
+    model, info = digits_model
+    original = copy.deepcopy(model)
+    batches = predicted_batches(model, n_batches=1)
+    res = unlearn_family(adapter, model, info, batches, [4], mode="mask", sigma=6, delta=0.2, n_per_target=2)
+    zeros = res.plan.zero_ops()
+    assert zeros
+    before = {k: v.clone() for k, v in res.model.state_dict().items()}
+    summary = adapter.repair(res.model, info, "digits:8", [4], original=original, epochs=1, lr=1e-2,
+                             plan=res.plan, progress=False)
+    assert summary["steps"] == 1 and summary["scenes"] == 8 and summary["scene_passes"] == 8
+    assert summary["objective"]["forget_pixels"] == "background" and summary["objective"]["distillation"]
+    assert any(not torch.equal(v, before[k]) for k, v in res.model.state_dict().items())  # it trained
+    for layer, channels in zeros.items():
+        assert (res.model.get_submodule(layer).weight[channels] == 0).all(), layer
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), original.state_dict().values(),
+                                                 strict=True))  # the original is untouched
