@@ -357,9 +357,11 @@ class ForgetLoss:
     Cross-entropy toward the masks with each ``forget`` pixel relabelled by ``redirect``:
     ``"background"`` (class 0: what a model never taught the class says of it), ``"next"`` (the
     original's best class other than ``forget``; needs ``original``) or ``"ignore"`` (left out of
-    the loss). Plus ``distill`` x T^2 x the KL divergence, at temperature T, from the original's to
-    the model's class distribution over the retained classes, on the retained pixels (``original`` in
-    eval mode, no gradient; none without it). Forgetting background (0) redirects to ``"next"``.
+    the loss), each forget pixel weighing ``forget_weight`` retained ones in the mean (they are few:
+    a digit covers ~1 % of a DigitScenes scene). Plus ``distill`` x T^2 x the KL divergence, at
+    temperature T, from the original's to the model's class distribution over the retained classes,
+    on the retained pixels (``original`` in eval mode, no gradient; none without it). Forgetting
+    background (0) redirects to ``"next"``.
     """
 
     forget: tuple[int, ...] = ()
@@ -367,6 +369,7 @@ class ForgetLoss:
     redirect: str = "background"
     distill: float = 1.0
     temperature: float = 2.0
+    forget_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.redirect not in REDIRECTS:
@@ -375,8 +378,9 @@ class ForgetLoss:
             self.redirect = "next"
         if self.redirect == "next" and self.forget and self.original is None:
             raise UsageError("redirect='next' needs the original model (what it says of the forget pixels)")
-        if self.distill < 0 or self.temperature <= 0:
-            raise UsageError(f"distill must be >= 0 and temperature > 0, got {self.distill}, {self.temperature}")
+        if self.distill < 0 or self.temperature <= 0 or self.forget_weight <= 0:
+            raise UsageError(f"ForgetLoss needs distill >= 0, temperature > 0 and forget_weight > 0, got "
+                             f"{self.distill}, {self.temperature}, {self.forget_weight}")
 
     def __call__(self, output: Any, batch: Any) -> torch.Tensor:
         return self.terms(output, batch)["loss"]
@@ -390,11 +394,20 @@ class ForgetLoss:
         wants_teacher = self.forget and self.original is not None and (self.distill > 0 or self.redirect == "next")
         teacher = self.teacher(batch[0], tuple(masks.shape[-2:])) if wants_teacher else None
         target = self.targets(masks, teacher, logits.shape[1])
-        ce = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+        ce = self.cross_entropy(logits, target, masks)
         kd = logits.new_zeros(())
         if teacher is not None and self.distill > 0:
             kd = self.distillation(logits, teacher, masks)
         return {"loss": ce + self.distill * kd, "ce": ce, "distill": kd, "target": target}
+
+    def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Per-pixel CE toward ``target`` (255 ignored), forget pixels weighted ``forget_weight``."""
+        if self.forget_weight == 1.0 or not self.forget:
+            return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+        per_pixel = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="none")
+        weight = (target != IGNORE_INDEX).float()
+        weight[redirect_masks(masks, self.forget, IGNORE_INDEX) == IGNORE_INDEX] *= self.forget_weight
+        return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)
 
     def teacher(self, images: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
         """The original's logits at ``size`` (its eval mode, no gradient; its own mode flags restored)."""
@@ -439,6 +452,7 @@ class ForgetLoss:
         distil = self.original is not None and self.distill > 0 and bool(self.forget)
         return {"loss": "per-pixel cross-entropy (255 ignored)", "forget": list(self.forget),
                 "forget_pixels": self.redirect if self.forget else None,
+                "forget_pixel_weight": self.forget_weight if self.forget and self.redirect != "ignore" else None,
                 "distillation": ({"weight": self.distill, "temperature": self.temperature,
                                   "on": "retained pixels, retained classes", "teacher": "the original model"}
                                  if distil else None)}
