@@ -53,7 +53,8 @@ DIGIT_CLASSES = ["background"] + [str(d) for d in range(10)]
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 DEFAULT_SIZE = 512
 DIGITS_SCENES = {"train": 256, "val": 200, "test": 200}  # default DigitScenes counts for "digits"
-REPAIR_SCENES = 2000  # training scenes of one repair epoch on plain "digits" (the zoo's epoch: 24000)
+REPAIR_SCENES = 1000  # training scenes of one repair epoch on plain "digits" (the zoo's epoch: 24000)
+REPAIR_LR = 1e-3  # the repair's measured learning rate (--repair-lr 1e-3; the CLI's generic default is 1e-4)
 REDIRECTS = ("background", "next", "ignore")  # what ForgetLoss trains a forget pixel toward
 _TRACE_SIZE = 64  # spatial size used to trace the graph when replaying a pruning history
 
@@ -369,7 +370,7 @@ class ForgetLoss:
     redirect: str = "background"
     distill: float = 1.0
     temperature: float = 2.0
-    forget_weight: float = 1.0
+    forget_weight: float = 10.0
 
     def __post_init__(self) -> None:
         if self.redirect not in REDIRECTS:
