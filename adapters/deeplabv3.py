@@ -21,6 +21,12 @@ come from a local file) and the zoo's ``deeplabv3_resnet_tiny`` (:mod:`tpunlearn
   ``module.`` prefix dropped) and pickled torchvision models, whose ``num_classes`` and aux head
   follow the file. ``--arch deeplabv3`` reads the backbone from the keys (:func:`infer_builder`);
   a named arch whose keys show another backbone is one line.
+* **Repair that forgets** (``prune --repair-epochs N``, :meth:`DeepLabV3Adapter.repair`): pruning alone
+  cannot take a digit out (the digits share their last-layer channels), so the repair fine-tune
+  trains the pruned model on training scenes *with* the forget class, its pixels relabelled
+  background (:class:`ForgetLoss`), distilled toward the original on the retained pixels. One epoch
+  is :data:`REPAIR_SCENES` scenes of plain ``digits`` (``digits:N``: N; a folder: its train list),
+  measured at ``--repair-lr 1e-3`` (:data:`REPAIR_LR`; benchmarks/bench_forget_deeplabv3.py --repair).
 * **A user's VOC folder** names the classes through its ``labelmap.txt`` (:meth:`DeepLabV3Adapter.bind_data`)
   unless ``class_names`` (``--names``) or the checkpoint does; a count that differs from the head is one line.
 """

@@ -382,6 +382,13 @@ def _scene_batch(seed: int = 0, n: int = 2) -> tuple[torch.Tensor, list[torch.Te
     return torch.rand(n, 3, SIZE, SIZE, generator=gen), list(masks)
 
 
+@pytest.fixture(scope="module")
+def tiny_segmenter() -> nn.Module:
+    """A two-conv 11-class pixel classifier: what ForgetLoss needs of a model (dict or tensor logits)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 11, 1)).eval()
+
+
 def test_redirect_masks_relabel_only_the_forget_pixels():
     from tpunlearn.data.voc import redirect_masks
 
@@ -393,10 +400,10 @@ def test_redirect_masks_relabel_only_the_forget_pixels():
 
 
 @pytest.mark.parametrize("redirect", ["background", "next", "ignore"])
-def test_forget_loss_targets_redirect_forget_pixels_and_keep_the_rest(adapter, digits_model, redirect):
+def test_forget_loss_targets_redirect_forget_pixels_and_keep_the_rest(tiny_segmenter, redirect):
     from tpunlearn.adapters.deeplabv3 import ForgetLoss
 
-    model, info = digits_model
+    model = tiny_segmenter
     images, masks = _scene_batch()
     loss = ForgetLoss((4,), model, redirect=redirect)
     terms = loss.terms(model(images), (images, masks))
@@ -409,29 +416,40 @@ def test_forget_loss_targets_redirect_forget_pixels_and_keep_the_rest(adapter, d
         assert bool((target[hit] == 255).all())
     else:  # the original's best class other than 4
         with torch.no_grad():
-            logits = model(images)["out"]
+            logits = model(images)
         logits[:, 4] = float("-inf")
         assert torch.equal(target[hit], logits.argmax(1)[hit])
         assert not bool((target[hit] == 4).any())
     assert torch.isfinite(terms["loss"]) and float(terms["ce"].detach()) > 0
 
 
-def test_forget_loss_distillation_is_zero_when_the_model_is_the_original(adapter, digits_model):
+def test_forget_loss_distillation_is_zero_when_the_model_is_the_original(tiny_segmenter):
     from tpunlearn.adapters.deeplabv3 import ForgetLoss
 
-    model, info = digits_model
+    model = tiny_segmenter
     images, masks = _scene_batch(1)
     loss = ForgetLoss((4,), model, distill=1.0, temperature=2.0)
     with torch.no_grad():
         same = loss.terms(model(images), (images, masks))
-        other = loss.terms({"out": model(images)["out"] + torch.randn(2, 11, SIZE, SIZE)}, (images, masks))
+        other = loss.terms({"out": model(images) + torch.randn(2, 11, SIZE, SIZE)}, (images, masks))
     assert float(same["distill"]) == pytest.approx(0.0, abs=1e-6)
     assert float(other["distill"]) > 0.01
     assert float(same["loss"]) == pytest.approx(float(same["ce"]), abs=1e-6)
+    # the CE is a pixel mean in which each forget pixel weighs forget_weight (255 pixels none)
+    from tpunlearn.data.voc import redirect_masks
+
+    truth = torch.stack(masks).long()
+    target = redirect_masks(truth, [4], 0)
+    with torch.no_grad():
+        logits = model(images)
+        per_pixel = nn.functional.cross_entropy(logits, target, ignore_index=255, reduction="none")
+        for w in (1.0, 10.0):
+            weight = (truth != 255).float() * torch.where(truth == 4, w, 1.0)
+            ce = ForgetLoss((4,), model, forget_weight=w).terms({"out": logits}, (images, masks))["ce"]
+            assert float(ce) == pytest.approx(float((per_pixel * weight).sum() / weight.sum()), rel=1e-5)
     # no original: plain cross-entropy toward the redirected masks, nothing to distil from
     plain = ForgetLoss((4,), None).terms(model(images), (images, masks))
     assert float(plain["distill"]) == 0.0 and ForgetLoss((4,), None).describe()["distillation"] is None
-    assert adapter.repair_loss(info, [4], model).describe()["forget_pixels"] == "background"
     with pytest.raises(UsageError, match="needs the original"):
         ForgetLoss((4,), None, redirect="next")
     with pytest.raises(UsageError, match="unknown redirect"):
@@ -452,6 +470,7 @@ def test_repair_keeps_mask_mode_zeros_and_reports_its_objective(adapter, digits_
                              plan=res.plan, progress=False)
     assert summary["steps"] == 1 and summary["scenes"] == 8 and summary["scene_passes"] == 8
     assert summary["objective"]["forget_pixels"] == "background" and summary["objective"]["distillation"]
+    assert summary["objective"] == adapter.repair_loss(info, [4], original).describe()
     assert any(not torch.equal(v, before[k]) for k, v in res.model.state_dict().items())  # it trained
     for layer, channels in zeros.items():
         assert (res.model.get_submodule(layer).weight[channels] == 0).all(), layer
