@@ -314,7 +314,8 @@ def repair_main(args: argparse.Namespace, bench: Bench, digits: list[int]) -> No
 
     t0 = time.time()
     scenes = args.repair_scenes or REPAIR_SCENES
-    variants = [None] + ([v.strip() for v in args.repair_variants.split(";")] if args.repair_variants else [])
+    variants = [] if args.variants_only else [None]
+    variants += [v.strip() for v in args.repair_variants.split(";")] if args.repair_variants else []
     unknown = [v for v in variants if v is not None and v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; known: {'; '.join(VARIANTS)}")
@@ -326,8 +327,9 @@ def repair_main(args: argparse.Namespace, bench: Bench, digits: list[int]) -> No
                        "rows": rows, "summary": summarise({"variant": variant}, rows)})
     default = stages[0]["summary"]
     misses = [r["digit"] for r in stages[0]["rows"] if not r["meets_goal"]]
-    verdict = (f"Pruning + the adapter's repair meets the goal for digits {digits}." if not misses else
-               f"Pruning + the adapter's repair misses the goal for digit(s) {misses} (of {digits}).")
+    what = f"Pruning + {stages[0]['variant'] or 'the adapter'}'s repair"
+    verdict = (f"{what} meets the goal for digits {digits}." if not misses else
+               f"{what} misses the goal for digit(s) {misses} (of {digits}).")
     verdict += (f" Forget IoU max {100 * default['forget_iou_after_max']:.1f} %, retained drop max "
                 f"{default['retained_drop_points_max']:.2f} pts, {stages[0]['rows'][0]['scene_passes']} scene-passes "
                 f"per digit ({stages[0]['rows'][0]['zoo_epoch_fraction']:.3f} zoo epochs).")
@@ -370,6 +372,7 @@ def main() -> None:
     p.add_argument("--repair-lr", type=float, default=DEFAULT_REPAIR_LR, help=f"default {DEFAULT_REPAIR_LR}")
     p.add_argument("--repair-epochs", type=int, default=1)
     p.add_argument("--repair-variants", default=None, help="';'-separated names of VARIANTS to add as rows")
+    p.add_argument("--variants-only", action="store_true", help="with --repair-variants: leave out the default")
     p.add_argument("--tag", default=None, help="suffix of the repair results' file names")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

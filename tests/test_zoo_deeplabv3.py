@@ -131,14 +131,14 @@ def test_unlearning_digit_3_runs_and_keeps_the_other_digits(trained, unlearned_3
 
 @pytest.fixture(scope="module")
 def repaired_3(trained, unlearned_3):
-    """The pruned model of :func:`unlearned_3` (a copy) after the family's repair: one epoch over the
-    default REPAIR_SCENES training scenes, at the recipe's learning rate, distilled from the original."""
+    """The pruned model of :func:`unlearned_3` (a copy) after the family's repair through the Python API:
+    one epoch over the default REPAIR_SCENES training scenes at the recipe's learning rate."""
     adapter, model, info, _ = trained
     res, _ = unlearned_3
     pruned = copy.deepcopy(res.model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    summary = adapter.repair(pruned, info, "digits", [DIGIT3], original=model, epochs=1, lr=REPAIR_LR,
-                             plan=res.plan, progress=False)
+    summary = tu.models.repair(pruned, info, None, [DIGIT3], original=model, epochs=1, lr=REPAIR_LR,
+                               plan=res.plan, progress=False)  # None: the model's own data, "digits"
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the original is untouched
     return summary, adapter.segmentation_metrics(pruned, info, "digits:100")["iou"]
 
