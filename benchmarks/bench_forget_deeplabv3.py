@@ -327,7 +327,7 @@ def repair_main(args: argparse.Namespace, bench: Bench, digits: list[int]) -> No
                        "rows": rows, "summary": summarise({"variant": variant}, rows)})
     default = stages[0]["summary"]
     misses = [r["digit"] for r in stages[0]["rows"] if not r["meets_goal"]]
-    what = f"Pruning + {stages[0]['variant'] or 'the adapter'}'s repair"
+    what = "Pruning + the adapter's repair" + (f" ({stages[0]['variant']})" if stages[0]["variant"] else "")
     verdict = (f"{what} meets the goal for digits {digits}." if not misses else
                f"{what} misses the goal for digit(s) {misses} (of {digits}).")
     verdict += (f" Forget IoU max {100 * default['forget_iou_after_max']:.1f} %, retained drop max "
