@@ -331,6 +331,10 @@ def test_voc_folder_matches_digits(adapter, digits_model, tmp_path):
     digits = list(adapter.samples(model, info, "digits:6", batch_size=4))
     assert torch.equal(torch.cat([b[1] for b in voc]), torch.cat([b[1] for b in digits]))
     assert (torch.cat([b[0] for b in voc]) - torch.cat([b[0] for b in digits])).abs().max() <= 1 / 255
+    # the repair's data: a folder's train list, the forget class's scenes included; batches counted
+    repair = adapter.repair_data(model, info, str(root), [4], batch_size=4)
+    assert repair.n_images == 6 and len(repair) == 2 == len(list(repair))
+    assert adapter.repair_data(model, info, "digits:5", [4], batch_size=4).n_images == 5
     iou = adapter.evaluate(model, info, str(root)).primary_values()  # no val.txt: test.txt
     assert iou and set(iou) <= set(DIGIT_CLASSES)
     assert all(0.0 <= v <= 1.0 for v in iou.values())  # a class absent in both is left out, never NaN
