@@ -23,12 +23,19 @@ come from a local file) and the zoo's ``deeplabv3_resnet_tiny`` (:mod:`tpunlearn
   ``module.`` prefix dropped) and pickled torchvision models, whose ``num_classes`` and aux head
   follow the file. ``--arch deeplabv3`` reads the backbone from the keys (:func:`infer_builder`);
   a named arch whose keys show another backbone is one line.
+* **Repair that forgets** (``prune --repair-epochs N``, :meth:`DeepLabV3Adapter.repair`): pruning alone
+  cannot take a digit out (the digits share their last-layer channels), so the repair fine-tune
+  trains the pruned model on training scenes *with* the forget class, its pixels relabelled
+  background (:class:`ForgetLoss`), distilled toward the original on the retained pixels. One epoch
+  is :data:`REPAIR_SCENES` scenes of plain ``digits`` (``digits:N``: N; a folder: its train list),
+  measured at ``--repair-lr 1e-3`` (:data:`REPAIR_LR`; benchmarks/bench_forget_deeplabv3.py --repair).
 * **A user's VOC folder** names the classes through its ``labelmap.txt`` (:meth:`DeepLabV3Adapter.bind_data`)
   unless ``class_names`` (``--names``) or the checkpoint does; a count that differs from the head is one line.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +46,11 @@ from torch import nn
 from tpunlearn.calibrate import Calibration
 from tpunlearn.data.glyphscenes import GLYPH_CLASSES, GLYPH_MASK_CLASSES, GlyphScenesMasks
 from tpunlearn.data.specs import glyphs_count
-from tpunlearn.data.voc import IGNORE_INDEX, VOC_CLASSES, MaskBatches, MaskFilter, mask_batches, voc_class_names
+from tpunlearn.data.voc import IGNORE_INDEX, VOC_CLASSES, MaskBatches, mask_batches, redirect_masks, voc_class_names
 from tpunlearn.errors import DataError, UsageError, WeightsError, listed
 from tpunlearn.evaluate import Evaluation
 from tpunlearn.targets import SegmentationLogit, Target
+from tpunlearn.torchutils import eval_mode, main_tensor, model_device
 
 from .base import Adapter, BuildState, ModelInfo, as_size, check_stored, pruning_history, read_checkpoint
 from .registry import register
@@ -57,6 +65,9 @@ DEFAULT_SIZE = 512
 DIGITS_SCENES = {"train": 256, "val": 200, "test": 200}  # default DigitScenes counts for "digits"
 GLYPH_MASK_NAMES = ("background", *GLYPH_CLASSES)  # a saved glyph segmenter: its default data is "glyphs"
 GLYPHS_SCENES = {"train": 512, "val": 500, "test": 1000}  # "glyphs": 24 classes need more scenes to score
+REPAIR_SCENES = 1000  # training scenes of one repair epoch on plain "digits" (the zoo's epoch: 24000)
+REPAIR_LR = 1e-3  # the repair's measured learning rate (--repair-lr 1e-3; the CLI's generic default is 1e-4)
+REDIRECTS = ("background", "next", "ignore")  # what ForgetLoss trains a forget pixel toward
 _TRACE_SIZE = 64  # spatial size used to trace the graph when replaying a pruning history
 
 
@@ -247,9 +258,10 @@ class DeepLabV3Adapter(Adapter):
         return info
 
     def mask_batches(self, info: ModelInfo, spec: str | None, split: str = "train", batch_size: int = 16,
-                     with_masks: bool = True) -> MaskBatches:
+                     with_masks: bool = True, n_scenes: int | None = None) -> MaskBatches:
         """``(images, masks)`` batches (``with_masks=False``: multi-hot) of ``spec`` at the model's size and
-        normalisation; ``split`` is ``"train"``, ``"val"`` or anything else for the held-out data."""
+        normalisation; ``split`` is ``"train"``, ``"val"`` or anything else for the held-out data;
+        ``n_scenes`` the DigitScenes count of plain ``digits`` (default :data:`DIGITS_SCENES`)."""
         spec = spec if spec is not None else info.extra.get("data")
         if spec is None:
             raise UsageError(f"{info.arch} with {len(info.class_names)} classes has no default data; "
@@ -265,9 +277,10 @@ class DeepLabV3Adapter(Adapter):
                 raise UsageError(f"GlyphScenes has {GLYPH_MASK_CLASSES} segmentation classes (background + 24 "
                                  f"glyphs); this model has {len(info.class_names)}: pass --data PATH to a VOC-style "
                                  "folder")
-            return GlyphScenesMasks(split, glyphs or GLYPHS_SCENES[split], info.input_size[1:], **options)
-        return mask_batches(str(spec), split, info.input_size[1:], len(info.class_names), DIGITS_SCENES[split],
-                            **options)
+            n = GLYPHS_SCENES[split] if n_scenes is None else int(n_scenes)
+            return GlyphScenesMasks(split, glyphs or n, info.input_size[1:], **options)
+        n = DIGITS_SCENES[split] if n_scenes is None else int(n_scenes)
+        return mask_batches(str(spec), split, info.input_size[1:], len(info.class_names), n, **options)
 
     def samples(self, model: nn.Module, info: ModelInfo, spec: str | None,
                 batch_size: int = 32) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -308,22 +321,30 @@ class DeepLabV3Adapter(Adapter):
 
     # ---- repair fine-tune ----------------------------------------------------------------------
     def repair_data(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int],
-                    batch_size: int = 16) -> Iterable[Any]:
-        """Training ``(images, masks)`` batches of the images that hold none of ``forget``."""
-        return MaskFilter(self.mask_batches(info, spec, "train", batch_size), forget)
+                    batch_size: int = 16) -> MaskBatches:
+        """Training ``(images, masks)`` batches, the scenes that hold ``forget`` included (the loss
+        relabels their pixels): ``digits`` gives :data:`REPAIR_SCENES` scenes, ``digits:N`` N scenes, a
+        VOC-style folder its ``train`` list. One repair epoch is one pass over them."""
+        return self.mask_batches(info, spec, "train", batch_size, n_scenes=REPAIR_SCENES)
 
     def repair_loss(self, info: ModelInfo, forget: Sequence[int] = (),
-                    original: nn.Module | None = None) -> Callable[[Any, Any], torch.Tensor]:
-        """Per-pixel cross-entropy (255 ignored), as the zoo model was trained."""
-        from tpunlearn.torchutils import main_tensor
+                    original: nn.Module | None = None) -> ForgetLoss:
+        """:class:`ForgetLoss` with the family's defaults: ``forget`` pixels relabelled background, and
+        (with ``original``) distillation toward the original's outputs on the retained pixels. With no
+        ``forget``, plain per-pixel cross-entropy (255 ignored), as the zoo model was trained."""
+        return ForgetLoss(tuple(int(t) for t in forget), original)
 
-        def loss(output: Any, batch: Any) -> torch.Tensor:
-            logits = main_tensor(output)
-            masks = torch.stack([m.long() for m in batch[1]]).to(logits.device)
-            if masks.shape[-2:] != logits.shape[-2:]:
-                logits = F.interpolate(logits, size=tuple(masks.shape[-2:]), mode="bilinear", align_corners=False)
-            return F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
-        return loss
+    def repair(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int], *,
+               original: nn.Module | None = None, epochs: int = 1, lr: float = 1e-4, plan: Any = None,
+               seed: int = 0, progress: bool = True) -> dict[str, Any]:
+        """The generic repair loop over :meth:`repair_data` with :meth:`repair_loss`; the summary adds
+        ``objective`` (what was optimised), ``scenes`` (per epoch) and ``scene_passes``."""
+        from tpunlearn.repair import repair
+
+        data, loss = self.repair_data(model, info, spec, forget), self.repair_loss(info, forget, original)
+        summary = repair(model, data, loss, epochs=epochs, lr=lr, plan=plan, seed=seed, progress=progress)
+        return {**summary, "objective": loss.describe(), "scenes": data.n_images,
+                "scene_passes": epochs * data.n_images}
 
     # ---- saving --------------------------------------------------------------------------------
     def checkpoint(self, model: nn.Module, info: ModelInfo) -> dict[str, Any]:
@@ -363,6 +384,115 @@ class DeepLabV3Adapter(Adapter):
             payload["state_dict"] = {k: (v.half() if torch.is_floating_point(v) else v).contiguous()
                                      for k, v in payload["state_dict"].items()}
         save_torch(payload, path)
+
+
+# ---- the repair objective ------------------------------------------------------------------------
+@dataclass(eq=False)
+class ForgetLoss:
+    """``loss(output, batch)`` of a repair that forgets ``forget`` in segmentation (batch = images, masks).
+
+    Cross-entropy toward the masks with each ``forget`` pixel relabelled by ``redirect``:
+    ``"background"`` (class 0: what a model never taught the class says of it), ``"next"`` (the
+    original's best class other than ``forget``; needs ``original``) or ``"ignore"`` (left out of
+    the loss), each forget pixel weighing ``forget_weight`` retained ones in the mean (they are few:
+    a digit covers ~1 % of a DigitScenes scene). Plus ``distill`` x T^2 x the KL divergence, at
+    temperature T, from the original's to the model's class distribution over the retained classes,
+    on the retained pixels (``original`` in eval mode, no gradient; none without it). Forgetting
+    background (0) redirects to ``"next"``.
+    """
+
+    forget: tuple[int, ...] = ()
+    original: nn.Module | None = None
+    redirect: str = "background"
+    distill: float = 1.0
+    temperature: float = 2.0
+    forget_weight: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.redirect not in REDIRECTS:
+            raise UsageError(f"unknown redirect {self.redirect!r}; choose one of {', '.join(REDIRECTS)}")
+        if self.redirect == "background" and 0 in self.forget:
+            self.redirect = "next"
+        if self.redirect == "next" and self.forget and self.original is None:
+            raise UsageError("redirect='next' needs the original model (what it says of the forget pixels)")
+        if self.distill < 0 or self.temperature <= 0 or self.forget_weight <= 0:
+            raise UsageError(f"ForgetLoss needs distill >= 0, temperature > 0 and forget_weight > 0, got "
+                             f"{self.distill}, {self.temperature}, {self.forget_weight}")
+
+    def __call__(self, output: Any, batch: Any) -> torch.Tensor:
+        return self.terms(output, batch)["loss"]
+
+    def terms(self, output: Any, batch: Any) -> dict[str, torch.Tensor]:
+        """``{"loss", "ce", "distill", "target"}``: the total, its two terms and the CE target masks."""
+        logits = main_tensor(output)
+        masks = torch.stack([m.long() for m in batch[1]]).to(logits.device)
+        if masks.shape[-2:] != logits.shape[-2:]:
+            logits = F.interpolate(logits, size=tuple(masks.shape[-2:]), mode="bilinear", align_corners=False)
+        wants_teacher = self.forget and self.original is not None and (self.distill > 0 or self.redirect == "next")
+        teacher = self.teacher(batch[0], tuple(masks.shape[-2:])) if wants_teacher else None
+        target = self.targets(masks, teacher, logits.shape[1])
+        ce = self.cross_entropy(logits, target, masks)
+        kd = logits.new_zeros(())
+        if teacher is not None and self.distill > 0:
+            kd = self.distillation(logits, teacher, masks)
+        return {"loss": ce + self.distill * kd, "ce": ce, "distill": kd, "target": target}
+
+    def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Per-pixel CE toward ``target`` (255 ignored), forget pixels weighted ``forget_weight``."""
+        if self.forget_weight == 1.0 or not self.forget:
+            return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+        per_pixel = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="none")
+        weight = (target != IGNORE_INDEX).float()
+        weight[redirect_masks(masks, self.forget, IGNORE_INDEX) == IGNORE_INDEX] *= self.forget_weight
+        return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)
+
+    def teacher(self, images: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+        """The original's logits at ``size`` (its eval mode, no gradient; its own mode flags restored)."""
+        assert self.original is not None
+        with torch.no_grad(), eval_mode(self.original):
+            out = main_tensor(self.original(images.to(model_device(self.original))))
+        if tuple(out.shape[-2:]) != size:
+            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        return out.float()
+
+    def retained(self, num_classes: int) -> list[int]:
+        return [c for c in range(num_classes) if c not in self.forget]
+
+    def targets(self, masks: torch.Tensor, teacher: torch.Tensor | None, num_classes: int) -> torch.Tensor:
+        """The CE targets: ``masks`` with the forget pixels relabelled by :attr:`redirect`."""
+        if not self.forget:
+            return masks
+        if self.redirect == "ignore":
+            return redirect_masks(masks, self.forget, IGNORE_INDEX)
+        if self.redirect == "background":
+            return redirect_masks(masks, self.forget, 0)
+        assert teacher is not None
+        keep = torch.tensor(self.retained(num_classes), device=teacher.device)
+        best = keep[teacher[:, keep].argmax(1)]
+        return redirect_masks(masks, self.forget, best.to(masks.device))
+
+    def distillation(self, logits: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """T^2 x mean over retained pixels of KL(teacher || model), both over the retained classes only
+        (so it is zero when the model's outputs equal the original's)."""
+        keep = self.retained(logits.shape[1])
+        t = self.temperature
+        log_p = F.log_softmax(logits[:, keep] / t, dim=1)
+        log_q = F.log_softmax(teacher.to(logits.device)[:, keep] / t, dim=1)
+        kl = (log_q.exp() * (log_q - log_p)).sum(1)
+        pixels = redirect_masks(masks, self.forget, IGNORE_INDEX) != IGNORE_INDEX
+        if not bool(pixels.any()):
+            return logits.new_zeros(())
+        return (t * t) * kl[pixels].mean()
+
+    def describe(self) -> dict[str, Any]:
+        """What the repair optimises, for report.json["repair"]["objective"]."""
+        distil = self.original is not None and self.distill > 0 and bool(self.forget)
+        return {"loss": "per-pixel cross-entropy (255 ignored)", "forget": list(self.forget),
+                "forget_pixels": self.redirect if self.forget else None,
+                "forget_pixel_weight": self.forget_weight if self.forget and self.redirect != "ignore" else None,
+                "distillation": ({"weight": self.distill, "temperature": self.temperature,
+                                  "on": "retained pixels, retained classes", "teacher": "the original model"}
+                                 if distil else None)}
 
 
 # ---- building helpers ----------------------------------------------------------------------------

@@ -18,6 +18,18 @@ on which digit is forgotten.
 
 Writes benchmarks/results/forget_deeplabv3.{json,md} (``--out DIR`` elsewhere); the last
 line printed is the JSON summary.
+
+``--repair`` measures pruning (library defaults) plus the family's repair instead (issue 13 part 4):
+per digit the forget IoU and retained mIoU before / after pruning / after repair, the worst retained
+digit, channels removed, seconds and the scene-passes the repair used as a fraction of one epoch of
+the zoo model's training (24000 scenes). The recipe is the adapter's own (``adapter.repair``, what
+``tpunlearn prune --repair-epochs 1`` runs); ``--repair-variants`` adds the other objectives
+(:data:`VARIANTS`, through :class:`~tpunlearn.adapters.deeplabv3.ForgetLoss`) as rows:
+
+    python benchmarks/bench_forget_deeplabv3.py --repair [--digits 3] [--repair-scenes N] [--repair-lr LR]
+        [--repair-variants background,next+distill,...] [--tag NAME]
+
+Writes benchmarks/results/forget_deeplabv3_repair[_TAG].{json,md}.
 """
 from __future__ import annotations
 
@@ -60,6 +72,20 @@ EXTRAS = [
 ]
 
 
+DEFAULT_REPAIR_LR = 1e-3  # the adapter's REPAIR_LR (pass --repair-lr 1e-3 to the CLI, whose default is 1e-4)
+ZOO_EPOCH_SCENES = 24000  # one epoch of the zoo model's training (scripts/train_zoo.py, zoo.train.n_train)
+# repair objectives measured against the family's default (ForgetLoss: forget pixels -> background, forget
+# pixels weigh 10, KL distillation at T=2 with weight 1); each changes one thing of it
+VARIANTS = {
+    "background, no distillation": {"distill": 0.0},
+    "background+distill, forget pixels weigh 1": {"forget_weight": 1.0},
+    "background+distill x5": {"distill": 5.0},
+    "next-best+distill": {"redirect": "next"},
+    "next-best, no distillation": {"redirect": "next", "distill": 0.0},
+    "ignored+distill": {"redirect": "ignore"},  # forget pixels masked out (issue 13 part 2's retained-only)
+}
+
+
 class MarginTarget(SegmentationLogit):
     """``sum over the pixels the model assigns to t of (logit_t - max_{c != t} logit_c)``: what
     separates t from its nearest rival, rather than what makes any digit's pixels (ink) score."""
@@ -90,7 +116,8 @@ class Bench:
         # ChannelScores per (sigma, method, ignored layers, target): reused across digits and deltas
         self.scores: dict[tuple, object] = {}
 
-    def request(self, digit: int, settings: dict) -> dict:
+    def prune(self, digit: int, settings: dict) -> tuple[object, float]:
+        """One ``tu.unlearn`` request forgetting ``digit`` with ``settings``; (result, seconds)."""
         a, info, model = self.adapter, self.info, self.model
         kwargs = {k: v for k, v in settings.items() if not k.startswith("bench:")}
         ignore = settings.get("bench:ignore", "paper")
@@ -106,7 +133,17 @@ class Bench:
                          **kwargs)
         seconds = time.perf_counter() - t0
         self.scores.setdefault(key, res.scores)
-        iou = a.segmentation_metrics(res.model, info, self.test_spec)["iou"]
+        return res, seconds
+
+    def iou(self, model: torch.nn.Module) -> dict[str, float]:
+        return self.adapter.segmentation_metrics(model, self.info, self.test_spec)["iou"]
+
+    def request(self, digit: int, settings: dict) -> dict:
+        res, seconds = self.prune(digit, settings)
+        return self.row(digit, self.iou(res.model), res, seconds)
+
+    def row(self, digit: int, iou: dict[str, float], res: object, seconds: float) -> dict:
+        """The table row of one request: ``digit``'s IoU and the retained mIoU before and after."""
         before, after = _digit_ious(self.base), _digit_ious(iou)
         others = [d for d in range(10) if d != digit]
         ret_before = _mean([before[d] for d in others])
@@ -131,6 +168,41 @@ class Bench:
         }
         row["meets_goal"] = bool(row["forget_iou_after"] <= GOAL_FORGET_IOU
                                  and abs(ret_before - ret_after) <= GOAL_RETAINED_DROP)
+        return row
+
+    def repaired(self, digit: int, variant: str | None, scenes: int, lr: float, epochs: int) -> dict:
+        """Library-default pruning, then the repair: the adapter's own (``variant`` None, what the CLI
+        runs) or the ForgetLoss of :data:`VARIANTS`; the row adds the pruned-only numbers and the cost."""
+        from tpunlearn.adapters.deeplabv3 import ForgetLoss
+        from tpunlearn.repair import repair
+
+        a, info, forget = self.adapter, self.info, [digit + 1]
+        res, prune_s = self.prune(digit, {})
+        pruned = self.row(digit, self.iou(res.model), res, prune_s)
+        spec = f"digits:{scenes}"
+        t0 = time.perf_counter()
+        if variant is None:
+            summary = a.repair(res.model, info, spec, forget, original=self.model, epochs=epochs, lr=lr,
+                               plan=res.plan, progress=False)
+        else:
+            loss = ForgetLoss(tuple(forget), self.model, **VARIANTS[variant])
+            data = a.repair_data(res.model, info, spec, forget)
+            summary = repair(res.model, data, loss, epochs=epochs, lr=lr, plan=res.plan, progress=False)
+            summary.update(objective=loss.describe(), scenes=data.n_images, scene_passes=epochs * data.n_images)
+        repair_s = time.perf_counter() - t0
+        row = self.row(digit, self.iou(res.model), res, prune_s + repair_s)
+        row.update(variant=variant or "adapter default", forget_iou_pruned=pruned["forget_iou_after"],
+                   retained_miou_pruned=pruned["retained_miou_after"], prune_seconds=round(prune_s, 2),
+                   repair_seconds=round(repair_s, 2), lr=lr, epochs=epochs, scene_passes=summary["scene_passes"],
+                   zoo_epoch_fraction=round(summary["scene_passes"] / ZOO_EPOCH_SCENES, 4),
+                   objective=summary["objective"], loss_first=round(summary["loss_first"], 4),
+                   loss_last=round(summary["loss_last"], 4))
+        row["meets_goal"] = bool(row["meets_goal"] and row["scene_passes"] <= ZOO_EPOCH_SCENES)
+        print(f"  repair ({row['variant']}): forget {digit}: IoU {row['forget_iou_before']:.3f} -> pruned "
+              f"{row['forget_iou_pruned']:.3f} -> {row['forget_iou_after']:.3f}, retained mIoU "
+              f"{row['retained_miou_before']:.3f} -> {row['retained_miou_after']:.3f} "
+              f"(worst {row['worst_retained_digit']} -{row['worst_retained_drop_points']:.1f}), "
+              f"{row['scene_passes']} scene-passes, {row['seconds']:.0f}s", flush=True)
         return row
 
     def config(self, settings: dict, digits: list[int], label: str) -> dict:
@@ -200,6 +272,88 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def repair_markdown(result: dict) -> str:
+    """The repair stage's tables: one per objective, one row per digit."""
+    base = result["base_iou"]
+    lines = [f"# Forgetting digits from {NAME}: pruning (library defaults) + repair (test split, "
+             f"{result['n_test']} scenes)", "",
+             f"Weights: `{result['weights']}` (sha256 {result['sha256'][:12]}), {result['params']:,} params. "
+             "Test IoU before: " + ", ".join(f"{n} {v:.3f}" for n, v in base.items()) + ".", "",
+             f"Repair: {result['epochs']} epoch(s) over `digits:{result['scenes']}` training scenes (the scenes "
+             f"holding the forget digit included), lr {result['lr']}, batch 16, AdamW + cosine, norms frozen; "
+             f"one zoo training epoch = {ZOO_EPOCH_SCENES} scene-passes. Retained mIoU = mean IoU over the other "
+             "nine digits. Goal: forget IoU <= 5 %, retained mIoU within 2 points, <= 1 zoo epoch.", "",
+             f"Command: `{result['command']}`", ""]
+    for stage in result["stages"]:
+        lines += [f"## {stage['title']}", "", "| forget | IoU before | pruned | repaired | retained mIoU before | "
+                  "pruned | repaired | drop (pts) | worst digit (pts) | channels removed | scene-passes (zoo epochs) "
+                  "| s (prune + repair) | meets goal |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in stage["rows"]:
+            lines.append(
+                f"| {r['digit']} | {100 * r['forget_iou_before']:.1f} % | {100 * r['forget_iou_pruned']:.1f} % | "
+                f"{100 * r['forget_iou_after']:.1f} % | {100 * r['retained_miou_before']:.1f} | "
+                f"{100 * r['retained_miou_pruned']:.1f} | {100 * r['retained_miou_after']:.1f} | "
+                f"{r['retained_drop_points']:.2f} | {r['worst_retained_digit']} "
+                f"({r['worst_retained_drop_points']:.1f}) | {r['removed_channels']} | "
+                f"{r['scene_passes']} ({r['zoo_epoch_fraction']:.3f}) | "
+                f"{r['prune_seconds']:.0f} + {r['repair_seconds']:.0f} | {'yes' if r['meets_goal'] else '**no**'} |")
+        c = stage["summary"]
+        lines += ["", f"Objective: `{json.dumps(stage['rows'][0]['objective'])}`. Forget IoU max "
+                  f"{100 * c['forget_iou_after_max']:.1f} %, retained drop max {c['retained_drop_points_max']:.2f} "
+                  f"pts (mean {c['retained_drop_points_mean']:.2f}); meets the goal for every digit listed: "
+                  f"{'yes' if c['meets_goal'] else 'no'}.", ""]
+    lines += ["## Verdict", "", result["verdict"], ""]
+    return "\n".join(lines)
+
+
+def repair_main(args: argparse.Namespace, bench: Bench, digits: list[int]) -> None:
+    """``--repair``: the adapter's repair recipe (and ``--repair-variants``) on ``digits``."""
+    import sys
+
+    from tpunlearn.adapters.deeplabv3 import REPAIR_SCENES
+
+    t0 = time.time()
+    scenes = args.repair_scenes or REPAIR_SCENES
+    variants = [] if args.variants_only else [None]
+    variants += [v.strip() for v in args.repair_variants.split(";")] if args.repair_variants else []
+    unknown = [v for v in variants if v is not None and v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; known: {'; '.join(VARIANTS)}")
+    stages = []
+    for variant in variants:
+        print(f"repair stage: {variant or 'adapter default'} on digits {digits}", flush=True)
+        rows = [bench.repaired(d, variant, scenes, args.repair_lr, args.repair_epochs) for d in digits]
+        stages.append({"title": f"Repair objective: {variant or 'the adapter default'}", "variant": variant,
+                       "rows": rows, "summary": summarise({"variant": variant}, rows)})
+    default = stages[0]["summary"]
+    misses = [r["digit"] for r in stages[0]["rows"] if not r["meets_goal"]]
+    what = "Pruning + the adapter's repair" + (f" ({stages[0]['variant']})" if stages[0]["variant"] else "")
+    verdict = (f"{what} meets the goal for digits {digits}." if not misses else
+               f"{what} misses the goal for digit(s) {misses} (of {digits}).")
+    verdict += (f" Forget IoU max {100 * default['forget_iou_after_max']:.1f} %, retained drop max "
+                f"{default['retained_drop_points_max']:.2f} pts, {stages[0]['rows'][0]['scene_passes']} scene-passes "
+                f"per digit ({stages[0]['rows'][0]['zoo_epoch_fraction']:.3f} zoo epochs).")
+    weights = Path(bench.info.weights)
+    result = {
+        "model": NAME, "weights": str(weights), "sha256": sha256(weights),
+        "params": sum(p.numel() for p in bench.model.parameters()), "split": "test", "n_test": args.n_test,
+        "digits": digits, "scenes": scenes, "lr": args.repair_lr, "epochs": args.repair_epochs,
+        "zoo_epoch_scenes": ZOO_EPOCH_SCENES, "command": "python " + " ".join(sys.argv),
+        "goal": {"forget_iou_max": GOAL_FORGET_IOU, "retained_miou_move_max_points": 100 * GOAL_RETAINED_DROP,
+                 "scene_passes_max": ZOO_EPOCH_SCENES},
+        "base_iou": {n: round(float(v), 4) for n, v in bench.base.items()},
+        "stages": stages, "verdict": verdict, "seconds": round(time.time() - t0, 1), "torch": str(torch.__version__),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "forget_deeplabv3_repair" + (f"_{args.tag}" if args.tag else "")
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    (args.out / f"{stem}.md").write_text(repair_markdown(result))
+    print(verdict, flush=True)
+    print(json.dumps({"verdict": verdict, "meets_goal": default["meets_goal"],
+                      "forget_iou_after_max": default["forget_iou_after_max"],
+                      "retained_drop_points_max": default["retained_drop_points_max"]}))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", type=Path, default=None, help="checkpoint (default: the zoo's)")
@@ -212,6 +366,14 @@ def main() -> None:
     p.add_argument("--scoring", default="digits", help="scoring data spec (default digits: 256 train scenes)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="results folder")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repair", action="store_true", help="pruning (defaults) + the family's repair, per digit")
+    p.add_argument("--repair-scenes", type=int, default=None, help="repair training scenes (default: the "
+                   "adapter's REPAIR_SCENES)")
+    p.add_argument("--repair-lr", type=float, default=DEFAULT_REPAIR_LR, help=f"default {DEFAULT_REPAIR_LR}")
+    p.add_argument("--repair-epochs", type=int, default=1)
+    p.add_argument("--repair-variants", default=None, help="';'-separated names of VARIANTS to add as rows")
+    p.add_argument("--variants-only", action="store_true", help="with --repair-variants: leave out the default")
+    p.add_argument("--tag", default=None, help="suffix of the repair results' file names")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -220,6 +382,9 @@ def main() -> None:
     digits = ([int(d) for d in args.digits.split(",")] if args.digits else
               [1, 3, 7] if args.quick else list(range(10)))
     search_digits = [int(d) for d in args.search_digits.split(",")]
+    if args.repair:
+        repair_main(args, bench, digits)
+        return
     stages = []
 
     print("stage 1: library defaults", flush=True)

@@ -331,6 +331,10 @@ def test_voc_folder_matches_digits(adapter, digits_model, tmp_path):
     digits = list(adapter.samples(model, info, "digits:6", batch_size=4))
     assert torch.equal(torch.cat([b[1] for b in voc]), torch.cat([b[1] for b in digits]))
     assert (torch.cat([b[0] for b in voc]) - torch.cat([b[0] for b in digits])).abs().max() <= 1 / 255
+    # the repair's data: a folder's train list, the forget class's scenes included; batches counted
+    repair = adapter.repair_data(model, info, str(root), [4], batch_size=4)
+    assert repair.n_images == 6 and len(repair) == 2 == len(list(repair))
+    assert adapter.repair_data(model, info, "digits:5", [4], batch_size=4).n_images == 5
     iou = adapter.evaluate(model, info, str(root)).primary_values()  # no val.txt: test.txt
     assert iou and set(iou) <= set(DIGIT_CLASSES)
     assert all(0.0 <= v <= 1.0 for v in iou.values())  # a class absent in both is left out, never NaN
@@ -371,3 +375,108 @@ def test_a_zoo_entry_builds_a_random_model_of_its_configuration(adapter, tmp_pat
         adapter.build(entry.arch, weights=tmp_path / "zoo.pt", zoo=other)
     with pytest.raises(WeightsError, match=r"not a some-zoo-deeplab \(deeplabv3_mobilenet_v3_large\)"):
         adapter.build(MOBILE, weights=tmp_path / "zoo.pt", zoo=_entry(arch=MOBILE))
+
+
+# ---- the repair that forgets ---------------------------------------------------------------
+def _scene_batch(seed: int = 0, n: int = 2) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Random images and masks over 11 classes, a few pixels 255."""
+    gen = torch.Generator().manual_seed(seed)
+    masks = torch.randint(0, 11, (n, SIZE, SIZE), generator=gen, dtype=torch.uint8)
+    masks[:, 0, :4] = 255
+    return torch.rand(n, 3, SIZE, SIZE, generator=gen), list(masks)
+
+
+@pytest.fixture(scope="module")
+def tiny_segmenter() -> nn.Module:
+    """A two-conv 11-class pixel classifier: what ForgetLoss needs of a model (dict or tensor logits)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 11, 1)).eval()
+
+
+def test_redirect_masks_relabel_only_the_forget_pixels():
+    from tpunlearn.data.voc import redirect_masks
+
+    masks = torch.tensor([[0, 4, 255], [4, 7, 2]])
+    assert redirect_masks(masks, [4]).tolist() == [[0, 0, 255], [0, 7, 2]]
+    assert redirect_masks(masks, [4, 7], 255).tolist() == [[0, 255, 255], [255, 255, 2]]
+    per_pixel = torch.full_like(masks, 9)
+    assert redirect_masks(masks, [4], per_pixel).tolist() == [[0, 9, 255], [9, 7, 2]]
+
+
+@pytest.mark.parametrize("redirect", ["background", "next", "ignore"])
+def test_forget_loss_targets_redirect_forget_pixels_and_keep_the_rest(tiny_segmenter, redirect):
+    from tpunlearn.adapters.deeplabv3 import ForgetLoss
+
+    model = tiny_segmenter
+    images, masks = _scene_batch()
+    loss = ForgetLoss((4,), model, redirect=redirect)
+    terms = loss.terms(model(images), (images, masks))
+    target, truth = terms["target"], torch.stack(masks).long()
+    hit = truth == 4
+    assert torch.equal(target[~hit], truth[~hit])  # retained pixels (and 255) keep their labels
+    if redirect == "background":
+        assert bool((target[hit] == 0).all())
+    elif redirect == "ignore":
+        assert bool((target[hit] == 255).all())
+    else:  # the original's best class other than 4
+        with torch.no_grad():
+            logits = model(images)
+        logits[:, 4] = float("-inf")
+        assert torch.equal(target[hit], logits.argmax(1)[hit])
+        assert not bool((target[hit] == 4).any())
+    assert torch.isfinite(terms["loss"]) and float(terms["ce"].detach()) > 0
+
+
+def test_forget_loss_distillation_is_zero_when_the_model_is_the_original(tiny_segmenter):
+    from tpunlearn.adapters.deeplabv3 import ForgetLoss
+
+    model = tiny_segmenter
+    images, masks = _scene_batch(1)
+    loss = ForgetLoss((4,), model, distill=1.0, temperature=2.0)
+    with torch.no_grad():
+        same = loss.terms(model(images), (images, masks))
+        other = loss.terms({"out": model(images) + torch.randn(2, 11, SIZE, SIZE)}, (images, masks))
+    assert float(same["distill"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(other["distill"]) > 0.01
+    assert float(same["loss"]) == pytest.approx(float(same["ce"]), abs=1e-6)
+    # the CE is a pixel mean in which each forget pixel weighs forget_weight (255 pixels none)
+    from tpunlearn.data.voc import redirect_masks
+
+    truth = torch.stack(masks).long()
+    target = redirect_masks(truth, [4], 0)
+    with torch.no_grad():
+        logits = model(images)
+        per_pixel = nn.functional.cross_entropy(logits, target, ignore_index=255, reduction="none")
+        for w in (1.0, 10.0):
+            weight = (truth != 255).float() * torch.where(truth == 4, w, 1.0)
+            ce = ForgetLoss((4,), model, forget_weight=w).terms({"out": logits}, (images, masks))["ce"]
+            assert float(ce) == pytest.approx(float((per_pixel * weight).sum() / weight.sum()), rel=1e-5)
+    # no original: plain cross-entropy toward the redirected masks, nothing to distil from
+    plain = ForgetLoss((4,), None).terms(model(images), (images, masks))
+    assert float(plain["distill"]) == 0.0 and ForgetLoss((4,), None).describe()["distillation"] is None
+    with pytest.raises(UsageError, match="needs the original"):
+        ForgetLoss((4,), None, redirect="next")
+    with pytest.raises(UsageError, match="unknown redirect"):
+        ForgetLoss((4,), model, redirect="elsewhere")
+
+
+def test_repair_keeps_mask_mode_zeros_and_reports_its_objective(adapter, digits_model):
+    import copy
+
+    model, info = digits_model
+    original = copy.deepcopy(model)
+    batches = predicted_batches(model, n_batches=1)
+    res = unlearn_family(adapter, model, info, batches, [4], mode="mask", sigma=6, delta=0.2, n_per_target=2)
+    zeros = res.plan.zero_ops()
+    assert zeros
+    before = {k: v.clone() for k, v in res.model.state_dict().items()}
+    summary = adapter.repair(res.model, info, "digits:8", [4], original=original, epochs=1, lr=1e-2,
+                             plan=res.plan, progress=False)
+    assert summary["steps"] == 1 and summary["scenes"] == 8 and summary["scene_passes"] == 8
+    assert summary["objective"]["forget_pixels"] == "background" and summary["objective"]["distillation"]
+    assert summary["objective"] == adapter.repair_loss(info, [4], original).describe()
+    assert any(not torch.equal(v, before[k]) for k, v in res.model.state_dict().items())  # it trained
+    for layer, channels in zeros.items():
+        assert (res.model.get_submodule(layer).weight[channels] == 0).all(), layer
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), original.state_dict().values(),
+                                                 strict=True))  # the original is untouched

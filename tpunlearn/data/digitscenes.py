@@ -447,6 +447,10 @@ class DigitScenesMasks(MaskBatches):
         super().__init__(size, MASK_CLASSES, batch_size, with_masks, mean, std)
         self.split, self.n_scenes = split, int(n_scenes)
 
+    @property
+    def n_images(self) -> int:
+        return self.n_scenes
+
     def chunks(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
         h, w = self.size
         ds = _segmentation_scenes(self.split, min(max(h, w), MASKS_MAX_SIDE), self.n_scenes)

@@ -371,6 +371,10 @@ class GlyphScenesMasks(MaskBatches):
         super().__init__(size, GLYPH_MASK_CLASSES, batch_size, with_masks, mean, std)
         self.split, self.n_scenes = split, int(n_scenes)
 
+    @property
+    def n_images(self) -> int:
+        return self.n_scenes
+
     def chunks(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
         h, w = self.size
         ds = _mask_scenes(self.split, max(32, min(max(h, w), _MASKS_MAX_SIDE)), self.n_scenes)

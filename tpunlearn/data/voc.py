@@ -32,7 +32,7 @@ from tpunlearn.errors import DataError, UsageError
 from .labelmap import LABELMAP, Labelmap, colour_mask, read_labelmap
 
 __all__ = ["IGNORE_INDEX", "VOC_CLASSES", "MaskBatches", "MaskFilter", "VOCBatches", "mask_batches", "read_voc",
-           "resize_images", "voc_class_names", "voc_ids", "voc_labelmap"]
+           "redirect_masks", "resize_images", "voc_class_names", "voc_ids", "voc_labelmap"]
 
 IGNORE_INDEX = 255  # mask value of pixels that count for no class (VOC's object borders)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -64,6 +64,15 @@ class MaskBatches(ABC):
     @abstractmethod
     def chunks(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
         """Float images ``(B, 3, h, w)`` in [0, 1] and one uint8 ``(h', w')`` mask per image."""
+
+    @property
+    def n_images(self) -> int:
+        """Images per pass (a source that knows says so; this counts them with a pass)."""
+        return sum(len(masks) for _, masks in self.chunks())
+
+    def __len__(self) -> int:
+        """Batches per pass (what a training loop schedules its learning rate by)."""
+        return -(-self.n_images // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, Any]]:
         for images, masks in self.chunks():
@@ -98,6 +107,10 @@ class VOCBatches(MaskBatches):
         self.root, self.ids = Path(root), list(ids)
         self.labelmap = voc_labelmap(self.root)
 
+    @property
+    def n_images(self) -> int:
+        return len(self.ids)
+
     def chunks(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
         for start in range(0, len(self.ids), self.batch_size):
             stems = self.ids[start:start + self.batch_size]
@@ -129,6 +142,21 @@ class MaskFilter:
             keep = [i for i, m in enumerate(masks) if bool(torch.isin(m.long(), self.classes).any()) == self.holding]
             if keep:
                 yield images[keep], [masks[i] for i in keep]
+
+
+def redirect_masks(masks: torch.Tensor, classes: Sequence[int], to: int | torch.Tensor = 0) -> torch.Tensor:
+    """A copy of the class masks ``masks`` (long, any shape) whose pixels of ``classes`` hold ``to``
+    instead: one class index (background, 0, by default), or a tensor of ``masks``' shape giving each
+    pixel its own (e.g. what a model says is the next-best class). Other pixels, 255 included, are kept.
+
+    The targets that a repair which forgets trains toward: the forgotten class's pixels relabelled,
+    everything else as annotated.
+    """
+    masks = masks.long()
+    hit = torch.isin(masks, torch.tensor([int(c) for c in classes], dtype=torch.long, device=masks.device))
+    if isinstance(to, torch.Tensor):
+        return torch.where(hit, to.to(masks.device).long(), masks)
+    return masks.masked_fill(hit, int(to))
 
 
 def mask_batches(spec: str, split: str, size: Sequence[int], num_classes: int, n_digits: int,
