@@ -253,6 +253,8 @@ class Adapter(ABC):
         on retained targets (``original``, when given, is the unpruned model to distil from)."""
         raise UsageError(f"the {self.name} adapter has no repair fine-tune yet; drop --repair-epochs")
 
+    repair_lr: float = 1e-4  # the learning rate --repair-lr defaults to for this family
+
     def repair(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int], *,
                original: nn.Module | None = None, epochs: int = 1, lr: float = 1e-4, plan: Any = None,
                seed: int = 0, progress: bool = True) -> dict[str, Any]:

@@ -204,8 +204,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="fine-tune the pruned model for N epochs on the retained targets (default 0: no "
                             "fine-tuning); with --auto, the repair budget: it repairs only where pruning and "
                             "calibration miss the goal")
-    prune.add_argument("--repair-lr", type=_positive, default=1e-4, metavar="LR",
-                       help="repair learning rate (default 1e-4)")
+    prune.add_argument("--repair-lr", type=_positive, default=None, metavar="LR",
+                       help="repair learning rate (default: the family's measured one: 1e-3 for DeepLab, "
+                            "1e-4 for yolov5 and timm)")
     prune.add_argument("--erase", nargs="?", const="", default=None, metavar="METHOD",
                        help="after pruning, erase what is left of the forget targets from the surviving channels "
                             "(distill, project or salun; no METHOD: the default, distill; timm classifiers only; "
@@ -518,8 +519,15 @@ def _repair(args: argparse.Namespace, adapter: Any, model: Any, info: Any, res: 
             forget: list[int]) -> dict[str, Any]:
     """``--repair-epochs``: fine-tune the pruned model in place on data without the forget targets."""
     return adapter.repair(res.model, info, args.data, forget, original=model, epochs=args.repair_epochs,
-                          lr=args.repair_lr, plan=res.plan, seed=args.seed, progress=_progress())
+                          lr=_repair_lr(args, adapter), plan=res.plan, seed=args.seed, progress=_progress())
 
+
+
+def _repair_lr(args: argparse.Namespace, adapter: Any) -> float:
+    """``--repair-lr``, else the family's measured repair learning rate (recorded for ``reproduce``)."""
+    if args.repair_lr is None:
+        args.repair_lr = float(adapter.repair_lr)
+    return float(args.repair_lr)
 
 def _check_reference(args: argparse.Namespace) -> None:
     """``--reference`` implies ``--audit`` and must name a file, checked before any work."""

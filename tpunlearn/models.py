@@ -69,16 +69,18 @@ def load(path: str | Path, trust_checkpoint: bool = False) -> tuple[Any, Any]:
 
 
 def repair(model: Any, info: Any, data: str | None = None, forget: Any = (), *, original: Any = None,
-           epochs: int = 1, lr: float = 1e-4, plan: Any = None, seed: int = 0,
+           epochs: int = 1, lr: float | None = None, plan: Any = None, seed: int = 0,
            progress: bool = True) -> dict[str, Any]:
     """Fine-tune a pruned ``model`` in place on the retained targets of ``data`` (a data spec as for
     ``--data``; None: the model's own data), through its family's repair (the adapter's
     :meth:`~tpunlearn.adapters.base.Adapter.repair`); ``original`` is the unpruned model to distil
-    from, ``plan`` the request's :class:`~tpunlearn.plan.PrunePlan` (mask-mode channels stay zero).
-    Returns the repair summary that ``prune --repair-epochs`` writes to report.json.
+    from, ``lr`` the learning rate (None: the family's measured ``repair_lr``), ``plan`` the
+    request's :class:`~tpunlearn.plan.PrunePlan` (mask-mode channels stay zero). Returns the repair
+    summary that ``prune --repair-epochs`` writes to report.json.
     """
     from tpunlearn import adapters
 
     forget = [int(forget)] if isinstance(forget, int) else [int(t) for t in forget]
-    return adapters.get(info.family).repair(model, info, data, forget, original=original, epochs=epochs, lr=lr,
-                                            plan=plan, seed=seed, progress=progress)
+    adapter = adapters.get(info.family)
+    return adapter.repair(model, info, data, forget, original=original, epochs=epochs,
+                          lr=float(adapter.repair_lr if lr is None else lr), plan=plan, seed=seed, progress=progress)

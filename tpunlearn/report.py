@@ -151,7 +151,8 @@ def reproduce_command(args: argparse.Namespace, settings: UnlearnSettings) -> li
         cmd += ["--retain", *args.retain]
     cmd += [*settings.command_line(), "--seed", str(args.seed)]
     if getattr(args, "repair_epochs", 0):
-        cmd += ["--repair-epochs", str(args.repair_epochs), "--repair-lr", str(args.repair_lr)]
+        cmd += ["--repair-epochs", str(args.repair_epochs)]
+        cmd += ["--repair-lr", str(args.repair_lr)] if getattr(args, "repair_lr", None) is not None else []
     return cmd + (["--trust-checkpoint"] if args.trust_checkpoint else [])
 
 
