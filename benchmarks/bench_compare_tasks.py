@@ -120,7 +120,7 @@ def segmentation(scale: Scale) -> tuple[Task, Callable[[Any], dict[str, float]],
     def evaluate(m):
         return a.segmentation_metrics(m, info, scale.evaluate)["iou"]
 
-    forgets = {"sigma": 8, "delta": 0.2, "retain_delta": 0.02}
+    forgets: dict[str, Any] = {"sigma": 8, "delta": 0.2, "retain_delta": 0.02}
     defaults = library_calibration(a, model, info)
     methods = [Original(), FineTune(epochs=1, lr=1e-3), SSD(),
                Graph("Last layer only (sigma 1)", sigma=1), Graph("Graph without balance", balanced=False),
