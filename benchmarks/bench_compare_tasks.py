@@ -320,6 +320,11 @@ INTRO = [
     "**No retrained reference** exists for either model: the DeepLab zoo recipe needs a GPU and YOLO's takes "
     "~10 minutes a run on this machine, so the probes are compared with the original only, not with the level "
     "a model that never learnt digit 3 would reach (it still sees digit-3 pixels, so that level need not be 0.5).",
+    "",
+    "The library-defaults rows run what `tpunlearn prune` runs: the yolov5 family calibrates its class outputs by "
+    "default (`adapter.calibrates`, `tpunlearn/calibrate.py`), deeplabv3 does not. Repair rows call the family's "
+    "`adapter.repair(model, info, spec, forget, original=..., epochs=1, lr=..., plan=...)`, so they measure "
+    "whatever repair the family ships when the run is made (a family that refuses gets a \"not available\" row).",
     ""]
 
 
