@@ -17,6 +17,7 @@ through ``adapter.repair`` (adapters/base.py), so they measure whatever repair t
 that refuses (UsageError) gets a "not available" row.
 
     python benchmarks/bench_compare_tasks.py [--task segmentation|detection|both] [--quick]
+    python benchmarks/bench_compare_tasks.py --from-json benchmarks/results/compare_tasks.json  # re-render the page
 
 Writes benchmarks/results/compare_tasks.{json,md} (``--quick``: compare_tasks_quick.*); the last line
 printed is the JSON summary.
