@@ -1,0 +1,64 @@
+"""The rendering of benchmarks/bench_compare_tasks.py: which rows the page says still carry the
+forgotten digit, which layers it calls saturated or untouched, and the "not available" rows."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_compare_tasks.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> Iterator[Any]:
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_compare_tasks", BENCH)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up there
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    yield module
+    sys.modules.pop("bench_compare_tasks", None)
+
+
+def _row(forget: float, neck: tuple[float, float], head: tuple[float, float]) -> dict[str, Any]:
+    return {"forget": forget, "forget_before": 0.9, "retained_mean": 0.9, "retained_mean_before": 0.9,
+            "worst_retained_digit": "5", "worst_retained_drop_points": 1.0, "seconds": 1.0, "params": 10, "macs": 20,
+            "probes": {"neck": {"layer": "n", "linear_auc": neck[0], "knn_auc": neck[1]},
+                       "head_input": {"layer": "h", "linear_auc": head[0], "knn_auc": head[1]}}}
+
+
+def _result() -> dict[str, Any]:
+    rows = {"Original": _row(0.9, (0.95, 0.93), (1.0, 1.0)),
+            "forgets, features kept": _row(0.0, (0.95, 0.93), (0.99, 0.995)),
+            "forgets, features gone": _row(0.01, (0.6, 0.55), (0.6, 0.5)),
+            "does not forget": _row(0.8, (0.95, 0.93), (1.0, 1.0)),
+            "repair": {"not_available": "no repair here", "seconds": 0.5}}
+    return {"task": "t", "metric": "IoU", "forget": "3", "probe_layers": {"neck": "n", "head_input": "h"},
+            "regions": "boxes", "scale": {"score": "a", "evaluate": "b", "probe": "c", "repair": "d"}, "rows": rows}
+
+
+def test_carried_names_only_rows_that_forget_at_the_output_but_keep_the_probe(bench: Any) -> None:
+    still = bench.carried(_result())
+    assert len(still) == 1 and still[0].startswith("forgets, features kept")
+
+
+def test_unchanged_needs_unsaturated_identical_values(bench: Any) -> None:
+    same = bench.unchanged(_result())
+    assert len(same) == 1 and same[0].startswith("`n`")  # the head input's 1.000 is saturation, not identity
+    assert "forgets, features kept" in same[0] and "features gone" not in same[0]
+
+
+def test_markdown_has_every_row_and_says_what_is_missing(bench: Any) -> None:
+    text = bench.markdown([_result()], "python benchmarks/bench_compare_tasks.py", 60.0)
+    assert "not available: no repair here" in text and "No retrained reference" in text
+    assert "neck `n` linear / k-NN AUC" in text
+    assert text.count("\n| ") == 6  # header and five rows
+    assert bench.saturated(_result()) == []  # "features gone" reads 0.6 at both layers
