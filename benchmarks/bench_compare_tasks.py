@@ -109,8 +109,8 @@ def segmentation(scale: Scale) -> tuple[Task, Callable[[Any], dict[str, float]],
         everything = a.mask_batches(info, scale.repair, "train", 16)
         if kind == "all":
             return everything
-        if kind == "retain":
-            return a.repair_data(model, info, scale.repair, forget)
+        if kind == "retain":  # scenes without the forget digit (the family's repair data now keeps them)
+            return MaskFilter(everything, forget)
         return MaskFilter(everything, forget, holding=True)
 
     task = Task(name="digitscenes-deeplabv3", model=model, example_inputs=a.example_inputs(info),
@@ -127,6 +127,8 @@ def segmentation(scale: Scale) -> tuple[Task, Callable[[Any], dict[str, float]],
                Graph("Last layer only (sigma 1)", sigma=1), Graph("Graph without balance", balanced=False),
                Graph("Graph(beta), mask", mode="mask"),
                Graph("Graph(beta), physical (library defaults)", **defaults),
+               GraphRepair(f"  + adapter.repair, the family's recipe (1 epoch, lr 0.001, {scale.repair})", a, info,
+                           scale.repair, lr=1e-3, **defaults),
                Graph("Graph(beta), physical, sigma 8, delta 0.2, retain delta 0.02", **forgets),
                GraphRepair(f"  + adapter.repair (1 epoch, lr 0.001, {scale.repair})", a, info, scale.repair, lr=1e-3,
                            **forgets)]
