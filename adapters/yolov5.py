@@ -170,11 +170,13 @@ class YOLOv5Adapter(Adapter):
         if names is not None and uio.names_dict(names, head.nc) != uio.names_dict(model.names, head.nc):
             raise WeightsError(f"{state.weights} names its classes {uio.names_list(model.names, head.nc)[:5]}..., "
                                "which contradicts names=")
+        record = state.checkpoint.get("tpunlearn") if isinstance(state.checkpoint, dict) else None
         if zoo is not None:
             _check_zoo_model(model, zoo, state.weights)
-            record = state.checkpoint.get("tpunlearn")
             train = ((record.get("zoo") or {}).get("train") if isinstance(record, dict) else None) or {}
             state.extra["train"] = dict(train)
+        elif isinstance(record, dict) and isinstance(record.get("arch"), str):
+            state.extra["saved_as"] = record["arch"]  # a zoo model's pruned copy names its zoo entry (tu.load)
 
     def construct(self, state: BuildState) -> nn.Module:
         """The checkpoint's own (pickled) model, prepared as ultralytics loads it, or a random one of the YAML."""

@@ -53,7 +53,11 @@ def load(path: str | Path, trust_checkpoint: bool = False) -> tuple[Any, Any]:
         raise WeightsError(f"no such checkpoint: {path}")
     detector = adapters.get("yolov5")
     if detector.handles(str(path)):  # an ultralytics checkpoint: its pickled model is the architecture
-        return detector.build(str(path), trust_checkpoint=trust_checkpoint)
+        model, info = detector.build(str(path), trust_checkpoint=trust_checkpoint)
+        name = info.extra.get("saved_as")
+        if name in zoo.ZOO and zoo.entry(name).family == detector.name:  # a zoo detector or its pruned copy
+            return zoo.build_model(name, path, trust_checkpoint=trust_checkpoint)[1:]
+        return model, info
     ckpt = load_checkpoint(path, trust=trust_checkpoint)
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
     arch = (ckpt.get("timm_name") or ckpt.get("arch")) if isinstance(fmt, str) and fmt.startswith("tpunlearn-") \
