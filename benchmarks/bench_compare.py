@@ -113,10 +113,33 @@ def classification_task(retrain_epochs: int, retrain_scenes: int, reference_epoc
 
 # ---------------------------------------------------------------------------- measuring
 # More attacks and probes slot in here: each hook gets (train logits, train features, test logits, test
-# features, train labels, test labels, forget, seed) and returns {metric: value} for the row. The SVM
-# MIA-efficacy attack and the k-NN probe (another branch's tpunlearn.privacy additions) go here at merge;
-# until then the rows hold the entropy MIA and the refitted linear probe only.
-PRIVACY_HOOKS: list[Callable[..., dict[str, float]]] = []
+# features, train labels, test labels, forget, seed) and returns {metric: value} for the row: SalUn's
+# confidence SVM attack (MIA-efficacy) and the refitted k-NN probe, from tpunlearn.privacy.
+
+
+def svm_mia_hook(tr_logits: torch.Tensor, tr_feats: torch.Tensor, te_logits: torch.Tensor, te_feats: torch.Tensor,
+                 tr_labels: torch.Tensor, te_labels: torch.Tensor, forget: Sequence[int],
+                 seed: int) -> dict[str, float]:
+    """MIA-efficacy: the share of the forget digit's training scenes the confidence SVM calls non-members."""
+    from tpunlearn.privacy import holds_any, svm_mia
+
+    holds = holds_any(tr_labels, forget)
+    result = svm_mia((tr_logits[~holds], tr_labels[~holds]), (te_logits, te_labels),
+                     (tr_logits[holds], tr_labels[holds]), multilabel=True, seed=seed)
+    return {"svm_mia_efficacy": result.value}
+
+
+def knn_probe_hook(tr_logits: torch.Tensor, tr_feats: torch.Tensor, te_logits: torch.Tensor, te_feats: torch.Tensor,
+                   tr_labels: torch.Tensor, te_labels: torch.Tensor, forget: Sequence[int],
+                   seed: int) -> dict[str, float]:
+    """The k-NN probe for the forget digit, refitted on the row's own penultimate features."""
+    from tpunlearn.privacy import KNNProbe, holds_any
+
+    probe = KNNProbe.fit(tr_feats, holds_any(tr_labels, forget))
+    return {"knn_probe_auc": probe.auc(te_feats, holds_any(te_labels, forget))}
+
+
+PRIVACY_HOOKS: list[Callable[..., dict[str, float]]] = [svm_mia_hook, knn_probe_hook]
 
 
 def logits_and_features(model: nn.Module, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,6 +300,12 @@ def _pm(stat: dict[str, float] | None, scale: float = 1.0, digits: int = 1) -> s
     return f"{scale * stat['mean']:.{digits}f} ± {scale * stat['std']:.{digits}f}"
 
 
+def _opt(row: dict[str, Any], key: str, scale: float, digits: int) -> str:
+    """A row's optional metric (an older run's rows lack the SVM attack and the k-NN probe)."""
+    value = row.get(key)
+    return "n/a" if value is None else f"{scale * float(value):.{digits}f}"
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Unlearning methods on {NAME} (DigitScenes test split)", "",
              f"Settings: {', '.join(result['setting_labels'])}. Mean ± std over settings (retraining: "
@@ -303,9 +332,11 @@ def markdown(result: dict[str, Any]) -> str:
               "worst drop <= 2 points, probe refit <= reference + 0.03, MIA within 5 points of the reference, cost "
               "(graph build for all digits + request + erase, or the method's own time) <= 5 % of one reference "
               "training. Missed goals are named; a dash means no reference in that setting.", "",
-              "| setting | method | forget % | worst drop (pts) | MIA % | MIA gap to ref (pts) | probe fixed | "
-              "probe refit | seconds | cost / reference | goals missed |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "SVM MIA = SalUn's MIA-efficacy (% of the forget scenes the confidence SVM calls non-members); "
+              "k-NN = the refitted k-NN probe's AUC on the same features.", "",
+              "| setting | method | forget % | worst drop (pts) | MIA % | MIA gap to ref (pts) | SVM MIA % | "
+              "probe fixed | probe refit | k-NN | seconds | cost / reference | goals missed |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in result["settings"]:
         for name, r in s["rows"].items():
             gap = r.get("mia_gap_to_reference_points")
@@ -314,8 +345,10 @@ def markdown(result: dict[str, Any]) -> str:
             missed = "-" if goals is None else (", ".join(k for k, v in goals.items() if v is False) or "none")
             lines.append(f"| {s['label']} | {name} | {100 * r['forget_recall']:.1f} | "
                          f"{r['worst_retained_drop_points']:.1f} ({r['worst_retained_digit']}) | {100 * r['mia']:.1f} | "
-                         f"{'n/a' if gap is None else f'{gap:.1f}'} | {r['probe_auc_fixed']:.3f} | "
-                         f"{r['probe_auc_refit']:.3f} | {r['seconds']:.1f} | "
+                         f"{'n/a' if gap is None else f'{gap:.1f}'} | {_opt(r, 'svm_mia_efficacy', 100, 1)} | "
+                         f"{r['probe_auc_fixed']:.3f} | {r['probe_auc_refit']:.3f} | "
+                         f"{_opt(r, 'knn_probe_auc', 1, 3)} | "
+                         f"{r['seconds']:.1f} | "
                          f"{'n/a' if frac is None else f'{100 * frac:.2f} %'} | {missed} |")
     return "\n".join(lines) + "\n"
 
