@@ -71,6 +71,7 @@ DIGITS = "digits"  # the data spec of DigitScenes (``"digits:N"``: N scenes)
 # default scene counts: scoring reads train, evaluation test, --auto val, repair train (a third of the
 # zoo model's 6000 training scenes: one repair epoch costs about a third of one training epoch)
 DIGITS_SCENES = {"train": 512, "test": 1000, "val": 500, "repair": 2000}
+GLYPHS_VAL_SCENES = 500  # GlyphScenes val scenes --auto judges a glyphs model on (its test split is --eval's)
 GLYPHS_REPAIR_SCENES = 2000  # GlyphScenes training scenes a repair of a glyphs model reads by default
 
 
@@ -332,8 +333,18 @@ class YOLOv5Adapter(Adapter):
     def validate(self, model: nn.Module, info: ModelInfo, spec: str | None, conf: float = DEFAULT_CONF,
                  **kw: Any) -> Evaluation:
         """:meth:`evaluate` on the data that chooses settings (``--auto``): DigitScenes' own *val*
-        split for ``"digits"`` / ``"digits:N"`` (never the test scenes that evaluate reports on),
-        else the dataset YAML's ``val`` split. The split is recorded in ``extra["split"]``."""
+        split for ``"digits"`` / ``"digits:N"`` and GlyphScenes' (500 scenes) for ``"glyphs"`` /
+        ``"glyphs:N"`` (never the test scenes that evaluate reports on), else the dataset YAML's
+        ``val`` split. The split is recorded in ``extra["split"]``."""
+        from tpunlearn.data.specs import glyphs_count
+
+        chosen = _chosen_spec(model, info, spec)
+        if chosen is not None and glyphs_count(chosen) is not None:  # GlyphScenes' own val scenes, not its test
+            size = int(info.input_size[-1])
+            val = str(yolo_data.glyphs_yaml(size, n_test=GLYPHS_VAL_SCENES, val_from="val"))
+            result = uio.evaluate_detection(model, val, size, info.class_names, float(conf))
+            result.extra["split"] = f"GlyphScenes val ({GLYPHS_VAL_SCENES} scenes)"
+            return result
         data = _default_spec(model, info, spec)
         digits = digits_count(data, DIGITS_SCENES["val"]) if data else None
         if digits is None:
@@ -502,13 +513,19 @@ def _check_zoo_model(model: nn.Module, e: ZooSpec, path: Path | None) -> None:
                            f"rebuild it with `python scripts/train_zoo.py {e.name}`")
 
 
+def _chosen_spec(model: nn.Module, info: ModelInfo, spec: str | None) -> str | None:
+    """``spec``, else the model's own data as it names it (``digits``, ``glyphs``, a YAML path)."""
+    own = info.extra.get("data") or uio.train_arg(model, "data")
+    return str(spec) if spec is not None else (str(own) if own is not None else None)
+
+
 def _default_spec(model: nn.Module, info: ModelInfo, spec: str | None) -> str | None:
     """``spec``, or the model's own data when it has one that needs no file (``"digits"``,
     ``"glyphs"``); a ``glyphs`` / ``glyphs:N`` spec becomes a cached GlyphScenes dataset YAML."""
     from tpunlearn.data.specs import glyphs_count
 
     own = info.extra.get("data") or uio.train_arg(model, "data")
-    chosen = str(spec) if spec is not None else (str(own) if own is not None else None)
+    chosen = _chosen_spec(model, info, spec)
     glyphs = glyphs_count(chosen) if chosen is not None else None
     if glyphs is not None:
         return str(yolo_data.glyphs_yaml(int(info.input_size[-1]), n_train=glyphs or 512))

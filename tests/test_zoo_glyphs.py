@@ -69,6 +69,22 @@ def test_the_glyph_detector_reads_glyphscenes_by_default(tmp_path, monkeypatch):
     assert list(written["names"].values()) == list(GLYPH_CLASSES)
 
 
+def test_auto_judges_the_glyph_detector_on_val_scenes_never_the_test_scenes(tmp_path, monkeypatch):
+    """--auto's validation data is GlyphScenes' own val split; --eval's is its test split."""
+    from tpunlearn.data.yolo import glyphs_yaml, read_dataset, split_images
+
+    monkeypatch.setenv("TPUNLEARN_CACHE", str(tmp_path))
+    tested = read_dataset(glyphs_yaml(64, n_train=4, n_test=6), split="val")
+    validated = read_dataset(glyphs_yaml(64, n_train=4, n_test=6, val_from="val"), split="val")
+    assert tested["path"] != validated["path"]
+    pixels = [sorted(open(f, "rb").read() for f in split_images(d, "val")) for d in (tested, validated)]
+    assert pixels[0] != pixels[1]  # other scenes, not the same ones under another folder name
+    with pytest.raises(ValueError, match="val_from"):
+        glyphs_yaml(64, val_from="train")
+    adapter, model, info = zoo.build_model("glyphscenes-yolov5")
+    assert adapter.validate(model, info, "glyphs:16").extra["split"] == "GlyphScenes val (500 scenes)"
+
+
 # ---------------------------------------------------------------- the GlyphScenes segmenter
 SEG = "glyphscenes-deeplabv3"
 SEG_CLASSES = ["background", *GLYPH_CLASSES]

@@ -340,11 +340,15 @@ def digits_yaml(size: int, n_train: int = 0, n_test: int = 0, seed: int = DIGITS
                                                            {"train": n_train, "test": n_test, "val": n_val}))
 
 
-def glyphs_yaml(size: int, n_train: int = 512, n_test: int = 1000) -> Path:
+def glyphs_yaml(size: int, n_train: int = 512, n_test: int = 1000, val_from: str = "test") -> Path:
     """An ultralytics dataset YAML of GlyphScenes at ``size`` pixels (train split for scoring, the
-    test split as ``val``, which ultralytics' validator reads), written once into the cache."""
-    root = cache_root() / f"glyphscenes-yolo-{int(size)}px-train{int(n_train)}-test{int(n_test)}"
-    return _cached_dataset(root, lambda tmp: _write_glyphs(tmp, root, int(size), int(n_train), int(n_test)))
+    test split as ``val``, which ultralytics' validator reads), written once into the cache.
+    ``val_from="val"`` puts ``n_test`` scenes of GlyphScenes' own val split there instead: the data
+    ``--auto`` chooses settings on, never the test scenes ``--eval`` reports."""
+    if val_from not in ("test", "val"):
+        raise ValueError(f"val_from must be 'test' or 'val', got {val_from!r}")
+    root = cache_root() / f"glyphscenes-yolo-{int(size)}px-train{int(n_train)}-{val_from}{int(n_test)}"
+    return _cached_dataset(root, lambda tmp: _write_glyphs(tmp, root, int(size), int(n_train), int(n_test), val_from))
 
 
 def _cached_dataset(root: Path, write: Callable[[Path], None]) -> Path:
@@ -370,16 +374,16 @@ def _cached_dataset(root: Path, write: Callable[[Path], None]) -> Path:
     return data_file
 
 
-def _write_glyphs(dest: Path, root: Path, size: int, n_train: int, n_test: int) -> None:
-    """GlyphScenes' train split and its test split (as ``val``) into ``dest``, with a ``data.yaml``
-    that points at ``root``."""
+def _write_glyphs(dest: Path, root: Path, size: int, n_train: int, n_test: int, val_from: str = "test") -> None:
+    """GlyphScenes' train split and its ``val_from`` split (as ``val``) into ``dest``, with a
+    ``data.yaml`` that points at ``root``."""
     import yaml
 
     from .glyphscenes import GlyphScenes
     from .writers import write_yolo_dataset
 
     written = write_yolo_dataset(dest, {"train": GlyphScenes("train", size=size, n_scenes=n_train),
-                                        "val": GlyphScenes("test", size=size, n_scenes=n_test)})
+                                        "val": GlyphScenes(val_from, size=size, n_scenes=n_test)})
     data = yaml.safe_load(written.read_text())
     written.write_text(yaml.safe_dump({**data, "path": str(root)}, sort_keys=False))
 
