@@ -332,18 +332,15 @@ def silence_forget(model: nn.Module, forget: Sequence[int], logit: float = SILEN
     """The forget classes' rows of the class branch's last 1x1 conv at every scale (``cv3[i][-1]``) set to
     weight 0 and bias ``logit``: their scores never pass a confidence floor. An output-level edit, shapes
     and ``nc`` kept; the features before it are untouched. Returns the convs edited."""
+    from tpunlearn.calibrate import silence
+
     from .ultralytics_io import detect_head
 
-    head = detect_head(model)
     names = {id(m): n for n, m in model.named_modules()}
-    rows = sorted({int(c) for c in forget})
-    edited = []
-    with torch.no_grad():
-        for branch in head.cv3:
-            conv = cast(nn.Sequential, branch)[-1]
-            if not isinstance(conv, nn.Conv2d) or conv.bias is None:
-                raise PlanError(f"the Detect head's class output {names.get(id(conv), '?')} is not a biased Conv2d")
-            conv.weight[rows] = 0.0
-            conv.bias[rows] = float(logit)
-            edited.append(names[id(conv)])
-    return edited
+    layers = []
+    for branch in detect_head(model).cv3:
+        conv = cast(nn.Sequential, branch)[-1]
+        if not isinstance(conv, nn.Conv2d) or conv.bias is None:
+            raise PlanError(f"the Detect head's class output {names.get(id(conv), '?')} is not a biased Conv2d")
+        layers.append(names[id(conv)])
+    return silence(model, layers, forget, logit)  # the same row edit the family's calibration makes

@@ -96,10 +96,16 @@ def calibrate(original: nn.Module, pruned: nn.Module, samples: Iterable[Any], sp
     done: dict[str, Any] = {"layers": fitted, "targets": retain, "weighting": spec.weighting}
     if spec.silence is not None and forget:
         done["silenced"] = {"targets": sorted(int(t) for t in forget), "logit": float(spec.silence),
-                            "layers": [name for name, layer in zip(spec.layers, layers, strict=True)
-                                       if _silence(layer, forget, spec.silence)]}
+                            "layers": silence(pruned, spec.layers, forget, spec.silence)}
     done["seconds"] = round(time.perf_counter() - t0, 3)
     return done
+
+
+def silence(model: nn.Module, layers: Sequence[str], forget: Sequence[int], logit: float) -> list[str]:
+    """Set the ``forget`` targets' rows of the output ``layers`` of ``model`` (in place) to weight 0 and
+    bias ``logit``, so their scores never pass a confidence; return the layers edited (one without a
+    bias is left as it is). An output-level edit: shapes and every other row are kept."""
+    return [name for name in layers if _silence(_output_layer(model, name), forget, logit)]
 
 
 def _silence(layer: nn.Linear | nn.Conv2d, forget: Sequence[int], logit: float) -> bool:
