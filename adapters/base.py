@@ -190,6 +190,13 @@ class Adapter(ABC):
         """Reduce a model output to one tensor for tracing (identity for plain tensors)."""
         return output
 
+    def unlearn_kwargs(self, model: nn.Module, info: ModelInfo) -> dict[str, Any]:
+        """What ``tu.unlearn`` needs to know of this family, as ``prune`` passes it: the target factory, an
+        example input, the ignored output layers, the output transform and the number of targets."""
+        return dict(target=self.target_factory(info), example_inputs=self.example_inputs(info),
+                    ignored_layers=self.ignored_layers(model, info), output_transform=self.output_transform,
+                    num_targets=len(info.class_names))
+
     @abstractmethod
     def samples(self, model: nn.Module, info: ModelInfo, spec: str | None,
                 batch_size: int = 32) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:

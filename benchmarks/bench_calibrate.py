@@ -72,9 +72,7 @@ def run_model(name: str, forget_names: list[str], scoring: str, test: str) -> di
 
     adapter, model, info = zoo.build_model(name)
     samples = list(adapter.samples(model, info, scoring))
-    wiring = dict(target=adapter.target_factory(info), example_inputs=adapter.example_inputs(info),
-                  ignored_layers=adapter.ignored_layers(model, info), output_transform=adapter.output_transform,
-                  num_targets=len(info.class_names), progress=False)
+    wiring = {**adapter.unlearn_kwargs(model, info), "progress": False}
     t0 = time.perf_counter()
     scores = score_targets(model, samples, sigma=adapter.defaults["sigma"], **wiring)
     graph_s = time.perf_counter() - t0

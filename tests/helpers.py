@@ -180,9 +180,7 @@ def unlearn_family(adapter: Any, model: nn.Module, info: Any, samples: Any, forg
     layers, output transform, number of targets); ``kwargs`` override any of them."""
     import tpunlearn as tu
 
-    wiring = dict(target=adapter.target_factory(info), example_inputs=adapter.example_inputs(info),
-                  ignored_layers=adapter.ignored_layers(model, info), output_transform=adapter.output_transform,
-                  num_targets=len(info.class_names), progress=False)
+    wiring = {**adapter.unlearn_kwargs(model, info), "progress": False}
     return tu.unlearn(model, samples, forget=forget, **{**wiring, **kwargs})
 
 

@@ -606,9 +606,8 @@ def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samp
     import tpunlearn as tu
     from tpunlearn.distributed import world
 
-    common = dict(retain=retain, target=adapter.target_factory(info), example_inputs=example, device=device,
-                  settings=_settings(args, adapter), ignored_layers=adapter.ignored_layers(model, info),
-                  num_targets=len(info.class_names), output_transform=adapter.output_transform, progress=_progress(),
+    common = dict(adapter.unlearn_kwargs(model, info), retain=retain, example_inputs=example, device=device,
+                  settings=_settings(args, adapter), progress=_progress(),
                   calibrate=_calibration(args, adapter, model, info))
     if not args.auto:
         return tu.unlearn(model, samples, forget=forget, scores=scores, **common), None
