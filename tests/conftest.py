@@ -23,6 +23,18 @@ def _seed():
     yield
 
 
+@pytest.fixture(scope="module")
+def module_cache(tmp_path_factory):
+    """A temp ``TPUNLEARN_CACHE`` for one test module (datasets written there, not into the user's cache)."""
+    saved = os.environ.get("TPUNLEARN_CACHE")
+    os.environ["TPUNLEARN_CACHE"] = str(tmp_path_factory.mktemp("tpunlearn-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("TPUNLEARN_CACHE", None)
+    else:
+        os.environ["TPUNLEARN_CACHE"] = saved
+
+
 @pytest.fixture(scope="session")
 def make_tiny_resnet():
     """Factory for module-scoped fixtures: a fresh seeded ``TinyResNet`` in eval mode."""

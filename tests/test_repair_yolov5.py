@@ -29,16 +29,7 @@ NAME = "digitscenes-yolov5"
 FORGET = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cache_dir(tmp_path_factory):
-    """DigitScenes is written into a temp cache, not the user's."""
-    saved = os.environ.get("TPUNLEARN_CACHE")
-    os.environ["TPUNLEARN_CACHE"] = str(tmp_path_factory.mktemp("tpunlearn-cache"))
-    yield
-    if saved is None:
-        os.environ.pop("TPUNLEARN_CACHE", None)
-    else:
-        os.environ["TPUNLEARN_CACHE"] = saved
+pytestmark = pytest.mark.usefixtures("module_cache")  # DigitScenes is written into a temp cache, not the user's
 
 
 @pytest.fixture(scope="module")

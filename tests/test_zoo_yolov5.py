@@ -49,16 +49,7 @@ def evaluate(adapter, model, info, data=TEST_DATA, key="ap50") -> dict[str, floa
     return {**{n: m[key] for n, m in ev.per_target.items()}, "mAP50": ev.summary["mAP50"]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cache_dir(tmp_path_factory):
-    """DigitScenes is written as a YOLO dataset into a temp cache, not the user's (~3 s)."""
-    saved = os.environ.get("TPUNLEARN_CACHE")
-    os.environ["TPUNLEARN_CACHE"] = str(tmp_path_factory.mktemp("tpunlearn-cache"))
-    yield
-    if saved is None:
-        os.environ.pop("TPUNLEARN_CACHE", None)
-    else:
-        os.environ["TPUNLEARN_CACHE"] = saved
+pytestmark = pytest.mark.usefixtures("module_cache")  # DigitScenes' YOLO dataset goes into a temp cache (~3 s)
 
 
 @pytest.fixture(scope="module")
