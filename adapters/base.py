@@ -190,10 +190,12 @@ class Adapter(ABC):
         """Reduce a model output to one tensor for tracing (identity for plain tensors)."""
         return output
 
-    def unlearn_kwargs(self, model: nn.Module, info: ModelInfo) -> dict[str, Any]:
+    def unlearn_kwargs(self, model: nn.Module, info: ModelInfo, example_inputs: Any = None) -> dict[str, Any]:
         """What ``tu.unlearn`` needs to know of this family, as ``prune`` passes it: the target factory, an
-        example input, the ignored output layers, the output transform and the number of targets."""
-        return dict(target=self.target_factory(info), example_inputs=self.example_inputs(info),
+        example input (``example_inputs``, else a new :meth:`example_inputs`), the ignored output layers,
+        the output transform and the number of targets."""
+        example = self.example_inputs(info) if example_inputs is None else example_inputs
+        return dict(target=self.target_factory(info), example_inputs=example,
                     ignored_layers=self.ignored_layers(model, info), output_transform=self.output_transform,
                     num_targets=len(info.class_names))
 

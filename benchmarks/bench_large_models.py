@@ -39,7 +39,7 @@ def synthetic(n_classes: int, present: list[int], size: int, batches: int = 2, b
 def measure(adapter, model, info, forget: int, retain: list[int], size: int, tmp: Path, **kw) -> tuple[dict, object]:
     x = torch.rand(1, 3, size, size)
     samples = synthetic(len(info.class_names), [forget, *retain], size)
-    common = {**adapter.unlearn_kwargs(model, info), "example_inputs": x, "progress": False}
+    common = {**adapter.unlearn_kwargs(model, info, x), "progress": False}
     t0 = time.perf_counter()
     res = tu.unlearn(model, samples, forget=[forget], retain=retain, n_per_target=2, **common, **kw)
     seconds = time.perf_counter() - t0

@@ -606,7 +606,7 @@ def _request(args: argparse.Namespace, adapter: Any, model: Any, info: Any, samp
     import tpunlearn as tu
     from tpunlearn.distributed import world
 
-    common = dict(adapter.unlearn_kwargs(model, info), retain=retain, example_inputs=example, device=device,
+    common = dict(adapter.unlearn_kwargs(model, info, example), retain=retain, device=device,
                   settings=_settings(args, adapter), progress=_progress(),
                   calibrate=_calibration(args, adapter, model, info))
     if not args.auto:
