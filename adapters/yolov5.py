@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -50,7 +51,7 @@ from torch import nn
 from tpunlearn.calibrate import Calibration
 from tpunlearn.data import digits_count
 from tpunlearn.data import yolo as yolo_data
-from tpunlearn.errors import UsageError, WeightsError
+from tpunlearn.errors import PlanError, UsageError, WeightsError
 from tpunlearn.evaluate import DEFAULT_CONF, Evaluation
 from tpunlearn.targets import DetectionScore, Target
 from tpunlearn.torchutils import forward, main_tensor
@@ -73,6 +74,8 @@ DIGITS = "digits"  # the data spec of DigitScenes (``"digits:N"``: N scenes)
 DIGITS_SCENES = {"train": 512, "test": 1000, "val": 500, "repair": 2000}
 GLYPHS_VAL_SCENES = 500  # GlyphScenes val scenes --auto judges a glyphs model on (its test split is --eval's)
 GLYPHS_REPAIR_SCENES = 2000  # GlyphScenes training scenes a repair of a glyphs model reads by default
+ERASE_SCENES = 1000  # DigitScenes / GlyphScenes training scenes of the erase stage's one distil epoch
+ERASE_METHODS = ("distill", "project")  # salun relabels per-sample class logits, which a detector has not
 
 
 @register
@@ -420,25 +423,91 @@ class YOLOv5Adapter(Adapter):
         summary["silenced"] = ur.silence_forget(model, forget) if self.repair_silences and forget else []
         return summary
 
-    def _repair_yaml(self, model: nn.Module, info: ModelInfo, spec: str | None) -> str:
-        """The dataset YAML a repair trains on (its classes checked against the model's)."""
+    def _repair_yaml(self, model: nn.Module, info: ModelInfo, spec: str | None, scenes: int | None = None) -> str:
+        """The dataset YAML a repair trains on (its classes checked against the model's); ``scenes``: the
+        DigitScenes / GlyphScenes count of a plain ``digits`` / ``glyphs`` (None: the repair's)."""
         from tpunlearn.data.specs import glyphs_count
 
         size = int(info.input_size[-1])
         chosen = str(spec) if spec is not None else (info.extra.get("data") or uio.train_arg(model, "data"))
-        digits = digits_count(str(chosen), DIGITS_SCENES["repair"]) if chosen else None
+        digits = digits_count(str(chosen), scenes or DIGITS_SCENES["repair"]) if chosen else None
         if digits is not None:
             _check_digits_model(info)
             return str(yolo_data.digits_yaml(size, n_train=digits))
         glyphs = glyphs_count(str(chosen)) if chosen else None
         if glyphs is not None:
-            return str(yolo_data.glyphs_yaml(size, n_train=glyphs or GLYPHS_REPAIR_SCENES))
+            return str(yolo_data.glyphs_yaml(size, n_train=glyphs or scenes or GLYPHS_REPAIR_SCENES))
         if not chosen or Path(str(chosen)).suffix.lower() not in (".yaml", ".yml"):
             raise UsageError("a yolov5 repair trains on labelled data: pass --data PATH to an ultralytics dataset "
                              f"YAML{f' (got {chosen!r})' if chosen else ''}")
         parsed = yolo_data.read_dataset(Path(str(chosen)), split="train")
         yolo_data.check_names(parsed, info.class_names)
         return str(chosen)
+
+    # ---- erase stage ---------------------------------------------------------------------
+    # A detector's output is no logit tensor tpunlearn.erase can read: ``project`` needs only forward passes
+    # (presence labels from the boxes), and ``distill`` is masked self-distillation in the family's trainer.
+    erases = True
+
+    def erase_methods(self) -> tuple[str, ...]:
+        return ERASE_METHODS
+
+    def erase_layers(self, model: nn.Module) -> list[str]:
+        """The class branch's convolutions at every scale (``cv3[i]``), the box branch left as it is."""
+        names = {id(m): n for n, m in model.named_modules()}
+        return [names[id(m)] for branch in uio.detect_head(model).cv3 for m in branch.modules()
+                if isinstance(m, nn.Conv2d) and m.groups == 1]
+
+    def erase(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int], *,
+              original: nn.Module, method: str | None = None, plan: Any = None, seed: int = 0,
+              progress: bool = True) -> dict[str, Any]:
+        """The erase stage for a detector, in place, the pruned module kept (its parameter count asserted,
+        mask-mode channels zero):
+
+        * ``project``: :func:`tpunlearn.erase.erase`'s activation projection on the class branch's
+          convolutions (:meth:`erase_layers`), "the image holds the target" read from its boxes;
+        * ``distill``: masked self-distillation, i.e. the family's repair with the ``negatives+distil``
+          objective (the retained classes' scores toward the original's, the forget class's boxes as
+          background) for one epoch of :data:`ERASE_SCENES` scenes, then the forget rows silenced.
+        """
+        from tpunlearn.erase import DEFAULT_METHOD
+
+        method = method or DEFAULT_METHOD
+        if method not in ERASE_METHODS:
+            raise UsageError(f"the yolov5 erase stage runs {' or '.join(ERASE_METHODS)}, not {method!r} (it "
+                             "relabels per-sample class logits, which a detector does not give)")
+        forget = [int(t) for t in forget]
+        before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        n_before, t0 = sum(p.numel() for p in model.parameters()), time.perf_counter()
+        done = (self._erase_project if method == "project" else self._erase_distill)(
+            model, info, spec, forget, original, plan, seed, progress)
+        if sum(p.numel() for p in model.parameters()) != n_before:
+            raise PlanError(f"the yolov5 erase stage changed the pruned model's parameter count ({n_before})")
+        after = model.state_dict()
+        touched = sum(int((after[k] != v).sum()) for k, v in before.items() if v.is_floating_point())
+        return {**done, "method": method, "task": "detection", "forget": forget, "weights_touched": touched,
+                "weights_total": n_before, "seconds": round(time.perf_counter() - t0, 3)}
+
+    def _erase_project(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: list[int],
+                       original: nn.Module, plan: Any, seed: int, progress: bool) -> dict[str, Any]:
+        from tpunlearn.erase import EraseSpec, erase
+
+        spec_ = EraseSpec("project", project_layers=tuple(self.erase_layers(model)))
+        done = erase(model, original, self.samples(original, info, spec), forget, spec=spec_, task="multilabel",
+                     plan=plan, seed=seed, progress=progress)
+        return {**{k: v for k, v in done.items() if k not in ("method", "task", "seconds")},
+                "labels": "classes present in each image (its boxes)"}
+
+    def _erase_distill(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: list[int],
+                       original: nn.Module, plan: Any, seed: int, progress: bool) -> dict[str, Any]:
+        from . import ultralytics_repair as ur
+
+        data = self._repair_yaml(model, info, spec, scenes=ERASE_SCENES)
+        summary = ur.train_pruned(model, data, int(info.input_size[-1]), forget, original=original, epochs=1,
+                                  lr=self.repair_lr, zero_ops=plan.zero_ops() if plan is not None else {},
+                                  seed=seed, objective="negatives+distil", progress=progress)
+        summary["silenced"] = ur.silence_forget(model, forget) if forget else []
+        return {k: v for k, v in summary.items() if k != "seconds"}
 
     # ---- saving --------------------------------------------------------------------------
     def save(self, model: nn.Module, info: ModelInfo, path: str | Path, meta: dict[str, Any] | None = None) -> None:

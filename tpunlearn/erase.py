@@ -27,10 +27,22 @@ Pruned channels stay removed (the stage never changes a shape) and mask-mode cha
 zero (``plan.zero_ops()`` is re-applied after every change). The summary names what changed:
 method, steps, weights touched, seconds.
 
-Which families have it: classifiers whose output is one ``(N, C)`` logit tensor, i.e. the
-timm family (``Adapter.erase``); the DeepLab and YOLO families refuse ``--erase`` for now.
-The data are labelled training batches ``(images, labels)``: multi-hot ``(N, C)`` labels, or
-class indices / one-hot labels for a multi-class head.
+What it reads: a classifier's one ``(N, C)`` logit tensor (the timm family), or per-pixel logits
+``(N, C, H, W)`` (``task="segmentation"``: the DeepLab family; a dict output's ``out``). The data
+are labelled training batches ``(images, labels)``: multi-hot ``(N, C)`` labels, class indices /
+one-hot labels for a multi-class head, or per-image class masks ``(H, W)`` (255 ignored; a list or
+an ``(N, H, W)`` tensor) for segmentation, where each pixel is a multi-class sample:
+
+* ``distill``: every pixel's class distribution toward the original's with the forget classes'
+  probability removed and renormalised (the original's ranking of the other classes);
+* ``salun``: the saliency from the forget pixels' cross-entropy, then cross-entropy toward the masks
+  with the forget pixels relabelled (:data:`SEGMENTATION_RELABEL`);
+* ``project``: as above, "the sample holds the target" read from the masks (any forget pixel).
+
+Forget pixels are few (a digit covers ~1 % of a DigitScenes scene), so in ``distill`` and ``salun``
+each weighs :data:`FORGET_PIXEL_WEIGHT` others. A detector's output is no logit tensor this module
+can read: its family runs ``project`` only (presence labels from its boxes, the class branch's
+convolutions named by ``EraseSpec.project_layers``), and trains in its own trainer for the rest.
 """
 from __future__ import annotations
 
@@ -49,7 +61,7 @@ from tpunlearn.errors import DataError, UsageError, listed
 from tpunlearn.plan import PrunePlan, zero_channels
 from tpunlearn.torchutils import CONV_TYPES, NORM_TYPES, eval_mode, main_tensor, model_device
 
-Task = Literal["multilabel", "multiclass"]
+Task = Literal["multilabel", "multiclass", "segmentation"]
 Batches = Iterable[Any]  # re-iterable (images, labels) batches
 
 
@@ -66,6 +78,7 @@ class EraseSpec:
     lr: float | None = None
     rank: int | None = None  # project: directions removed per layer
     layers: int | None = None  # project: how many of the last layers
+    project_layers: tuple[str, ...] | None = None  # project: these layers by name instead (a family's choice)
     data: Batches | None = field(default=None, compare=False)
     task: Task | None = None
 
@@ -86,7 +99,10 @@ class _Job:
     width: int = 0  # the output's class count
 
     def labels(self, batch: Any) -> torch.Tensor:
-        """A batch's labels as a new float multi-hot / one-hot ``(N, width)`` tensor (never the batch's own)."""
+        """A batch's labels as a new float multi-hot / one-hot ``(N, width)`` tensor (never the batch's own);
+        for segmentation the classes each mask holds."""
+        if self.task == "segmentation":
+            return _presence(_masks(batch), self.width)
         labels = torch.as_tensor(batch[1])
         return F.one_hot(labels.long(), self.width).float() if labels.ndim == 1 else labels.float().clone()
 
@@ -109,7 +125,7 @@ def erase(model: nn.Module, original: nn.Module, batches: Batches, forget: Seque
     job = _Job(model, original, batches, forget, task or spec.task or _task_of(batches), spec,
                plan.zero_ops() if plan is not None else {}, seed, progress)
     t0 = time.perf_counter()
-    job.width = int(_original_logits(job, next(iter(batches))[0][:1]).shape[1])
+    job.width = _check_output(job, _original_logits(job, next(iter(batches))[0][:1]))
     torch.manual_seed(seed)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     try:
@@ -124,9 +140,26 @@ def erase(model: nn.Module, original: nn.Module, batches: Batches, forget: Seque
 
 
 # ---------------------------------------------------------------------------- shared pieces
+def _check_output(job: _Job, out: torch.Tensor) -> int:
+    """The output's class count; an output the task cannot read is one line."""
+    shape = tuple(out.shape)
+    if job.task == "segmentation" and out.ndim != 4:
+        raise UsageError(f"erase (segmentation) reads per-pixel logits (N, C, H, W); the model gives {shape}")
+    if job.task != "segmentation" and out.ndim != 2 and job.spec.method != "project":
+        raise UsageError(f"erase ({job.spec.method}) reads (N, C) logits, or (N, C, H, W) pixel logits with "
+                         f"task='segmentation' and mask batches; the model gives {shape} (project alone reads "
+                         "no output)")
+    return int(out.shape[1])
+
+
 def _task_of(batches: Batches) -> Task:
-    """Multi-label for 2-D labels of 0/1 with some row not summing to 1, else multi-class."""
-    labels = torch.as_tensor(next(iter(batches))[1])
+    """Segmentation for per-image masks (a list of 2-D, or a 3-D tensor); multi-label for 2-D labels of
+    0/1 with some row not summing to 1; else multi-class."""
+    raw = next(iter(batches))[1]
+    if (isinstance(raw, (list, tuple)) and raw and torch.as_tensor(raw[0]).ndim == 2) or \
+            (isinstance(raw, torch.Tensor) and raw.ndim == 3):
+        return "segmentation"
+    labels = torch.as_tensor(raw)
     if labels.ndim == 2 and bool(((labels == 0) | (labels == 1)).all()) and bool((labels.sum(1) != 1).any()):
         return "multilabel"
     return "multiclass"
@@ -134,6 +167,41 @@ def _task_of(batches: Batches) -> Task:
 
 def _holds(labels: torch.Tensor, forget: list[int]) -> torch.Tensor:
     return labels[:, forget].sum(1) > 0
+
+
+def _masks(batch: Any) -> torch.Tensor:
+    """A segmentation batch's masks as one long ``(N, H, W)`` tensor (a new one, never the batch's)."""
+    masks = batch[1]
+    if isinstance(masks, torch.Tensor):
+        return masks.long().clone()
+    return torch.stack([torch.as_tensor(m).long() for m in masks])
+
+
+def _presence(masks: torch.Tensor, width: int) -> torch.Tensor:
+    """float ``(N, width)``: 1 for each class a mask holds (255 and other out-of-range values left out)."""
+    ids = masks.flatten(1)
+    hot = torch.zeros(len(masks), width + 1)
+    hot.scatter_(1, ids.clamp(0, width), 1.0)
+    return hot[:, :width]
+
+
+def _at(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Pixel logits at the masks' resolution (bilinear, as the segmentation losses read them)."""
+    if tuple(logits.shape[-2:]) != tuple(masks.shape[-2:]):
+        logits = F.interpolate(logits, size=tuple(masks.shape[-2:]), mode="bilinear", align_corners=False)
+    return logits
+
+
+def _forget_pixels(masks: torch.Tensor, forget: list[int]) -> torch.Tensor:
+    return torch.isin(masks, torch.tensor(forget, device=masks.device))
+
+
+def _pixel_mean(values: torch.Tensor, heavy: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of per-pixel ``values``, the ``heavy`` pixels weighing :data:`FORGET_PIXEL_WEIGHT` others."""
+    weight = 1.0 + (FORGET_PIXEL_WEIGHT - 1.0) * heavy.float()
+    if valid is not None:
+        weight = weight * valid.float()
+    return (values * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def _steps(batches: Batches, steps: int) -> Iterator[Any]:
@@ -205,6 +273,8 @@ def _absent_logits(job: _Job, most: int = 2048) -> torch.Tensor:
 
 def _distill(job: _Job) -> dict[str, Any]:
     """Self-distillation toward the original on retained outputs, the forget outputs to "never learned"."""
+    if job.task == "segmentation":
+        return _distill_pixels(job)
     steps, lr, forget = job.spec.steps or 200, job.spec.lr or 1e-4, job.forget
     if job.task == "multilabel":
         absent = _absent_logits(job)
@@ -228,9 +298,30 @@ def _distill(job: _Job) -> dict[str, Any]:
     return _fit(job, loss_mc, steps, lr)
 
 
+def _distill_pixels(job: _Job) -> dict[str, Any]:
+    """Per pixel, KL from the original's distribution over the retained classes (its forget classes'
+    probability removed and renormalised) to the model's over all classes: a model that never learned
+    the forget classes ranks the others as the original does, and gives the forget classes nothing.
+    The pixels the masks label, or the original predicts, as a forget class weigh more."""
+    steps, lr, forget = job.spec.steps or SEGMENTATION_STEPS, job.spec.lr or SEGMENTATION_LR, job.forget
+
+    def loss(out: torch.Tensor, batch: Any) -> torch.Tensor:
+        masks = _masks(batch).to(out.device)
+        logits = _at(out, masks)
+        teacher = _at(_original_logits(job, batch[0]).to(out.device), masks)
+        keep = torch.tensor([c for c in range(logits.shape[1]) if c not in forget], device=out.device)
+        target = torch.log_softmax(teacher[:, keep], 1)  # the renormalised distribution, in log space
+        kl = (target.exp() * (target - torch.log_softmax(logits, 1)[:, keep])).sum(1)
+        heavy = _forget_pixels(masks, forget) | _forget_pixels(teacher.argmax(1), forget)
+        return _pixel_mean(kl, heavy)
+    return {**_fit(job, loss, steps, lr), "forget_pixel_weight": FORGET_PIXEL_WEIGHT}
+
+
 # ---------------------------------------------------------------------------- salun
 def _salun(job: _Job) -> dict[str, Any]:
     """SalUn: the salient half of the weights (forget-loss gradient), trained on relabelled forget targets."""
+    if job.task == "segmentation":
+        return _salun_pixels(job)
     steps, lr, forget = job.spec.steps or 100, job.spec.lr or 1e-4, job.forget
     masks, kept = _saliency_masks(job, fraction=0.5)
     gen = torch.Generator().manual_seed(job.seed)
@@ -249,6 +340,32 @@ def _salun(job: _Job) -> dict[str, Any]:
     return {**_fit(job, loss, steps, lr, masks), "saliency_fraction": 0.5, "saliency_weights": kept}
 
 
+def _salun_pixels(job: _Job, relabel: str | None = None) -> dict[str, Any]:
+    """SalUn per pixel: the salient half of the weights, trained by cross-entropy toward the masks with
+    the forget pixels relabelled: ``"random"`` a random other class per image (SalUn's random label),
+    ``"next"`` the original's best other class per pixel (what it would say without the class)."""
+    relabel = relabel or SEGMENTATION_RELABEL
+    steps, lr, forget = job.spec.steps or SEGMENTATION_STEPS, job.spec.lr or SEGMENTATION_LR, job.forget
+    masks_, kept = _saliency_masks(job, fraction=0.5)
+    gen = torch.Generator().manual_seed(job.seed)
+
+    def loss(out: torch.Tensor, batch: Any) -> torch.Tensor:
+        masks = _masks(batch).to(out.device)
+        logits = _at(out, masks)
+        hit = _forget_pixels(masks, forget)
+        others = torch.tensor([c for c in range(logits.shape[1]) if c not in forget], device=out.device)
+        if relabel == "next":
+            teacher = _at(_original_logits(job, batch[0]).to(out.device), masks)
+            masks[hit] = others[teacher[:, others].argmax(1)][hit]
+        else:
+            pick = others[torch.randint(len(others), (len(masks),), generator=gen).to(out.device)]
+            masks = torch.where(hit, pick.view(-1, 1, 1), masks)
+        per_pixel = F.cross_entropy(logits, masks, ignore_index=IGNORE_LABEL, reduction="none")
+        return _pixel_mean(per_pixel, hit, masks != IGNORE_LABEL)
+    return {**_fit(job, loss, steps, lr, masks_), "saliency_fraction": 0.5, "saliency_weights": kept,
+            "relabel": relabel, "forget_pixel_weight": FORGET_PIXEL_WEIGHT}
+
+
 def _saliency_masks(job: _Job, fraction: float, batches: int = 8) -> tuple[dict[str, torch.Tensor], int]:
     """1 for the ``fraction`` of weights with the largest |gradient| of the forget loss (one global
     threshold, as SalUn), summed over up to ``batches`` batches' forget samples."""
@@ -262,7 +379,11 @@ def _saliency_masks(job: _Job, fraction: float, batches: int = 8) -> tuple[dict[
             if not holds.any():
                 continue
             out = main_tensor(job.model(batch[0][holds].to(device)))
-            if job.task == "multilabel":
+            if job.task == "segmentation":  # the forget pixels' cross-entropy toward their true class
+                true = _masks(batch)[holds].to(device)
+                per_pixel = F.cross_entropy(_at(out, true), true, ignore_index=IGNORE_LABEL, reduction="none")
+                loss = per_pixel[_forget_pixels(true, job.forget)].mean()
+            elif job.task == "multilabel":
                 loss = F.binary_cross_entropy_with_logits(out[:, job.forget], labels[holds][:, job.forget].to(device))
             else:
                 loss = F.cross_entropy(out, labels[holds].argmax(1).to(device))
@@ -287,7 +408,9 @@ def _saliency_masks(job: _Job, fraction: float, batches: int = 8) -> tuple[dict[
 def _project(job: _Job) -> dict[str, Any]:
     """Project the forget target's activation directions out of the last layers' input weights."""
     rank, depth = job.spec.rank or 8, job.spec.layers or 3
-    layers = _last_layers(job.model, next(iter(job.batches))[0][:1], depth)
+    named = job.spec.project_layers
+    layers = ({n: job.model.get_submodule(n) for n in named} if named
+              else _last_layers(job.model, next(iter(job.batches))[0][:1], depth))
     moments = _input_moments(job, layers)
     removed: dict[str, int] = {}
     with torch.no_grad():
@@ -375,3 +498,8 @@ METHODS: dict[str, Callable[[_Job], dict[str, Any]]] = {"distill": _distill, "pr
 # refit 1.000, MIA 61.4 %): distill brought the MIA to 42.1 % (reference 43.5 %) and the probe to 0.889 (the
 # lowest), at a 3.1-point retained drop; project 0.940 / 63.0 % (drop 4.2), salun 1.000 / 61.7 % (drop 0.5)
 DEFAULT_METHOD = "distill"
+IGNORE_LABEL = 255  # the mask value segmentation losses leave out
+FORGET_PIXEL_WEIGHT = 10.0  # a forget pixel's weight in the segmentation losses' pixel mean (as the DeepLab repair's)
+SEGMENTATION_STEPS = 100
+SEGMENTATION_LR = 1e-3
+SEGMENTATION_RELABEL = "random"
