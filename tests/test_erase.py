@@ -123,9 +123,10 @@ def test_unlearn_erase_refuses_a_one_shot_iterator_and_an_unknown_method(trained
 
 def test_families_without_an_erase_stage_refuse_it():
     from tpunlearn import adapters
+    from tpunlearn.adapters.base import Adapter
 
-    with pytest.raises(UsageError, match="no erase stage"):
-        adapters.get("deeplabv3").erase(None, None, None, [1], original=None)
+    with pytest.raises(UsageError, match="^the deeplabv3 adapter has no erase stage; drop --erase$"):
+        Adapter.erase(adapters.get("deeplabv3"), None, None, None, [1], original=None)  # the default refuses
 
 
 def test_prune_erase_writes_what_it_changed_to_the_report(tmp_path, capsys):
