@@ -143,9 +143,11 @@ def erase(model: nn.Module, original: nn.Module, batches: Batches, forget: Seque
 def _check_output(job: _Job, out: torch.Tensor) -> int:
     """The output's class count; an output the task cannot read is one line."""
     shape = tuple(out.shape)
+    if job.spec.method == "project":  # it reads the layers' inputs, never the output
+        return int(out.shape[1])
     if job.task == "segmentation" and out.ndim != 4:
         raise UsageError(f"erase (segmentation) reads per-pixel logits (N, C, H, W); the model gives {shape}")
-    if job.task != "segmentation" and out.ndim != 2 and job.spec.method != "project":
+    if job.task != "segmentation" and out.ndim != 2:
         raise UsageError(f"erase ({job.spec.method}) reads (N, C) logits, or (N, C, H, W) pixel logits with "
                          f"task='segmentation' and mask batches; the model gives {shape} (project alone reads "
                          "no output)")
@@ -450,7 +452,9 @@ def _last_layers(model: nn.Module, example: torch.Tensor, depth: int) -> dict[st
 def _input_moments(job: _Job, layers: dict[str, nn.Module], most: int = 4096
                    ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per layer: the retained samples' mean input (spatially pooled) and the second moments of
-    forget-holding and other samples' inputs, centred on that mean."""
+    forget-holding and other samples' inputs, centred on that mean (segmentation: per pixel)."""
+    if job.task == "segmentation":
+        return _pixel_moments(job, layers, most)
     feats: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     hooks = [m.register_forward_pre_hook(lambda _m, a, n=n: feats[n].append(a[0].detach().float().flatten(2).mean(2)
                                                                          if a[0].ndim > 2 else a[0].detach().float()))
@@ -480,6 +484,72 @@ def _input_moments(job: _Job, layers: dict[str, nn.Module], most: int = 4096
     return out
 
 
+def _pixel_moments(job: _Job, layers: dict[str, nn.Module], most: int = 4096
+                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`_input_moments` per pixel: each layer's input vectors at the pixels of each class (the masks
+    nearest-resized to the feature map; 255 left out), the retained mean and moments the average over the
+    retained classes (so the most frequent class, a background, is one class among the others), the
+    forget moment the forget classes' average. A pixel is the sample: an image-level "holds the
+    target" took the directions every class uses (DeepLab's retained IoU fell 44 points)."""
+    sums: dict[str, dict[int, list[torch.Tensor]]] = {n: {} for n in layers}
+    masks: list[torch.Tensor] = []
+
+    def hook(name: str, inputs: tuple[torch.Tensor, ...]) -> None:
+        a = inputs[0].detach().double()
+        m = _cell_labels(masks[0], tuple(a.shape[-2:])).flatten()
+        x = a.permute(0, 2, 3, 1).reshape(-1, a.shape[1]).cpu()
+        for c in m.unique().tolist():
+            if c == IGNORE_LABEL or c >= job.width:
+                continue
+            f = x[m == c]
+            acc = sums[name].setdefault(int(c), [torch.zeros(()), torch.zeros(x.shape[1]).double(),
+                                                 torch.zeros(x.shape[1], x.shape[1]).double()])
+            acc[0] += len(f)
+            acc[1] += f.sum(0)
+            acc[2] += f.T @ f
+    hooks = [m.register_forward_pre_hook(lambda _m, a, n=n: hook(n, a)) for n, m in layers.items()]
+    count = 0
+    try:
+        with eval_mode(job.model), torch.no_grad():
+            for batch in job.batches:
+                masks[:] = [_masks(batch)]
+                job.model(batch[0].to(model_device(job.model)))
+                count += len(masks[0])
+                if count >= most:
+                    break
+    finally:
+        for h in hooks:
+            h.remove()
+    if not any(c in job.forget for per_class in sums.values() for c in per_class):
+        raise DataError("erase (project) found no pixel of the forget target(s)")
+    return {n: _class_moments(per_class, job.forget) for n, per_class in sums.items()}
+
+
+def _cell_labels(masks: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """The masks' label at the centre of each cell of a ``size`` feature map."""
+    rows = ((torch.arange(size[0]) + 0.5) * masks.shape[-2] / size[0]).long()
+    cols = ((torch.arange(size[1]) + 0.5) * masks.shape[-1] / size[1]).long()
+    return masks[:, rows][:, :, cols]
+
+
+def _class_moments(per_class: dict[int, list[torch.Tensor]], forget: list[int]
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The class-balanced retained mean, and the forget and retained second moments centred on it (a layer
+    whose cells hold no forget pixel, a coarse one, gets a zero forget moment: no direction is removed)."""
+    kept = [c for c in per_class if c not in forget]
+    gone = [c for c in per_class if c in forget]
+    if not kept:
+        raise DataError("erase (project) needs pixels of classes other than the forget target(s)")
+    means = {c: s / n for c, (n, s, _) in per_class.items()}
+    mean = torch.stack([means[c] for c in kept]).mean(0)
+
+    def centred(c: int) -> torch.Tensor:  # E[(x - mean)(x - mean)^T] over class c's pixels
+        n, _, xx = per_class[c]
+        return xx / n - torch.outer(means[c], mean) - torch.outer(mean, means[c]) + torch.outer(mean, mean)
+    retained = torch.stack([centred(c) for c in kept]).mean(0)
+    return mean, torch.stack([centred(c) for c in gone]).mean(0) if gone else torch.zeros_like(retained), retained
+
+
 def _forget_directions(mean: torch.Tensor, forget_m: torch.Tensor, retain_m: torch.Tensor,
                        rank: int) -> torch.Tensor:
     """Up to ``rank`` orthonormal directions (columns) where forget inputs carry more energy than the
@@ -500,6 +570,11 @@ METHODS: dict[str, Callable[[_Job], dict[str, Any]]] = {"distill": _distill, "pr
 DEFAULT_METHOD = "distill"
 IGNORE_LABEL = 255  # the mask value segmentation losses leave out
 FORGET_PIXEL_WEIGHT = 10.0  # a forget pixel's weight in the segmentation losses' pixel mean (as the DeepLab repair's)
+# The segmentation budget, measured on digitscenes-deeplabv3, forget 3, after the library-defaults request
+# (forget IoU 85.6 %, retained mean 89.4 -> 89.3): distill 100 steps at 1e-3 took digit 3 to 0.0 % with the
+# retained mean at 87.6 % (worst drop 3.6 points); at 1e-4 also 0.0 % but the worst drop 6.2
 SEGMENTATION_STEPS = 100
 SEGMENTATION_LR = 1e-3
-SEGMENTATION_RELABEL = "random"
+# salun's forget-pixel label there (100 steps, 1e-3): "next" 0.0 % forget, retained 88.7 %, worst drop 4.8;
+# "random" 0.0 %, 86.3 %, worst drop 14.3 (a random digit painted on digit 3's strokes)
+SEGMENTATION_RELABEL = "next"
