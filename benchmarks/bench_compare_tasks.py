@@ -6,8 +6,9 @@ graph variants, plus the setting that forgets the digit completely with and with
 repair epoch. ``digitscenes-yolov5`` (forget digit 3; recall at the deployment confidence 0.25)
 runs the graph variants, the family's calibrated library defaults beside the prune-only row, and a
 repair row: fine-tuning and SSD need the detection loss outside ultralytics' trainer, which rebuilds
-the network (see DESIGN.md section 6). There is no retrained reference for either (the DeepLab zoo
-recipe needs a GPU; YOLO's takes ~10 minutes a run).
+the network (see DESIGN.md section 6). Both add one ``+ erase(M)`` row per erase method the family
+runs (``adapter.erase_methods()``) after the library-defaults request. There is no retrained
+reference for either (the DeepLab zoo recipe needs a GPU; YOLO's takes ~10 minutes a run).
 
 Every row also gets the region probes of issue 14 (:func:`tpunlearn.privacy.region_checks`): a linear
 and a k-NN probe for "this region is digit 3" against the other digits' regions, refitted on that
@@ -18,6 +19,7 @@ that refuses (UsageError) gets a "not available" row.
 
     python benchmarks/bench_compare_tasks.py [--task segmentation|detection|both] [--quick]
     python benchmarks/bench_compare_tasks.py --from-json benchmarks/results/compare_tasks.json  # re-render the page
+    python benchmarks/bench_compare_tasks.py --rows "erase(" --stem compare_tasks_erase  # the Original and some rows
 
 Writes benchmarks/results/compare_tasks.{json,md} (``--quick``: compare_tasks_quick.*); the last line
 printed is the JSON summary.
@@ -307,6 +309,17 @@ def table(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def erase_summary(res: dict[str, Any]) -> list[str]:
+    """Per erase row: the method, its steps, the weights it touched and its own seconds."""
+    out = []
+    for name, r in res["rows"].items():
+        e = r.get("erase")
+        if e:
+            out.append(f"{name.strip()}: {e.get('steps', 0)} steps, {e.get('weights_touched', 0):,} of "
+                       f"{e.get('weights_total', 0):,} weights touched, {r.get('erase_s', 0.0):.1f} s")
+    return out
+
+
 def _pair(p: dict[str, Any]) -> str:
     return f"{_auc(p, 'linear_auc')}/{_auc(p, 'knn_auc')}"
 
@@ -368,6 +381,13 @@ INTRO = [
     "default (`adapter.calibrates`, `tpunlearn/calibrate.py`), deeplabv3 does not. Repair rows call the family's "
     "`adapter.repair(model, info, spec, forget, original=..., epochs=1, lr=..., plan=...)`, so they measure "
     "whatever repair the family ships when the run is made (a family that refuses gets a \"not available\" row).",
+    "",
+    "Erase rows (`+ erase(M)`, issue 14) run the library-defaults request, then the family's erase stage "
+    "`adapter.erase(model, info, spec, forget, original=..., method=M, plan=...)`, what `tpunlearn prune --erase M` "
+    "runs, with the family's own budget: DeepLab's three methods per pixel (`tpunlearn.erase`, task "
+    "`segmentation`), yolov5's `project` (class branch, box cells) and `distill` (the family's repair in "
+    "ultralytics' trainer with the `negatives+distil` objective, one epoch, then the forget rows silenced). Their "
+    "seconds include the request; what each erase changed is listed under the table.",
     ""]
 
 
@@ -384,6 +404,9 @@ def markdown(results: list[dict[str, Any]], command: str, seconds: float) -> str
                   f"`{s['score']}`, evaluation `{s['evaluate']}`, fine-tuning / SSD / repair `{s['repair']}` "
                   "(kept cheap: one epoch).", ""]
         lines += table(res) + [""]
+        erased = erase_summary(res)
+        if erased:
+            lines += ["Erase stages: " + "; ".join(erased) + ".", ""]
         still = carried(res)
         original = res["rows"]["Original"]["probes"]
         if still:
