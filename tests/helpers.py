@@ -221,6 +221,13 @@ def listing(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def listing_with_times(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file and folder under ``folder`` (relative path -> (sha256 or "dir", mtime in ns)): a new,
+    removed, rewritten or touched entry changes it, as any write into the folder does."""
+    return {str(p.relative_to(folder)): (sha256(p) if p.is_file() else "dir", p.stat().st_mtime_ns)
+            for p in sorted([folder, *folder.rglob("*")])}
+
+
 # ---- README "Your own model" blocks --------------------------------------------------------------------------
 def readme_block(family: str) -> str:
     """The bash block under ``<!-- own-model: FAMILY -->`` in README.md, as written."""
