@@ -8,8 +8,10 @@ forward calls them, so tests can tell execution order from ``named_modules()`` o
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -265,3 +267,23 @@ def run_readme_block(family: str, cwd: Path, timeout: float = 600) -> list[Any]:
                                      f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         done.append(proc)
     return done
+
+
+# ---- benchmark scripts ---------------------------------------------------------------------------------------
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def bench_module(name: str) -> Iterator[Any]:
+    """``benchmarks/<name>.py`` imported as a module (its folder on the path while it loads, as when it
+    runs), for a module-scoped fixture: ``yield from bench_module("bench_compare")``."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up there
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    yield module
+    sys.modules.pop(name, None)

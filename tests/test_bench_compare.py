@@ -1,31 +1,17 @@
 """The rendering of benchmarks/bench_compare.py's cost line: what the run measured, never NaN."""
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_compare.py"
+from helpers import bench_module
 
 
 @pytest.fixture(scope="module")
 def bench() -> Iterator[Any]:
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_compare", BENCH)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclasses look their module up there
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH.parent))
-    yield module
-    sys.modules.pop("bench_compare", None)
+    yield from bench_module("bench_compare")
 
 
 def _result(retrain_s: Any, reference_s: Any) -> dict[str, Any]:

@@ -2,31 +2,17 @@
 forgotten digit, which layers it calls saturated or untouched, and the "not available" rows."""
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_compare_tasks.py"
+from helpers import bench_module
 
 
 @pytest.fixture(scope="module")
 def bench() -> Iterator[Any]:
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_compare_tasks", BENCH)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclasses look their module up there
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH.parent))
-    yield module
-    sys.modules.pop("bench_compare_tasks", None)
+    yield from bench_module("bench_compare_tasks")
 
 
 def _row(forget: float, neck: tuple[float, float], head: tuple[float, float]) -> dict[str, Any]:
