@@ -125,6 +125,24 @@ def _names(text: str) -> list[str]:
     return names
 
 
+def _channel_values(positive: bool):
+    """``--mean`` / ``--std``: three comma-separated finite numbers (one per RGB channel), each > 0 for std."""
+    import math
+
+    def parse(text: str) -> list[float]:
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected 3 comma-separated numbers (R,G,B), got {text!r}") from None
+        if len(values) != 3 or not all(math.isfinite(v) for v in values):
+            raise argparse.ArgumentTypeError(f"expected 3 comma-separated finite numbers (R,G,B), got {text!r}")
+        if positive and min(values) <= 0:
+            raise argparse.ArgumentTypeError(f"each value must be > 0, got {text!r}")
+        return values
+
+    return parse
+
+
 def _int_at_least(low: int):
     def parse(text: str) -> int:
         try:
@@ -332,6 +350,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="input size S x S, where the checkpoint does not say")
     p.add_argument("--names", type=_names, default=None, metavar="A,B,C",
                    help="the model's class names in output order, where neither checkpoint nor data says")
+    p.add_argument("--mean", type=_channel_values(False), default=None, metavar="R,G,B",
+                   help="timm classifiers: the per-channel mean the model was trained to expect (with --std; "
+                        "default: the checkpoint's record, else timm's pretrained config); the pruned model.pt "
+                        "records it")
+    p.add_argument("--std", type=_channel_values(True), default=None, metavar="R,G,B",
+                   help="timm classifiers: the per-channel std (each > 0) that goes with --mean")
 
 
 def _device_arg(p: argparse.ArgumentParser) -> None:
@@ -369,12 +393,28 @@ def _build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
     options = {k: getattr(args, k, None) for k in ("num_classes", "imgsz")}
     options["class_names"] = getattr(args, "names", None)
+    options.update(_normalisation(args))
     adapter, model, info = load_model(args.arch, args.weights, trust_checkpoint=args.trust_checkpoint,
                                       **{k: v for k, v in options.items() if v is not None})
     bind = getattr(adapter, "bind_data", None)  # class names and task from the user's data (timm)
     if callable(bind):
         info = bind(model, info, getattr(args, "data", None))
     return adapter, model, info
+
+
+def _normalisation(args: argparse.Namespace) -> dict[str, list[float]]:
+    """``--mean`` / ``--std`` as the timm adapter's ``mean`` / ``std`` build options (its data config);
+    the other families normalise otherwise and refuse them before anything is built."""
+    given: dict[str, list[float]] = {k: v for k in ("mean", "std") if (v := getattr(args, k, None)) is not None}
+    if not given:
+        return {}
+    from tpunlearn.models import adapter_for
+
+    family = adapter_for(args.arch).name
+    if family != "timm":
+        raise UsageError(f"--mean/--std set a timm classifier's input normalisation; {args.arch} is a {family} "
+                         "model: drop them")
+    return given
 
 
 def _settings(args: argparse.Namespace, adapter: Any) -> UnlearnSettings:
