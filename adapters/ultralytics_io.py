@@ -12,7 +12,8 @@
   when online; offline it is a one-line :class:`WeightsError`.
 * :func:`validate_ap50` runs ultralytics' own ``DetectionValidator`` on a copy of a model.
 * :func:`labels_cache_in_ours`: inside it, ultralytics keeps a dataset's ``labels/<split>.cache``
-  under tpunlearn's cache folder instead of beside the user's labels (their data is never written).
+  under tpunlearn's cache folder instead of beside the user's labels, and re-saves no image in
+  place (the user's data is never written).
 """
 from __future__ import annotations
 
@@ -375,18 +376,29 @@ def _keeping_validator() -> type:
 
 @contextlib.contextmanager
 def labels_cache_in_ours() -> Iterator[None]:
-    """Inside the block, the YOLO datasets ultralytics builds keep their label cache under tpunlearn's
-    cache folder (:func:`label_cache_path`): ultralytics saves ``<labels dir>.cache`` beside the labels,
-    in the user's own dataset folder, which tpunlearn never writes."""
+    """Inside the block, the YOLO datasets ultralytics builds leave the user's dataset folder as it was:
+    their label cache lives under tpunlearn's cache folder (:func:`label_cache_path`; ultralytics saves
+    ``<labels dir>.cache`` beside the labels), and a JPEG that does not end in its end marker is read
+    as it is (ultralytics' scan re-saves it in place, "corrupt JPEG restored and saved")."""
     import ultralytics.data.build
+    import ultralytics.data.utils
 
     build: Any = ultralytics.data.build  # the module whose YOLODataset build_yolo_dataset instantiates
-    saved = build.YOLODataset
+    utils: Any = ultralytics.data.utils  # check_image's module, whose _replace_image re-saves the JPEG
+    saved = build.YOLODataset, getattr(utils, "_replace_image", None)
     build.YOLODataset = _own_cache_dataset()
+    if saved[1] is not None:
+        utils._replace_image = _leave_image
     try:
         yield
     finally:
-        build.YOLODataset = saved
+        build.YOLODataset = saved[0]
+        if saved[1] is not None:
+            utils._replace_image = saved[1]
+
+
+def _leave_image(im_file: Any, write: Any) -> None:
+    """ultralytics' ``_replace_image`` (re-save an image in place) as a no-op: the image is the user's."""
 
 
 def label_cache_path(beside: Path) -> Path:

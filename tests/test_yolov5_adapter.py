@@ -282,13 +282,21 @@ def test_evaluate_per_class_at_the_operating_point(adapter, built, data_yaml):
 
 
 def test_validation_leaves_the_users_dataset_as_it_was(built, tmp_path, monkeypatch):
-    """ultralytics' validator saves ``labels/<split>.cache`` beside the labels it scans; the adapter's
-    validator keeps that cache under tpunlearn's cache folder, so the user's folder is not written."""
+    """ultralytics' validator saves ``labels/<split>.cache`` beside the labels it scans and rewrites a
+    truncated JPEG; the adapter's validator keeps that cache under tpunlearn's cache folder and reads the
+    JPEG as it is, so the user's folder is not written."""
+    from PIL import Image
+
     from tpunlearn.adapters import ultralytics_io
 
     model, info = built
     monkeypatch.setenv("TPUNLEARN_CACHE", str(tmp_path / "cache"))
     data = write_yolo(tmp_path / "user", size=IMGSZ, n_scenes={"train": 1, "val": 4}, splits=("train", "val"))
+    png = tmp_path / "user" / "images" / "val" / "val_00000.png"
+    Image.open(png).save(png.with_suffix(".jpg"), quality=95)  # a JPEG that does not end in its end marker,
+    png.unlink()  # which ultralytics' scan rewrites in place ("corrupt JPEG restored and saved")
+    jpg = png.with_suffix(".jpg")
+    jpg.write_bytes(jpg.read_bytes() + b"\0\0")
     before = listing_with_times(tmp_path / "user")
     for _ in range(2):  # the second run reads the cache the first wrote
         ap = ultralytics_io.validate_ap50(model, str(data), IMGSZ, info.class_names)
