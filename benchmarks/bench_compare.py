@@ -306,6 +306,27 @@ def _opt(row: dict[str, Any], key: str, scale: float, digits: int) -> str:
     return "n/a" if value is None else f"{scale * float(value):.{digits}f}"
 
 
+def _measured(value: Any) -> float | None:
+    """A cost in seconds, or None where it was not measured (None, or NaN in an older run's JSON)."""
+    return None if value is None or math.isnan(float(value)) else float(value)
+
+
+def cost_sentence(result: dict[str, Any]) -> str:
+    """The page's cost line: what this run measured, each retraining row as seconds and as a ratio to
+    the graph build plus one request, and "not run" for a retraining row the run left out."""
+    c = result["cost"]
+    ours = c["graph_build_s"] + c["request_s"]
+    parts = []
+    for label, key, note in (("retraining without the forget scenes", "retrain_s", ""),
+                             ("one target-level reference", "reference_s", result.get("reference_note", ""))):
+        seconds = _measured(c.get(key))
+        text = f"{label}: not run" if seconds is None else \
+            f"{label} {seconds:.0f} s on average = **{seconds / ours:.0f}x** the graph build plus request"
+        parts.append(text + (f" ({note})" if note and seconds is not None else ""))
+    return (f"Cost, measured in this run: graph build for all 10 digits {c['graph_build_s']:.2f} s, one cached "
+            f"request {c['request_s']:.3f} s; " + "; ".join(parts) + ".")
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Unlearning methods on {NAME} (DigitScenes test split)", "",
              f"Settings: {', '.join(result['setting_labels'])}. Mean ± std over settings (retraining: "
@@ -322,11 +343,7 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{_pm(s.get('mia_gap_to_retrain_points'))} | {_pm(s.get('probe_auc_fixed'), 1, 3)} | "
                      f"{_pm(s.get('probe_auc_refit'), 1, 3)} | {_pm(s.get('seconds'), 1, 2)} | "
                      f"{s['params']['mean']:,.0f} | {s['macs']['mean']:,.0f} |")
-    c = result["cost"]
-    lines += ["", f"Cost, measured in this run: graph build for all 10 digits {c['graph_build_s']:.2f} s, one cached "
-              f"request {c['request_s']:.3f} s; retraining {c['retrain_s']:.0f} s on average = "
-              f"**{c['retrain_over_graph_plus_request']:.0f}x** the graph build plus request; one target-level "
-              f"reference {c.get('reference_s', float('nan')):.0f} s ({result.get('reference_note', '')}).", "",
+    lines += ["", cost_sentence(result), "",
               f"Command: `python benchmarks/bench_compare.py {' '.join(result.get('argv', []))}`", ""]
     lines += ["## Per setting", "", "Goals (issue 14) against the setting's target-level reference: forget <= 2 %, "
               "worst drop <= 2 points, probe refit <= reference + 0.03, MIA within 5 points of the reference, cost "
@@ -405,14 +422,16 @@ def main() -> None:
                       "retrain_over_graph_plus_request": c["retrain_over_graph_plus_request"]}))
 
 
-def collect(settings: list[dict[str, Any]], c: dict[str, float], args: argparse.Namespace, retrain_epochs: int,
+def collect(settings: list[dict[str, Any]], c: dict[str, Any], args: argparse.Namespace, retrain_epochs: int,
             retrain_scenes: int, t_start: float) -> dict[str, Any]:
     """The results so far: settings, summary, cost and what the run was."""
     rows = [r for s in settings for n, r in s["rows"].items() if n.startswith("Retrain without")]
     refs = [r for s in settings for n, r in s["rows"].items() if n.startswith("Retrain, target-level")]
-    c["retrain_s"] = statistics.fmean([r["seconds"] for r in rows]) if rows else float("nan")
-    c["reference_s"] = statistics.fmean([r["seconds"] for r in refs]) if refs else float("nan")
-    c["retrain_over_graph_plus_request"] = c["retrain_s"] / (c["graph_build_s"] + c["request_s"])
+    ours = c["graph_build_s"] + c["request_s"]
+    c["retrain_s"] = statistics.fmean([r["seconds"] for r in rows]) if rows else None  # None: no such row ran
+    c["reference_s"] = statistics.fmean([r["seconds"] for r in refs]) if refs else None
+    c["retrain_over_graph_plus_request"] = None if c["retrain_s"] is None else c["retrain_s"] / ours
+    c["reference_over_graph_plus_request"] = None if c["reference_s"] is None else c["reference_s"] / ours
     return {
         "model": NAME, "settings": settings, "setting_labels": [s["label"] for s in settings],
         "summary": summarise(settings), "cost": c,
