@@ -12,11 +12,11 @@ import torch
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
+from helpers import n_params, unlearn_family  # noqa: E402
+
 import tpunlearn as tu  # noqa: E402
 from tpunlearn.adapters import ultralytics_repair as ur  # noqa: E402
 from tpunlearn.adapters.yolov5 import BoxMasks  # noqa: E402
-
-from helpers import n_params, unlearn_family  # noqa: E402
 
 NAME = "digitscenes-yolov5"
 FORGET = 3
@@ -106,3 +106,24 @@ def test_box_masks_label_each_box_and_leave_the_rest_out():
     assert int((m == 4).sum()) == 4 and int((m == 2).sum()) == 4
     (_, only_small), = list(BoxMasks([(images, [regions[0][1:]])]))
     assert int((only_small[0] == 255).sum()) == 64 - 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["", "project"])
+def test_prune_erase_on_the_detector_writes_the_report(method, tmp_path, capsys, monkeypatch):
+    """``prune --arch digitscenes-yolov5 --forget 3 --erase [project]`` end to end (no METHOD: distill)."""
+    import json
+
+    from helpers import run
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "o"
+    code, _text, err = run(capsys, "prune", "--arch", NAME, "--forget", "3", "--data", DATA, "--erase",
+                           *([method] if method else []), "--out", out)
+    assert code == 0, err
+    erased = json.loads((out / "report.json").read_text())["erase"]
+    assert erased["method"] == (method or "distill") and erased["task"] == "detection" and erased["forget"] == [3]
+    assert erased["weights_touched"] > 0 and erased["seconds"] > 0 and "steps" in erased
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+    loaded = tu.models.load(out / "model.pt")[0]
+    assert n_params(loaded) == erased["weights_total"]

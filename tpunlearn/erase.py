@@ -37,12 +37,15 @@ an ``(N, H, W)`` tensor) for segmentation, where each pixel is a multi-class sam
   probability removed and renormalised (the original's ranking of the other classes);
 * ``salun``: the saliency from the forget pixels' cross-entropy, then cross-entropy toward the masks
   with the forget pixels relabelled (:data:`SEGMENTATION_RELABEL`);
-* ``project``: as above, "the sample holds the target" read from the masks (any forget pixel).
+* ``project``: per feature cell, each labelled by the mask at its centre: the directions in which
+  the forget pixels' inputs exceed the other classes' (class-balanced, so a background is one class
+  among the others), projected out as above.
 
 Forget pixels are few (a digit covers ~1 % of a DigitScenes scene), so in ``distill`` and ``salun``
 each weighs :data:`FORGET_PIXEL_WEIGHT` others. A detector's output is no logit tensor this module
-can read: its family runs ``project`` only (presence labels from its boxes, the class branch's
-convolutions named by ``EraseSpec.project_layers``), and trains in its own trainer for the rest.
+can read: its family runs ``project`` only, on masks made from its boxes (255 outside every box)
+and the class branch's convolutions it names (``EraseSpec.project_layers``), and trains in its own
+trainer for the rest.
 """
 from __future__ import annotations
 
@@ -486,11 +489,11 @@ def _input_moments(job: _Job, layers: dict[str, nn.Module], most: int = 4096
 
 def _pixel_moments(job: _Job, layers: dict[str, nn.Module], most: int = 4096
                    ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """:func:`_input_moments` per pixel: each layer's input vectors at the pixels of each class (the masks
-    nearest-resized to the feature map; 255 left out), the retained mean and moments the average over the
+    """:func:`_input_moments` per pixel: each layer's input vectors at the cells of each class (the mask
+    read at each cell's centre; 255 left out), the retained mean and moments the average over the
     retained classes (so the most frequent class, a background, is one class among the others), the
-    forget moment the forget classes' average. A pixel is the sample: an image-level "holds the
-    target" took the directions every class uses (DeepLab's retained IoU fell 44 points)."""
+    forget moment the forget classes' average. A cell is the sample: an image-level "holds the target"
+    took directions every class uses (on digitscenes-deeplabv3 the retained mean IoU fell 89.3 -> 45.4 %)."""
     sums: dict[str, dict[int, list[torch.Tensor]]] = {n: {} for n in layers}
     masks: list[torch.Tensor] = []
 
