@@ -435,11 +435,12 @@ def _project(job: _Job) -> dict[str, Any]:
 
 
 def _last_layers(model: nn.Module, example: torch.Tensor, depth: int) -> dict[str, nn.Module]:
-    """The last ``depth`` convolutions in execution order (a traced forward), with their names."""
+    """The last ``depth`` convolutions in execution order (a traced forward), with their names; frozen ones
+    (a detector's fixed DFL convolution) are no candidates."""
     order: list[str] = []
     names = {id(m): n for n, m in model.named_modules()}
     hooks = [m.register_forward_pre_hook(lambda mod, _a: order.append(names[id(mod)]))
-             for m in model.modules() if isinstance(m, CONV_TYPES) and m.groups == 1]
+             for m in model.modules() if isinstance(m, CONV_TYPES) and m.groups == 1 and m.weight.requires_grad]
     try:
         with eval_mode(model), torch.no_grad():
             model(example.to(model_device(model)))
