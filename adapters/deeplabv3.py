@@ -352,6 +352,12 @@ class DeepLabV3Adapter(Adapter):
 
     # ---- erase stage ---------------------------------------------------------------------------
     erases = True
+
+    def erase_methods(self) -> tuple[str, ...]:
+        """Every erase method but those that read a classifier's Linear head (``features``)."""
+        from tpunlearn.erase import HEAD_METHODS, METHODS
+
+        return tuple(m for m in METHODS if m not in HEAD_METHODS)
     # project: 1 direction out of the last 2 convs (classifier.1, classifier.4). Measured on digitscenes-deeplabv3,
     # forget 3, after the library-defaults request (retained mean IoU 89.3 %), cells labelled at their top-left
     # pixel: it left 85.3 % (worst drop 6.9 points; 0.0 % forget IoU in every setting); the last 3 convs at 1

@@ -227,16 +227,22 @@ def _training(model: nn.Module) -> Iterator[None]:
         yield
 
 
-def _fit(job: _Job, loss_fn: Callable[[torch.Tensor, Any], torch.Tensor], steps: int, lr: float,
-         masks: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
-    """AdamW (no weight decay) for ``steps`` batches; only ``masks``' entries move when given."""
+def _fit(job: _Job, loss_fn: Callable[..., torch.Tensor], steps: int, lr: float,
+         masks: dict[str, torch.Tensor] | None = None, features: bool = False) -> dict[str, Any]:
+    """AdamW (no weight decay) for ``steps`` batches; only ``masks``' entries move when given.
+    ``features``: the loss also gets the batch's penultimate features (the head's input, with its graph)."""
     params = [(n, p) for n, p in job.model.named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW([p for _, p in params], lr=lr, weight_decay=0.0)
     device = model_device(job.model)
     losses: list[float] = []
     with _training(job.model):
         for batch in _steps(job.batches, steps):
-            loss = loss_fn(main_tensor(job.model(batch[0].to(device))), batch)
+            if features:
+                with _head_input(job.model) as store:
+                    out = main_tensor(job.model(batch[0].to(device)))
+                loss = loss_fn(out, batch, store[-1])
+            else:
+                loss = loss_fn(main_tensor(job.model(batch[0].to(device))), batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if masks is not None:
@@ -320,6 +326,95 @@ def _distill_pixels(job: _Job) -> dict[str, Any]:
         heavy = _forget_pixels(masks, forget) | _forget_pixels(teacher.argmax(1), forget)
         return _pixel_mean(kl, heavy)
     return {**_fit(job, loss, steps, lr), "forget_pixel_weight": FORGET_PIXEL_WEIGHT}
+
+
+# ---------------------------------------------------------------------------- features
+@contextlib.contextmanager
+def _head_input(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """The head's input (the penultimate features, flattened) of every forward, with its graph."""
+    from tpunlearn.privacy import head_layer
+
+    store: list[torch.Tensor] = []
+    handle = head_layer(model).register_forward_pre_hook(lambda _m, args: store.append(args[0].flatten(1)))
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def _feature_stats(job: _Job, most: int = 2048) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pruned model's penultimate features' mean and std, and the forget targets' prior, over
+    up to ``most`` samples (the adversary reads standardised features, as the refitted probe does)."""
+    feats, concept, count = [], [], 0
+    with eval_mode(job.model), _head_input(job.model) as store:
+        for batch in job.batches:
+            job.model(batch[0].to(model_device(job.model)))
+            feats.append(store.pop().float().cpu())
+            concept.append(job.labels(batch)[:, job.forget])
+            count += len(feats[-1])
+            if count >= most:
+                break
+    f, z = torch.cat(feats), torch.cat(concept)
+    if bool((z.sum(0) == 0).any()) or bool((z.sum(0) == len(z)).any()):
+        raise DataError("erase (features) needs samples with and without each forget target")
+    return f.mean(0), f.std(0).clamp(min=1e-3), z.mean(0)
+
+
+def _features(job: _Job) -> dict[str, Any]:
+    """Train the penultimate features against a linear probe refitted as it goes (an adversary that
+    reads them standardised, as the refitted probe of the audit does), the retained outputs distilled
+    from the original; then make the forget rows of a multi-label head uninformative (weights 0, the
+    bias at the target's prior log-odds: what a head that knows nothing of the target outputs)."""
+    if job.task == "segmentation":
+        raise UsageError("erase (features) needs a classifier head; for segmentation use distill, project or salun")
+    steps, lr, weight = job.spec.steps or 100, job.spec.lr or 2e-4, 0.1
+    mean, std, prior = _feature_stats(job)
+    device = model_device(job.model)
+    mean, std = mean.to(device), std.to(device)
+    adversary = nn.Linear(len(mean), len(job.forget)).to(device)
+    adv_opt = torch.optim.Adam(adversary.parameters(), lr=1e-2)
+    retained = torch.ones(job.width, dtype=torch.bool)
+    retained[job.forget] = False
+
+    def loss(out: torch.Tensor, batch: Any, feats: torch.Tensor) -> torch.Tensor:
+        z = job.labels(batch)[:, job.forget].to(device)
+        for _ in range(3):  # the adversary catches up with the moved features
+            adv_loss = F.binary_cross_entropy_with_logits(adversary((feats.detach() - mean) / std), z)
+            adv_opt.zero_grad(set_to_none=True)
+            adv_loss.backward()
+            adv_opt.step()
+        confuse = F.binary_cross_entropy_with_logits(adversary((feats - mean) / std), prior.to(device).expand_as(z))
+        return _retained_kd(job, out, batch, retained) + weight * confuse
+    done = _fit(job, loss, steps, lr, features=True)
+    if job.task == "multilabel":
+        _blank_rows(job, prior)
+    return {**done, "adversary_weight": weight, "forget_prior": [round(float(v), 4) for v in prior]}
+
+
+def _retained_kd(job: _Job, out: torch.Tensor, batch: Any, retained: torch.Tensor) -> torch.Tensor:
+    """Distillation from the original on the retained outputs (multi-label: per-class BCE on its
+    sigmoid; multi-class: KL to its distribution with the forget classes' mass spread over the rest)."""
+    target = _original_logits(job, batch[0]).to(out.device)
+    if job.task == "multilabel":
+        return F.binary_cross_entropy_with_logits(out[:, retained], torch.sigmoid(target[:, retained]))
+    probs = torch.softmax(target, 1)
+    probs[:, ~retained] = 0.0
+    probs = probs / probs.sum(1, keepdim=True).clamp(min=1e-12)
+    return F.kl_div(torch.log_softmax(out, 1), probs, reduction="batchmean")
+
+
+@torch.no_grad()
+def _blank_rows(job: _Job, prior: torch.Tensor) -> None:
+    """The head's forget rows read nothing (weights 0) and say the prior (bias = its log-odds, below 0.5)."""
+    from tpunlearn.privacy import head_layer
+
+    head = head_layer(job.model)
+    if not isinstance(head, nn.Linear) or head.out_features != job.width:
+        raise UsageError("erase (features) needs the model's head to be the Linear layer of its outputs")
+    head.weight[job.forget] = 0.0
+    if head.bias is not None:
+        head.bias[job.forget] = torch.logit(prior.clamp(1e-3, 0.49)).to(head.bias)
 
 
 # ---------------------------------------------------------------------------- salun
@@ -567,7 +662,9 @@ def _forget_directions(mean: torch.Tensor, forget_m: torch.Tensor, retain_m: tor
     return vectors[:, order].float()
 
 
-METHODS: dict[str, Callable[[_Job], dict[str, Any]]] = {"distill": _distill, "project": _project, "salun": _salun}
+METHODS: dict[str, Callable[[_Job], dict[str, Any]]] = {"distill": _distill, "project": _project, "salun": _salun,
+                                                        "features": _features}
+HEAD_METHODS = ("features",)  # methods that need a classifier's Linear head (not for segmentation)
 # Chosen by benchmarks/results/compare_erase.md (digitscenes-resnet, forget 3, seed 0; the pruned model: probe
 # refit 1.000, MIA 61.4 %): distill brought the MIA to 42.1 % (reference 43.5 %) and the probe to 0.889 (the
 # lowest), at a 3.1-point retained drop; project 0.940 / 63.0 % (drop 4.2), salun 1.000 / 61.7 % (drop 0.5)
