@@ -283,6 +283,7 @@ class Adapter(ABC):
 
     # ---- erase stage (optional; tpunlearn.erase; families without it refuse --erase) ---------
     erases: bool = False  # whether this family has an erase stage
+    erase_default: str = "distill"  # the method ``--erase`` runs when it names none
 
     def erase_methods(self) -> tuple[str, ...]:
         """The erase methods this family runs (``--erase METHOD``): every :data:`tpunlearn.erase.METHODS`

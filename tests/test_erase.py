@@ -90,14 +90,16 @@ def test_the_project_method_lowers_the_refitted_probe(trained):
 
 def test_the_features_method_hides_the_target_from_a_refitted_probe_and_blanks_its_row(trained):
     model, train, test = trained
-    work = copy.deepcopy(model)
-    done = erase(work, model, train, [FORGET], spec=EraseSpec("features", steps=120, lr=1e-3), seed=0)
-    assert probe_auc(work, train, test) < probe_auc(model, train, test) - 0.01  # 1.000 -> 0.987 on this seed
+    work, plain = copy.deepcopy(model), copy.deepcopy(model)
+    done = erase(work, model, train, [FORGET], spec=EraseSpec("features", steps=120, lr=1e-3, weight=2.0), seed=0)
+    erase(plain, model, train, [FORGET], spec=EraseSpec("features", steps=120, lr=1e-3, weight=0.0), seed=0)
+    hidden, kept_only = probe_auc(work, train, test), probe_auc(plain, train, test)
+    assert hidden < kept_only - 0.01 and hidden < probe_auc(model, train, test) - 0.01, (hidden, kept_only)
     prior = float(torch.cat([b[1] for b in train])[:, FORGET].mean())
     assert done["forget_prior"][0] == pytest.approx(prior, abs=0.02)
     head = work.head
     assert float(head.weight[FORGET].abs().max()) == 0.0  # the forget row reads nothing
-    assert float(torch.sigmoid(head.bias[FORGET])) == pytest.approx(prior, abs=0.02)  # and says the prior
+    assert 0.4 < float(torch.sigmoid(head.bias[FORGET])) < 0.5  # and says "don't know", below the rule
     kept = [c for c in range(NUM) if c != FORGET]
     logits, _, labels = outputs_and_features(work, test)
     assert float(((logits[:, kept] > 0) == (labels[:, kept] > 0.5)).float().mean()) > 0.85  # the others still read

@@ -228,8 +228,9 @@ def _parser() -> argparse.ArgumentParser:
                             "1e-4 for yolov5 and timm)")
     prune.add_argument("--erase", nargs="?", const="", default=None, metavar="METHOD",
                        help="after pruning, erase what is left of the forget targets from the surviving channels "
-                            "(distill, project or salun; no METHOD: the default, distill; timm and DeepLab run all "
-                            "three, yolov5 distill and project; report.json's erase says what changed)")
+                            "(distill, project, salun or features; no METHOD: the family's default, features for timm "
+                            "classifiers, distill for the others; timm runs all four, DeepLab all but features, "
+                            "yolov5 distill and project; report.json's erase says what changed)")
     prune.add_argument("--auto", action="store_true",
                        help="search the smallest sigma, then delta, that brings every forget target under "
                             "--auto-bound with no retained target losing more than --auto-budget, on the "
@@ -601,7 +602,7 @@ def _erase_method(args: argparse.Namespace, adapter: Any) -> str | None:
         return None
     from tpunlearn.erase import DEFAULT_METHOD, METHODS
 
-    method = args.erase or DEFAULT_METHOD
+    method = args.erase or getattr(adapter, "erase_default", DEFAULT_METHOD)
     if method not in METHODS:
         raise UsageError(f"unknown --erase method {method!r}; known: {', '.join(METHODS)}")
     if not getattr(adapter, "erases", False):
