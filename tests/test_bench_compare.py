@@ -1,0 +1,117 @@
+"""benchmarks/bench_compare.py on the second dataset: the glyphscenes-resnet path end to end on a tiny
+budget (a cached stand-in reference for one setting, none for the other), and its forget-setting parsing."""
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tpunlearn.errors import UsageError
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_compare.py"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture(scope="module")
+def bench() -> Iterator[Any]:
+    added = [str(BENCH.parent), str(SCRIPTS)]
+    sys.path[:0] = added
+    try:
+        spec = importlib.util.spec_from_file_location("bench_compare", BENCH)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up there
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop("bench_compare", None)
+        for p in added:
+            sys.path.remove(p)
+
+
+GLYPHS = ["circle", "square", "triangle", "diamond", "pentagon", "hexagon", "star", "cross", "ring", "heart",
+          "arrow", "crescent", "A", "B", "E", "F", "G", "H", "K", "M", "R", "S", "W", "Z"]
+
+
+def test_settings_take_names_or_indices_and_plus_for_several(bench: Any) -> None:
+    plan = bench.setting_plan("star,0,W+circle", "3+22", [0, 1], GLYPHS)
+    assert plan == [([6], 0), ([6], 1), ([0], 0), ([0], 1), ([22, 0], 0), ([3, 22], 0)]
+    with pytest.raises(UsageError, match="unknown forget class 'w'"):
+        bench.parse_targets("w", GLYPHS)  # names as the zoo spells them
+    with pytest.raises(UsageError, match="0..23"):
+        bench.parse_targets("24", GLYPHS)
+
+
+def test_digits_alias_and_model_defaults(bench: Any) -> None:
+    digits = bench.parse_args(["--digits", "1,3", "--seeds", "0"])
+    assert digits.model == "digitscenes-resnet" and digits.plan == [([1], 0), ([3], 0), ([3, 8], 0)]
+    assert (digits.reference_epochs, digits.reference_scenes) == (10, 24000) and not digits.no_train_reference
+    glyphs = bench.parse_args(["--model", "glyphscenes-resnet", "--seeds", "0", "--reference-wait", "5"])
+    assert glyphs.plan == [([6], 0), ([0], 0), ([22], 0)]  # star, circle, W; no pairs by default
+    assert (glyphs.reference_epochs, glyphs.reference_scenes) == (12, 24000) and glyphs.no_train_reference
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--model", "glyphscenes-resnet", "--forget", "hexagram"])
+
+
+def test_minutes_until_is_the_next_such_clock_time(bench: Any) -> None:
+    now = datetime.datetime(2026, 1, 1, 19, 30, 30, tzinfo=datetime.timezone.utc)
+    assert bench.minutes_until("20:00", now) == pytest.approx(29.5)
+    assert bench.minutes_until("19:30", now) == 0.0
+    assert bench.minutes_until("19:00", now) == pytest.approx(23 * 60 + 29.5)
+
+
+def _stand_in_reference(path: Path) -> None:
+    """A cached "reference" for star at the path train_reference gives it: the zoo model with star's output
+    row zeroed (training a real one, even for one epoch, costs most of a minute), 123 s of recorded training."""
+    import torch
+    from train_reference import write
+
+    from tpunlearn import zoo
+
+    model, meta = zoo.load("glyphscenes-resnet")
+    with torch.no_grad():
+        model.fc.weight[6] = 0.0
+        model.fc.bias[6] = -10.0
+    record = {**meta["train"], "reference": {"forget": [6], "seconds": 123.0}}
+    write(zoo.checkpoint("glyphscenes-resnet", model, record), path)
+
+
+def test_glyph_table_end_to_end(bench: Any, module_cache: None, tmp_path: Path) -> None:
+    from train_reference import default_path
+
+    star = default_path("glyphscenes-resnet", [6], 0, 1, 128)
+    _stand_in_reference(star)
+    circle = default_path("glyphscenes-resnet", [0], 0, 1, 128)
+    bench.main(["--model", "glyphscenes-resnet", "--forget", "star,circle", "--seeds", "0", "--members", "300",
+                "--test-scenes", "200", "--methods", "Original,physical (ours),target-level", "--no-train-reference",
+                "--reference-epochs", "1", "--reference-scenes", "128", "--out", str(tmp_path), "--stem", "g",
+                "--threads", "1"])
+    assert not circle.exists()  # never trained here
+    result = json.loads((tmp_path / "g.json").read_text())
+    assert result["model"] == "glyphscenes-resnet" and len(result["class_names"]) == 24
+    assert result["setting_labels"] == ["forget star, seed 0", "forget circle, seed 0"]
+    star_rows, circle_rows = (s["rows"] for s in result["settings"])
+    original, graph = star_rows["Original"], star_rows["Graph(beta), physical (ours)"]
+    reference = star_rows["Retrain, target-level (forget labels masked; reference)"]
+    assert graph["params"] < original["params"] and graph["forget_recall"] <= original["forget_recall"]
+    assert 0 <= original["worst_retained_digit"] < 24 and original["worst_retained_digit"] != 6
+    assert set(graph["goals"]) == {"forget", "retained", "probe", "mia", "cost"}
+    assert reference["mia_gap_to_reference_points"] == 0.0 and reference["forget_recall"] == 0.0
+    assert reference["seconds"] == 123.0 and result["cost"]["reference_s"] == 123.0  # the cached record, not retrained
+    assert not any(n.startswith("Retrain") for n in circle_rows) and "goals" not in circle_rows["Original"]
+    assert str(circle) in result["settings"][1]["notes"][0]
+    page = (tmp_path / "g.md").read_text()
+    assert "GlyphScenes test split" in page and "graph build for all 24 classes" in page
+    assert not re.search("digit", page, re.IGNORECASE)
+    assert "1 epochs on 128 scenes (the zoo: 12 on 24000)" in page and "full zoo budget" not in page
+    assert f"forget circle, seed 0: Retrain, target-level (forget labels masked; reference): skipped, " \
+           f"no cached reference {circle}" in page
+    worst = GLYPHS[original["worst_retained_digit"]]
+    assert f"| forget star, seed 0 | Original | {100 * original['forget_recall']:.1f} | 0.0 ({worst}) |" in page
