@@ -295,14 +295,21 @@ def baseline(task: Task, train: Any, test: Any, forget: list[int], seed: int) ->
 
 # ---------------------------------------------------------------------------- the run
 def run_setting(task: Task, train: Any, test: Any, methods: list[Any], forget: list[int], seed: int,
-                retrain: bool, notes: list[str] | None = None) -> dict[str, dict[str, Any]]:
+                retrain: bool, notes: list[str] | None = None,
+                done: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """Every method's row for one setting. Retrain rows run only with ``retrain`` and a task recipe; a
-    missing reference (MissingReference) leaves its row out with a line in ``notes``."""
-    base = baseline(task, train, test, forget, seed)
+    missing reference (MissingReference) leaves its row out with a line in ``notes``; the rows in ``done``
+    (an earlier run's, ``--resume``) are kept as they are, not measured again."""
+    done = dict(done or {})
+    base: dict[str, Any] | None = None
     rows: dict[str, dict[str, Any]] = {}
     for method in methods:
+        if method.name in done:
+            rows[method.name] = done.pop(method.name)
+            continue
         if method.name.startswith(("Retrain without", "Train from")) and not (retrain and task.retrain):
             continue
+        base = base or baseline(task, train, test, forget, seed)
         try:
             outcome = method(task, forget, seed)
         except MissingReference as e:
@@ -316,6 +323,7 @@ def run_setting(task: Task, train: Any, test: Any, methods: list[Any], forget: l
               f"retained mean {100 * r['retained_recall_mean']:5.1f} worst -{r['worst_retained_drop_points']:.1f} "
               f"({r['worst_retained_digit']}) | MIA {100 * r['mia']:5.1f} | probe fixed {r['probe_auc_fixed']:.3f} "
               f"refit {r['probe_auc_refit']:.3f} | {r['seconds']:.1f}s", flush=True)
+    rows.update(done)  # an earlier run's rows of methods not asked for this time
     retrained = next((r for n, r in rows.items() if n.startswith("Retrain without")), None)
     reference = next((r for n, r in rows.items() if n.startswith("Retrain, target-level")), None)
     for r in rows.values():
@@ -419,8 +427,17 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
     lines += ["", f"Cost, measured in this run: graph build for all {n} {plural} {c['graph_build_s']:.2f} s, one "
               f"cached request {c['request_s']:.3f} s; {retrain}; one target-level "
               f"reference {c.get('reference_s', float('nan')):.0f} s ({result.get('reference_note', '')}).", "",
-              f"Command: `python benchmarks/bench_compare.py {' '.join(result.get('argv', []))}`", ""]
+              *_commands(result), ""]
     return lines
+
+
+def _commands(result: dict[str, Any]) -> list[str]:
+    runs = result.get("runs")
+    if not runs:
+        return [f"Command: `python benchmarks/bench_compare.py {' '.join(result.get('argv', []))}`"]
+    return ["Commands (each later `--resume` run kept the rows already measured and measured only the missing "
+            "ones, with the same data and seeds): " + "; ".join(f"`python benchmarks/bench_compare.py "
+                                                               f"{' '.join(a)}`" for a in runs)]
 
 
 def _setting_lines(result: dict[str, Any]) -> list[str]:
@@ -493,6 +510,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-scenes", type=int, default=None, help="test scenes measured (default 1000)")
     p.add_argument("--methods", default="", help="only the rows whose name contains one of these comma-separated "
                    "strings (default: every row)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows already in the results file (same settings' labels) and measure only the "
+                   "missing ones, e.g. a reference row whose checkpoint landed later; the cost line stays the first "
+                   "run's")
     p.add_argument("--stem", default=None, help="results file stem (default compare, or compare_quick)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--threads", type=int, default=2)
@@ -568,23 +589,40 @@ def main(argv: Sequence[str] | None = None) -> None:
     wanted = [w for w in args.methods.split(",") if w]
     methods = [m for m in classification_methods(args.repair_epochs) if not wanted or any(w in m.name for w in wanted)]
     seeds = [int(s) for s in args.seeds.split(",")]
-    c = cost(task)  # first: every setting's goals need the graph build time
-    settings: list[dict[str, Any]] = []
     stem = args.stem or ("compare_quick" if args.quick else "compare")
+    prior = resumed(args, args.out / f"{stem}.json")
+    c = dict(prior["cost"]) if prior else cost(task)  # first: every setting's goals need the graph build time
+    earlier = {s["label"]: s for s in prior["settings"]} if prior else {}
+    settings: list[dict[str, Any]] = []
     for forget, seed in args.plan:
         label = f"forget {'+'.join(names[t] for t in forget)}, seed {seed}"
         print(label, flush=True)
         notes: list[str] = []
         rows = run_setting(task, train, test, methods, forget, seed, retrain=seeds.index(seed) < args.retrain_seeds,
-                           notes=notes)
+                           notes=notes, done=earlier.pop(label, {}).get("rows"))
         judge(rows, c["graph_build_s"])
         settings.append({"label": label, "forget": forget, "seed": seed, "rows": rows,
                          **({"notes": notes} if notes else {})})
-        result = collect(settings, c, args, retrain_epochs, retrain_scenes, t_start)
+        result = collect([*earlier.values(), *settings], c, args, retrain_epochs, retrain_scenes, t_start)
+        if prior:
+            result["runs"] = [*prior.get("runs", [prior["argv"]]), result["argv"]]
         write_results(result, args.out, stem)
     graph = result["summary"].get("Graph(beta), physical (ours)", {})
     print(json.dumps({"graph_physical": {k: graph.get(k) for k in ("forget_recall", "worst_retained_drop_points")},
                       "retrain_over_graph_plus_request": c["retrain_over_graph_plus_request"]}))
+
+
+def resumed(args: argparse.Namespace, path: Path) -> dict[str, Any] | None:
+    """With ``--resume``, the earlier results at ``path`` (same model and reference budget) whose rows this
+    run keeps; None without it or when there are none."""
+    if not args.resume or not path.is_file():
+        return None
+    prior = json.loads(path.read_text())
+    if prior.get("model", NAME) != args.model or f"{args.reference_epochs} epochs on {args.reference_scenes} " \
+            "scenes" not in prior.get("reference_note", ""):
+        raise SystemExit(f"--resume: {path} is another model's or another reference budget's results")
+    print(f"resuming {path}: its rows are kept, only missing ones are measured", flush=True)
+    return prior
 
 
 def collect(settings: list[dict[str, Any]], c: dict[str, float], args: argparse.Namespace, retrain_epochs: int,

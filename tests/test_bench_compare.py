@@ -67,8 +67,8 @@ def test_minutes_until_is_the_next_such_clock_time(bench: Any) -> None:
     assert bench.minutes_until("19:00", now) == pytest.approx(23 * 60 + 29.5)
 
 
-def _stand_in_reference(path: Path) -> None:
-    """A cached "reference" for star at the path train_reference gives it: the zoo model with star's output
+def _stand_in_reference(path: Path, target: int) -> None:
+    """A cached "reference" for ``target`` at the path train_reference gives it: the zoo model with that output
     row zeroed (training a real one, even for one epoch, costs most of a minute), 123 s of recorded training."""
     import torch
     from train_reference import write
@@ -77,9 +77,9 @@ def _stand_in_reference(path: Path) -> None:
 
     model, meta = zoo.load("glyphscenes-resnet")
     with torch.no_grad():
-        model.fc.weight[6] = 0.0
-        model.fc.bias[6] = -10.0
-    record = {**meta["train"], "reference": {"forget": [6], "seconds": 123.0}}
+        model.fc.weight[target] = 0.0
+        model.fc.bias[target] = -10.0
+    record = {**meta["train"], "reference": {"forget": [target], "seconds": 123.0}}
     write(zoo.checkpoint("glyphscenes-resnet", model, record), path)
 
 
@@ -87,12 +87,13 @@ def test_glyph_table_end_to_end(bench: Any, module_cache: None, tmp_path: Path) 
     from train_reference import default_path
 
     star = default_path("glyphscenes-resnet", [6], 0, 1, 128)
-    _stand_in_reference(star)
+    _stand_in_reference(star, 6)
     circle = default_path("glyphscenes-resnet", [0], 0, 1, 128)
-    bench.main(["--model", "glyphscenes-resnet", "--forget", "star,circle", "--seeds", "0", "--members", "300",
-                "--test-scenes", "200", "--methods", "Original,physical (ours),target-level", "--no-train-reference",
-                "--reference-epochs", "1", "--reference-scenes", "128", "--out", str(tmp_path), "--stem", "g",
-                "--threads", "1"])
+    argv = ["--model", "glyphscenes-resnet", "--forget", "star,circle", "--seeds", "0", "--members", "200",
+            "--test-scenes", "150", "--methods", "Original,physical (ours),target-level", "--no-train-reference",
+            "--reference-epochs", "1", "--reference-scenes", "128", "--out", str(tmp_path), "--stem", "g",
+            "--threads", "1"]
+    bench.main(argv)
     assert not circle.exists()  # never trained here
     result = json.loads((tmp_path / "g.json").read_text())
     assert result["model"] == "glyphscenes-resnet" and len(result["class_names"]) == 24
@@ -115,3 +116,15 @@ def test_glyph_table_end_to_end(bench: Any, module_cache: None, tmp_path: Path) 
            f"no cached reference {circle}" in page
     worst = GLYPHS[original["worst_retained_digit"]]
     assert f"| forget star, seed 0 | Original | {100 * original['forget_recall']:.1f} | 0.0 ({worst}) |" in page
+
+    # the circle reference lands later: --resume measures only its row and keeps every other one
+    _stand_in_reference(circle, 0)
+    bench.main([*argv, "--resume"])
+    again = json.loads((tmp_path / "g.json").read_text())
+    assert again["settings"][0]["rows"] == result["settings"][0]["rows"]  # star: kept, judged the same
+    rows = again["settings"][1]["rows"]
+    assert list(rows) == [*circle_rows, "Retrain, target-level (forget labels masked; reference)"]
+    assert rows["Original"]["probe_auc_refit"] == circle_rows["Original"]["probe_auc_refit"]  # not measured again
+    assert "goals" in rows["Original"] and "notes" not in again["settings"][1]
+    assert again["cost"]["graph_build_s"] == result["cost"]["graph_build_s"] and len(again["runs"]) == 2
+    assert "--resume`" in (tmp_path / "g.md").read_text()
