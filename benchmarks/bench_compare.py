@@ -25,13 +25,15 @@ refitted probe AUC <= the reference's + 0.03, MIA within 5 points of the referen
 cost (graph build + request + erase) <= 5 % of one reference training. A reference checkpoint
 already under the cache folder (same forget digits, seed and budget) is loaded and its recorded
 training seconds are its cost; otherwise it is trained in this run and cached (``--no-train-reference``:
-the setting gets no reference row and says so; ``--reference-wait M``: wait up to M minutes for one that
-a background job is still training, then the same).
+the setting gets no reference row and says so; ``--reference-wait M`` / ``--reference-until HH:MM``: wait
+for one that a background job is still training, then the same; ``--resume``: a later run keeps the rows
+already in the results file and measures only the missing ones, e.g. a reference row whose checkpoint
+landed since).
 
     python benchmarks/bench_compare.py [--quick] [--digits 1,3,7] [--seeds 0,1,2] [--retrain-seeds 1]
         [--methods SUBSTR,...] [--reference-epochs 10 --reference-scenes 24000] [--stem compare]
     python benchmarks/bench_compare.py --model glyphscenes-resnet --forget star,circle,W [--pairs star+W]
-        [--no-train-reference] [--reference-wait 30] [--members 6000] [--test-scenes 1000]
+        [--no-train-reference] [--reference-wait 30 | --reference-until 20:05] [--resume] [--members 6000]
 
 Writes benchmarks/results/STEM.{json,md} (after every setting, so a run cut short keeps what it
 measured); the last line printed is the JSON summary.
@@ -517,7 +519,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stem", default=None, help="results file stem (default compare, or compare_quick)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args(argv)
+    return settle_args(p, p.parse_args(argv), argv)
+
+
+def settle_args(p: argparse.ArgumentParser, args: argparse.Namespace,
+                argv: Sequence[str] | None) -> argparse.Namespace:
+    """The model's defaults where options were left out, the reference policy and the settings plan."""
     spec = MODELS[args.model]
     from train_reference import FULL
 
@@ -581,10 +588,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     retrain_epochs, retrain_scenes = (1, 6000) if args.quick else (args.retrain_epochs, args.retrain_scenes)
     t_start = time.time()
-    task, train, test = classification_task(retrain_epochs, retrain_scenes, args.reference_epochs,
-                                            args.reference_scenes, args.model, not args.no_train_reference,
-                                            60 * args.reference_wait, args.members, args.test_scenes,
-                                            args.reference_until or None)
+    try:
+        task, train, test = classification_task(retrain_epochs, retrain_scenes, args.reference_epochs,
+                                                args.reference_scenes, args.model, not args.no_train_reference,
+                                                60 * args.reference_wait, args.members, args.test_scenes,
+                                                args.reference_until or None)
+    except UsageError as e:
+        raise SystemExit(f"error: {e}") from None
     names = list(zoo.entry(args.model).class_names)
     wanted = [w for w in args.methods.split(",") if w]
     methods = [m for m in classification_methods(args.repair_epochs) if not wanted or any(w in m.name for w in wanted)]
