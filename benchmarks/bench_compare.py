@@ -69,7 +69,7 @@ from tpunlearn.report import count_macs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from unlearning_methods import Outcome, Task, classification_methods  # noqa: E402
+from unlearning_methods import ERASE_ROWS, Graph, Outcome, Task, classification_methods  # noqa: E402
 
 NAME = "digitscenes-resnet"  # the default model
 
@@ -183,6 +183,21 @@ def classification_task(retrain_epochs: int, retrain_scenes: int, reference_epoc
                 unlearn_kwargs={"ignored_layers": [model.fc]}, scoring=scoring,
                 retrain=retrain if spec.retrain else None, reference=reference)
     return task, train, test
+
+
+def family_methods(name: str) -> list[Any]:
+    """Rows with ``tpunlearn prune``'s own defaults for ``name``'s family (``adapter.defaults`` over the
+    library's, and the family's calibration when it calibrates by default): the Graph row, then every
+    erase row on top of it. The Graph rows above use the library's defaults (``tu.unlearn`` as called)."""
+    adapter, model, info = zoo.build_model(name)
+    calibration = adapter.calibration(model, info) if adapter.calibrates else None
+    settings = {**adapter.defaults, "calibrate": calibration}
+    said = [f"{k.replace('_', ' ')} {v:g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+            for k, v in adapter.defaults.items()] + (["calibrated"] if calibration is not None else [])
+    label = f"prune's {adapter.name} defaults"
+    return [Graph(f"Graph(beta), physical, {label} ({', '.join(said) or 'the library own'})", **settings),
+            *(Graph(f"Graph(beta), {label} + erase({method})", erase=spec, **settings)
+              for method, spec in ERASE_ROWS.items())]
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -510,6 +525,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    "--no-train-reference)")
     p.add_argument("--members", type=int, default=None, help="member (training) scenes measured (default 6000)")
     p.add_argument("--test-scenes", type=int, default=None, help="test scenes measured (default 1000)")
+    p.add_argument("--family-rows", action="store_true",
+                   help="also the rows with `tpunlearn prune`'s defaults for the model's family (timm: retain "
+                   "tolerance 0.1 and calibration), alone and under every erase method")
     p.add_argument("--methods", default="", help="only the rows whose name contains one of these comma-separated "
                    "strings (default: every row)")
     p.add_argument("--resume", action="store_true",
@@ -597,7 +615,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"error: {e}") from None
     names = list(zoo.entry(args.model).class_names)
     wanted = [w for w in args.methods.split(",") if w]
-    methods = [m for m in classification_methods(args.repair_epochs) if not wanted or any(w in m.name for w in wanted)]
+    methods = classification_methods(args.repair_epochs)
+    if args.family_rows:
+        methods[-1:-1] = family_methods(args.model)  # before the reference, which stays last
+    methods = [m for m in methods if not wanted or any(w in m.name for w in wanted)]
     seeds = [int(s) for s in args.seeds.split(",")]
     stem = args.stem or ("compare_quick" if args.quick else "compare")
     prior = resumed(args, args.out / f"{stem}.json")

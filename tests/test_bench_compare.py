@@ -60,6 +60,14 @@ def test_digits_alias_and_model_defaults(bench: Any) -> None:
         bench.parse_args(["--model", "glyphscenes-resnet", "--forget", "hexagram"])
 
 
+def test_family_rows_carry_prunes_timm_defaults(bench: Any) -> None:
+    rows = bench.family_methods("glyphscenes-resnet")
+    assert [r.name for r in rows] == ["Graph(beta), physical, prune's timm defaults (retain tolerance 0.1, calibrated)",
+                                      *(f"Graph(beta), prune's timm defaults + erase({m})" for m in bench.ERASE_ROWS)]
+    assert all(r.settings["retain_tolerance"] == 0.1 and r.settings["calibrate"].layers == ("fc",) for r in rows)
+    assert [r.erase for r in rows] == [None, *bench.ERASE_ROWS.values()]
+
+
 def test_minutes_until_is_the_next_such_clock_time(bench: Any) -> None:
     now = datetime.datetime(2026, 1, 1, 19, 30, 30, tzinfo=datetime.timezone.utc)
     assert bench.minutes_until("20:00", now) == pytest.approx(29.5)
