@@ -45,6 +45,7 @@ import copy
 import datetime
 import json
 import math
+import shlex
 import statistics
 import sys
 import time
@@ -454,7 +455,7 @@ def _commands(result: dict[str, Any]) -> list[str]:
         return [f"Command: `python benchmarks/bench_compare.py {' '.join(result.get('argv', []))}`"]
     return ["Commands (each later `--resume` run kept the rows already measured and measured only the missing "
             "ones, with the same data and seeds): " + "; ".join(f"`python benchmarks/bench_compare.py "
-                                                               f"{' '.join(a)}`" for a in runs)]
+                                                               f"{shlex.join(a)}`" for a in runs)]
 
 
 def _setting_lines(result: dict[str, Any]) -> list[str]:
