@@ -11,11 +11,16 @@
 * :func:`hub_weights` finds ``yolov5{scale}u.pt`` locally, or lets ultralytics fetch it only
   when online; offline it is a one-line :class:`WeightsError`.
 * :func:`validate_ap50` runs ultralytics' own ``DetectionValidator`` on a copy of a model.
+* :func:`labels_cache_in_ours`: inside it, ultralytics keeps a dataset's ``labels/<split>.cache``
+  under tpunlearn's cache folder instead of beside the user's labels, and re-saves no image in
+  place (the user's data is never written).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import hashlib
 import os
 import tempfile
 import zipfile
@@ -27,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from tpunlearn.data.yolo import error_line, quiet
+from tpunlearn.data.yolo import cache_root, error_line, quiet
 from tpunlearn.errors import DataError, UsageError, WeightsError
 from tpunlearn.torchutils import model_device
 
@@ -38,7 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = ["as_checkpoint", "checkpoint_model", "checkpoint_payload", "coco_names", "default_names", "detect_head",
            "from_yaml", "hub_weights",
-           "is_detection_pt", "is_detection_yaml", "names_dict", "names_list", "no_autoinstall", "prepare",
+           "is_detection_pt", "is_detection_yaml", "labels_cache_in_ours", "names_dict", "names_list", "no_autoinstall",
+           "prepare",
            "train_arg", "unsafe_load", "device_arg", "validate_ap50", "evaluate_detection"]
 
 
@@ -339,7 +345,7 @@ def _run_validator(model: nn.Module, data: str, imgsz: int, conf: float) -> Any:
                     exist_ok=True, split="val", device=device_arg(model))
         validator = _keeping_validator()(args=args)
         try:
-            with quiet():
+            with quiet(), labels_cache_in_ours():
                 validator(model=copy.deepcopy(model).float())
         except (FileNotFoundError, SyntaxError) as exc:
             raise DataError(f"cannot validate on {data}: {error_line(exc)}") from None
@@ -366,6 +372,54 @@ def _keeping_validator() -> type:
             return super().get_stats()
 
     return KeepingValidator
+
+
+@contextlib.contextmanager
+def labels_cache_in_ours() -> Iterator[None]:
+    """Inside the block, the YOLO datasets ultralytics builds leave the user's dataset folder as it was:
+    their label cache lives under tpunlearn's cache folder (:func:`label_cache_path`; ultralytics saves
+    ``<labels dir>.cache`` beside the labels), and a JPEG that does not end in its end marker is read
+    as it is (ultralytics' scan re-saves it in place, "corrupt JPEG restored and saved")."""
+    import ultralytics.data.build
+    import ultralytics.data.utils
+
+    build: Any = ultralytics.data.build  # the module whose YOLODataset build_yolo_dataset instantiates
+    utils: Any = ultralytics.data.utils  # check_image's module, whose _replace_image re-saves the JPEG
+    saved = build.YOLODataset, getattr(utils, "_replace_image", None)
+    build.YOLODataset = _own_cache_dataset()
+    if saved[1] is not None:
+        utils._replace_image = _leave_image
+    try:
+        yield
+    finally:
+        build.YOLODataset = saved[0]
+        if saved[1] is not None:
+            utils._replace_image = saved[1]
+
+
+def _leave_image(im_file: Any, write: Any) -> None:
+    """ultralytics' ``_replace_image`` (re-save an image in place) as a no-op: the image is the user's."""
+
+
+def label_cache_path(beside: Path) -> Path:
+    """Where tpunlearn keeps the label cache ultralytics would write at ``beside`` (one file per labels
+    folder, keyed by its absolute path; ultralytics' own hash of the files still decides if it is stale)."""
+    key = hashlib.sha256(str(Path(beside).resolve()).encode()).hexdigest()[:16]
+    folder = cache_root() / "ultralytics-labels"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{Path(beside).stem}-{key}.cache"
+
+
+@functools.cache
+def _own_cache_dataset() -> type:
+    """ultralytics' ``YOLODataset`` reading and saving its label cache at :func:`label_cache_path`."""
+    from ultralytics.data.dataset import YOLODataset
+
+    class OwnCacheDataset(YOLODataset):
+        def _load_or_scan_cache(self, cache_path: Path, cache_hash: str) -> tuple[dict, bool]:
+            return super()._load_or_scan_cache(label_cache_path(cache_path), cache_hash)
+
+    return OwnCacheDataset
 
 
 def _ap50_table(metrics: Any, names: list[str]) -> dict[str, float]:

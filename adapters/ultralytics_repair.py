@@ -40,6 +40,8 @@ from torch import nn
 from tpunlearn.data.yolo import quiet
 from tpunlearn.errors import DataError, PlanError, UsageError
 
+from .ultralytics_io import labels_cache_in_ours
+
 OBJECTIVES = ("negatives", "masked", "negatives+distil", "masked+distil")
 DEFAULT_OBJECTIVE = "negatives+distil"
 DISTIL_GAIN = 1.0  # weight of the distillation term, in units of ultralytics' cls loss gain
@@ -81,7 +83,7 @@ def train_pruned(model: nn.Module, data: str, imgsz: int, forget: Sequence[int],
         trainer.setup(work, forget=[int(c) for c in forget], objective=objective, teacher=teacher,
                       zero_ops=zero_ops or {}, freeze_norms=freeze_norms, progress=progress)
         try:
-            with quiet():
+            with quiet(), labels_cache_in_ours():
                 trainer.train()
         except (FileNotFoundError, RuntimeError) as exc:
             if isinstance(exc, RuntimeError) and "out of memory" not in str(exc).lower() and \

@@ -415,6 +415,28 @@ def _opt(row: dict[str, Any], key: str, scale: float, digits: int) -> str:
     return "n/a" if value is None else f"{scale * float(value):.{digits}f}"
 
 
+def _measured(value: Any) -> float | None:
+    """A cost in seconds, or None where it was not measured (None, or NaN in an older run's JSON)."""
+    return None if value is None or math.isnan(float(value)) else float(value)
+
+
+def cost_sentence(result: dict[str, Any]) -> str:
+    """The page's cost line: what this run measured, each retraining row as seconds and as a ratio to
+    the graph build plus one request, and "not run" for a retraining row the run left out."""
+    c, spec = result["cost"], _spec(result)
+    n = len(result.get("class_names", range(10)))
+    ours = c["graph_build_s"] + c["request_s"]
+    parts = []
+    for label, key, note in (("retraining without the forget scenes", "retrain_s", ""),
+                             ("one target-level reference", "reference_s", result.get("reference_note", ""))):
+        seconds = _measured(c.get(key))
+        text = f"{label}: not run" if seconds is None else \
+            f"{label} {seconds:.0f} s on average = **{seconds / ours:.0f}x** the graph build plus request"
+        parts.append(text + (f" ({note})" if note and seconds is not None else ""))
+    return (f"Cost, measured in this run: graph build for all {n} {spec.plural} {c['graph_build_s']:.2f} s, one cached "
+            f"request {c['request_s']:.3f} s; " + "; ".join(parts) + ".")
+
+
 def _spec(result: dict[str, Any]) -> ModelSpec:
     return MODELS[result.get("model", NAME)]
 
@@ -422,7 +444,7 @@ def _spec(result: dict[str, Any]) -> ModelSpec:
 def _summary_lines(result: dict[str, Any]) -> list[str]:
     """The page's title, the mean ± std table, the cost line and the command."""
     name, spec = result.get("model", NAME), _spec(result)
-    noun, plural = spec.noun, spec.plural
+    noun = spec.noun
     lines = [f"# Unlearning methods on {name} ({spec.dataset} test split)", "",
              f"Settings: {', '.join(result['setting_labels'])}. Mean ± std over settings (retraining: "
              f"{result['retrain_note']}). No fine-tuning unless the row says so. MIA = % of the forget {noun}'s "
@@ -438,14 +460,7 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
                      f"{_pm(s.get('mia_gap_to_retrain_points'))} | {_pm(s.get('probe_auc_fixed'), 1, 3)} | "
                      f"{_pm(s.get('probe_auc_refit'), 1, 3)} | {_pm(s.get('seconds'), 1, 2)} | "
                      f"{s['params']['mean']:,.0f} | {s['macs']['mean']:,.0f} |")
-    c = result["cost"]
-    n = len(result.get("class_names", range(10)))
-    retrain = (f"retraining {c['retrain_s']:.0f} s on average = **{c['retrain_over_graph_plus_request']:.0f}x** the "
-               "graph build plus request" if spec.retrain else "no instance-level retraining in this run")
-    lines += ["", f"Cost, measured in this run: graph build for all {n} {plural} {c['graph_build_s']:.2f} s, one "
-              f"cached request {c['request_s']:.3f} s; {retrain}; one target-level "
-              f"reference {c.get('reference_s', float('nan')):.0f} s ({result.get('reference_note', '')}).", "",
-              *_commands(result), ""]
+    lines += ["", cost_sentence(result), "", *_commands(result), ""]
     return lines
 
 
@@ -657,7 +672,7 @@ def resumed(args: argparse.Namespace, path: Path) -> dict[str, Any] | None:
     return prior
 
 
-def collect(settings: list[dict[str, Any]], c: dict[str, float], args: argparse.Namespace, retrain_epochs: int,
+def collect(settings: list[dict[str, Any]], c: dict[str, Any], args: argparse.Namespace, retrain_epochs: int,
             retrain_scenes: int, t_start: float) -> dict[str, Any]:
     """The results so far: settings, summary, cost and what the run was."""
     from train_reference import FULL
@@ -665,9 +680,11 @@ def collect(settings: list[dict[str, Any]], c: dict[str, float], args: argparse.
     model = getattr(args, "model", NAME)
     rows = [r for s in settings for n, r in s["rows"].items() if n.startswith("Retrain without")]
     refs = [r for s in settings for n, r in s["rows"].items() if n.startswith("Retrain, target-level")]
-    c["retrain_s"] = statistics.fmean([r["seconds"] for r in rows]) if rows else float("nan")
-    c["reference_s"] = statistics.fmean([r["seconds"] for r in refs]) if refs else float("nan")
-    c["retrain_over_graph_plus_request"] = c["retrain_s"] / (c["graph_build_s"] + c["request_s"])
+    ours = c["graph_build_s"] + c["request_s"]
+    c["retrain_s"] = statistics.fmean([r["seconds"] for r in rows]) if rows else None  # None: no such row ran
+    c["reference_s"] = statistics.fmean([r["seconds"] for r in refs]) if refs else None
+    c["retrain_over_graph_plus_request"] = None if c["retrain_s"] is None else c["retrain_s"] / ours
+    c["reference_over_graph_plus_request"] = None if c["reference_s"] is None else c["reference_s"] / ours
     full = FULL[model]
     is_full = (args.reference_epochs, args.reference_scenes) == (full["epochs"], full["n_train"])
     extra = {} if model == NAME else {"class_names": list(zoo.entry(model).class_names)}

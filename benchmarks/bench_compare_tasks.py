@@ -229,8 +229,7 @@ def run(kind: str, scale: Scale) -> dict[str, Any]:
         if plan is not None:
             r["changed_layers"] = {k: len(v) for k, v in plan.removed.items()}
         r["probes"] = probes(layers, outcome.model, regions, forget)
-        shown = " ".join(f"{k} lin {p.get('linear_auc', float('nan')):.3f} knn {p.get('knn_auc', float('nan')):.3f}"
-                         for k, p in r["probes"].items())
+        shown = probe_line(r["probes"])
         print(f"{kind}: {method.name:60s} forget {100 * r['forget']:5.1f} % | "
               f"retained mean {100 * r['retained_mean']:5.1f} | "
               f"worst -{r['worst_retained_drop_points']:.1f} ({r['worst_retained_digit']}) | "
@@ -269,6 +268,11 @@ def table(res: dict[str, Any]) -> list[str]:
 
 def _pair(p: dict[str, Any]) -> str:
     return f"{_auc(p, 'linear_auc')}/{_auc(p, 'knn_auc')}"
+
+
+def probe_line(probes: dict[str, dict[str, Any]]) -> str:
+    """The progress line's probes: each layer's linear/k-NN AUC, "n/a" for a probe that did not fit."""
+    return " ".join(f"{k} lin/knn {_pair(p)}" for k, p in probes.items())
 
 
 def carried(res: dict[str, Any], margin: float = 0.05) -> list[str]:

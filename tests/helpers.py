@@ -8,8 +8,10 @@ forward calls them, so tests can tell execution order from ``named_modules()`` o
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -221,6 +223,13 @@ def listing(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def listing_with_times(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file and folder under ``folder`` (relative path -> (sha256 or "dir", mtime in ns)): a new,
+    removed, rewritten or touched entry changes it, as any write into the folder does."""
+    return {str(p.relative_to(folder)): (sha256(p) if p.is_file() else "dir", p.stat().st_mtime_ns)
+            for p in sorted([folder, *folder.rglob("*")])}
+
+
 # ---- README "Your own model" blocks --------------------------------------------------------------------------
 def readme_block(family: str) -> str:
     """The bash block under ``<!-- own-model: FAMILY -->`` in README.md, as written."""
@@ -258,3 +267,23 @@ def run_readme_block(family: str, cwd: Path, timeout: float = 600) -> list[Any]:
                                      f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         done.append(proc)
     return done
+
+
+# ---- benchmark scripts ---------------------------------------------------------------------------------------
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def bench_module(name: str) -> Iterator[Any]:
+    """``benchmarks/<name>.py`` imported as a module (its folder on the path while it loads, as when it
+    runs), for a module-scoped fixture: ``yield from bench_module("bench_compare")``."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up there
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    yield module
+    sys.modules.pop(name, None)

@@ -1,39 +1,54 @@
-"""benchmarks/bench_compare.py on the second dataset: the glyphscenes-resnet path end to end on a tiny
-budget (a cached stand-in reference for one setting, none for the other), and its forget-setting parsing."""
+"""benchmarks/bench_compare.py: the rendering of its cost line (what the run measured, never NaN); the
+glyphscenes-resnet path end to end on a tiny budget (a cached stand-in reference for one setting, none for
+the other), and its forget-setting parsing."""
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import json
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import bench_module
 
 from tpunlearn.errors import UsageError
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_compare.py"
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 @pytest.fixture(scope="module")
 def bench() -> Iterator[Any]:
-    added = [str(BENCH.parent), str(SCRIPTS)]
-    sys.path[:0] = added
-    try:
-        spec = importlib.util.spec_from_file_location("bench_compare", BENCH)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclasses look their module up there
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop("bench_compare", None)
-        for p in added:
-            sys.path.remove(p)
+    yield from bench_module("bench_compare")
+
+
+def _result(retrain_s: Any, reference_s: Any) -> dict[str, Any]:
+    return {"cost": {"graph_build_s": 9.0, "request_s": 1.0, "retrain_s": retrain_s, "reference_s": reference_s},
+            "reference_note": "the reference recipe"}
+
+
+@pytest.mark.parametrize("missing", [None, float("nan")])  # None: this run's JSON; NaN: an older run's
+def test_cost_line_says_not_run_for_a_missing_retrain_and_never_prints_nan(bench: Any, missing: Any) -> None:
+    text = bench.cost_sentence(_result(missing, 1500.0))
+    assert not re.search(r"\bnan", text, re.IGNORECASE), text
+    assert "retraining without the forget scenes: not run" in text
+    assert "one target-level reference 1500 s on average = **150x** the graph build plus request" in text
+    assert "(the reference recipe)" in text
+    neither = bench.cost_sentence(_result(missing, missing))
+    assert not re.search(r"\bnan", neither, re.IGNORECASE) and neither.count("not run") == 2
+    assert "reference recipe" not in neither  # the note describes a row that did not run
+
+
+def test_cost_line_gives_both_ratios_when_both_ran(bench: Any) -> None:
+    text = bench.cost_sentence(_result(500.0, 1500.0))
+    assert "retraining without the forget scenes 500 s on average = **50x**" in text and "not run" not in text
+
+
+@pytest.mark.parametrize("missing", [None, float("nan")])
+def test_page_of_a_run_without_a_retrain_row_has_no_nan(bench: Any, missing: Any) -> None:
+    result = {**_result(missing, 1500.0), "setting_labels": ["forget 3, seed 0"], "retrain_note": "r", "summary": {},
+              "settings": [], "argv": ["--stem", "x"]}
+    page = bench.markdown(result)
+    assert not re.search(r"\bnan", page, re.IGNORECASE) and "not run" in page
 
 
 GLYPHS = ["circle", "square", "triangle", "diamond", "pentagon", "hexagon", "star", "cross", "ring", "heart",

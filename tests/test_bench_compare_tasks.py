@@ -2,30 +2,17 @@
 forgotten digit, which layers it calls saturated or untouched, and the "not available" rows."""
 from __future__ import annotations
 
-import importlib.util
-import sys
+import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_compare_tasks.py"
+from helpers import bench_module
 
 
 @pytest.fixture(scope="module")
 def bench() -> Iterator[Any]:
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_compare_tasks", BENCH)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclasses look their module up there
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH.parent))
-    yield module
-    sys.modules.pop("bench_compare_tasks", None)
+    yield from bench_module("bench_compare_tasks")
 
 
 def _row(forget: float, neck: tuple[float, float], head: tuple[float, float]) -> dict[str, Any]:
@@ -62,3 +49,13 @@ def test_markdown_has_every_row_and_says_what_is_missing(bench: Any) -> None:
     assert "neck `n` linear / k-NN AUC" in text
     assert text.count("\n| ") == 6  # header and five rows
     assert bench.saturated(_result()) == []  # "features gone" reads 0.6 at both layers
+
+
+def test_a_probe_that_did_not_fit_is_na_on_the_page_and_the_progress_line(bench: Any) -> None:
+    res = _result()
+    del res["rows"]["forgets, features gone"]["probes"]["neck"]["knn_auc"]
+    res["rows"]["does not forget"]["probes"].pop("head_input")
+    text = bench.markdown([res], "python benchmarks/bench_compare_tasks.py", 60.0)
+    assert not re.search(r"\bnan", text, re.IGNORECASE) and "0.600 / n/a" in text and "n/a / n/a" in text
+    line = bench.probe_line(res["rows"]["forgets, features gone"]["probes"])
+    assert line == "neck lin/knn 0.600/n/a head_input lin/knn 0.600/0.500"

@@ -256,7 +256,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypatc
     (["--arch", ZOO, "--forget", "3", "--sigma", "999"], ["sigma=999"]),
     (["--arch", ZOO, "--forget", "3", "--retain", "4", "3"], ["3", "--forget", "--retain"]),
     (["--arch", ZOO], ["--forget"]),
-], ids=["arch", "target", "delta0", "delta1.5", "sigma0", "sigma999", "forget-retain", "no-forget"])
+    (["--arch", ZOO, "--forget", "3", "--erase", "nosuch"], ["unknown --erase method 'nosuch'", "known:"]),
+], ids=["arch", "target", "delta0", "delta1.5", "sigma0", "sigma999", "forget-retain", "no-forget", "erase-method"])
 def test_usage_errors(tmp_path, capsys, extra, fragments):
     out = tmp_path / "out"
     assert_error(run(capsys, "prune", *extra, "--out", out), 2, *fragments)

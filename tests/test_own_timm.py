@@ -231,6 +231,30 @@ def test_checkpoint_data_config(root: Path, tmp_path: Path) -> None:
     torch.testing.assert_close(again, zoo)
 
 
+def test_cli_mean_and_std_are_the_models_normalisation(root: Path, tmp_path: Path) -> None:
+    """``--mean``/``--std`` give a timm model its own normalisation on the command line: the pruned
+    model.pt records them in its data_config and reads images with them again; bad values and another
+    family are one-line usage errors, before anything is written."""
+    model, mean, std = _model(root, "if"), [0.5, 0.4, 0.3], [0.2, 0.25, 0.5]
+    _ok("prune", *model, "--forget", "circle", "--samples", 4, "--mean", "0.5,0.4,0.3", "--std", "0.2,0.25,0.5",
+        "--out", tmp_path / "o")
+    saved = torch.load(tmp_path / "o" / "model.pt", weights_only=True)
+    assert saved["data_config"]["mean"] == mean and saved["data_config"]["std"] == std
+    own = _pixels({"arch": "resnet18", "weights": root / "w_if.pt", "imgsz": SIZE, "mean": mean, "std": std},
+                  root / "if")
+    plain = _pixels({"arch": "resnet18", "weights": root / "w_if.pt", "imgsz": SIZE}, root / "if")
+    torch.testing.assert_close(_pixels({"arch": "resnet18", "weights": tmp_path / "o" / "model.pt"}, root / "if"), own)
+    assert not torch.allclose(own, plain)
+    for flag, value, fragment in (("--std", "0.2,0,0.5", "> 0"), ("--std", "0.2,-1,0.5", "> 0"),
+                                  ("--mean", "0.5,0.4", "3 comma-separated"), ("--mean", "a,b,c", "3 comma-separated"),
+                                  ("--mean", "nan,0,0", "finite")):
+        assert_error(run_captured("prune", *model, "--forget", "circle", flag, value, "--out", tmp_path / "bad"), 2,
+                     flag, fragment)
+    assert_error(run_captured("prune", "--arch", "yolov5n.yaml", "--forget", "0", "--mean", "0.5,0.5,0.5",
+                              "--out", tmp_path / "bad"), 2, "timm classifier", "drop them")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_readme_timm_block(root: Path, tmp_path: Path) -> None:
     """The README's own-model block for timm, line by line, on the files it names."""
     import shutil

@@ -23,7 +23,7 @@ from tpunlearn.adapters import ultralytics_repair as ur  # noqa: E402
 from tpunlearn.errors import PlanError, UsageError  # noqa: E402
 from tpunlearn.plan import module_by_name  # noqa: E402
 
-from helpers import n_params, run, unlearn_family  # noqa: E402
+from helpers import listing_with_times, n_params, run, unlearn_family  # noqa: E402
 
 NAME = "digitscenes-yolov5"
 FORGET = 3
@@ -86,6 +86,22 @@ def test_repair_trains_the_pruned_module_and_keeps_its_pruning(built, mode, tmp_
     with torch.no_grad():
         scores = adapter.output_transform(res.model(torch.rand(2, 3, 64, 64)))[:, 4:]
     assert float(scores[:, FORGET].max()) < 1e-6 < float(scores.max())
+
+
+def test_repair_on_a_users_dataset_leaves_it_as_it_was(built, tmp_path, monkeypatch):
+    """ultralytics' trainer saves ``labels/<split>.cache`` beside the labels it scans; the repair keeps
+    that cache under tpunlearn's cache folder, so the user's dataset folder is not written."""
+    from tpunlearn.data import write_yolo
+
+    adapter, model, info = built
+    res = request(built, "physical")
+    data = write_yolo(tmp_path / "user", size=64, n_scenes={"train": 8, "val": 2}, splits=("train", "val"))
+    before = listing_with_times(tmp_path / "user")
+    monkeypatch.chdir(tmp_path)
+    summary = tu.models.repair(res.model, info, str(data), [FORGET], original=model, epochs=1, lr=1e-3,
+                               plan=res.plan, progress=False)
+    assert summary["steps"] >= 1 and summary["images"] == 8
+    assert listing_with_times(tmp_path / "user") == before
 
 
 def test_forget_boxes_never_reach_the_loss():

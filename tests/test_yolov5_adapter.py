@@ -23,7 +23,7 @@ from tpunlearn.errors import DataError, UsageError, WeightsError
 from tpunlearn.export import to_onnx
 from tpunlearn.targets import DetectionScore
 
-from helpers import n_params, unlearn_family
+from helpers import listing_with_times, n_params, unlearn_family
 
 IMGSZ = 128
 NC = 10  # DigitScenes' ten digits, so the tiny YOLO dataset validates against the model
@@ -279,6 +279,30 @@ def test_evaluate_per_class_at_the_operating_point(adapter, built, data_yaml):
     assert len(list(model.parameters())) == len(params)
     with pytest.raises(UsageError, match="--data"):
         adapter.evaluate(model, info, None)  # a random model has no training data to fall back on
+
+
+def test_validation_leaves_the_users_dataset_as_it_was(built, tmp_path, monkeypatch):
+    """ultralytics' validator saves ``labels/<split>.cache`` beside the labels it scans and rewrites a
+    truncated JPEG; the adapter's validator keeps that cache under tpunlearn's cache folder and reads the
+    JPEG as it is, so the user's folder is not written."""
+    from PIL import Image
+
+    from tpunlearn.adapters import ultralytics_io
+
+    model, info = built
+    monkeypatch.setenv("TPUNLEARN_CACHE", str(tmp_path / "cache"))
+    data = write_yolo(tmp_path / "user", size=IMGSZ, n_scenes={"train": 1, "val": 4}, splits=("train", "val"))
+    png = tmp_path / "user" / "images" / "val" / "val_00000.png"
+    Image.open(png).save(png.with_suffix(".jpg"), quality=95)  # a JPEG that does not end in its end marker,
+    png.unlink()  # which ultralytics' scan rewrites in place ("corrupt JPEG restored and saved")
+    jpg = png.with_suffix(".jpg")
+    jpg.write_bytes(jpg.read_bytes() + b"\0\0")
+    before = listing_with_times(tmp_path / "user")
+    for _ in range(2):  # the second run reads the cache the first wrote
+        ap = ultralytics_io.validate_ap50(model, str(data), IMGSZ, info.class_names)
+        assert 0.0 <= ap["mAP50"] <= 1.0
+    assert listing_with_times(tmp_path / "user") == before
+    assert len(list((tmp_path / "cache").rglob("*.cache"))) == 1
 
 
 # ---- data specs ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -122,6 +123,24 @@ def _names(text: str) -> list[str]:
     if twice:
         raise argparse.ArgumentTypeError(f"class name(s) {', '.join(twice)} given twice")
     return names
+
+
+def _channel_values(positive: bool):
+    """``--mean`` / ``--std``: three comma-separated finite numbers (one per RGB channel), each > 0 for std."""
+    import math
+
+    def parse(text: str) -> list[float]:
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected 3 comma-separated numbers (R,G,B), got {text!r}") from None
+        if len(values) != 3 or not all(math.isfinite(v) for v in values):
+            raise argparse.ArgumentTypeError(f"expected 3 comma-separated finite numbers (R,G,B), got {text!r}")
+        if positive and min(values) <= 0:
+            raise argparse.ArgumentTypeError(f"each value must be > 0, got {text!r}")
+        return values
+
+    return parse
 
 
 def _int_at_least(low: int):
@@ -331,6 +350,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="input size S x S, where the checkpoint does not say")
     p.add_argument("--names", type=_names, default=None, metavar="A,B,C",
                    help="the model's class names in output order, where neither checkpoint nor data says")
+    p.add_argument("--mean", type=_channel_values(False), default=None, metavar="R,G,B",
+                   help="timm classifiers: the per-channel mean the model was trained to expect (with --std; "
+                        "default: the checkpoint's record, else timm's pretrained config); the pruned model.pt "
+                        "records it")
+    p.add_argument("--std", type=_channel_values(True), default=None, metavar="R,G,B",
+                   help="timm classifiers: the per-channel std (each > 0) that goes with --mean")
 
 
 def _device_arg(p: argparse.ArgumentParser) -> None:
@@ -368,12 +393,28 @@ def _build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
     options = {k: getattr(args, k, None) for k in ("num_classes", "imgsz")}
     options["class_names"] = getattr(args, "names", None)
+    options.update(_normalisation(args))
     adapter, model, info = load_model(args.arch, args.weights, trust_checkpoint=args.trust_checkpoint,
                                       **{k: v for k, v in options.items() if v is not None})
     bind = getattr(adapter, "bind_data", None)  # class names and task from the user's data (timm)
     if callable(bind):
         info = bind(model, info, getattr(args, "data", None))
     return adapter, model, info
+
+
+def _normalisation(args: argparse.Namespace) -> dict[str, list[float]]:
+    """``--mean`` / ``--std`` as the timm adapter's ``mean`` / ``std`` build options (its data config);
+    the other families normalise otherwise and refuse them before anything is built."""
+    given: dict[str, list[float]] = {k: v for k in ("mean", "std") if (v := getattr(args, k, None)) is not None}
+    if not given:
+        return {}
+    from tpunlearn.models import adapter_for
+
+    family = adapter_for(args.arch).name
+    if family != "timm":
+        raise UsageError(f"--mean/--std set a timm classifier's input normalisation; {args.arch} is a {family} "
+                         "model: drop them")
+    return given
 
 
 def _settings(args: argparse.Namespace, adapter: Any) -> UnlearnSettings:
@@ -401,17 +442,58 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         return _prune(args, device)
 
 
+@dataclasses.dataclass
+class _PruneInputs:
+    """What ``tpunlearn prune`` checked and built before any scoring: the family, the model (on the
+    device), the targets, the reference model, the erase method, the example input and the out folder."""
+
+    adapter: Any
+    model: Any
+    info: Any
+    out: Path
+    forget: list[int]
+    retain: list[int] | None
+    reference: Any
+    erase_method: str | None
+    example: Any
+
+
 def _prune(args: argparse.Namespace, device: Any) -> int:
     """``tpunlearn prune`` on ``device``; under torchrun every rank scores, rank 0 alone does the rest."""
-    import torch
-
     from tpunlearn.distributed import is_main
-    from tpunlearn.io import sha256
-    from tpunlearn.report import prune_report
-    from tpunlearn.torchutils import to_device
 
     if not is_main() and args.graph:
         return 0  # cached scores: nothing to share
+    run = _prune_inputs(args, device)
+    t0 = time.perf_counter()
+    scores, samples = _prune_samples(args, run)
+    with _named_targets(run.info, args.data, run.forget, samples):
+        res, auto = _request(args, run.adapter, run.model, run.info, samples, scores, run.forget, run.retain,
+                             run.example, device)
+    if res is None:
+        return 0  # another rank plans, prunes and writes
+    print(res.plan.dry_run())
+    if args.dry_run:
+        return 0
+    stages = _after_pruning(args, run, res, auto)
+    report = _prune_report(args, run, res, auto, stages, t0)
+    # a pruned checkpoint carries its own history: the new pruning replays after it
+    run.info.extra["history"] = [list(h) for h in run.info.extra.get("history") or []] + res.plan.history
+    _write_outputs(args, run.out, run.adapter, run.model, run.info, res, run.example, report,
+                   inversion=stages["inversion"])
+    _announce_prune(args, run.out, report, stages)
+    verdict = report.get("verdict")
+    return 3 if args.strict and verdict is not None and not verdict["met"] else 0
+
+
+def _prune_inputs(args: argparse.Namespace, device: Any) -> _PruneInputs:
+    """The checks that fail before any work (options, the out folder, targets, the erase method) and the
+    model on ``device``, in the order prune has always made them (the seed is set before the build)."""
+    import torch
+
+    from tpunlearn.distributed import is_main
+    from tpunlearn.torchutils import to_device
+
     if args.strict and not args.eval:
         raise UsageError("--strict judges the verdict of --eval; add --eval")
     _check_reference(args)
@@ -426,54 +508,67 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
     forget, retain = _targets(args, info)
     erase_method = _erase_method(args, adapter)  # a bad method or a family without the stage fails before any work
     example = to_device(adapter.example_inputs(info), device)
-    t0 = time.perf_counter()
+    return _PruneInputs(adapter, model, info, out, forget, retain, reference, erase_method, example)
+
+
+def _prune_samples(args: argparse.Namespace, run: _PruneInputs) -> tuple[Any, Any]:
+    """The cached scores of ``--graph`` (None without it) and the samples to score or calibrate on
+    (None when cached scores need no calibration)."""
+    from tpunlearn.io import sha256
+
     scores, samples = None, None
     if args.graph:
         from tpunlearn.cache import load_cache
 
-        scores, _meta = load_cache(args.graph, model, sha256(info.weights) if info.weights else None)
-    if not args.graph or _calibration(args, adapter, model, info) is not None:
-        samples = adapter.samples(model, info, args.data)  # calibration runs on them after cached scores too
-    with _named_targets(info, args.data, forget, samples):
-        res, auto = _request(args, adapter, model, info, samples, scores, forget, retain, example, device)
-    if res is None:
-        return 0  # another rank plans, prunes and writes
-    print(res.plan.dry_run())
-    if args.dry_run:
-        return 0
-    erased = None if erase_method is None else adapter.erase(
-        res.model, info, args.data, forget, original=model, method=erase_method, plan=res.plan, seed=args.seed,
-        progress=_progress())
-    repaired = _repair(args, adapter, model, info, res, forget) if args.repair_epochs and auto is None else None
+        scores, _meta = load_cache(args.graph, run.model, sha256(run.info.weights) if run.info.weights else None)
+    if not args.graph or _calibration(args, run.adapter, run.model, run.info) is not None:
+        samples = run.adapter.samples(run.model, run.info, args.data)  # calibration runs on them after cached scores
+    return scores, samples
+
+
+def _after_pruning(args: argparse.Namespace, run: _PruneInputs, res: Any, auto: dict[str, Any] | None
+                   ) -> dict[str, Any]:
+    """The stages after the pruning itself: ``--erase``, ``--repair-epochs`` (or ``--auto``'s own repair)
+    and ``--audit``; their report entries (None: the stage did not run) and the audit's inversion image."""
+    adapter, model, info = run.adapter, run.model, run.info
+    erased = None if run.erase_method is None else adapter.erase(
+        res.model, info, args.data, run.forget, original=model, method=run.erase_method, plan=res.plan,
+        seed=args.seed, progress=_progress())
+    repaired = _repair(args, adapter, model, info, res, run.forget) if args.repair_epochs and auto is None else None
     if auto is not None:  # --auto repaired its choice itself, when repair was the stage that served
         repaired = auto.pop("repair", None)
-    audited, inversion = (_audit(args, adapter, model, info, res.model, reference, forget) if args.audit
+    audited, inversion = (_audit(args, adapter, model, info, res.model, run.reference, run.forget) if args.audit
                           else (None, None))
-    report = prune_report(res, model, example, args, info.class_names, adapter.library, t0)
+    return {"erase": erased, "repair": repaired, "audit": audited, "inversion": inversion}
+
+
+def _prune_report(args: argparse.Namespace, run: _PruneInputs, res: Any, auto: dict[str, Any] | None,
+                  stages: dict[str, Any], t0: float) -> dict[str, Any]:
+    """report.json: the request's report, then ``auto``, ``data`` and each stage that ran."""
+    from tpunlearn.report import prune_report
+
+    report = prune_report(res, run.model, run.example, args, run.info.class_names, run.adapter.library, t0)
     if auto is not None:
         report["auto"] = auto
         if "try" in report["outcome"]:  # the search ran: what is left to try is the rest
             report["outcome"]["try"] = [t for t in report["outcome"]["try"] if t != "--auto"]
-    if "data_split" in info.extra:  # the user's data: its format, splits and how the validation split was made
-        report["data"] = info.extra["data_split"]
-    if erased is not None:
-        report["erase"] = erased
-    if repaired is not None:
-        report["repair"] = repaired
-    if audited is not None:
-        report["audit"] = audited
-    # a pruned checkpoint carries its own history: the new pruning replays after it
-    info.extra["history"] = [list(h) for h in info.extra.get("history") or []] + res.plan.history
-    _write_outputs(args, out, adapter, model, info, res, example, report, inversion=inversion)
+    if "data_split" in run.info.extra:  # the user's data: its format, splits and how the validation split was made
+        report["data"] = run.info.extra["data_split"]
+    for key in ("erase", "repair", "audit"):
+        if stages[key] is not None:
+            report[key] = stages[key]
+    return report
+
+
+def _announce_prune(args: argparse.Namespace, out: Path, report: dict[str, Any], stages: dict[str, Any]) -> None:
+    """The lines prune prints after writing: the files, the audit's summary and the result's."""
     onnx = ", model.onnx" if args.onnx else ""
     metrics = ", metrics.png" if "metrics" in report else ""
-    metrics += ", inversion.png" if inversion else ""
+    metrics += ", inversion.png" if stages["inversion"] else ""
     print(f"wrote {out}/ (model.pt, plan.json, graph.json, graph.png{metrics}, report.html, report.json{onnx})")
-    if audited is not None:
-        _audit_summary(audited)
+    if stages["audit"] is not None:
+        _audit_summary(stages["audit"])
     _summary(report)
-    verdict = report.get("verdict")
-    return 3 if args.strict and verdict is not None and not verdict["met"] else 0
 
 
 def _calibration(args: argparse.Namespace, adapter: Any, model: Any, info: Any) -> Any:

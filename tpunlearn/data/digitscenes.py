@@ -29,7 +29,7 @@ as segmentation batches (images and masks) at a model's input size.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .voc import MaskBatches
+from .voc import SceneMasks
 
 __all__ = [
     "CLASS_NAMES",
@@ -433,34 +433,24 @@ MASKS_MAX_SIDE = 256  # every glyph size is pre-rendered (gigabytes at 512): lar
 MASK_CLASSES = 1 + len(CLASS_NAMES)  # mask values: 0 background, d + 1 for digit d
 
 
-class DigitScenesMasks(MaskBatches):
+class DigitScenesMasks(SceneMasks):
     """DigitScenes ``split`` as segmentation batches at any input ``size`` (``(H, W)``).
 
     Scenes are composed at ``max(H, W)`` (at most :data:`MASKS_MAX_SIDE`), their grayscale
     replicated to RGB, then resized to ``(H, W)`` (masks nearest), over the
-    :data:`MASK_CLASSES` mask classes. See :class:`tpunlearn.data.voc.MaskBatches`.
+    :data:`MASK_CLASSES` mask classes. See :class:`tpunlearn.data.voc.SceneMasks`.
     """
 
     def __init__(self, split: str, n_scenes: int, size: Sequence[int], batch_size: int = 16, with_masks: bool = True,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
         _check_split(split)
-        super().__init__(size, MASK_CLASSES, batch_size, with_masks, mean, std)
-        self.split, self.n_scenes = split, int(n_scenes)
+        super().__init__(split, n_scenes, size, MASK_CLASSES, batch_size, with_masks, mean, std)
 
-    @property
-    def n_images(self) -> int:
-        return self.n_scenes
+    def scenes(self, side: int) -> DigitScenes:
+        return _segmentation_scenes(self.split, min(side, MASKS_MAX_SIDE), self.n_scenes)
 
-    def chunks(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
-        h, w = self.size
-        ds = _segmentation_scenes(self.split, min(max(h, w), MASKS_MAX_SIDE), self.n_scenes)
-        for start in range(0, len(ds), self.batch_size):
-            images = ds.images[start:start + self.batch_size].repeat(1, 3, 1, 1)
-            masks = list(ds.masks[start:start + self.batch_size])
-            if masks and masks[0].shape != (h, w):
-                masks = [F.interpolate(m[None, None].float(), size=(h, w), mode="nearest")[0, 0].to(m.dtype)
-                         for m in masks]
-            yield images, masks
+    def rgb(self, scenes: DigitScenes, start: int, stop: int) -> torch.Tensor:
+        return scenes.images[start:stop].repeat(1, 3, 1, 1)
 
 
 @functools.lru_cache(maxsize=1)

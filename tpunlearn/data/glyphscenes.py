@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from tpunlearn.data.digitscenes import Scene, scene_seed
 from tpunlearn.errors import UsageError
 
-from .voc import MaskBatches
+from .voc import SceneMasks
 
 __all__ = ["GLYPH_CLASSES", "GLYPH_MASK_CLASSES", "GlyphScenes", "GlyphScenesMasks", "SHAPES", "LETTERS"]
 
@@ -359,32 +359,22 @@ def _boxes(mask: torch.Tensor, placed: list[_Placed]) -> torch.Tensor:
 _MASKS_MAX_SIDE = 256  # larger inputs get scenes composed at 256 and resized (every glyph size is pre-warped)
 
 
-class GlyphScenesMasks(MaskBatches):
-    """GlyphScenes ``split`` as segmentation batches (:class:`tpunlearn.data.voc.MaskBatches`) at any input
-    ``size`` ``(H, W)``: scenes composed at ``max(H, W)`` (at most 256) and resized (masks nearest), over
-    :data:`GLYPH_MASK_CLASSES` classes (0 background, ``c + 1`` for class ``c``), RGB in [0, 1]."""
+class GlyphScenesMasks(SceneMasks):
+    """GlyphScenes ``split`` as segmentation batches (:class:`tpunlearn.data.voc.SceneMasks`) at any input
+    ``size`` ``(H, W)``: scenes composed at ``max(H, W)`` (at least 32, at most 256) and resized (masks
+    nearest), over :data:`GLYPH_MASK_CLASSES` classes (0 background, ``c + 1`` for class ``c``), RGB in [0, 1]."""
 
     def __init__(self, split: str, n_scenes: int, size: Sequence[int], batch_size: int = 16, with_masks: bool = True,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
         if split not in SPLITS:
             raise UsageError(f"unknown GlyphScenes split {split!r}; use one of {', '.join(SPLITS)}")
-        super().__init__(size, GLYPH_MASK_CLASSES, batch_size, with_masks, mean, std)
-        self.split, self.n_scenes = split, int(n_scenes)
+        super().__init__(split, n_scenes, size, GLYPH_MASK_CLASSES, batch_size, with_masks, mean, std)
 
-    @property
-    def n_images(self) -> int:
-        return self.n_scenes
+    def scenes(self, side: int) -> GlyphScenes:
+        return _mask_scenes(self.split, max(32, min(side, _MASKS_MAX_SIDE)), self.n_scenes)
 
-    def chunks(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
-        h, w = self.size
-        ds = _mask_scenes(self.split, max(32, min(max(h, w), _MASKS_MAX_SIDE)), self.n_scenes)
-        for start in range(0, len(ds), self.batch_size):
-            images = ds.pixels[start:start + self.batch_size].float() / 255.0
-            masks = list(ds.masks[start:start + self.batch_size])
-            if masks and masks[0].shape != (h, w):
-                masks = [F.interpolate(m[None, None].float(), size=(h, w), mode="nearest")[0, 0].to(m.dtype)
-                         for m in masks]
-            yield images, masks
+    def rgb(self, scenes: GlyphScenes, start: int, stop: int) -> torch.Tensor:
+        return scenes.pixels[start:stop].float() / 255.0
 
 
 @functools.lru_cache(maxsize=2)

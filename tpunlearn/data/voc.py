@@ -31,8 +31,8 @@ from tpunlearn.errors import DataError, UsageError
 
 from .labelmap import LABELMAP, Labelmap, colour_mask, read_labelmap
 
-__all__ = ["IGNORE_INDEX", "VOC_CLASSES", "MaskBatches", "MaskFilter", "VOCBatches", "mask_batches", "read_voc",
-           "redirect_masks", "resize_images", "voc_class_names", "voc_ids", "voc_labelmap"]
+__all__ = ["IGNORE_INDEX", "VOC_CLASSES", "MaskBatches", "MaskFilter", "SceneMasks", "VOCBatches", "mask_batches",
+           "read_voc", "redirect_masks", "resize_images", "voc_class_names", "voc_ids", "voc_labelmap"]
 
 IGNORE_INDEX = 255  # mask value of pixels that count for no class (VOC's object borders)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -95,6 +95,41 @@ class MaskBatches(ABC):
         if ids.numel() and int(ids.max()) >= self.num_classes:
             raise DataError(f"a mask holds class {int(ids.max())}, but the model has {self.num_classes} classes")
         return (torch.bincount(ids, minlength=self.num_classes) > 0).float()
+
+
+class SceneMasks(MaskBatches):
+    """A generated scene set's ``split`` (``n_scenes`` of them) as segmentation batches at any input
+    ``size``: a subclass composes the scenes for the larger side (:meth:`scenes`) and gives their RGB
+    images in [0, 1] (:meth:`rgb`); masks not at ``(H, W)`` are resized nearest, images by :meth:`finish`."""
+
+    def __init__(self, split: str, n_scenes: int, size: Sequence[int], num_classes: int, batch_size: int = 16,
+                 with_masks: bool = True, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
+        super().__init__(size, num_classes, batch_size, with_masks, mean, std)
+        self.split, self.n_scenes = split, int(n_scenes)
+
+    @property
+    def n_images(self) -> int:
+        return self.n_scenes
+
+    @abstractmethod
+    def scenes(self, side: int) -> Any:
+        """The split's scenes for an input whose larger side is ``side`` (with ``masks`` and ``len``)."""
+
+    @abstractmethod
+    def rgb(self, scenes: Any, start: int, stop: int) -> torch.Tensor:
+        """Float RGB images ``(B, 3, h, w)`` in [0, 1] of scenes ``start:stop``."""
+
+    def chunks(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+        h, w = self.size
+        ds = self.scenes(max(h, w))
+        for start in range(0, len(ds), self.batch_size):
+            images = self.rgb(ds, start, start + self.batch_size)
+            masks = list(ds.masks[start:start + self.batch_size])
+            if masks and masks[0].shape != (h, w):
+                masks = [F.interpolate(m[None, None].float(), size=(h, w), mode="nearest")[0, 0].to(m.dtype)
+                         for m in masks]
+            yield images, masks
 
 
 class VOCBatches(MaskBatches):
