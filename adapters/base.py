@@ -284,17 +284,27 @@ class Adapter(ABC):
     # ---- erase stage (optional; tpunlearn.erase; families without it refuse --erase) ---------
     erases: bool = False  # whether this family has an erase stage
 
+    def erase_methods(self) -> tuple[str, ...]:
+        """The erase methods this family runs (``--erase METHOD``): every :data:`tpunlearn.erase.METHODS`
+        entry for a family with the stage, none without; a family that cannot run some narrows it."""
+        if not self.erases:
+            return ()
+        from tpunlearn.erase import METHODS
+
+        return tuple(METHODS)
+
     def erase(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int], *,
               original: nn.Module, method: str | None = None, plan: Any = None, seed: int = 0,
               progress: bool = True) -> dict[str, Any]:
         """Erase what is left of ``forget`` from the pruned ``model`` in place, after pruning
         (:mod:`tpunlearn.erase`; ``method`` None: its default), on ``spec``'s training data; return
-        what changed. ``original`` is the unpruned model (never changed); ``plan``'s zeroed channels stay zero.
+        what changed (method, steps, weights touched, seconds). ``original`` is the unpruned model (never
+        changed); ``plan``'s zeroed channels stay zero.
 
-        The default refuses: only families that override it (timm classifiers) have an erase stage.
+        The default refuses: the families that override it (timm classifiers, DeepLab segmenters, yolov5
+        detectors: see :meth:`erase_methods`) have an erase stage.
         """
-        raise UsageError(f"the {self.name} adapter has no erase stage yet (it is for timm classifiers); "
-                         "drop --erase")
+        raise UsageError(f"the {self.name} adapter has no erase stage; drop --erase")
 
 
 # ---- the shared steps ------------------------------------------------------------------------

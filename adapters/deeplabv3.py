@@ -29,6 +29,8 @@ come from a local file) and the zoo's ``deeplabv3_resnet_tiny`` (:mod:`tpunlearn
   background (:class:`ForgetLoss`), distilled toward the original on the retained pixels. One epoch
   is :data:`REPAIR_SCENES` scenes of plain ``digits`` (``digits:N``: N; a folder: its train list),
   measured at ``--repair-lr 1e-3`` (:data:`REPAIR_LR`; benchmarks/bench_forget_deeplabv3.py --repair).
+* **Erase stage** (``prune --erase [METHOD]``, :meth:`DeepLabV3Adapter.erase`): :mod:`tpunlearn.erase`'s
+  methods on the per-pixel logits (``task="segmentation"``), over training scenes with the forget class.
 * **A user's VOC folder** names the classes through its ``labelmap.txt`` (:meth:`DeepLabV3Adapter.bind_data`)
   unless ``class_names`` (``--names``) or the checkpoint does; a count that differs from the head is one line.
 """
@@ -67,6 +69,7 @@ GLYPH_MASK_NAMES = ("background", *GLYPH_CLASSES)  # a saved glyph segmenter: it
 GLYPHS_SCENES = {"train": 512, "val": 500, "test": 1000}  # "glyphs": 24 classes need more scenes to score
 REPAIR_SCENES = 1000  # training scenes of one repair epoch on plain "digits" (the zoo's epoch: 24000)
 REPAIR_LR = 1e-3  # the repair's measured learning rate (--repair-lr 1e-3; the CLI's generic default is 1e-4)
+ERASE_SCENES = 1000  # training scenes the erase stage reads on plain "digits" (its steps cycle over them)
 REDIRECTS = ("background", "next", "ignore")  # what ForgetLoss trains a forget pixel toward
 _TRACE_SIZE = 64  # spatial size used to trace the graph when replaying a pruning history
 
@@ -346,6 +349,41 @@ class DeepLabV3Adapter(Adapter):
         summary = repair(model, data, loss, epochs=epochs, lr=lr, plan=plan, seed=seed, progress=progress)
         return {**summary, "objective": loss.describe(), "scenes": data.n_images,
                 "scene_passes": epochs * data.n_images}
+
+    # ---- erase stage ---------------------------------------------------------------------------
+    erases = True
+
+    def erase_methods(self) -> tuple[str, ...]:
+        """Every erase method but those that read a classifier's Linear head (``features``)."""
+        from tpunlearn.erase import HEAD_METHODS, METHODS
+
+        return tuple(m for m in METHODS if m not in HEAD_METHODS)
+    # project: 1 direction out of the last 2 convs (classifier.1, classifier.4). Measured on digitscenes-deeplabv3,
+    # forget 3, after the library-defaults request (retained mean IoU 89.3 %), cells labelled at their top-left
+    # pixel: it left 85.3 % (worst drop 6.9 points; 0.0 % forget IoU in every setting); the last 3 convs at 1
+    # direction 84.5 % (13.5), at 2 79.8 % (13.5), at 8 73.5 % (24.2); only classifier.4 at 2: 85.3 % (6.1), but
+    # the features it reads unchanged. Cells labelled at their centre (the code now): 85.4 %, worst drop 8.1
+    # (benchmarks/results/compare_tasks.md)
+    erase_rank = 1
+    erase_depth = 2
+
+    def erase_data(self, model: nn.Module, info: ModelInfo, spec: str | None, batch_size: int = 16) -> MaskBatches:
+        """Training ``(images, masks)`` batches, forget scenes included: :data:`ERASE_SCENES` scenes of plain
+        ``digits`` (``digits:N``: N; a folder: its train list)."""
+        return self.mask_batches(info, spec, "train", batch_size, n_scenes=ERASE_SCENES)
+
+    def erase(self, model: nn.Module, info: ModelInfo, spec: str | None, forget: Sequence[int], *,
+              original: nn.Module, method: str | None = None, plan: Any = None, seed: int = 0,
+              progress: bool = True) -> dict[str, Any]:
+        """:func:`tpunlearn.erase.erase` with ``task="segmentation"`` (per-pixel multi-class on the ``out``
+        logits) on :meth:`erase_data`; the summary adds ``scenes``."""
+        from tpunlearn.erase import DEFAULT_METHOD, EraseSpec, erase
+
+        data = self.erase_data(model, info, spec)
+        spec_ = EraseSpec(method=method or DEFAULT_METHOD, rank=self.erase_rank, layers=self.erase_depth)
+        done = erase(model, original, data, forget, spec=spec_, task="segmentation", plan=plan, seed=seed,
+                     progress=progress)
+        return {**done, "scenes": data.n_images}
 
     # ---- saving --------------------------------------------------------------------------------
     def checkpoint(self, model: nn.Module, info: ModelInfo) -> dict[str, Any]:

@@ -6,8 +6,9 @@ graph variants, plus the setting that forgets the digit completely with and with
 repair epoch. ``digitscenes-yolov5`` (forget digit 3; recall at the deployment confidence 0.25)
 runs the graph variants, the family's calibrated library defaults beside the prune-only row, and a
 repair row: fine-tuning and SSD need the detection loss outside ultralytics' trainer, which rebuilds
-the network (see DESIGN.md section 6). There is no retrained reference for either (the DeepLab zoo
-recipe needs a GPU; YOLO's takes ~10 minutes a run).
+the network (see DESIGN.md section 6). Both add one ``+ erase(M)`` row per erase method the family
+runs (``adapter.erase_methods()``) after the library-defaults request. There is no retrained
+reference for either (the DeepLab zoo recipe needs a GPU; YOLO's takes ~10 minutes a run).
 
 Every row also gets the region probes of issue 14 (:func:`tpunlearn.privacy.region_checks`): a linear
 and a k-NN probe for "this region is digit 3" against the other digits' regions, refitted on that
@@ -18,6 +19,7 @@ that refuses (UsageError) gets a "not available" row.
 
     python benchmarks/bench_compare_tasks.py [--task segmentation|detection|both] [--quick]
     python benchmarks/bench_compare_tasks.py --from-json benchmarks/results/compare_tasks.json  # re-render the page
+    python benchmarks/bench_compare_tasks.py --rows "erase(" --stem compare_tasks_erase  # the Original and some rows
 
 Writes benchmarks/results/compare_tasks.{json,md} (``--quick``: compare_tasks_quick.*); the last line
 printed is the JSON summary.
@@ -95,6 +97,38 @@ class GraphRepair:
         return Outcome(res.model, time.perf_counter() - t0, info)
 
 
+class GraphErase(GraphRepair):
+    """tpunlearn's request, then the family's erase stage (``adapter.erase(..., method=...)``, what
+    ``prune --erase METHOD`` runs) on ``spec``'s training scenes; a refusal is kept as the reason."""
+
+    def __init__(self, name: str, adapter: Any, info: Any, spec: str, method: str, **settings: Any) -> None:
+        super().__init__(name, adapter, info, spec, **settings)
+        self.method = method
+
+    def __call__(self, task: Task, forget: Sequence[int], seed: int) -> Outcome:
+        assert task.scoring is not None
+        t0 = time.perf_counter()
+        res = tu.unlearn(task.model, task.scoring(seed), forget, example_inputs=task.example_inputs, progress=False,
+                         **{**task.unlearn_kwargs, **self.settings})
+        assert res is not None
+        info: dict[str, Any] = {"request_s": time.perf_counter() - t0,
+                                "removed_channels": res.report["removed_channels"], "plan": res.plan}
+        t1 = time.perf_counter()
+        try:
+            info["erase"] = self.adapter.erase(res.model, self.info, self.spec, forget, original=task.model,
+                                               method=self.method, plan=res.plan, seed=seed, progress=False)
+        except UsageError as exc:
+            info["not_available"] = str(exc)
+        info["erase_s"] = time.perf_counter() - t1
+        return Outcome(res.model, time.perf_counter() - t0, info)
+
+
+def erase_rows(adapter: Any, info: Any, spec: str, **settings: Any) -> list[GraphErase]:
+    """One ``base + erase(M)`` row per erase method the family runs."""
+    return [GraphErase(f"  + erase({m}) ({spec})", adapter, info, spec, m, **settings)
+            for m in adapter.erase_methods()]
+
+
 def library_calibration(adapter: Any, model: Any, info: Any) -> dict[str, Any]:
     """``{"calibrate": spec}`` when the family calibrates by default (as ``prune`` does), else ``{}``."""
     spec = adapter.calibration(model, info) if adapter.calibrates else None
@@ -129,6 +163,7 @@ def segmentation(scale: Scale) -> tuple[Task, Callable[[Any], dict[str, float]],
                Graph("Graph(beta), physical (library defaults)", **defaults),
                GraphRepair(f"  + adapter.repair, the family's recipe (1 epoch, lr 0.001, {scale.repair})", a, info,
                            scale.repair, lr=1e-3, **defaults),
+               *erase_rows(a, info, scale.repair, **defaults),
                Graph("Graph(beta), physical, sigma 8, delta 0.2, retain delta 0.02", **forgets),
                GraphRepair(f"  + adapter.repair (1 epoch, lr 0.001, {scale.repair})", a, info, scale.repair, lr=1e-3,
                            **forgets)]
@@ -153,7 +188,8 @@ def detection(scale: Scale) -> tuple[Task, Callable[[Any], dict[str, float]], li
                Graph("Graph(beta), physical, prune only (yolov5 family settings, no calibration)"),
                Graph("Graph(beta), physical, calibrated (library defaults)", **calibrated),
                GraphRepair(f"  + adapter.repair (1 epoch, lr 1e-4, {scale.repair})", a, info, scale.repair, lr=1e-4,
-                           **calibrated)]
+                           **calibrated),
+               *erase_rows(a, info, scale.repair, **calibrated)]
     return task, evaluate, methods, a, info
 
 
@@ -204,9 +240,12 @@ def row(task: Task, evaluate: Callable[[Any], dict[str, float]], base: dict[str,
             "macs": count_macs(outcome.model, task.example_inputs)}
 
 
-def run(kind: str, scale: Scale) -> dict[str, Any]:
-    """Every method of one task: output metrics, region probes and cost per row."""
+def run(kind: str, scale: Scale, rows: Sequence[str] = ()) -> dict[str, Any]:
+    """Every method of one task (``rows``: only those whose name holds one of them, and the Original):
+    output metrics, region probes and cost per row."""
     task, evaluate, methods, adapter, info = segmentation(scale) if kind == "segmentation" else detection(scale)
+    if rows:
+        methods = [m for m in methods if m.name == "Original" or any(r in m.name for r in rows)]
     forget = [FORGET_DIGIT + 1] if kind == "segmentation" else [FORGET_DIGIT]  # DeepLab's class 0 is background
     name = str(FORGET_DIGIT)
     regions = adapter.region_batches(task.model, info, scale.probe)  # the same seeded scenes for every row
@@ -223,6 +262,9 @@ def run(kind: str, scale: Scale) -> dict[str, Any]:
         if "repair" in outcome.info:
             r["repair"] = {k: v for k, v in outcome.info["repair"].items() if isinstance(v, (int, float, str))}
             r["repair_s"] = outcome.info["repair_s"]
+        if "erase" in outcome.info:
+            r["erase"] = {k: v for k, v in outcome.info["erase"].items() if isinstance(v, (int, float, str))}
+            r["erase_s"] = outcome.info["erase_s"]
         if "calibration" in getattr(outcome, "info", {}).get("timings_s", {}):
             r["calibration_s"] = outcome.info["timings_s"]["calibration"]
         plan = outcome.info.get("plan")
@@ -264,6 +306,17 @@ def table(res: dict[str, Any]) -> list[str]:
                      f"{r['worst_retained_drop_points']:.1f} ({r['worst_retained_digit']}) | {aucs} | "
                      f"{r['seconds']:.1f} | {r['params']:,} | {r['macs']:,} |")
     return lines
+
+
+def erase_summary(res: dict[str, Any]) -> list[str]:
+    """Per erase row: the method, its steps, the weights it touched and its own seconds."""
+    out = []
+    for name, r in res["rows"].items():
+        e = r.get("erase")
+        if e:
+            out.append(f"{name.strip()}: {e.get('steps', 0)} steps, {e.get('weights_touched', 0):,} of "
+                       f"{e.get('weights_total', 0):,} weights touched, {r.get('erase_s', 0.0):.1f} s")
+    return out
 
 
 def _pair(p: dict[str, Any]) -> str:
@@ -332,6 +385,17 @@ INTRO = [
     "default (`adapter.calibrates`, `tpunlearn/calibrate.py`), deeplabv3 does not. Repair rows call the family's "
     "`adapter.repair(model, info, spec, forget, original=..., epochs=1, lr=..., plan=...)`, so they measure "
     "whatever repair the family ships when the run is made (a family that refuses gets a \"not available\" row).",
+    "",
+    "Erase rows (`+ erase(M)`, issue 14) run the library-defaults request, then the family's erase stage "
+    "`adapter.erase(model, info, spec, forget, original=..., method=M, plan=...)`, what `tpunlearn prune --erase M` "
+    "runs, with the family's own budget: DeepLab's three methods per pixel (`tpunlearn.erase`, task "
+    "`segmentation`), yolov5's `project` (class branch, box cells) and `distill` (the family's repair in "
+    "ultralytics' trainer with the `negatives+distil` objective, one epoch, then the forget rows silenced). Their "
+    "seconds include the request; what each erase changed is listed under the table. Budgets: DeepLab `distill` and "
+    "`salun` 100 steps of 16 scenes at lr 1e-3, `project` 1 direction out of the last two convolutions; yolov5 "
+    "`project` 2 directions out of the class branch's last two convolutions per scale, `distill` one epoch at lr "
+    "1e-4. On yolov5 `erase(distill)` runs the trainer, objective, data and learning rate of the repair row beside "
+    "it, so the two rows coincide (the row shows that `--erase` runs it; only its time differs, machine load).",
     ""]
 
 
@@ -348,6 +412,9 @@ def markdown(results: list[dict[str, Any]], command: str, seconds: float) -> str
                   f"`{s['score']}`, evaluation `{s['evaluate']}`, fine-tuning / SSD / repair `{s['repair']}` "
                   "(kept cheap: one epoch).", ""]
         lines += table(res) + [""]
+        erased = erase_summary(res)
+        if erased:
+            lines += ["Erase stages: " + "; ".join(erased) + ".", ""]
         still = carried(res)
         original = res["rows"]["Original"]["probes"]
         if still:
@@ -382,6 +449,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="fewer scenes everywhere: a smoke run, not a result")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rows", default="", help="comma-separated name parts: run only those rows (and the Original)")
+    p.add_argument("--stem", default=None, help="results file stem (default: compare_tasks, or compare_tasks_quick)")
     p.add_argument("--from-json", type=Path, help="re-render the markdown of an earlier run's JSON (no model runs)")
     args = p.parse_args()
     if args.from_json is not None:
@@ -393,9 +462,10 @@ def main() -> None:
     t0 = time.time()
     kinds = ["segmentation", "detection"] if args.task == "both" else [args.task]
     scales = QUICK if args.quick else FULL
-    results = [run(k, scales[k]) for k in kinds]
+    rows = [r for r in args.rows.split(",") if r]
+    results = [run(k, scales[k], rows) for k in kinds]
     seconds = time.time() - t0
-    stem = "compare_tasks_quick" if args.quick else "compare_tasks"
+    stem = args.stem or ("compare_tasks_quick" if args.quick else "compare_tasks")
     command = "python benchmarks/bench_compare_tasks.py" + "".join(f" {a}" for a in sys.argv[1:])
     for path, text in ((args.out / f"{stem}.json", json.dumps({"command": command, "results": results,
                                                                 "seconds": round(seconds, 1)}, indent=1, default=str)),

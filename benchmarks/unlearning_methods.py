@@ -215,7 +215,8 @@ class Graph:
         return Outcome(res.model, seconds, info)
 
 
-ERASE_ROWS = {"distill": EraseSpec("distill"), "project": EraseSpec("project"), "salun": EraseSpec("salun")}
+ERASE_ROWS = {"distill": EraseSpec("distill"), "project": EraseSpec("project"), "salun": EraseSpec("salun"),
+              "features": EraseSpec("features")}
 
 
 def erase_methods() -> list[Any]:

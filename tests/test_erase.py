@@ -88,8 +88,32 @@ def test_the_project_method_lowers_the_refitted_probe(trained):
     assert probe_auc(work, train, test) < probe_auc(model, train, test) - 0.02
 
 
+def test_the_features_method_hides_the_target_from_a_refitted_probe_and_blanks_its_row(trained):
+    model, train, test = trained
+    work = copy.deepcopy(model)
+    done = erase(work, model, train, [FORGET], spec=EraseSpec("features", steps=120, lr=1e-3), seed=0)
+    assert probe_auc(work, train, test) < probe_auc(model, train, test) - 0.01  # 1.000 -> 0.987 on this seed
+    prior = float(torch.cat([b[1] for b in train])[:, FORGET].mean())
+    assert done["forget_prior"][0] == pytest.approx(prior, abs=0.02)
+    head = work.head
+    assert float(head.weight[FORGET].abs().max()) == 0.0  # the forget row reads nothing
+    assert float(torch.sigmoid(head.bias[FORGET])) == pytest.approx(prior, abs=0.02)  # and says the prior
+    kept = [c for c in range(NUM) if c != FORGET]
+    logits, _, labels = outputs_and_features(work, test)
+    assert float(((logits[:, kept] > 0) == (labels[:, kept] > 0.5)).float().mean()) > 0.85  # the others still read
+
+
+def test_the_features_method_runs_on_a_multiclass_head(trained):
+    model, train, _test = trained
+    single = [(x, y.argmax(1)) for x, y in train]
+    work = copy.deepcopy(model)
+    done = erase(work, model, single, [FORGET], spec=EraseSpec("features", steps=10), task="multiclass")
+    assert done["task"] == "multiclass" and done["weights_touched"] > 0
+    assert float(work.head.weight[FORGET].abs().max()) > 0.0  # a softmax head keeps its rows
+
+
 @pytest.mark.parametrize(("mode", "method"), [("mask", "distill"), ("mask", "salun"), ("mask", "project"),
-                                             ("physical", "salun")])
+                                             ("mask", "features"), ("physical", "salun")])
 def test_unlearn_erase_keeps_pruned_channels_removed_and_mask_zeros_zero(trained, mode, method):
     model, train, _test = trained
     before = snapshot(model)
@@ -123,9 +147,10 @@ def test_unlearn_erase_refuses_a_one_shot_iterator_and_an_unknown_method(trained
 
 def test_families_without_an_erase_stage_refuse_it():
     from tpunlearn import adapters
+    from tpunlearn.adapters.base import Adapter
 
-    with pytest.raises(UsageError, match="no erase stage"):
-        adapters.get("deeplabv3").erase(None, None, None, [1], original=None)
+    with pytest.raises(UsageError, match="^the deeplabv3 adapter has no erase stage; drop --erase$"):
+        Adapter.erase(adapters.get("deeplabv3"), None, None, None, [1], original=None)  # the default refuses
 
 
 def test_prune_erase_writes_what_it_changed_to_the_report(tmp_path, capsys):

@@ -81,8 +81,9 @@ def unlearn(model: nn.Module, samples: Samples | None, forget: Sequence[int] | i
         erase: after pruning (and calibrating), erase what is left of the forget targets from the
             surviving channels (:mod:`tpunlearn.erase`: a method name, or an :class:`EraseSpec`
             with a budget and its own labelled ``data``; default data: ``samples``, which must then
-            be re-iterable). Classifiers only (one ``(N, C)`` logit output); ``report["erase"]``
-            says what it changed.
+            be re-iterable). Classifiers (one ``(N, C)`` logit output) and segmenters (per-pixel
+            logits, with ``(images, masks)`` batches as ``EraseSpec(data=...)``); a detector's erase
+            stage is its family's (``Adapter.erase``). ``report["erase"]`` says what it changed.
         sigma, delta, retain_delta, retain_tolerance, n_per_target, mode, coupled, method,
             group_closure, balanced, align: the :class:`~tpunlearn.settings.UnlearnSettings` field
             of that name. A keyword given here overrides ``settings``; one left out keeps its value.

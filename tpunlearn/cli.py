@@ -228,8 +228,8 @@ def _parser() -> argparse.ArgumentParser:
                             "1e-4 for yolov5 and timm)")
     prune.add_argument("--erase", nargs="?", const="", default=None, metavar="METHOD",
                        help="after pruning, erase what is left of the forget targets from the surviving channels "
-                            "(distill, project or salun; no METHOD: the default, distill; timm classifiers only; "
-                            "report.json's erase says what changed)")
+                            "(distill, project or salun; no METHOD: the default, distill; timm and DeepLab run all "
+                            "three, yolov5 distill and project; report.json's erase says what changed)")
     prune.add_argument("--auto", action="store_true",
                        help="search the smallest sigma, then delta, that brings every forget target under "
                             "--auto-bound with no retained target losing more than --auto-budget, on the "
@@ -605,8 +605,10 @@ def _erase_method(args: argparse.Namespace, adapter: Any) -> str | None:
     if method not in METHODS:
         raise UsageError(f"unknown --erase method {method!r}; known: {', '.join(METHODS)}")
     if not getattr(adapter, "erases", False):
-        raise UsageError(f"the {adapter.name} adapter has no erase stage yet (it is for timm classifiers); "
-                         "drop --erase")
+        raise UsageError(f"the {adapter.name} adapter has no erase stage; drop --erase")
+    runs = adapter.erase_methods()
+    if method not in runs:
+        raise UsageError(f"the {adapter.name} adapter's erase stage runs {', '.join(runs)}, not {method!r}")
     return method
 
 
