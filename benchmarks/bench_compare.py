@@ -116,6 +116,9 @@ MODELS = {
 }
 
 
+POLL_S = 30.0  # how often a waiting run looks for a reference checkpoint
+
+
 class MissingReference(RuntimeError):
     """No cached target-level reference for a setting, and this run does not train one."""
 
@@ -133,7 +136,7 @@ def reference_model(forget: Sequence[int], seed: int, epochs: int, scenes: int, 
     if not path.is_file() and wait_s > 0:
         print(f"  waiting up to {wait_s / 60:.0f} min for {path}", flush=True)
     while not path.is_file() and time.monotonic() < deadline:
-        time.sleep(min(30.0, max(0.0, deadline - time.monotonic())))
+        time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
     if not path.is_file():
         if not train:
             raise MissingReference(f"no cached reference {path} ({epochs} epochs on {scenes} scenes, seed {seed}); "

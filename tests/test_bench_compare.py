@@ -151,3 +151,23 @@ def test_glyph_table_end_to_end(bench: Any, module_cache: None, tmp_path: Path) 
     assert "goals" in rows["Original"] and "notes" not in again["settings"][1]
     assert again["cost"]["graph_build_s"] == result["cost"]["graph_build_s"] and len(again["runs"]) == 2
     assert "--resume`" in (tmp_path / "g.md").read_text()
+
+
+def test_reference_wait_finds_a_checkpoint_that_lands_and_never_trains(bench: Any, module_cache: None,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from train_reference import default_path
+
+    path = default_path("glyphscenes-resnet", [22], 0, 1, 64)
+    with pytest.raises(bench.MissingReference, match="not training one here"):
+        bench.reference_model([22], 0, 1, 64, "glyphscenes-resnet", train=False, wait_s=0.2)
+    assert not path.exists()
+    monkeypatch.setattr(bench, "POLL_S", 0.2)
+    landing = threading.Timer(0.5, _stand_in_reference, (path, 22))  # another job writes it while we wait
+    landing.start()
+    try:
+        model, seconds = bench.reference_model([22], 0, 1, 64, "glyphscenes-resnet", train=False, wait_s=60)
+    finally:
+        landing.join()
+    assert seconds == 123.0 and model.fc.bias[22].item() == -10.0
