@@ -472,8 +472,8 @@ def _commands(result: dict[str, Any]) -> list[str]:
     if not runs:
         return [f"Command: `python benchmarks/bench_compare.py {' '.join(result.get('argv', []))}`"]
     return ["Commands (each later `--resume` run kept the rows already measured and measured only the missing "
-            "ones, with the same data and seeds): " + "; ".join(f"`python benchmarks/bench_compare.py "
-                                                               f"{shlex.join(a)}`" for a in runs)]
+            "ones, with the same data and seeds; the cost line's graph build and request are the first run's): "
+            + "; ".join(f"`python benchmarks/bench_compare.py {shlex.join(a)}`" for a in runs)]
 
 
 def _setting_lines(result: dict[str, Any]) -> list[str]:
