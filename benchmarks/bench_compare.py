@@ -553,6 +553,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="keep the rows already in the results file (same settings' labels) and measure only the "
                    "missing ones, e.g. a reference row whose checkpoint landed later; the cost line stays the first "
                    "run's")
+    p.add_argument("--remeasure", default="", help="with --resume: measure again the kept rows whose name contains "
+                   "one of these comma-separated strings (e.g. an erase method that changed since)")
     p.add_argument("--stem", default=None, help="results file stem (default compare, or compare_quick)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--threads", type=int, default=2)
@@ -668,6 +670,9 @@ def resumed(args: argparse.Namespace, path: Path) -> dict[str, Any] | None:
     if not args.resume or not path.is_file():
         return None
     prior = json.loads(path.read_text())
+    again = [w for w in args.remeasure.split(",") if w]
+    for setting in prior["settings"]:
+        setting["rows"] = {n: r for n, r in setting["rows"].items() if not any(w in n for w in again)}
     if prior.get("model", NAME) != args.model or f"{args.reference_epochs} epochs on {args.reference_scenes} " \
             "scenes" not in prior.get("reference_note", ""):
         raise SystemExit(f"--resume: {path} is another model's or another reference budget's results")

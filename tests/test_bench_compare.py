@@ -171,3 +171,19 @@ def test_reference_wait_finds_a_checkpoint_that_lands_and_never_trains(bench: An
     finally:
         landing.join()
     assert seconds == 123.0 and model.fc.bias[22].item() == -10.0
+
+
+def test_resume_keeps_rows_but_those_asked_to_be_remeasured(bench: Any, tmp_path: Path) -> None:
+    import argparse
+
+    prior = {"model": "glyphscenes-resnet", "reference_note": "... 12 epochs on 24000 scenes (the zoo ...)",
+             "settings": [{"label": "forget star, seed 0", "rows": {"Original": {}, "Graph + erase(features)": {},
+                                                                    "Graph + erase(salun)": {}}}]}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(prior))
+    args = argparse.Namespace(resume=True, remeasure="erase(features)", model="glyphscenes-resnet",
+                              reference_epochs=12, reference_scenes=24000)
+    assert list(bench.resumed(args, path)["settings"][0]["rows"]) == ["Original", "Graph + erase(salun)"]
+    assert bench.resumed(argparse.Namespace(**{**vars(args), "resume": False}), path) is None
+    with pytest.raises(SystemExit, match="another reference budget"):
+        bench.resumed(argparse.Namespace(**{**vars(args), "reference_epochs": 3}), path)
