@@ -65,6 +65,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from tpunlearn.errors import DataError, UsageError, listed
 from tpunlearn.plan import PrunePlan, zero_channels
@@ -242,8 +243,10 @@ def _fit(job: _Job, loss_fn: Callable[..., torch.Tensor], steps: int, lr: float,
     opt = torch.optim.AdamW([p for _, p in params], lr=lr, weight_decay=0.0)
     device = model_device(job.model)
     losses: list[float] = []
-    with _training(job.model):
+    bar = tqdm(total=steps, desc=f"erase ({job.spec.method})", unit="step", disable=not job.progress, leave=False)
+    with _training(job.model), bar:
         for batch in _steps(job.batches, steps):
+            bar.update()
             if features:
                 with _head_input(job.model) as store:
                     out = main_tensor(job.model(batch[0].to(device)))
