@@ -374,8 +374,17 @@ def judge(rows: dict[str, dict[str, Any]], graph_build_s: float) -> None:
             "retained": r["worst_retained_drop_points"] <= GOALS["worst_drop_points"],
             "probe": r["probe_auc_refit"] <= reference["probe_auc_refit"] + GOALS["probe_over_reference"],
             "mia": r["mia_gap_to_reference_points"] <= GOALS["mia_gap_points"],
+            "svm_mia": _svm_within(r, reference),
             "cost": None if frac is None else frac <= GOALS["cost_fraction"],
         }
+
+
+def _svm_within(row: dict[str, Any], reference: dict[str, Any]) -> bool | None:
+    """SalUn's MIA-efficacy within the MIA goal's points of the reference's (None: not measured)."""
+    a, b = row.get("svm_mia_efficacy"), reference.get("svm_mia_efficacy")
+    if a is None or b is None:
+        return None
+    return 100 * abs(a - b) <= GOALS["mia_gap_points"]
 
 
 def cost(task: Task) -> dict[str, float]:
@@ -481,7 +490,8 @@ def _setting_lines(result: dict[str, Any]) -> list[str]:
     plural = _spec(result).plural
     names = result.get("class_names") or [str(d) for d in range(10)]
     lines = ["## Per setting", "", "Goals (issue 14) against the setting's target-level reference: forget <= 2 %, "
-             "worst drop <= 2 points, probe refit <= reference + 0.03, MIA within 5 points of the reference, cost "
+             "worst drop <= 2 points, probe refit <= reference + 0.03, MIA and SVM MIA (svm_mia) each within 5 points "
+             "of the reference's, cost "
              f"(graph build for all {plural} + request + erase, or the method's own time) <= 5 % of one reference "
              "training. Missed goals are named; a dash means no reference in that setting.", "",
              "SVM MIA = SalUn's MIA-efficacy (% of the forget scenes the confidence SVM calls non-members); "

@@ -126,7 +126,7 @@ def test_glyph_table_end_to_end(bench: Any, module_cache: None, tmp_path: Path) 
     reference = star_rows["Retrain, target-level (forget labels masked; reference)"]
     assert graph["params"] < original["params"] and graph["forget_recall"] <= original["forget_recall"]
     assert 0 <= original["worst_retained_digit"] < 24 and original["worst_retained_digit"] != 6
-    assert set(graph["goals"]) == {"forget", "retained", "probe", "mia", "cost"}
+    assert set(graph["goals"]) == {"forget", "retained", "probe", "mia", "svm_mia", "cost"}
     assert reference["mia_gap_to_reference_points"] == 0.0 and reference["forget_recall"] == 0.0
     assert reference["seconds"] == 123.0 and result["cost"]["reference_s"] == 123.0  # the cached record, not retrained
     assert not any(n.startswith("Retrain") for n in circle_rows) and "goals" not in circle_rows["Original"]
