@@ -88,13 +88,18 @@ class GraphRepair:
                                 "removed_channels": res.report["removed_channels"], "plan": res.plan}
         t1 = time.perf_counter()
         try:
-            info["repair"] = self.adapter.repair(res.model, self.info, self.spec, forget, original=task.model,
-                                                 epochs=self.epochs, lr=self.lr, plan=res.plan, seed=seed,
-                                                 progress=False)
+            self.stage(res, task, forget, seed, info)
         except UsageError as exc:
             info["not_available"] = str(exc)
-        info["repair_s"] = time.perf_counter() - t1
+        info[f"{self.kind}_s"] = time.perf_counter() - t1
         return Outcome(res.model, time.perf_counter() - t0, info)
+
+    kind = "repair"
+
+    def stage(self, res: Any, task: Task, forget: Sequence[int], seed: int, info: dict[str, Any]) -> None:
+        """The stage after the request, on the pruned model in place (its summary under ``info[kind]``)."""
+        info["repair"] = self.adapter.repair(res.model, self.info, self.spec, forget, original=task.model,
+                                             epochs=self.epochs, lr=self.lr, plan=res.plan, seed=seed, progress=False)
 
 
 class GraphErase(GraphRepair):
@@ -105,22 +110,11 @@ class GraphErase(GraphRepair):
         super().__init__(name, adapter, info, spec, **settings)
         self.method = method
 
-    def __call__(self, task: Task, forget: Sequence[int], seed: int) -> Outcome:
-        assert task.scoring is not None
-        t0 = time.perf_counter()
-        res = tu.unlearn(task.model, task.scoring(seed), forget, example_inputs=task.example_inputs, progress=False,
-                         **{**task.unlearn_kwargs, **self.settings})
-        assert res is not None
-        info: dict[str, Any] = {"request_s": time.perf_counter() - t0,
-                                "removed_channels": res.report["removed_channels"], "plan": res.plan}
-        t1 = time.perf_counter()
-        try:
-            info["erase"] = self.adapter.erase(res.model, self.info, self.spec, forget, original=task.model,
-                                               method=self.method, plan=res.plan, seed=seed, progress=False)
-        except UsageError as exc:
-            info["not_available"] = str(exc)
-        info["erase_s"] = time.perf_counter() - t1
-        return Outcome(res.model, time.perf_counter() - t0, info)
+    kind = "erase"
+
+    def stage(self, res: Any, task: Task, forget: Sequence[int], seed: int, info: dict[str, Any]) -> None:
+        info["erase"] = self.adapter.erase(res.model, self.info, self.spec, forget, original=task.model,
+                                           method=self.method, plan=res.plan, seed=seed, progress=False)
 
 
 def erase_rows(adapter: Any, info: Any, spec: str, **settings: Any) -> list[GraphErase]:
