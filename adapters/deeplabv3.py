@@ -377,10 +377,10 @@ class DeepLabV3Adapter(Adapter):
               progress: bool = True) -> dict[str, Any]:
         """:func:`tpunlearn.erase.erase` with ``task="segmentation"`` (per-pixel multi-class on the ``out``
         logits) on :meth:`erase_data`; the summary adds ``scenes``."""
-        from tpunlearn.erase import DEFAULT_METHOD, EraseSpec, erase
+        from tpunlearn.erase import EraseSpec, erase
 
         data = self.erase_data(model, info, spec)
-        spec_ = EraseSpec(method=method or DEFAULT_METHOD, rank=self.erase_rank, layers=self.erase_depth)
+        spec_ = EraseSpec(method=method or self.erase_default, rank=self.erase_rank, layers=self.erase_depth)
         done = erase(model, original, data, forget, spec=spec_, task="segmentation", plan=plan, seed=seed,
                      progress=progress)
         return {**done, "scenes": data.n_images}

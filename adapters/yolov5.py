@@ -482,9 +482,7 @@ class YOLOv5Adapter(Adapter):
           objective (the retained classes' scores toward the original's, the forget class's boxes as
           background) for one epoch of :data:`ERASE_SCENES` scenes, then the forget rows silenced.
         """
-        from tpunlearn.erase import DEFAULT_METHOD
-
-        method = method or DEFAULT_METHOD
+        method = method or self.erase_default
         if method not in ERASE_METHODS:
             raise UsageError(f"the yolov5 erase stage runs {' or '.join(ERASE_METHODS)}, not {method!r} (it "
                              "relabels per-sample class logits, which a detector does not give)")

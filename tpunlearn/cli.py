@@ -600,9 +600,9 @@ def _erase_method(args: argparse.Namespace, adapter: Any) -> str | None:
     without the stage are one line."""
     if args.erase is None:
         return None
-    from tpunlearn.erase import DEFAULT_METHOD, METHODS
+    from tpunlearn.erase import METHODS
 
-    method = args.erase or getattr(adapter, "erase_default", DEFAULT_METHOD)
+    method = args.erase or adapter.erase_default
     if method not in METHODS:
         raise UsageError(f"unknown --erase method {method!r}; known: {', '.join(METHODS)}")
     if not getattr(adapter, "erases", False):

@@ -244,15 +244,12 @@ def _fit(job: _Job, loss_fn: Callable[..., torch.Tensor], steps: int, lr: float,
     device = model_device(job.model)
     losses: list[float] = []
     bar = tqdm(total=steps, desc=f"erase ({job.spec.method})", unit="step", disable=not job.progress, leave=False)
-    with _training(job.model), bar:
+    heads = _head_input(job.model) if features else contextlib.nullcontext([])
+    with _training(job.model), bar, heads as store:
         for batch in _steps(job.batches, steps):
             bar.update()
-            if features:
-                with _head_input(job.model) as store:
-                    out = main_tensor(job.model(batch[0].to(device)))
-                loss = loss_fn(out, batch, store[-1])
-            else:
-                loss = loss_fn(main_tensor(job.model(batch[0].to(device))), batch)
+            out = main_tensor(job.model(batch[0].to(device)))
+            loss = loss_fn(out, batch, store.pop()) if features else loss_fn(out, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if masks is not None:
@@ -311,12 +308,9 @@ def _distill(job: _Job) -> dict[str, Any]:
         done = _fit(job, loss, steps, lr)
         return {**done, "absent_logits": [round(float(v), 3) for v in absent]}
 
-    def loss_mc(out: torch.Tensor, batch: Any) -> torch.Tensor:
-        probs = torch.softmax(_original_logits(job, batch[0]), 1)
-        probs[:, forget] = 0.0
-        probs = probs / probs.sum(1, keepdim=True).clamp(min=1e-12)
-        return F.kl_div(torch.log_softmax(out, 1), probs, reduction="batchmean")
-    return _fit(job, loss_mc, steps, lr)
+    retained = torch.ones(job.width, dtype=torch.bool)
+    retained[forget] = False
+    return _fit(job, lambda out, batch: _retained_kd(job, out, batch, retained), steps, lr)
 
 
 def _distill_pixels(job: _Job) -> dict[str, Any]:
@@ -339,17 +333,11 @@ def _distill_pixels(job: _Job) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- features
-@contextlib.contextmanager
-def _head_input(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+def _head_input(model: nn.Module, keep_graph: bool = True) -> contextlib.AbstractContextManager[list[torch.Tensor]]:
     """The head's input (the penultimate features, flattened) of every forward, with its graph."""
-    from tpunlearn.privacy import head_layer
+    from tpunlearn.privacy import capture_input, head_layer
 
-    store: list[torch.Tensor] = []
-    handle = head_layer(model).register_forward_pre_hook(lambda _m, args: store.append(args[0].flatten(1)))
-    try:
-        yield store
-    finally:
-        handle.remove()
+    return capture_input(head_layer(model), keep_graph=keep_graph)
 
 
 @torch.no_grad()
@@ -357,10 +345,10 @@ def _feature_stats(job: _Job, most: int = 2048) -> tuple[torch.Tensor, torch.Ten
     """The pruned model's penultimate features' mean and std, and the forget targets' prior, over
     up to ``most`` samples (the adversary reads standardised features, as the refitted probe does)."""
     feats, concept, count = [], [], 0
-    with eval_mode(job.model), _head_input(job.model) as store:
+    with eval_mode(job.model), _head_input(job.model, keep_graph=False) as store:
         for batch in job.batches:
             job.model(batch[0].to(model_device(job.model)))
-            feats.append(store.pop().float().cpu())
+            feats.append(store.pop())
             concept.append(job.labels(batch)[:, job.forget])
             count += len(feats[-1])
             if count >= most:
@@ -686,9 +674,9 @@ def _forget_directions(mean: torch.Tensor, forget_m: torch.Tensor, retain_m: tor
 METHODS: dict[str, Callable[[_Job], dict[str, Any]]] = {"distill": _distill, "project": _project, "salun": _salun,
                                                         "features": _features}
 HEAD_METHODS = ("features",)  # methods that need a classifier's Linear head (not for segmentation)
-# Chosen by benchmarks/results/compare_erase.md (digitscenes-resnet, forget 3, seed 0; the pruned model: probe
-# refit 1.000, MIA 61.4 %): distill brought the MIA to 42.1 % (reference 43.5 %) and the probe to 0.889 (the
-# lowest), at a 3.1-point retained drop; project 0.940 / 63.0 % (drop 4.2), salun 1.000 / 61.7 % (drop 0.5)
+# The method of an EraseSpec that names none, and of the families without a measured choice of their own
+# (Adapter.erase_default: the timm family runs features, which kept the retained digits and matched the
+# reference's attacks where distill lost 3-6 points; benchmarks/results/compare_erase_a.md)
 DEFAULT_METHOD = "distill"
 IGNORE_LABEL = 255  # the mask value segmentation losses leave out
 FORGET_PIXEL_WEIGHT = 10.0  # a forget pixel's weight in the segmentation losses' pixel mean (as the DeepLab repair's)

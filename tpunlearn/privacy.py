@@ -109,9 +109,15 @@ def head_layer(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _capture_input(module: nn.Module) -> Iterator[list[torch.Tensor]]:
+def capture_input(module: nn.Module, keep_graph: bool = False) -> Iterator[list[torch.Tensor]]:
+    """``module``'s input of every forward while inside, flattened per sample: detached float CPU
+    copies, or (``keep_graph``) the tensors themselves, for a loss to train through."""
     store: list[torch.Tensor] = []
-    handle = module.register_forward_pre_hook(lambda _m, args: store.append(args[0].detach().flatten(1).float().cpu()))
+
+    def keep(_m: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0].flatten(1)
+        store.append(x if keep_graph else x.detach().float().cpu())
+    handle = module.register_forward_pre_hook(keep)
     try:
         yield store
     finally:
@@ -134,7 +140,7 @@ def outputs_and_features(model: nn.Module, batches: Iterable[Any],
     outputs, labels = [], []
     device = model_device(model)
     seen = 0
-    with eval_mode(model), _capture_input(head_layer(model)) as store:
+    with eval_mode(model), capture_input(head_layer(model)) as store:
         for images, target, *_ in batches:
             if limit is not None and seen >= limit:
                 break
