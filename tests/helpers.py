@@ -186,6 +186,19 @@ def unlearn_family(adapter: Any, model: nn.Module, info: Any, samples: Any, forg
     return tu.unlearn(model, samples, forget=forget, **{**wiring, **kwargs})
 
 
+def family_request(cache: dict[str, Any], built: tuple[Any, nn.Module, Any], mode: str, data: str,
+                   forget: list[int], **kwargs: Any) -> Any:
+    """The family's default request (``adapter.defaults``, ``kwargs`` on top) on ``data``, made once per
+    ``mode`` into ``cache``; each call returns a deep copy, so a test may train or erase it."""
+    import copy
+
+    adapter, model, info = built
+    if mode not in cache:
+        samples = adapter.samples(model, info, data)
+        cache[mode] = unlearn_family(adapter, model, info, samples, forget, mode=mode, **adapter.defaults, **kwargs)
+    return copy.deepcopy(cache[mode])
+
+
 # ---- the command line ----------------------------------------------------------------------------------------
 Result = tuple[int, str, str]  # (exit code, stdout, stderr)
 

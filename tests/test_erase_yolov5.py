@@ -4,7 +4,6 @@ pruned module itself in ultralytics' trainer; both keep the parameter count, eve
 mask-mode zeros, and leave the original alone. ``BoxMasks`` labels the pixels of each box."""
 from __future__ import annotations
 
-import copy
 import os
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from helpers import n_params, unlearn_family  # noqa: E402
+from helpers import family_request, n_params, snapshot  # noqa: E402
 
 import tpunlearn as tu  # noqa: E402
 from tpunlearn.adapters import ultralytics_repair as ur  # noqa: E402
@@ -37,15 +36,7 @@ _REQUESTS: dict[str, object] = {}
 def request(built, mode: str):
     """The family's default request forgetting digit 3, calibrated as prune does (made once per mode)."""
     adapter, model, info = built
-    if mode not in _REQUESTS:
-        samples = adapter.samples(model, info, DATA)
-        _REQUESTS[mode] = unlearn_family(adapter, model, info, samples, [FORGET], mode=mode,
-                                         calibrate=adapter.calibration(model, info), **adapter.defaults)
-    return copy.deepcopy(_REQUESTS[mode])
-
-
-def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return family_request(_REQUESTS, built, mode, DATA, [FORGET], calibrate=adapter.calibration(model, info))
 
 
 def check_kept(res, before: dict[str, torch.Tensor], n_pruned: int) -> None:
@@ -61,7 +52,7 @@ def check_kept(res, before: dict[str, torch.Tensor], n_pruned: int) -> None:
 def test_project_changes_only_the_class_branch(built, mode):
     adapter, model, info = built
     res = request(built, mode)
-    original, before, n_pruned = state(model), state(res.model), n_params(res.model)
+    original, before, n_pruned = snapshot(model), snapshot(res.model), n_params(res.model)
     assert bool(res.plan.zero_ops()) == (mode == "mask")
     done = adapter.erase(res.model, info, DATA, [FORGET], original=model, method="project", plan=res.plan,
                          progress=False)
@@ -70,7 +61,7 @@ def test_project_changes_only_the_class_branch(built, mode):
     assert done["method"] == "project" and done["task"] == "detection" and done["steps"] == 0
     assert done["weights_touched"] > 0 and done["seconds"] > 0 and done["weights_total"] == n_pruned
     assert set(done["layers"]) <= set(adapter.erase_layers(res.model)) and done["layers"]
-    after = state(res.model)
+    after = snapshot(res.model)
     moved = {k for k in after if after[k].is_floating_point() and not torch.equal(after[k], before[k])}
     assert moved and all(".cv3." in k and k.endswith(".weight") for k in moved)  # boxes and features untouched
     head = res.model.model[-1]
@@ -81,7 +72,7 @@ def test_project_changes_only_the_class_branch(built, mode):
 def test_distill_trains_the_pruned_module_in_the_family_trainer(built, mode, tmp_path, monkeypatch):
     adapter, model, info = built
     res = request(built, mode)
-    original, before, n_pruned = state(model), state(res.model), n_params(res.model)
+    original, before, n_pruned = snapshot(model), snapshot(res.model), n_params(res.model)
     monkeypatch.chdir(tmp_path)  # ultralytics would leave runs/ here
     done = adapter.erase(res.model, info, DATA, [FORGET], original=model, method="distill", plan=res.plan,
                          progress=False)

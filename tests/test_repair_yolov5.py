@@ -23,7 +23,7 @@ from tpunlearn.adapters import ultralytics_repair as ur  # noqa: E402
 from tpunlearn.errors import PlanError, UsageError  # noqa: E402
 from tpunlearn.plan import module_by_name  # noqa: E402
 
-from helpers import listing_with_times, n_params, run, unlearn_family  # noqa: E402
+from helpers import family_request, listing_with_times, n_params, run, snapshot  # noqa: E402
 
 NAME = "digitscenes-yolov5"
 FORGET = 3
@@ -43,24 +43,14 @@ _REQUESTS: dict[str, object] = {}
 
 def request(built, mode: str):
     """The family's default request forgetting digit 3 (made once per mode; repairs train copies)."""
-    import copy
-
-    adapter, model, info = built
-    if mode not in _REQUESTS:
-        samples = adapter.samples(model, info, "digits:16")
-        _REQUESTS[mode] = unlearn_family(adapter, model, info, samples, [FORGET], mode=mode, **adapter.defaults)
-    return copy.deepcopy(_REQUESTS[mode])
-
-
-def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return family_request(_REQUESTS, built, mode, "digits:16", [FORGET])
 
 
 @pytest.mark.parametrize("mode", ["physical", "mask"])
 def test_repair_trains_the_pruned_module_and_keeps_its_pruning(built, mode, tmp_path, monkeypatch):
     adapter, model, info = built
     res = request(built, mode)
-    original, pruned_before = state(model), state(res.model)
+    original, pruned_before = snapshot(model), snapshot(res.model)
     n_pruned = n_params(res.model)
     assert (n_pruned < n_params(model)) == (mode == "physical")
     zero_ops = res.plan.zero_ops()
@@ -72,7 +62,7 @@ def test_repair_trains_the_pruned_module_and_keeps_its_pruning(built, mode, tmp_
     assert summary["params_before"] == summary["params_after"] == n_params(res.model) == n_pruned
     assert summary["steps"] >= 1 and summary["images"] == 16 and summary["objective"] == adapter.repair_objective
     assert "kd_loss" in summary["loss_items_last"] and summary["loss_first"] > 0
-    after = state(res.model)
+    after = snapshot(res.model)
     assert {k: v.shape for k, v in after.items()} == {k: v.shape for k, v in pruned_before.items()}
     assert all(v.dtype == pruned_before[k].dtype for k, v in after.items())  # FP32 back, not ultralytics' half
     moved = [k for k in after if after[k].is_floating_point() and not torch.equal(after[k], pruned_before[k])]
