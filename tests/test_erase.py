@@ -91,18 +91,60 @@ def test_the_project_method_lowers_the_refitted_probe(trained):
 def test_the_features_method_hides_the_target_from_a_refitted_probe_and_blanks_its_row(trained):
     model, train, test = trained
     work, plain = copy.deepcopy(model), copy.deepcopy(model)
-    done = erase(work, model, train, [FORGET], spec=EraseSpec("features", steps=120, lr=1e-3, weight=2.0), seed=0)
+    done = erase(work, model, train, [FORGET], spec=EraseSpec("features", steps=120, lr=1e-3, weight=1.0), seed=0)
     erase(plain, model, train, [FORGET], spec=EraseSpec("features", steps=120, lr=1e-3, weight=0.0), seed=0)
     hidden, kept_only = probe_auc(work, train, test), probe_auc(plain, train, test)
     assert hidden < kept_only - 0.01 and hidden < probe_auc(model, train, test) - 0.01, (hidden, kept_only)
-    prior = float(torch.cat([b[1] for b in train])[:, FORGET].mean())
-    assert done["forget_prior"][0] == pytest.approx(prior, abs=0.02)
+    assert done["mean_gap_after"] < 0.5 * done["mean_gap_before"], done
+    assert done["trained_from"] == "input" and done["samples"] == 512  # no feature_info: the whole body
     head = work.head
     assert float(head.weight[FORGET].abs().max()) == 0.0  # the forget row reads nothing
     assert 0.4 < float(torch.sigmoid(head.bias[FORGET])) < 0.5  # and says "don't know", below the rule
     kept = [c for c in range(NUM) if c != FORGET]
     logits, _, labels = outputs_and_features(work, test)
     assert float(((logits[:, kept] > 0) == (labels[:, kept] > 0.5)).float().mean()) > 0.85  # the others still read
+    assert torch.equal(head.weight[kept], model.head.weight[kept])  # the head's retained rows are the original's
+
+
+class Staged(TinyCNN):
+    """TinyCNN that lists its stages as timm's models do."""
+
+    feature_info = [{"module": "conv1"}, {"module": "conv2"}, {"module": "conv3"}]
+
+
+class Skipped(TinyCNN):
+    """TinyCNN with a skip connection around conv3: the tail after conv3's input needs more than it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.relu(self.bn3(self.conv3(x))) + x.mean(1, keepdim=True)
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+@pytest.mark.parametrize(("cls", "train_from", "frozen", "trained_from"), [
+    (Staged, None, ("conv1", "bn1"), "conv2"),  # the second-last listed stage
+    (TinyCNN, "conv3", ("conv1", "bn1", "conv2", "bn2"), "conv3"),
+    (Skipped, "conv3", (), "input"),  # the cached input does not give the model's output: the whole body
+])
+def test_the_features_method_trains_only_the_tail_it_can_run_from_cached_inputs(trained, cls, train_from, frozen,
+                                                                                 trained_from):
+    model, train, _test = trained
+    staged = cls(num_classes=NUM)
+    staged.load_state_dict(model.state_dict())
+    staged.eval()
+    work = copy.deepcopy(staged)
+    done = erase(work, staged, train, [FORGET], spec=EraseSpec("features", steps=10, lr=1e-2, train_from=train_from))
+    assert done["trained_from"] == trained_from
+    moved = {n.split(".")[0] for n, p in work.named_parameters() if not torch.equal(p, staged.get_parameter(n))}
+    assert moved and not moved & set(frozen), moved
+    assert all(p.requires_grad for p in work.parameters())  # frozen only while it trains
+
+
+def test_the_features_method_refuses_a_module_the_model_lacks(trained):
+    model, train, _test = trained
+    with pytest.raises(UsageError, match="no module 'layer9'"):
+        erase(copy.deepcopy(model), model, train, [FORGET], spec=EraseSpec("features", train_from="layer9"))
 
 
 def test_the_features_method_runs_on_a_multiclass_head(trained):
