@@ -413,7 +413,11 @@ def _cache_tail(job: _Job, cut: str | None) -> _Tail:
     :data:`FEATURE_CACHE_BYTES`; a cut whose tail does not give the model's own output (a skip connection
     around it) falls back to the whole body."""
     device = model_device(job.model)
-    inputs, targets, concept, outputs, size = [], [], [], [], 0
+    inputs: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    concept: list[torch.Tensor] = []
+    outputs: list[torch.Tensor] = []
+    size = 0
     first = next(iter(job.batches))[0][:1].to(device)
     seen: list[torch.Tensor] = []
     handle = (dict(job.model.named_modules())[cut].register_forward_pre_hook(lambda _m, a: seen.append(a[0].detach()))
