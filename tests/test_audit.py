@@ -104,6 +104,22 @@ def test_report_html_shows_the_audit_table_and_the_inversion(tmp_path):
     assert "knn_probe_auc: not run (why)" in page and page.count("data:image/png;base64,") == 1
 
 
+def test_the_inversion_names_a_panel_whose_target_logit_no_input_moves(tmp_path):
+    from tpunlearn.audit import constant_logits, inversions
+    from tpunlearn.report import draw_inversion
+
+    model = build_tiny_cnn()
+    blank = build_tiny_cnn()
+    with torch.no_grad():
+        blank.head.weight[0] = 0.0  # what erase(features) leaves of a multi-label forget row
+    models = {"original": model, "unlearned": blank}
+    pictures = inversions(models, 0, (3, 16, 16), (0.0, 1.0), seed=0)
+    assert constant_logits(models, 0, pictures) == ["unlearned"]
+    assert constant_logits(models, 1, pictures) == []
+    drawn = draw_inversion(pictures, tmp_path / "inversion.png", "3", (0.0, 1.0), constant=["unlearned"])
+    assert drawn["constant"] == ["unlearned"] and "unlearned: the prior alone" in drawn["caption"]
+
+
 def _colour_yolo(root: Path, n: int = 48) -> Path:
     """A YOLO dataset of 64x64 images with two squares each, class c drawn in colour channel c."""
     from PIL import Image

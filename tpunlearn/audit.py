@@ -14,10 +14,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from tpunlearn.errors import TpunlearnError
 from tpunlearn.privacy import PrivacyResult, classifier_checks, invert_target, region_checks, tolerance
+from tpunlearn.torchutils import eval_mode, main_tensor, model_device
 
 CLASSIFIER_TASKS = ("multilabel", "multiclass")
 CHECKS = {  # name -> what the number says, in the report's words
@@ -129,3 +131,17 @@ def inversions(models: Mapping[str, nn.Module], target: int, input_size: Sequenc
     """The model-inversion picture's tensors: :func:`tpunlearn.privacy.invert_target` for each model,
     from the same seeded start."""
     return {which: invert_target(m, target, input_size, seed=seed, bounds=bounds) for which, m in models.items()}
+
+
+@torch.no_grad()
+def constant_logits(models: Mapping[str, nn.Module], target: int, pictures: Mapping[str, torch.Tensor]) -> list[str]:
+    """The models whose ``target`` logit is the same on their inversion picture and on its negative and
+    its double (a blanked output row): their panel shows the prior alone, since no input raises that logit."""
+    flat = []
+    for which, model in models.items():
+        x = pictures[which][None].to(model_device(model))
+        with eval_mode(model):
+            logits = main_tensor(model(torch.cat([x, -x, 2 * x])))[:, int(target)].float()
+        if float(logits.max() - logits.min()) <= 1e-6 * max(1.0, float(logits.abs().max())):
+            flat.append(which)
+    return flat

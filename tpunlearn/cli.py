@@ -653,7 +653,7 @@ def _reference(args: argparse.Namespace, info: Any, device: Any) -> Any:
 def _audit(args: argparse.Namespace, adapter: Any, model: Any, info: Any, unlearned: Any, reference: Any,
            forget: list[int]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """``--audit``: report.json's ``audit`` and, for classifiers, the inversion picture's tensors."""
-    from tpunlearn.audit import CLASSIFIER_TASKS, audit, inversions
+    from tpunlearn.audit import CLASSIFIER_TASKS, audit, constant_logits, inversions
     from tpunlearn.io import sha256
 
     models = {"original": model, "unlearned": unlearned, **({"reference": reference} if reference is not None else {})}
@@ -668,9 +668,11 @@ def _audit(args: argparse.Namespace, adapter: Any, model: Any, info: Any, unlear
     target = forget[0]
     t0 = time.perf_counter()
     pictures = inversions(models, target, info.input_size, bounds, seed=args.seed)
+    constant = constant_logits(models, target, pictures)
     entry["inversion"] = {"file": "inversion.png", "target": info.class_names[target], "seed": args.seed,
-                          "bounds": list(bounds) if bounds else None, "seconds": round(time.perf_counter() - t0, 2)}
-    return entry, {"pictures": pictures, "target": info.class_names[target], "bounds": bounds}
+                          "bounds": list(bounds) if bounds else None, "constant_logit": constant,
+                          "seconds": round(time.perf_counter() - t0, 2)}
+    return entry, {"pictures": pictures, "target": info.class_names[target], "bounds": bounds, "constant": constant}
 
 
 def _data_bounds(adapter: Any, model: Any, info: Any, spec: str | None) -> tuple[float, float] | None:
@@ -789,7 +791,7 @@ def _write_outputs(args: argparse.Namespace, out: Path, adapter: Any, model: Any
             from tpunlearn.report import draw_inversion
 
             drawn_inv = draw_inversion(inversion["pictures"], stage / "inversion.png", inversion["target"],
-                                       inversion["bounds"])
+                                       inversion["bounds"], constant=inversion["constant"])
             report["audit"]["inversion"] = {**report["audit"]["inversion"], "caption": drawn_inv["caption"]}
             report["pictures"]["inversion.png"] = {"caption": drawn_inv["caption"]}
         if args.onnx:

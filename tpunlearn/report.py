@@ -12,6 +12,7 @@ import hashlib
 import os
 import platform
 import time
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -481,10 +482,11 @@ def _metric_bars(ax: Any, values: list[tuple[float, float]], forgotten: list[boo
 
 
 def draw_inversion(pictures: dict[str, Any], path: str | os.PathLike[str], target: str,
-                   bounds: tuple[float, float] | None = None) -> dict[str, Any]:
+                   bounds: tuple[float, float] | None = None, constant: Sequence[str] = ()) -> dict[str, Any]:
     """The model-inversion picture (the paper's Fig. 7): one panel per model (original, unlearned,
     reference), each the input that maximises ``target``'s logit from the same seeded start, shown
-    on the data's value range ``bounds`` (each panel's own range when None). Returns the caption."""
+    on the data's value range ``bounds`` (each panel's own range when None). ``constant``: the models
+    whose target logit no input moves; their panels say so. Returns the caption."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -495,16 +497,19 @@ def draw_inversion(pictures: dict[str, Any], path: str | os.PathLike[str], targe
         lo, hi = bounds if bounds is not None else (float(x.min()), float(x.max()))
         img = ((x.float() - lo) / max(hi - lo, 1e-12)).clamp(0, 1)
         ax.imshow(img.permute(1, 2, 0).numpy() if img.shape[0] == 3 else img[0].numpy(), cmap="gray")
-        ax.set_title(which, fontsize=9)
+        ax.set_title(f"{which}\n(logit constant)" if which in constant else which, fontsize=9)
         ax.axis("off")
     caption = (f"input that maximises the logit of {target!r}, by gradient ascent from the same seeded noise "
                "(total-variation and L2 prior), per model")
+    if constant:
+        caption += (f"; {' and '.join(constant)}: the prior alone, since {target!r}'s logit there is the same "
+                    "for every input (its output row is blanked) and nothing raises it")
     fig.suptitle(f"model inversion of {target}", fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    return {"caption": caption, "models": list(pictures), "target": target}
+    return {"caption": caption, "models": list(pictures), "target": target, "constant": list(constant)}
 
 
 def _html_audit(audit: Any, folder: Path) -> str:
