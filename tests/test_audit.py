@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import assert_error, build_tiny_cnn, listing, run
 
-from tpunlearn.audit import CHECKS, audit, compare, privacy_checks, summary_line
+from tpunlearn.audit import CHECKS, audit, compare, privacy_checks, summary_line, verdict
 from tpunlearn.errors import DataError
 from tpunlearn.privacy import PrivacyResult
 
@@ -58,7 +58,8 @@ def test_audit_compares_each_check_with_the_reference_and_says_which_are_within(
                 "within", "detail"} <= set(c)
         assert c["original"] == c["reference"]  # the same weights, the same seed: the same numbers
         assert c["gap_to_reference"] == pytest.approx(c["unlearned"] - c["reference"])
-        assert c["within"] == (abs(c["gap_to_reference"]) <= c["tolerance"] + 1e-12)
+        gap = c["gap_to_reference"] if c["kind"] == "probe" else abs(c["gap_to_reference"])
+        assert c["within"] == (gap <= c["tolerance"] + 1e-12) and c["bound"] == ("upper" if c["kind"] == "probe" else "both")
         assert c["tolerance"] == (0.05 if c["kind"] == "mia" else 0.03)
     assert sorted(entry["within"] + entry["outside"]) == sorted(CHECKS)
     assert entry["line"].startswith("audit: within the reference's tolerance: ")
@@ -68,7 +69,7 @@ def test_audit_compares_each_check_with_the_reference_and_says_which_are_within(
     assert "no --reference" in alone["line"]
 
 
-def test_compare_counts_the_gap_both_ways():
+def test_compare_counts_an_attacks_gap_both_ways_and_a_probes_as_an_upper_bound():
     def result(v):
         return PrivacyResult("entropy_mia", v, "mia", {}, {})
 
@@ -79,6 +80,13 @@ def test_compare_counts_the_gap_both_ways():
                                       "reference": PrivacyResult("knn_probe_auc", 0.8, "probe", {}, {})})
     assert probe["within"] is False and "knn_probe_auc (gap +0.100, tolerance 0.030)" in summary_line(
         {"knn_probe_auc": probe}, True)
+    deeper = compare("knn_probe_auc", {"unlearned": PrivacyResult("knn_probe_auc", 0.66, "probe", {}, {}),
+                                       "reference": PrivacyResult("knn_probe_auc", 0.81, "probe", {}, {})})
+    assert deeper["within"] is True and deeper["below_reference"] is True
+    assert verdict(deeper) == "within (below the reference by 0.150: less readable than after retraining)"
+    near = compare("knn_probe_auc", {"unlearned": PrivacyResult("knn_probe_auc", 0.79, "probe", {}, {}),
+                                     "reference": PrivacyResult("knn_probe_auc", 0.81, "probe", {}, {})})
+    assert verdict(near) == "within" and near["below_reference"] is False
 
 
 def test_segmenters_and_detectors_say_the_attacks_do_not_apply():

@@ -96,15 +96,31 @@ def audit(adapter: Any, models: Mapping[str, nn.Module], info: Any, spec: str | 
 
 def compare(name: str, results: Mapping[str, PrivacyResult | None]) -> dict[str, Any]:
     """One check across the models: the values, the unlearned model's gap to the reference, and
-    whether it is within the tolerance of the check's kind (None without a reference)."""
+    whether it is within the tolerance of the check's kind (None without a reference).
+
+    An attack's gap counts both ways (a model that forgets further than retraining is as detectable as
+    one that did not forget); a probe's tolerance is an upper bound, issue 14's goal (the target no more
+    readable than after retraining + 0.03), and a probe further below is named (``below_reference``)."""
     kind = next(r.kind for r in results.values() if r is not None)
     values = {w: (r.value if r is not None else None) for w, r in results.items()}
     unlearned, reference = values.get("unlearned"), values.get("reference")
     gap = unlearned - reference if unlearned is not None and reference is not None else None
     tol = tolerance(kind)
+    upper = kind == "probe"
+    within = None if gap is None else (gap if upper else abs(gap)) <= tol + 1e-12
     return {"label": CHECKS.get(name, name), "kind": kind, **{w: values.get(w) for w in MODELS},
-            "gap_to_reference": gap, "tolerance": tol, "within": None if gap is None else abs(gap) <= tol + 1e-12,
+            "gap_to_reference": gap, "tolerance": tol, "bound": "upper" if upper else "both", "within": within,
+            "below_reference": gap is not None and gap < -tol - 1e-12,
             "detail": {w: r.to_dict() for w, r in results.items() if r is not None}}
+
+
+def verdict(check: Mapping[str, Any]) -> str:
+    """A check's verdict in words: within / NOT within / no reference, and a probe below the reference."""
+    if check.get("within") is None:
+        return "no reference"
+    if check.get("below_reference"):
+        return f"within (below the reference by {-check['gap_to_reference']:.3f}: less readable than after retraining)"
+    return "within" if check["within"] else "NOT within"
 
 
 def summary_line(checks: Mapping[str, Mapping[str, Any]], has_reference: bool) -> str:

@@ -684,13 +684,15 @@ def _data_bounds(adapter: Any, model: Any, info: Any, spec: str | None) -> tuple
 
 def _audit_summary(audited: dict[str, Any]) -> None:
     """The audit's table as printed lines: each check on each model, the gap, and the plain verdict."""
+    from tpunlearn.audit import verdict
+
     for name, c in audited["checks"].items():
         def shown(v: Any, mia: bool = c["kind"] == "mia") -> str:
             return "-" if v is None else f"{100 * v:.1f} %" if mia else f"{v:.3f}"
 
-        within = {True: "within", False: "NOT within", None: ""}[c["within"]]
+        said = verdict(c) if c["within"] is not None else ""
         print(f"audit {name}: original {shown(c['original'])}, unlearned {shown(c['unlearned'])}, reference "
-              f"{shown(c['reference'])} {within}".rstrip())
+              f"{shown(c['reference'])} {said}".rstrip())
     for name, why in audited["not_run"].items():
         print(f"audit {name}: not run ({why})")
     print(audited["line"])

@@ -517,6 +517,8 @@ def _html_audit(audit: Any, folder: Path) -> str:
     the reference, within the tolerance or not), what did not run, and the inversion picture."""
     import html
 
+    from tpunlearn.audit import verdict
+
     if not isinstance(audit, dict):
         return ""
     esc = html.escape
@@ -529,10 +531,9 @@ def _html_audit(audit: Any, folder: Path) -> str:
 
         gap = c.get("gap_to_reference")
         gap_text = "" if gap is None else f"{100 * gap:+.1f} pts" if mia else f"{gap:+.3f}"
-        tol = f"{100 * c['tolerance']:.0f} pts" if mia else f"{c['tolerance']:g}"
-        verdict = {True: "within", False: "NOT within", None: "no reference"}[c.get("within")]
+        tol = f"{100 * c['tolerance']:.0f} pts" if mia else f"at most +{c['tolerance']:g}"
         rows.append([c.get("label", name), shown(c.get("original")), shown(c.get("unlearned")),
-                     shown(c.get("reference")), gap_text, tol, verdict])
+                     shown(c.get("reference")), gap_text, tol, verdict(c)])
         classes.append({True: "met", False: "notmet", None: ""}[c.get("within")])
     parts = ["<h2>Audit: attacks and probes</h2>",
              f"<p id=\"audit-line\"><b>{esc(str(audit.get('line', '')))}</b></p>",
