@@ -295,8 +295,9 @@ class TimmAdapter(Adapter):
         reading the head as the model's task says (multi-label: sigmoid per class; multi-class: softmax)."""
         from tpunlearn.erase import EraseSpec, erase
 
+        guard, _task = _eval_batches(info, spec, "val")  # samples it never trained on: the features guard's
         return erase(model, original, self.erase_data(model, info, spec), forget,
-                     spec=EraseSpec(method=method or self.erase_default),
+                     spec=EraseSpec(method=method or self.erase_default, guard=guard),
                      task="multilabel" if info.task == "multilabel" else "multiclass", plan=plan, seed=seed,
                      progress=progress)
 

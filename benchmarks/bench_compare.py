@@ -87,11 +87,24 @@ class ModelSpec:
     pairs: str  # default multi-target settings
     splits: Callable[[dict[str, Any], int | None, int | None], tuple[Any, Any]]  # (zoo meta, members, test) ->
     retrain: bool  # an instance-level retrain recipe exists (train_zoo's exclude=)
+    val: Callable[[dict[str, Any]], Any]  # zoo meta -> validation scenes (never trained on: the erase guard's)
 
 
 def digit_splits(meta: dict[str, Any], members: int | None, n_test: int | None) -> tuple[Any, Any]:
     """The first 6000 (``members``) of the zoo model's 24000 DigitScenes training scenes, and the test split."""
     return data.digitscenes("train", n_scenes=members), data.digitscenes("test", n_scenes=n_test)
+
+
+def digit_val(meta: dict[str, Any]) -> Any:
+    """2000 DigitScenes validation scenes: what the features erase's retained guard reads."""
+    return data.digitscenes("val", n_scenes=GUARD_SCENES)
+
+
+def glyph_val(meta: dict[str, Any]) -> Any:
+    """2000 GlyphScenes validation scenes (the zoo model's seed): the features erase's guard."""
+    from tpunlearn.data.glyphscenes import GlyphScenes
+
+    return GlyphScenes("val", size=64, n_scenes=GUARD_SCENES, seed=int(meta.get("train", {}).get("seed", 0)))
 
 
 def glyph_splits(meta: dict[str, Any], members: int | None, n_test: int | None) -> tuple[Any, Any]:
@@ -109,14 +122,16 @@ def glyph_splits(meta: dict[str, Any], members: int | None, n_test: int | None) 
 
 
 MODELS = {
-    "digitscenes-resnet": ModelSpec("DigitScenes", "digit", "digits", "1,3,7", "3", "3+8", digit_splits, True),
+    "digitscenes-resnet": ModelSpec("DigitScenes", "digit", "digits", "1,3,7", "3", "3+8", digit_splits, True,
+                                    digit_val),
     # no retrain rows: zoo_glyphs' recipe only masks labels (the reference), it cannot drop the forget scenes
     "glyphscenes-resnet": ModelSpec("GlyphScenes", "class", "classes", "star,circle,W", "star", "", glyph_splits,
-                                    False),
+                                    False, glyph_val),
 }
 
 
 POLL_S = 30.0  # how often a waiting run looks for a reference checkpoint
+GUARD_SCENES = 2000  # validation scenes the features erase's guard reads (tpunlearn.erase.GUARD_SAMPLES: 2048)
 
 
 class MissingReference(RuntimeError):
@@ -185,7 +200,8 @@ def classification_task(retrain_epochs: int, retrain_scenes: int, reference_epoc
 
     task = Task(name=name, model=model, example_inputs=x, loss=loss, batches=batches,
                 unlearn_kwargs={"ignored_layers": [model.fc]}, scoring=scoring,
-                retrain=retrain if spec.retrain else None, reference=reference)
+                retrain=retrain if spec.retrain else None, reference=reference,
+                guard=data.loader(spec.val(meta), batch_size=128))
     return task, train, test
 
 

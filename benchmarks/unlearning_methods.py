@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -53,6 +53,7 @@ class Task:
     retrain: Callable[[Sequence[int], int], nn.Module] | None = None  # (forget, seed) -> model from scratch
     reference: Callable[[Sequence[int], int], tuple[nn.Module, float]] | None = None  # -> (model, training s)
     kind: str = "multilabel"  # how the erase stage and SalUn read the output
+    guard: Iterable[Any] | None = None  # held-out (never trained on) batches for the features erase's guard
 
 
 @dataclass
@@ -201,7 +202,8 @@ class Graph:
         if self.erase is not None:
             info["pre_repair_model"] = copy.deepcopy(res.model)  # the pruned basis for the fixed probe (untimed)
             t1 = time.perf_counter()
-            info["erase"] = erase(res.model, task.model, task.batches(forget, "all", seed), forget, spec=self.erase,
+            spec = self.erase if self.erase.guard is not None else replace(self.erase, guard=task.guard)
+            info["erase"] = erase(res.model, task.model, task.batches(forget, "all", seed), forget, spec=spec,
                                   task=task.kind, plan=res.plan, seed=seed)  # type: ignore[arg-type]
             info["erase_s"] = time.perf_counter() - t1
             seconds += info["erase_s"]
@@ -216,7 +218,9 @@ class Graph:
 
 
 ERASE_ROWS = {"distill": EraseSpec("distill"), "project": EraseSpec("project"), "salun": EraseSpec("salun"),
-              "features": EraseSpec("features")}
+              "features": EraseSpec("features"),
+              # what the retained guard holds back: the same method left to run its 100 steps
+              "features, no guard": EraseSpec("features", retain_drop=1.0)}
 
 
 def erase_methods() -> list[Any]:

@@ -91,12 +91,14 @@ def test_the_project_method_lowers_the_refitted_probe(trained):
 def test_the_features_method_hides_the_target_from_a_refitted_probe_and_blanks_its_row(trained):
     model, train, test = trained
     work, plain = copy.deepcopy(model), copy.deepcopy(model)
-    done = erase(work, model, train, [FORGET], spec=EraseSpec("features", steps=120, lr=1e-3, weight=1.0), seed=0)
-    erase(plain, model, train, [FORGET], spec=EraseSpec("features", steps=120, lr=1e-3, weight=0.0), seed=0)
+    unguarded = {"steps": 120, "lr": 1e-3, "retain_drop": 1.0}
+    done = erase(work, model, train, [FORGET], spec=EraseSpec("features", weight=1.0, **unguarded), seed=0)
+    erase(plain, model, train, [FORGET], spec=EraseSpec("features", weight=0.0, **unguarded), seed=0)
     hidden, kept_only = probe_auc(work, train, test), probe_auc(plain, train, test)
     assert hidden < kept_only - 0.01 and hidden < probe_auc(model, train, test) - 0.01, (hidden, kept_only)
     assert done["mean_gap_after"] < 0.5 * done["mean_gap_before"], done
-    assert done["trained_from"] == "input" and done["samples"] == 512  # no feature_info: the whole body
+    assert done["trained_from"] == "input" and done["samples"] == 410  # no feature_info: the whole body
+    assert done["guard"]["samples"] == 102 and done["guard"]["data"] == "held out of the erase data"  # a fifth
     head = work.head
     assert float(head.weight[FORGET].abs().max()) == 0.0  # the forget row reads nothing
     assert 0.4 < float(torch.sigmoid(head.bias[FORGET])) < 0.5  # and says "don't know", below the rule
@@ -104,6 +106,27 @@ def test_the_features_method_hides_the_target_from_a_refitted_probe_and_blanks_i
     logits, _, labels = outputs_and_features(work, test)
     assert float(((logits[:, kept] > 0) == (labels[:, kept] > 0.5)).float().mean()) > 0.85  # the others still read
     assert torch.equal(head.weight[kept], model.head.weight[kept])  # the head's retained rows are the original's
+
+
+def test_the_features_guard_stops_before_a_retained_class_falls_past_its_budget(trained):
+    model, train, test = trained
+    kept = [c for c in range(NUM) if c != FORGET]
+
+    def agreement(m: torch.nn.Module) -> float:  # the worst retained class's share of the original's positives
+        ours, _, _ = outputs_and_features(m, train)
+        theirs, _, _ = outputs_and_features(model, train)
+        return min(float(((ours[:, c] > 0) & (theirs[:, c] > 0)).sum() / (theirs[:, c] > 0).sum()) for c in kept)
+
+    harsh = {"steps": 60, "lr": 5e-2, "weight": 50.0}
+    guarded, wild = copy.deepcopy(model), copy.deepcopy(model)
+    done = erase(guarded, model, train, [FORGET], spec=EraseSpec("features", retain_drop=0.02, **harsh))
+    loose = erase(wild, model, train, [FORGET], spec=EraseSpec("features", retain_drop=1.0, **harsh))
+    assert loose["guard"]["stopped_at"] is None and agreement(wild) < 0.9, loose["guard"]  # the test has teeth
+    assert done["guard"]["stopped_at"] is not None and done["steps"] < 60, done["guard"]
+    assert agreement(guarded) >= 0.98 - 1e-6 and done["guard"]["budget"] == 0.02
+    given = erase(copy.deepcopy(model), model, train, [FORGET], spec=EraseSpec("features", guard=test, **harsh))
+    assert given["guard"]["data"] == "given" and given["guard"]["samples"] == 256 and given["samples"] == 512
+    assert given["guard"]["stopped_at"] is not None
 
 
 class Staged(TinyCNN):
@@ -151,7 +174,7 @@ def test_the_features_method_runs_on_a_multiclass_head(trained):
     model, train, _test = trained
     single = [(x, y.argmax(1)) for x, y in train]
     work = copy.deepcopy(model)
-    done = erase(work, model, single, [FORGET], spec=EraseSpec("features", steps=10), task="multiclass")
+    done = erase(work, model, single, [FORGET], spec=EraseSpec("features", steps=10, retain_drop=1.0), task="multiclass")
     assert done["task"] == "multiclass" and done["weights_touched"] > 0
     assert float(work.head.weight[FORGET].abs().max()) > 0.0  # a softmax head keeps its rows
 
@@ -206,6 +229,19 @@ def test_prune_erase_writes_what_it_changed_to_the_report(tmp_path, capsys):
     erased = report["erase"]
     assert erased["method"] == "project" and erased["forget"] == [3] and erased["weights_touched"] > 0
     assert erased["layers"] and erased["seconds"] > 0
+    assert f"erase (project): 0 steps, {erased['weights_touched']:,} weights touched" in _text
+
+
+def test_the_erase_line_says_where_the_features_method_trained_and_why_its_guard_stopped():
+    from tpunlearn.cli import _erase_line
+
+    erased = {"method": "features", "steps": 40, "trained_from": "layer3", "weights_touched": 1234, "seconds": 3.25,
+              "mean_gap_before": 4.5, "mean_gap_after": 1.25,
+              "guard": {"stopped_at": 40, "worst": 1, "worst_fall": 0.031, "budget": 0.02}}
+    assert _erase_line(erased, ["star", "hexagon"]) == (
+        "erase (features): 40 steps from layer3, 1,234 weights touched, 3.2 s; the forget target's whitened mean "
+        "gap 4.50 -> 1.25; stopped at step 40 (the weights of its last passing check kept): retained 'hexagon' fell 3.1 points "
+        "below the pruned model's agreement with the original (budget 2)")
 
 
 def test_prune_erase_with_a_bad_method_is_one_line(tmp_path, capsys):

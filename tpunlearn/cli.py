@@ -482,7 +482,7 @@ def _prune(args: argparse.Namespace, device: Any) -> int:
     run.info.extra["history"] = [list(h) for h in run.info.extra.get("history") or []] + res.plan.history
     _write_outputs(args, run.out, run.adapter, run.model, run.info, res, run.example, report,
                    inversion=stages["inversion"])
-    _announce_prune(args, run.out, report, stages)
+    _announce_prune(args, run.out, report, stages, list(run.info.class_names))
     verdict = report.get("verdict")
     return 3 if args.strict and verdict is not None and not verdict["met"] else 0
 
@@ -561,15 +561,37 @@ def _prune_report(args: argparse.Namespace, run: _PruneInputs, res: Any, auto: d
     return report
 
 
-def _announce_prune(args: argparse.Namespace, out: Path, report: dict[str, Any], stages: dict[str, Any]) -> None:
+def _announce_prune(args: argparse.Namespace, out: Path, report: dict[str, Any], stages: dict[str, Any],
+                    names: list[str]) -> None:
     """The lines prune prints after writing: the files, the audit's summary and the result's."""
     onnx = ", model.onnx" if args.onnx else ""
     metrics = ", metrics.png" if "metrics" in report else ""
     metrics += ", inversion.png" if stages["inversion"] else ""
     print(f"wrote {out}/ (model.pt, plan.json, graph.json, graph.png{metrics}, report.html, report.json{onnx})")
+    if stages["erase"] is not None:
+        print(_erase_line(stages["erase"], names))
     if stages["audit"] is not None:
         _audit_summary(stages["audit"])
     _summary(report)
+
+
+def _erase_line(erased: dict[str, Any], names: list[str]) -> str:
+    """What the erase stage did, in one line; a guard that stopped it early says why."""
+    def name(t: int) -> str:
+        return repr(names[t]) if t < len(names) else str(t)
+
+    where = f" from {erased['trained_from']}" if "trained_from" in erased else ""
+    line = (f"erase ({erased['method']}): {erased.get('steps', 0)} steps{where}, {erased['weights_touched']:,} "
+            f"weights touched, {erased['seconds']:.1f} s")
+    if "mean_gap_before" in erased:
+        line += (f"; the forget target's whitened mean gap {erased['mean_gap_before']:.2f} -> "
+                 f"{erased['mean_gap_after']:.2f}")
+    guard = erased.get("guard") or {}
+    if guard.get("stopped_at") is not None:
+        line += (f"; stopped at step {guard['stopped_at']} (the weights of its last passing check kept): retained "
+                 f"{name(guard['worst'])} fell {100 * guard['worst_fall']:.1f} points below the pruned model's "
+                 f"agreement with the original (budget {100 * guard['budget']:g})")
+    return line
 
 
 def _calibration(args: argparse.Namespace, adapter: Any, model: Any, info: Any) -> Any:

@@ -91,6 +91,8 @@ class EraseSpec:
     layers: int | None = None  # project: how many of the last layers
     weight: float | None = None  # features: the mean-gap penalty's weight against the retained distillation
     train_from: str | None = None  # features: the first module trained ("": the whole body; None: see _tail_start)
+    retain_drop: float | None = None  # features: how far a retained target's agreement with the original may fall
+    guard: Batches | None = field(default=None, compare=False)  # features: held-out batches the guard reads
     project_layers: tuple[str, ...] | None = None  # project: these layers by name instead (a family's choice)
     data: Batches | None = field(default=None, compare=False)
     task: Task | None = None
@@ -353,6 +355,8 @@ class _Tail:
     targets: torch.Tensor  # the original's logits
     concept: torch.Tensor  # (n, len(forget)): 1 where the sample holds that forget target
     example: torch.Tensor  # one image: drives the frozen layers while the cut reads the cached input
+    guard_inputs: torch.Tensor  # what the retained guard reads: EraseSpec.guard's samples, or a held-out
+    guard_targets: torch.Tensor  # fifth of the erase data (then left out of inputs)
 
 
 def _tail_start(job: _Job) -> str | None:
@@ -409,22 +413,41 @@ def _run_tail(model: nn.Module, tail: _Tail, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _cache_tail(job: _Job, cut: str | None) -> _Tail:
-    """Run the erase data once: the cut's inputs, the original's logits and the forget concept, up to
-    :data:`FEATURE_CACHE_BYTES`; a cut whose tail does not give the model's own output (a skip connection
-    around it) falls back to the whole body."""
+    """Run the erase data (and the guard's) once: the cut's inputs, the original's logits and the forget
+    concept; a cut whose tail does not give the model's own output (a skip connection around it) falls
+    back to the whole body."""
+    first = next(iter(job.batches))[0][:1].to(model_device(job.model))
+    inputs, targets, concept, outputs = _cache_inputs(job, job.batches, cut)
+    if job.spec.guard is not None:
+        guard_inputs, guard_targets, _, _ = _cache_inputs(job, job.spec.guard, cut, GUARD_SAMPLES)
+    else:  # the last fifth of the erase data, which the steps then never see
+        keep = len(inputs) - min(GUARD_SAMPLES, len(inputs) // 5)
+        guard_inputs, guard_targets = inputs[keep:], targets[keep:]
+        inputs, targets, concept = inputs[:keep], targets[:keep], concept[:keep]
+    tail = _Tail(cut, _tail_params(job, cut, first), inputs, targets, concept, first, guard_inputs, guard_targets)
+    if cut is not None:
+        with eval_mode(job.model):
+            again = _run_tail(job.model, tail, tail.inputs[:8])
+        if again.shape != outputs.shape or not torch.allclose(again, outputs, rtol=1e-3, atol=1e-4):
+            return _cache_tail(job, None)
+    return tail
+
+
+def _cache_inputs(job: _Job, batches: Batches, cut: str | None, most: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``batches``' inputs of ``cut`` (the images when None), the original's logits and the forget concept,
+    up to :data:`FEATURE_CACHE_BYTES` or ``most`` samples; and the model's output on the first 8."""
     device = model_device(job.model)
     inputs: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
     concept: list[torch.Tensor] = []
     outputs: list[torch.Tensor] = []
-    size = 0
-    first = next(iter(job.batches))[0][:1].to(device)
-    seen: list[torch.Tensor] = []
-    handle = (dict(job.model.named_modules())[cut].register_forward_pre_hook(lambda _m, a: seen.append(a[0].detach()))
-              if cut is not None else None)
+    size, count, seen = 0, 0, []
+    module = dict(job.model.named_modules())[cut] if cut is not None else None
+    handle = module.register_forward_pre_hook(lambda _m, a: seen.append(a[0].detach())) if module else None
     try:
         with eval_mode(job.model):
-            for batch in job.batches:
+            for batch in batches:
                 images = batch[0].to(device)
                 out = main_tensor(job.model(images))
                 inputs.append(seen[0] if seen else images)
@@ -433,27 +456,22 @@ def _cache_tail(job: _Job, cut: str | None) -> _Tail:
                     outputs.append(out[:8])
                 targets.append(_original_logits(job, images))
                 concept.append(job.labels(batch)[:, job.forget].to(device))
-                size += inputs[-1].numel() * inputs[-1].element_size()
-                if size >= FEATURE_CACHE_BYTES:
+                size, count = size + inputs[-1].numel() * inputs[-1].element_size(), count + len(images)
+                if size >= FEATURE_CACHE_BYTES or (most is not None and count >= most):
                     break
     finally:
         if handle is not None:
             handle.remove()
-    tail = _Tail(cut, _tail_params(job, cut, first), torch.cat(inputs), torch.cat(targets), torch.cat(concept),
-                 first)
-    if cut is not None:
-        with eval_mode(job.model):
-            again = _run_tail(job.model, tail, tail.inputs[:8])
-        if again.shape != outputs[0].shape or not torch.allclose(again, outputs[0], rtol=1e-3, atol=1e-4):
-            return _cache_tail(job, None)
-    return tail
+    if not inputs:
+        raise DataError("erase (features) got no batches to train on")
+    return torch.cat(inputs), torch.cat(targets), torch.cat(concept), outputs[0]
 
 
 @torch.no_grad()
 def _whitener(job: _Job, tail: _Tail, most: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
     """The penultimate features' mean and inverse square root of their covariance (shrunk: features
     outnumber samples in big models) over up to ``most`` cached samples."""
-    feats = _tail_features(job, tail, most)
+    feats = _tail_pass(job, tail, most)[1]
     cov = torch.cov(feats.T.double())
     cov = cov + 1e-3 * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
     values, vectors = torch.linalg.eigh(cov)
@@ -481,64 +499,112 @@ def _mean_gap(white: torch.Tensor, concept: torch.Tensor) -> torch.Tensor:
 def _features(job: _Job) -> dict[str, Any]:
     """Make the forget targets linearly unreadable from the penultimate features: train the model's last
     stages so that the samples with and without each forget target have the same whitened feature mean,
-    the retained outputs distilled from the original; then make the forget rows of a multi-label head
-    uninformative (weights 0, the bias just below the decision rule's 0.5: what a head that never saw
-    the target's label outputs)."""
+    the retained outputs distilled from the original, and stop (the last passing weights put back) when
+    a retained target's agreement with the original falls more than the budget; then make the forget rows
+    of a multi-label head uninformative (weights 0, the bias just below the decision rule's 0.5: what a
+    head that never saw the target's label outputs)."""
     if job.task == "segmentation":
         raise UsageError("erase (features) needs a classifier head; for segmentation use distill, project or salun")
-    steps, lr = job.spec.steps or FEATURE_STEPS, job.spec.lr or FEATURE_LR
-    weight = job.spec.weight if job.spec.weight is not None else FEATURE_WEIGHT
     tail = _cache_tail(job, _tail_start(job))
     n = len(tail.inputs)
     if bool((tail.concept.sum(0) == 0).any()) or bool((tail.concept.sum(0) == n).any()):
         raise DataError("erase (features) needs samples with and without each forget target")
-    retained = torch.ones(job.width, dtype=torch.bool)
-    retained[job.forget] = False
-    mean, inv_sqrt = _whitener(job, tail)
-    gap_before = float(_mean_gap((_tail_features(job, tail) - mean) @ inv_sqrt, tail.concept[:2048]))
-    opt = torch.optim.AdamW(tail.params, lr=lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(job.seed)
-    batch, losses = min(FEATURE_BATCH, n), []
+    gap_before = _gap_now(job, tail)
     trained = {id(p) for p in tail.params}
     frozen = [p for p in job.model.parameters() if p.requires_grad and id(p) not in trained]
-    bar = tqdm(range(steps), desc="erase (features)", unit="step", disable=not job.progress, leave=False)
     try:
         for p in frozen:
             p.requires_grad_(False)
-        with _training(job.model), _head_input(job.model) as store:
-            for step in bar:
-                if step and step % WHITEN_EVERY == 0:
-                    mean, inv_sqrt = _whitener(job, tail)
-                idx = torch.randint(0, n, (batch,), generator=gen).to(tail.inputs.device)
-                out = _run_tail(job.model, tail, tail.inputs[idx])
-                feats = store.pop()
-                loss = _retained_kd(job, out, tail.targets[idx], retained) + \
-                    weight * _mean_gap((feats - mean) @ inv_sqrt, tail.concept[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                zero_channels(job.model, job.zero_ops)
-                losses.append(float(loss.detach()))
+        done = _train_tail(job, tail)
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    mean, inv_sqrt = _whitener(job, tail)
-    gap_after = float(_mean_gap((_tail_features(job, tail) - mean) @ inv_sqrt, tail.concept[:2048]))
+    done["mean_gap_before"], done["mean_gap_after"] = round(gap_before, 4), round(_gap_now(job, tail), 4)
     if job.task == "multilabel":
         _blank_rows(job)
+    return {**done, "trained_from": tail.cut or "input", "samples": n}
+
+
+def _train_tail(job: _Job, tail: _Tail) -> dict[str, Any]:
+    """The features method's steps (batches drawn from the cache), with the retained guard every
+    :data:`GUARD_EVERY` steps and at the end."""
+    steps, lr = job.spec.steps or FEATURE_STEPS, job.spec.lr or FEATURE_LR
+    weight = job.spec.weight if job.spec.weight is not None else FEATURE_WEIGHT
+    budget = job.spec.retain_drop if job.spec.retain_drop is not None else RETAIN_DROP
+    retained = torch.ones(job.width, dtype=torch.bool)
+    retained[job.forget] = False
+    opt = torch.optim.AdamW(tail.params, lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(job.seed)
+    n = len(tail.inputs)
+    batch, losses = min(FEATURE_BATCH, n), []
+    start, saved = _agreement(job, tail, retained), [p.detach().clone() for p in tail.params]
+    guard: dict[str, Any] = {"budget": budget, "stopped_at": None, "samples": len(tail.guard_inputs),
+                             "data": "given" if job.spec.guard is not None else "held out of the erase data"}
+    bar = tqdm(range(steps + 1), desc="erase (features)", unit="step", disable=not job.progress, leave=False)
+    with _training(job.model), _head_input(job.model) as store:
+        for step in bar:
+            if step % GUARD_EVERY == 0 or step == steps:
+                fall = start - _agreement(job, tail, retained)
+                worst = int(fall.argmax())
+                guard.update(worst=int(retained.nonzero()[worst]), worst_fall=round(float(fall[worst]), 4))
+                if step and float(fall[worst]) > budget:
+                    with torch.no_grad():
+                        for p, keep in zip(tail.params, saved, strict=True):
+                            p.copy_(keep)
+                    guard["stopped_at"] = step
+                    break
+                saved = [p.detach().clone() for p in tail.params]
+            if step == steps:
+                break
+            if step % WHITEN_EVERY == 0:
+                mean, inv_sqrt = _whitener(job, tail)
+            idx = torch.randint(0, n, (batch,), generator=gen).to(tail.inputs.device)
+            store.clear()
+            out = _run_tail(job.model, tail, tail.inputs[idx])
+            loss = _retained_kd(job, out, tail.targets[idx], retained) + \
+                weight * _mean_gap((store.pop() - mean) @ inv_sqrt, tail.concept[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            zero_channels(job.model, job.zero_ops)
+            losses.append(float(loss.detach()))
     tenth = max(1, len(losses) // 10)
-    return {"steps": len(losses), "lr": lr, "batch": batch, "weight": weight, "trained_from": tail.cut or "input",
-            "samples": n, "loss_first": sum(losses[:tenth]) / tenth, "loss_last": sum(losses[-tenth:]) / tenth,
-            "mean_gap_before": round(gap_before, 4), "mean_gap_after": round(gap_after, 4)}
+    return {"steps": len(losses), "lr": lr, "batch": batch, "weight": weight, "guard": guard,
+            "loss_first": sum(losses[:tenth]) / tenth if losses else None,
+            "loss_last": sum(losses[-tenth:]) / tenth if losses else None}
 
 
 @torch.no_grad()
-def _tail_features(job: _Job, tail: _Tail, most: int = 2048) -> torch.Tensor:
-    """The penultimate features of up to ``most`` cached samples."""
+def _tail_pass(job: _Job, tail: _Tail, most: int = 2048, inputs: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outputs and penultimate features of up to ``most`` cached samples (of ``inputs``, else the
+    steps' own)."""
+    outputs = []
     with eval_mode(job.model), _head_input(job.model, keep_graph=False) as store:
-        for chunk in tail.inputs[:most].split(256):
-            _run_tail(job.model, tail, chunk)
-    return torch.cat(store).to(tail.inputs.device)
+        for chunk in (tail.inputs if inputs is None else inputs)[:most].split(256):
+            outputs.append(_run_tail(job.model, tail, chunk).float())
+    return torch.cat(outputs), torch.cat(store).to(tail.inputs.device)
+
+
+def _gap_now(job: _Job, tail: _Tail, most: int = 2048) -> float:
+    """The mean gap (:func:`_mean_gap`) on up to ``most`` cached samples, as the model is now."""
+    mean, inv_sqrt = _whitener(job, tail, most)
+    return float(_mean_gap((_tail_pass(job, tail, most)[1] - mean) @ inv_sqrt, tail.concept[:most]))
+
+
+@torch.no_grad()
+def _agreement(job: _Job, tail: _Tail, retained: torch.Tensor) -> torch.Tensor:
+    """Per retained target, the share of the original's positive decisions on the guard's samples
+    (multi-label: logit > 0; multi-class: its top class) that the model still makes."""
+    out, ref = _tail_pass(job, tail, len(tail.guard_inputs), tail.guard_inputs)[0], tail.guard_targets
+    if job.task == "multilabel":
+        pos, hit = ref > 0, out > 0
+    else:
+        pos = F.one_hot(ref.argmax(1), job.width).bool()
+        hit = F.one_hot(out.argmax(1), job.width).bool()
+    pos, hit = pos[:, retained.to(pos.device)], hit[:, retained.to(pos.device)]
+    count = pos.sum(0)
+    return torch.where(count > 0, (pos & hit).sum(0) / count.clamp(min=1), torch.ones_like(count, dtype=out.dtype))
 
 
 def _retained_kd(job: _Job, out: torch.Tensor, target: torch.Tensor, retained: torch.Tensor) -> torch.Tensor:
@@ -833,6 +899,11 @@ FEATURE_WEIGHT = 0.3
 FEATURE_BATCH = 256  # samples a step: the penalty compares class means, and a batch of 64 holds ~15 positives
 FEATURE_CACHE_BYTES = 1 << 30  # the cached tail inputs at most (the rest of the erase data is left out)
 WHITEN_EVERY = 25  # steps between refits of the whitening (the features move)
+# The guard: the stage stops when a retained target repeats fewer of the original's positive decisions (on
+# the cached erase data) than when it began, by more than this; issue 14's budget for a retained drop
+RETAIN_DROP = 0.02
+GUARD_EVERY = 10
+GUARD_SAMPLES = 2048  # the guard's samples at most (held out of the erase data: a fifth of it at most)
 HEAD_METHODS = ("features",)  # methods that need a classifier's Linear head (not for segmentation)
 # The method of an EraseSpec that names none, and of the families without a measured choice of their own
 # (Adapter.erase_default: the timm family runs features, which kept the retained digits and matched the
