@@ -26,7 +26,11 @@ model, in place, and is cheap (forward passes, or a few hundred steps):
   so that the samples that hold a forget target and those that do not have the same mean penultimate
   features, whitened (LEACE's condition for no linear probe to beat chance, estimated without bias from
   two halves of each batch), while the retained outputs are distilled from the original. The stages
-  before them stay frozen and run once: their outputs are cached. Then the forget rows of a multi-label
+  before them stay frozen and run once: their outputs are cached. A guard stops the training (and puts
+  back the weights of its last passing check) when a retained target repeats :data:`RETAIN_DROP` fewer
+  of the original's positive decisions on samples the steps never see (``EraseSpec.guard``: a
+  validation split; else a held-out fifth of the erase data): where the forget target shares its
+  features with retained ones, erasing it further would cost them. Then the forget rows of a multi-label
   head are blanked: weights 0, bias :data:`BLANK_LOGIT` (just below 0.5: what a head that never saw the
   target's label outputs, and uninformative to a membership attack).
 
@@ -81,7 +85,8 @@ class EraseSpec:
     """What the erase stage runs: a method and its budget (None: the method's own default).
 
     ``data`` are the labelled batches to erase with (``unlearn`` uses its scoring samples when
-    None); ``task`` how to read the output (None: multi-label for ``(N, C)`` 0/1 labels).
+    None); ``task`` how to read the output (None: multi-label for ``(N, C)`` 0/1 labels); ``guard``
+    held-out labelled batches (never trained on) that the features method's retained guard reads.
     """
 
     method: str = "distill"
@@ -468,10 +473,11 @@ def _cache_inputs(job: _Job, batches: Batches, cut: str | None, most: int | None
 
 
 @torch.no_grad()
-def _whitener(job: _Job, tail: _Tail, most: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+def _whitener(job: _Job, tail: _Tail, most: int = 2048, feats: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """The penultimate features' mean and inverse square root of their covariance (shrunk: features
-    outnumber samples in big models) over up to ``most`` cached samples."""
-    feats = _tail_pass(job, tail, most)[1]
+    outnumber samples in big models) over up to ``most`` cached samples (``feats``: theirs, already read)."""
+    feats = _tail_pass(job, tail, most)[1] if feats is None else feats
     cov = torch.cov(feats.T.double())
     cov = cov + 1e-3 * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
     values, vectors = torch.linalg.eigh(cov)
@@ -588,8 +594,9 @@ def _tail_pass(job: _Job, tail: _Tail, most: int = 2048, inputs: torch.Tensor | 
 
 def _gap_now(job: _Job, tail: _Tail, most: int = 2048) -> float:
     """The mean gap (:func:`_mean_gap`) on up to ``most`` cached samples, as the model is now."""
-    mean, inv_sqrt = _whitener(job, tail, most)
-    return float(_mean_gap((_tail_pass(job, tail, most)[1] - mean) @ inv_sqrt, tail.concept[:most]))
+    feats = _tail_pass(job, tail, most)[1]
+    mean, inv_sqrt = _whitener(job, tail, most, feats)
+    return float(_mean_gap((feats - mean) @ inv_sqrt, tail.concept[:most]))
 
 
 @torch.no_grad()
@@ -902,7 +909,7 @@ WHITEN_EVERY = 25  # steps between refits of the whitening (the features move)
 # The guard: the stage stops when a retained target repeats fewer of the original's positive decisions (on
 # the cached erase data) than when it began, by more than this; issue 14's budget for a retained drop
 RETAIN_DROP = 0.02
-GUARD_EVERY = 10
+GUARD_EVERY = 20  # each check reads the guard's samples once: every 10 steps cost the stage 40 % more
 GUARD_SAMPLES = 2048  # the guard's samples at most (held out of the erase data: a fifth of it at most)
 HEAD_METHODS = ("features",)  # methods that need a classifier's Linear head (not for segmentation)
 # The method of an EraseSpec that names none, and of the families without a measured choice of their own
