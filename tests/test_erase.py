@@ -232,6 +232,21 @@ def test_prune_erase_writes_what_it_changed_to_the_report(tmp_path, capsys):
     assert f"erase (project): 0 steps, {erased['weights_touched']:,} weights touched" in _text
 
 
+def test_prune_erase_runs_the_timm_default_from_the_last_two_stages_guarded_by_the_validation_split(tmp_path,
+                                                                                                   capsys):
+    out = tmp_path / "o"
+    code, text, err = run(capsys, "prune", "--arch", "digitscenes-resnet", "--forget", "3", "--samples", "8",
+                          "--data", "digits:200", "--erase", "--out", out)
+    assert code == 0, err
+    erased = json.loads((out / "report.json").read_text())["erase"]
+    assert erased["method"] == "features" and erased["trained_from"] == "layer3" and erased["samples"] == 200
+    assert erased["guard"]["data"] == "given" and erased["guard"]["samples"] > 0  # DigitScenes' val split
+    guard = erased["guard"]
+    assert guard["stopped_at"] is not None or erased["mean_gap_after"] < erased["mean_gap_before"], erased
+    assert f"erase (features): {erased['steps']} steps from layer3, " in text
+    assert ("stopped at step" in text) == (guard["stopped_at"] is not None)
+
+
 def test_the_erase_line_says_where_the_features_method_trained_and_why_its_guard_stopped():
     from tpunlearn.cli import _erase_line
 
