@@ -502,8 +502,8 @@ def draw_inversion(pictures: dict[str, Any], path: str | os.PathLike[str], targe
     caption = (f"input that maximises the logit of {target!r}, by gradient ascent from the same seeded noise "
                "(total-variation and L2 prior), per model")
     if constant:
-        caption += (f"; {' and '.join(constant)}: the prior alone, since {target!r}'s logit there is the same "
-                    "for every input (its output row is blanked) and nothing raises it")
+        caption += (f"; {' and '.join(constant)}: the prior alone, since the logit of {target!r} there is the "
+                    "same for every input (its output row is blanked) and nothing raises it")
     fig.suptitle(f"model inversion of {target}", fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
