@@ -157,10 +157,12 @@ def test_the_features_method_trains_only_the_tail_it_can_run_from_cached_inputs(
     staged.load_state_dict(model.state_dict())
     staged.eval()
     work = copy.deepcopy(staged)
-    done = erase(work, staged, train, [FORGET], spec=EraseSpec("features", steps=10, lr=1e-2, train_from=train_from))
+    done = erase(work, staged, train, [FORGET], spec=EraseSpec("features", steps=10, lr=1e-2, train_from=train_from,
+                                                               retain_drop=1.0))
     assert done["trained_from"] == trained_from
     moved = {n.split(".")[0] for n, p in work.named_parameters() if not torch.equal(p, staged.get_parameter(n))}
     assert moved and not moved & set(frozen), moved
+    assert {"conv3", "bn3"} <= moved  # the module it trains from is trained too
     assert all(p.requires_grad for p in work.parameters())  # frozen only while it trains
 
 

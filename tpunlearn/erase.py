@@ -388,11 +388,10 @@ def _tail_params(job: _Job, cut: str | None, example: torch.Tensor) -> list[nn.P
     from tpunlearn.privacy import head_layer
 
     order: list[str] = []
-    hooks = [m.register_forward_pre_hook(lambda _m, _a, n=n: order.append(n) if n not in order else None)
-             for n, m in job.model.named_modules() if any(True for _ in m.parameters(recurse=False))]
-    if cut is not None:
-        hooks.append(dict(job.model.named_modules())[cut].register_forward_pre_hook(
-            lambda _m, _a: order.append("\0cut") if "\0cut" not in order else None))
+    hooks = [] if cut is None else [dict(job.model.named_modules())[cut].register_forward_pre_hook(
+        lambda _m, _a: order.append("\0cut") if "\0cut" not in order else None)]  # before the cut's own hook
+    hooks += [m.register_forward_pre_hook(lambda _m, _a, n=n: order.append(n) if n not in order else None)
+              for n, m in job.model.named_modules() if any(True for _ in m.parameters(recurse=False))]
     try:
         with eval_mode(job.model):
             job.model(example)
