@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from tpunlearn.torchutils import call, count_params, eval_mode, forward, main_tensor, norm_width, out_width
+from tpunlearn.torchutils import (call, count_params, eval_mode, forward, main_tensor, norm_width, out_width,
+                                  requires_grad)
 
 
 def flags(model: nn.Module) -> dict[str, bool]:
@@ -69,3 +70,15 @@ def test_main_tensor_and_widths():
     assert norm_width(nn.LayerNorm(7)) == 7 and norm_width(nn.ReLU()) is None
     assert out_width(nn.Conv2d(3, 4, 1)) == 4 and out_width(nn.Linear(3, 9)) == 9 and out_width(nn.ReLU()) is None
     assert count_params(nn.Linear(3, 2)) == 8
+
+
+def test_requires_grad_sets_the_flags_inside_and_restores_each_ones_own():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    model[1].bias.requires_grad_(False)
+    before = [p.requires_grad for p in model.parameters()]
+    with pytest.raises(RuntimeError), requires_grad(model.parameters(), False):
+        assert not any(p.requires_grad for p in model.parameters())
+        raise RuntimeError("restored even so")
+    assert [p.requires_grad for p in model.parameters()] == before == [True, True, True, False]
+    with requires_grad(list(model[0].parameters()), True):
+        assert [p.requires_grad for p in model.parameters()] == before

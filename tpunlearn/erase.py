@@ -74,7 +74,7 @@ from tqdm.auto import tqdm
 
 from tpunlearn.errors import DataError, UsageError, listed
 from tpunlearn.plan import PrunePlan, zero_channels
-from tpunlearn.torchutils import CONV_TYPES, NORM_TYPES, eval_mode, main_tensor, model_device
+from tpunlearn.torchutils import CONV_TYPES, NORM_TYPES, eval_mode, main_tensor, model_device, requires_grad
 
 Task = Literal["multilabel", "multiclass", "segmentation"]
 Batches = Iterable[Any]  # re-iterable (images, labels) batches
@@ -244,7 +244,7 @@ def _training(model: nn.Module) -> Iterator[None]:
         yield
 
 
-def _fit(job: _Job, loss_fn: Callable[..., torch.Tensor], steps: int, lr: float,
+def _fit(job: _Job, loss_fn: Callable[[torch.Tensor, Any], torch.Tensor], steps: int, lr: float,
          masks: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """AdamW (no weight decay) for ``steps`` batches; only ``masks``' entries move when given."""
     params = [(n, p) for n, p in job.model.named_parameters() if p.requires_grad]
@@ -255,8 +255,7 @@ def _fit(job: _Job, loss_fn: Callable[..., torch.Tensor], steps: int, lr: float,
     with _training(job.model), bar:
         for batch in _steps(job.batches, steps):
             bar.update()
-            out = main_tensor(job.model(batch[0].to(device)))
-            loss = loss_fn(out, batch)
+            loss = loss_fn(main_tensor(job.model(batch[0].to(device))), batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if masks is not None:
@@ -388,10 +387,11 @@ def _tail_params(job: _Job, cut: str | None, example: torch.Tensor) -> list[nn.P
     from tpunlearn.privacy import head_layer
 
     order: list[str] = []
-    hooks = [] if cut is None else [dict(job.model.named_modules())[cut].register_forward_pre_hook(
+    modules = dict(job.model.named_modules())
+    hooks = [] if cut is None else [modules[cut].register_forward_pre_hook(
         lambda _m, _a: order.append("\0cut") if "\0cut" not in order else None)]  # before the cut's own hook
     hooks += [m.register_forward_pre_hook(lambda _m, _a, n=n: order.append(n) if n not in order else None)
-              for n, m in job.model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+              for n, m in modules.items() if any(True for _ in m.parameters(recurse=False))]
     try:
         with eval_mode(job.model):
             job.model(example)
@@ -400,7 +400,6 @@ def _tail_params(job: _Job, cut: str | None, example: torch.Tensor) -> list[nn.P
             h.remove()
     after = order[order.index("\0cut"):] if cut is not None else order
     head = {id(p) for p in head_layer(job.model).parameters()}
-    modules = dict(job.model.named_modules())
     return [p for n in after if n != "\0cut" for p in modules[n].parameters(recurse=False) if id(p) not in head]
 
 
@@ -516,14 +515,8 @@ def _features(job: _Job) -> dict[str, Any]:
         raise DataError("erase (features) needs samples with and without each forget target")
     gap_before = _gap_now(job, tail)
     trained = {id(p) for p in tail.params}
-    frozen = [p for p in job.model.parameters() if p.requires_grad and id(p) not in trained]
-    try:
-        for p in frozen:
-            p.requires_grad_(False)
+    with requires_grad((p for p in job.model.parameters() if id(p) not in trained), False):
         done = _train_tail(job, tail)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
     done["mean_gap_before"], done["mean_gap_after"] = round(gap_before, 4), round(_gap_now(job, tail), 4)
     if job.task == "multilabel":
         _blank_rows(job)
@@ -548,11 +541,11 @@ def _train_tail(job: _Job, tail: _Tail) -> dict[str, Any]:
     bar = tqdm(range(steps + 1), desc="erase (features)", unit="step", disable=not job.progress, leave=False)
     with _training(job.model), _head_input(job.model) as store:
         for step in bar:
-            if step % GUARD_EVERY == 0 or step == steps:
+            if step and (step % GUARD_EVERY == 0 or step == steps):  # step 0: ``start`` is these weights'
                 fall = start - _agreement(job, tail, retained)
                 worst = int(fall.argmax())
                 guard.update(worst=int(retained.nonzero()[worst]), worst_fall=round(float(fall[worst]), 4))
-                if step and float(fall[worst]) > budget:
+                if float(fall[worst]) > budget:
                     with torch.no_grad():
                         for p, keep in zip(tail.params, saved, strict=True):
                             p.copy_(keep)
@@ -618,8 +611,9 @@ def _retained_kd(job: _Job, out: torch.Tensor, target: torch.Tensor, retained: t
     the logits; multi-class: KL to its distribution with the forget classes' mass spread over the rest)."""
     target = target.to(out.device)
     if job.task == "multilabel":
-        # on the logits, not BCE on the sigmoids: a confident target's sigmoid gradient vanishes, and the
-        # adversary's pull then cost 3-4 points of a retained digit (0.9 with this; compare_erase.md)
+        # on the logits, not BCE on the sigmoids: a confident target's sigmoid gradient vanishes, and a pull
+        # on the features (the earlier adversary) then cost 3-4 points of a retained digit (0.9 with this;
+        # erase_variants.md)
         return F.smooth_l1_loss(out[:, retained], target[:, retained])
     probs = torch.softmax(target, 1)
     probs[:, ~retained] = 0.0
@@ -906,7 +900,7 @@ FEATURE_BATCH = 256  # samples a step: the penalty compares class means, and a b
 FEATURE_CACHE_BYTES = 1 << 30  # the cached tail inputs at most (the rest of the erase data is left out)
 WHITEN_EVERY = 25  # steps between refits of the whitening (the features move)
 # The guard: the stage stops when a retained target repeats fewer of the original's positive decisions (on
-# the cached erase data) than when it began, by more than this; issue 14's budget for a retained drop
+# the guard's held-out samples) than when it began, by more than this; issue 14's budget for a retained drop
 RETAIN_DROP = 0.02
 GUARD_EVERY = 20  # each check reads the guard's samples once: every 10 steps cost the stage 40 % more
 GUARD_SAMPLES = 2048  # the guard's samples at most (held out of the erase data: a fifth of it at most)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from tpunlearn.errors import DataError
-from tpunlearn.torchutils import eval_mode, main_tensor, model_device
+from tpunlearn.torchutils import eval_mode, main_tensor, model_device, requires_grad
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -526,20 +526,13 @@ def invert_target(model: nn.Module, target: int, input_size: Sequence[int], step
     start = mid + 0.1 * spread * torch.randn(1, *(int(v) for v in input_size), generator=gen)
     x = start.clamp(lo, hi).to(device).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        with eval_mode(model):
-            for _ in range(int(steps)):
-                opt.zero_grad()
-                logit = main_tensor(model(x))[0, int(target)]
-                loss = -logit + tv * total_variation(x) + l2 * (x - mid).pow(2).mean()
-                loss.backward()
-                opt.step()
-                with torch.no_grad():
-                    x.clamp_(lo, hi)
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+    with eval_mode(model), requires_grad(model.parameters(), False):
+        for _ in range(int(steps)):
+            opt.zero_grad()
+            logit = main_tensor(model(x))[0, int(target)]
+            loss = -logit + tv * total_variation(x) + l2 * (x - mid).pow(2).mean()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                x.clamp_(lo, hi)
     return x.detach()[0].cpu()

@@ -27,6 +27,7 @@ from tpunlearn.layers import module_by_name
 from tpunlearn.settings import METHODS, check_choice
 from tpunlearn.targets import Target
 from tpunlearn.torchutils import eval_mode, model_device
+from tpunlearn.torchutils import requires_grad as grad_flags  # scoring_mode's argument has the name
 
 SCORES_FORMAT = JsonFormat("tpunlearn-scores/1", "tpunlearn scores file", DataError)
 INSTANCE_ROWS = 64  # per-instance alpha rows kept per target and layer (for stability); the mean uses every instance
@@ -165,15 +166,8 @@ def scoring_mode(model: nn.Module, requires_grad: bool = False) -> Iterator[nn.M
     Scoring freezes the parameters (no parameter gradient, backward stops at the earliest
     candidate); tracing a dependency graph needs them on.
     """
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    with eval_mode(model):
-        try:
-            for p, _ in flags:
-                p.requires_grad_(requires_grad)
-            yield model
-        finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
+    with eval_mode(model), grad_flags(model.parameters(), requires_grad):
+        yield model
 
 
 def score_channels(

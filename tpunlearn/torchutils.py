@@ -9,7 +9,7 @@ in eval mode without gradients, so running a model to look at it never changes i
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -31,6 +31,20 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, flag in flags:
             module.training = flag
+
+
+@contextlib.contextmanager
+def requires_grad(params: Iterable[nn.Parameter], flag: bool) -> Iterator[None]:
+    """Every one of ``params`` with ``requires_grad`` set to ``flag`` inside the block; each one's own
+    flag restored on exit (freezing a model for an input's gradient, or all but the layers a stage trains)."""
+    flags = [(p, p.requires_grad) for p in params]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(flag)
+        yield
+    finally:
+        for p, old in flags:
+            p.requires_grad_(old)
 
 
 def model_device(model: nn.Module) -> torch.device:
